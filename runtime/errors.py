@@ -1,0 +1,40 @@
+"""The error types of llamapyz.
+
+Errors are specific inside the runtime and translated once at the edge: the CLI turns a `LlamapyzError`
+into one line plus a hint and a non-zero exit; the server (later) into OpenAI-shaped JSON.
+"""
+
+from __future__ import annotations
+
+
+class LlamapyzError(Exception):
+    """Base of every error llamapyz raises on purpose. `hint` says what the user can do about it."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        if hint:
+            self.hint = hint
+
+
+class GGUFError(LlamapyzError):
+    """The file is not a GGUF file llamapyz can read: the message names the offset, key or tensor."""
+
+    hint = "the file may be truncated or corrupt; download or copy it again"
+
+
+class UnsupportedQuantError(LlamapyzError):
+    """A tensor uses a ggml type that llamapyz cannot decode (IQ*, TQ*, …)."""
+
+    hint = "re-quantize the model to a supported type (Q4_0, Q4_1, Q5_*, Q8_0, Q2_K…Q6_K, F16, BF16, F32)"
+
+
+class TokenizerError(LlamapyzError):
+    """The GGUF metadata does not describe a tokenizer llamapyz can build, or a token id is out of range."""
+
+
+class ModelFetchError(LlamapyzError):
+    """A model from the registry could not be fetched or failed its checksum."""
+
+    hint = "check the network access to the package index, or pass a local GGUF file with --model"
