@@ -180,9 +180,9 @@ class GGUFFile:
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         # every key/value needs at least 8 (key length) + 4 (type) + 1 bytes, every tensor info 8 + 4 + 4 + 8
-        if n_kv * 13 > cur.remaining or n_tensors * 24 > cur.remaining:
-            raise GGUFError(f"{self.path}: absurd counts in header ({n_kv} metadata entries, {n_tensors} tensors) "
-                            f"for a file of {len(self.buffer)} bytes")
+        if n_kv * 13 + n_tensors * 24 > cur.remaining:
+            raise GGUFError(f"{self.path}: header claims {n_kv} metadata entries and {n_tensors} tensors but only "
+                            f"{cur.remaining} bytes follow (truncated or corrupt)")
 
         self.metadata: dict[str, Any] = {}
         self.value_types: dict[str, str] = {}
@@ -275,13 +275,17 @@ def _align(pos: int, alignment: int) -> int:
 
 
 def _type_name(value_type: int, cur: _Cursor) -> str:
+    """Name of a value type, for display: "UINT32", "ARRAY[STRING]" (peeking at the element type)."""
     if value_type in _SCALARS:
         return _SCALARS[value_type][0]
     if value_type == STRING:
         return "STRING"
-    if value_type == ARRAY:
-        return "ARRAY"
-    raise GGUFError(f"unknown metadata value type {value_type} at offset {cur.pos - 4}")
+    if value_type == ARRAY and cur.remaining >= 4:
+        (elem_type,) = struct.unpack_from("<I", cur.buf, cur.pos)
+        inner = "STRING" if elem_type == STRING else "ARRAY" if elem_type == ARRAY else \
+            _SCALARS.get(elem_type, ("?",))[0]
+        return f"ARRAY[{inner}]"
+    return "?"  # _read_value raises the error with the offset
 
 
 def _read_value(cur: _Cursor, value_type: int, key: str, depth: int) -> Any:

@@ -30,6 +30,7 @@ class Tokenizer:
         self._bpe = BPEEncoder(vocab) if vocab.model == "gpt2" else None
         self._spm = SPMEncoder(vocab) if vocab.model == "llama" else None
         self._special_ids = {flag: vocab.special_ids(flag) for flag in (False, True)}
+        self._types: list[int] = vocab.types.tolist()
         self._pieces: dict[int, bytes] = {}
 
     @classmethod
@@ -89,10 +90,8 @@ class Tokenizer:
         """Split text at special-token texts, longest token first (llama.cpp's tokenizer_st_partition)."""
         fragments: list[str | int] = [text] if text else []
         tokens = self.vocab.tokens
-        for token in self._special_ids[parse_special]:
+        for token in self._specials_in(text, parse_special):
             special = tokens[token]
-            if not any(isinstance(f, str) and special in f for f in fragments):
-                continue
             split: list[str | int] = []
             for fragment in fragments:
                 if isinstance(fragment, int) or special not in fragment:
@@ -106,19 +105,27 @@ class Tokenizer:
             fragments = split
         return fragments
 
+    def _specials_in(self, text: str, parse_special: bool) -> list[int]:
+        """The special tokens whose text occurs in `text`, longest first. Gemma has 6,400 of them: looking
+        up their first three characters in the text's set of trigrams spares most of the substring scans."""
+        tokens = self.vocab.tokens
+        trigrams = {text[i:i + 3] for i in range(len(text) - 2)}
+        return [t for t in self._special_ids[parse_special]
+                if (len(tokens[t]) < 3 or tokens[t][:3] in trigrams) and tokens[t] in text]
+
     # --- decoding ------------------------------------------------------------------------------------
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` stands for. Control tokens are empty unless `special`."""
+        piece = self._pieces.get(token)
+        if piece is not None:
+            return piece
         if not 0 <= token < self.vocab.n_vocab:
             raise TokenizerError(f"token id {token} is out of range (vocab has {self.vocab.n_vocab} tokens)")
-        kind = self.vocab.types[token]
+        kind = TokenType(self._types[token])
         if kind in _SILENT_TYPES:
             return self.vocab.tokens[token].encode("utf-8", "surrogateescape") if special else b""
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._piece(token, TokenType(kind))
-            self._pieces[token] = piece
+        piece = self._pieces[token] = self._piece(token, kind)
         return piece
 
     def _piece(self, token: int, kind: TokenType) -> bytes:

@@ -72,6 +72,8 @@ class Vocab:
         merges = md.get("tokenizer.ggml.merges", [])
         if model == "gpt2" and (not isinstance(merges, list) or not merges):
             raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
+        if types.size and (types.min() < 0 or types.max() > max(TokenType)):
+            raise TokenizerError(f"tokenizer.ggml.token_type has values outside 0..{int(max(TokenType))}")
         spm = model == "llama"
         vocab = cls(
             model=model,

@@ -1,0 +1,141 @@
+"""The `llamapyz` command line: one click group; later parts add `run`, `serve` and `build`.
+
+Errors are translated here, once: a `LlamapyzError` becomes one line on stderr plus a hint, exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import LlamapyzError
+from .gguf import GGUFFile, load_gguf
+from .tokenizer import Tokenizer
+
+F = TypeVar("F", bound=Callable[..., Any])
+ARRAY_PREVIEW = 8  # array elements shown by `inspect` unless --full-arrays
+
+
+def friendly_errors(func: F) -> F:
+    """Run a command, turning llamapyz errors into one line and a hint instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LlamapyzError as exc:
+            click.echo(f"error: {exc}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            sys.exit(1)
+        except BrokenPipeError:  # `llamapyz inspect … | head`: the reader left, nothing to report
+            sys.stderr.close()
+            sys.exit(0)
+        except OSError as exc:
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llamapyz")
+def main() -> None:
+    """llamapyz: one GGUF model, one self-running Python file."""
+
+
+model_file = click.Path(exists=True, dir_okay=False, readable=True)
+
+
+# --- inspect -------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=model_file)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--full-arrays", is_flag=True, help="Print every element of array values (token lists!).")
+@friendly_errors
+def inspect(file: str, as_json: bool, full_arrays: bool) -> None:
+    """Show the metadata and tensor table of a GGUF FILE (like gguf-dump)."""
+    with load_gguf(file) as gguf:
+        report = _describe(gguf, full_arrays)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{file}: GGUF v{report['version']}, {len(report['metadata'])} metadata entries, "
+               f"{len(report['tensors'])} tensors, alignment {report['alignment']}, "
+               f"data at offset {report['data_offset']}")
+    click.echo("\nmetadata:")
+    width = max((len(k) for k in report["metadata"]), default=0)
+    for key, entry in report["metadata"].items():
+        click.echo(f"  {key:<{width}}  {entry['type']:<14} {_format_value(entry)}")
+    click.echo("\ntensors:")
+    click.echo(f"  {'#':>4}  {'name':<32} {'type':<7} {'shape':<22} {'bytes':>12}")
+    for i, t in enumerate(report["tensors"]):
+        shape = "x".join(map(str, t["shape"]))
+        click.echo(f"  {i:>4}  {t['name']:<32} {t['type']:<7} {shape:<22} {t['n_bytes']:>12,}")
+    total = sum(t["n_bytes"] for t in report["tensors"])
+    click.echo(f"\n  {len(report['tensors'])} tensors, {total:,} bytes ({total / 2**20:.1f} MiB)")
+
+
+def _describe(gguf: GGUFFile, full_arrays: bool) -> dict[str, Any]:
+    metadata = {}
+    for key, value in gguf.metadata.items():
+        entry: dict[str, Any] = {"type": gguf.value_types[key]}
+        if isinstance(value, (list, np.ndarray)):
+            entry["length"] = len(value)
+            shown = value if full_arrays else value[:ARRAY_PREVIEW]
+            entry["value"] = _plain(shown)
+            entry["truncated"] = len(shown) < len(value)
+        else:
+            entry["value"] = value
+        metadata[key] = entry
+    tensors = [
+        {"name": t.name, "type": t.type_name, "shape": list(t.ne), "n_elements": t.n_elements,
+         "n_bytes": t.n_bytes, "offset": t.offset}
+        for t in gguf.tensors.values()
+    ]
+    return {"version": gguf.version, "alignment": gguf.alignment, "data_offset": gguf.data_offset,
+            "metadata": metadata, "tensors": tensors}
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and nested lists -> JSON-ready lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _format_value(entry: dict[str, Any]) -> str:
+    text = json.dumps(entry["value"], ensure_ascii=False)
+    if "length" in entry:
+        text = f"[{entry['length']}] {text}" + (" …" if entry["truncated"] else "")
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+# --- tokenize ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("-m", "--model", "model", type=model_file, required=True, help="GGUF model file.")
+@click.option("--no-bos", is_flag=True, help="Do not add BOS/EOS even where the model asks for them.")
+@click.option("--no-special", is_flag=True, help="Treat special-token text like <|im_start|> as plain text.")
+@click.argument("text")
+@friendly_errors
+def tokenize(model: str, no_bos: bool, no_special: bool, text: str) -> None:
+    """Print the token ids of TEXT as a JSON list."""
+    tokenizer = Tokenizer.from_gguf(model)
+    click.echo(json.dumps(tokenizer.encode(text, add_special=not no_bos, parse_special=not no_special)))
+
+
+if __name__ == "__main__":
+    main()
