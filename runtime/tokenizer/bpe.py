@@ -73,11 +73,9 @@ class BPEEncoder:
             if token is not None:
                 ids.append(token)
                 continue
-            for ch in symbol:  # not a token: one token per byte
-                byte_token = token_to_id.get(ch, self.vocab.unk_id)
-                if byte_token is None:
-                    raise TokenizerError(f"byte {ord(ch):#x} has no token and the vocab has no unknown token")
-                ids.append(byte_token)
+            # not a token: one token per byte. A byte the vocab has no token for is dropped, as llama.cpp
+            # does (SmolLM2 lacks 0xF1, for one); the alternative, <unk>, is often EOS in BPE vocabs.
+            ids.extend(token_to_id[ch] for ch in symbol if ch in token_to_id)
         return tuple(ids)
 
     def _merge(self, symbols: list[str]) -> list[str]:
