@@ -7,10 +7,10 @@ tie), until no adjacent pair has a rank. Symbols that are not tokens fall back t
 
 from __future__ import annotations
 
-import heapq
 from functools import cache
 
 from ..errors import TokenizerError
+from .merge import merge_pairs
 from .pretokenize import PreTokenizer
 from .vocab import Vocab
 
@@ -61,6 +61,9 @@ class BPEEncoder:
             out.extend(ids)
         return out
 
+    def _rank(self, left: str, right: str) -> int | None:
+        return self.ranks.get((left, right))
+
     def _encode_word(self, word: str) -> tuple[int, ...]:
         chars = self._byte_chars
         encoded = "".join(chars[b] for b in word.encode("utf-8", "surrogateescape"))
@@ -68,7 +71,7 @@ class BPEEncoder:
         if self.ignore_merges and encoded in token_to_id:
             return (token_to_id[encoded],)
         ids: list[int] = []
-        for symbol in self._merge(list(encoded)):
+        for symbol in merge_pairs(list(encoded), self._rank):
             token = token_to_id.get(symbol)
             if token is not None:
                 ids.append(token)
@@ -77,35 +80,3 @@ class BPEEncoder:
             # does (SmolLM2 lacks 0xF1, for one); the alternative, <unk>, is often EOS in BPE vocabs.
             ids.extend(token_to_id[ch] for ch in symbol if ch in token_to_id)
         return tuple(ids)
-
-    def _merge(self, symbols: list[str]) -> list[str]:
-        """Merge adjacent symbols by rank. Symbols live in a linked list; merged-away ones become ''."""
-        n = len(symbols)
-        if n < 2:
-            return symbols
-        prev = list(range(-1, n - 1))
-        nxt = [*range(1, n), -1]
-        ranks = self.ranks
-        heap: list[tuple[int, int, str, str]] = []
-
-        def push(left: int, right: int) -> None:
-            if left >= 0 and right >= 0:
-                rank = ranks.get((symbols[left], symbols[right]))
-                if rank is not None:
-                    heapq.heappush(heap, (rank, left, symbols[left], symbols[right]))
-
-        for i in range(n - 1):
-            push(i, i + 1)
-        while heap:
-            _, left, left_text, right_text = heapq.heappop(heap)
-            right = nxt[left]
-            if right < 0 or symbols[left] != left_text or symbols[right] != right_text:
-                continue  # outdated: one side has merged since
-            symbols[left] = left_text + right_text
-            symbols[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            push(prev[left], left)
-            push(left, nxt[left])
-        return [s for s in symbols if s]

@@ -9,9 +9,8 @@ same reason.)
 
 from __future__ import annotations
 
-import heapq
-
 from ..errors import TokenizerError
+from .merge import merge_pairs
 from .vocab import Vocab
 
 SPACE = "\u2581"  # ▁
@@ -35,47 +34,18 @@ class SPMEncoder:
         if add_space_prefix:
             text = " " + text
         text = text.replace(" ", SPACE)
-        symbols = list(text)
-        n = len(symbols)
-        if n == 0:
-            return []
-        prev = list(range(-1, n - 1))
-        nxt = [*range(1, n), -1]
         token_to_id = self.vocab.token_to_id
         scores = self.scores
-        heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
 
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            merged = symbols[left] + symbols[right]
-            token = token_to_id.get(merged)
-            if token is None:
-                return
-            heapq.heappush(heap, (-scores[token], left, right, len(merged)))
-
-        for i in range(n - 1):
-            push(i, i + 1)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            if not symbols[left] or not symbols[right] or len(symbols[left]) + len(symbols[right]) != size:
-                continue  # outdated: one side has merged since
-            symbols[left] += symbols[right]
-            symbols[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            push(prev[left], left)
-            push(left, nxt[left])
+        def best_score_first(left: str, right: str) -> float | None:
+            token = token_to_id.get(left + right)
+            return None if token is None else -scores[token]
 
         out: list[int] = []
-        byte_ids = self.byte_ids
-        i = 0
-        while i != -1:
-            token = token_to_id.get(symbols[i])
+        for symbol in merge_pairs(list(text), best_score_first):
+            token = token_to_id.get(symbol)
             if token is not None:
                 out.append(token)
             else:
-                out.extend(byte_ids[b] for b in symbols[i].encode("utf-8", "surrogateescape"))
-            i = nxt[i]
+                out.extend(self.byte_ids[b] for b in symbol.encode("utf-8", "surrogateescape"))
         return out
