@@ -77,6 +77,9 @@ def test_tensors_are_zero_copy_views_with_numpy_shapes(small_gguf):
             base = base.base
         assert isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
         assert np.array_equal(g.tensor("f32").dequantize(), written["f32"].view(np.float32))
+        blocks = g.tensor("q4_k").blocks()  # (rows, blocks per row) of Q4_K's fields, still zero copy
+        assert blocks.shape == (2, 1) and blocks.dtype.names == ("d", "dmin", "scales", "qs")
+        assert blocks["qs"].shape == (2, 1, 128) and np.shares_memory(blocks, g.buffer)
 
 
 def test_agrees_with_gguf_package_reader(small_gguf):
