@@ -128,6 +128,9 @@ class GGUFFile:
         try:
             self._mmap, self.buffer = _map_range(self._file, offset, length)
             self._parse()
+        except GGUFError as exc:
+            self.close()
+            raise GGUFError(f"{path}: {exc}") from None  # every message names the file, once
         except BaseException:
             self.close()
             raise
@@ -172,16 +175,16 @@ class GGUFFile:
         magic = bytes(cur.take(4, "magic"))
         if magic != GGUF_MAGIC:
             hint = " (a big-endian GGUF; only little-endian files are supported)" if magic == b"FUGG" else ""
-            raise GGUFError(f"{self.path}: not a GGUF file: magic {magic!r} at offset {self.offset}{hint}")
+            raise GGUFError(f"not a GGUF file: magic {magic!r} at offset {self.offset}{hint}")
         self.version = cur.u32("version")
         if self.version not in SUPPORTED_VERSIONS:
-            raise GGUFError(f"{self.path}: unsupported GGUF version {self.version} "
+            raise GGUFError(f"unsupported GGUF version {self.version} "
                             f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})")
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         # every key/value needs at least 8 (key length) + 4 (type) + 1 bytes, every tensor info 8 + 4 + 4 + 8
         if n_kv * 13 + n_tensors * 24 > cur.remaining:
-            raise GGUFError(f"{self.path}: header claims {n_kv} metadata entries and {n_tensors} tensors but only "
+            raise GGUFError(f"header claims {n_kv} metadata entries and {n_tensors} tensors but only "
                             f"{cur.remaining} bytes follow (truncated or corrupt)")
 
         self.metadata: dict[str, Any] = {}
@@ -190,7 +193,7 @@ class GGUFFile:
             at = cur.pos
             key = cur.string("metadata key")
             if key in self.metadata:
-                raise GGUFError(f"{self.path}: duplicate metadata key {key!r} at offset {at}")
+                raise GGUFError(f"duplicate metadata key {key!r} at offset {at}")
             value_type = cur.u32(f"type of {key!r}")
             self.value_types[key] = _type_name(value_type, cur)
             self.metadata[key] = _read_value(cur, value_type, key, depth=0)
@@ -198,12 +201,12 @@ class GGUFFile:
         self.alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if (not isinstance(self.alignment, int) or isinstance(self.alignment, bool) or self.alignment <= 0
                 or self.alignment & (self.alignment - 1)):
-            raise GGUFError(f"{self.path}: general.alignment must be a power of two, got {self.alignment!r}")
+            raise GGUFError(f"general.alignment must be a power of two, got {self.alignment!r}")
 
-        infos = [_read_tensor_info(cur, self.path) for _ in range(n_tensors)]
+        infos = [_read_tensor_info(cur) for _ in range(n_tensors)]
         self.data_offset = _align(cur.pos, self.alignment)
         if self.data_offset > len(self.buffer):
-            raise GGUFError(f"{self.path}: truncated file: tensor data would start at {self.data_offset}, "
+            raise GGUFError(f"truncated file: tensor data would start at {self.data_offset}, "
                             f"file has {len(self.buffer)} bytes")
         self.tensors = self._check_tensors(infos)
 
@@ -212,7 +215,7 @@ class GGUFFile:
         tensors: dict[str, Tensor] = {}
         for name, ne, type_id, offset in infos:
             if name in tensors:
-                raise GGUFError(f"{self.path}: duplicate tensor name {name!r}")
+                raise GGUFError(f"duplicate tensor name {name!r}")
             fmt = format_of(type_id, tensor=name)
             if ne[0] % fmt.block_size:
                 raise GGUFError(f"tensor {name!r}: first dimension {ne[0]} is not a multiple of the "
@@ -262,9 +265,9 @@ def _map_range(file: Any, offset: int, length: int | None) -> tuple[mmap.mmap | 
     if length is None:
         length = size - offset
     if offset + length > size:
-        raise GGUFError(f"{file.name}: byte range {offset}+{length} runs past the end of the file ({size} bytes)")
+        raise GGUFError(f"byte range {offset}+{length} runs past the end of the file ({size} bytes)")
     if length == 0:
-        raise GGUFError(f"{file.name}: empty file")
+        raise GGUFError("empty file")
     base = offset - offset % mmap.ALLOCATIONGRANULARITY
     mm = mmap.mmap(file.fileno(), length + offset - base, offset=base, access=mmap.ACCESS_READ)
     return mm, np.frombuffer(mm, dtype=np.uint8, count=length, offset=offset - base)
@@ -344,7 +347,7 @@ def _read_string_array(cur: _Cursor, key: str, count: int) -> list[str]:
     return out
 
 
-def _read_tensor_info(cur: _Cursor, path: Path) -> tuple[str, tuple[int, ...], int, int]:
+def _read_tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
     at = cur.pos
     name = cur.string("tensor name")
     n_dims = cur.u32(f"dimension count of tensor {name!r}")
