@@ -4,9 +4,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bundler.models import fetch_model
+from tests.synth import SMALL_TENSORS, write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("LLAMAPYZ_GOLDEN", REPO.parent / "shared" / "golden"))
@@ -37,3 +39,10 @@ def golden(name: str) -> dict:
         pytest.fail(f"golden file {path} is missing: ../shared/golden must sit beside the checkout "
                     "(or set LLAMAPYZ_GOLDEN)")
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def small_gguf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A small synthetic GGUF with every metadata type and SMALL_TENSORS: (path, raw bytes of each tensor)."""
+    path = tmp_path / "small.gguf"
+    return path, write_gguf(path, SMALL_TENSORS)

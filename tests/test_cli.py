@@ -10,22 +10,20 @@ from click.testing import CliRunner
 
 from runtime.cli import main
 from tests.conftest import golden
-from tests.synth import SMALL_TENSORS, write_gguf
+from tests.synth import write_gguf
 
 
 @pytest.fixture
-def small_gguf(tmp_path: Path) -> Path:
-    path = tmp_path / "small.gguf"
-    write_gguf(path, SMALL_TENSORS)
-    return path
+def small_path(small_gguf) -> Path:
+    return small_gguf[0]
 
 
 def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def test_inspect_prints_metadata_and_tensor_table(small_gguf):
-    result = run("inspect", str(small_gguf))
+def test_inspect_prints_metadata_and_tensor_table(small_path):
+    result = run("inspect", str(small_path))
     assert result.exit_code == 0, result.output
     assert "GGUF v3" in result.output and "4 tensors" in result.output
     assert "test.strings" in result.output and "ARRAY[STRING]" in result.output
@@ -33,8 +31,8 @@ def test_inspect_prints_metadata_and_tensor_table(small_gguf):
                if line.strip()[:1].isdigit())
 
 
-def test_inspect_json_is_complete_and_machine_readable(small_gguf):
-    result = run("inspect", "--json", str(small_gguf))
+def test_inspect_json_is_complete_and_machine_readable(small_path):
+    result = run("inspect", "--json", str(small_path))
     report = json.loads(result.output)
     assert report["version"] == 3
     tensors = {t["name"]: t for t in report["tensors"]}
@@ -53,13 +51,13 @@ def test_inspect_truncates_long_arrays_unless_asked(tmp_path):
     assert full["value"] == list(range(100)) and not full["truncated"]
 
 
-def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_gguf):
-    small_gguf.write_bytes(small_gguf.read_bytes()[:200])
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(small_gguf)],
+def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_path):
+    small_path.write_bytes(small_path.read_bytes()[:200])
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(small_path)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("error: ") and str(small_gguf) in lines[0]
+    assert lines[0].startswith("error: ") and str(small_path) in lines[0]
     assert lines[1].startswith("hint: ")
     assert "Traceback" not in result.stderr
 

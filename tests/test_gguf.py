@@ -25,12 +25,6 @@ from tests.synth import (
 )
 
 
-@pytest.fixture
-def small_gguf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    path = tmp_path / "small.gguf"
-    return path, write_gguf(path, SMALL_TENSORS)
-
-
 def write(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "case.gguf"
     path.write_bytes(data)

@@ -79,7 +79,7 @@ class Vocab:
             model=model,
             pre=str(md.get("tokenizer.ggml.pre", "default")),
             tokens=tokens,
-            types=types.copy(),
+            types=types,  # a fresh array (astype / np.full): END_OF_TURN_TEXTS may retype entries
             scores=scores,
             merges=merges,
             bos_id=_token_id(md, "bos", n),
