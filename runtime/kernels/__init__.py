@@ -1,0 +1,34 @@
+"""Numba kernels, one set per quant format, looked up by the format's name.
+
+`KERNELS[name]` gives the format's integer matrix-vector kernel (decode) and its row dequantizer
+(prefill tiles, and matrix-vector for formats without an integer kernel). Formats whose values are plain
+numbers (F32, F16, BF16, F64, integers) need neither: numpy casts them. `QuantMatrix` (linear.py) is
+the one place that picks among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import dequant, matvec
+
+
+@dataclass(frozen=True)
+class FormatKernels:
+    matvec: Callable | None  # (w, xq, xd, xs, xqs, out); None: dequantize rows and use BLAS
+    dequant: Callable  # (w, out)
+
+
+KERNELS: dict[str, FormatKernels] = {
+    "Q4_0": FormatKernels(matvec.matvec_q4_0, dequant.dequant_q4_0),
+    "Q4_1": FormatKernels(matvec.matvec_q4_1, dequant.dequant_q4_1),
+    "Q5_0": FormatKernels(matvec.matvec_q5_0, dequant.dequant_q5_0),
+    "Q5_1": FormatKernels(matvec.matvec_q5_1, dequant.dequant_q5_1),
+    "Q8_0": FormatKernels(matvec.matvec_q8_0, dequant.dequant_q8_0),
+    "Q2_K": FormatKernels(None, dequant.dequant_q2_k),
+    "Q3_K": FormatKernels(None, dequant.dequant_q3_k),
+    "Q4_K": FormatKernels(matvec.matvec_q4_k, dequant.dequant_q4_k),
+    "Q5_K": FormatKernels(matvec.matvec_q5_k, dequant.dequant_q5_k),
+    "Q6_K": FormatKernels(matvec.matvec_q6_k, dequant.dequant_q6_k),
+}

@@ -1,0 +1,146 @@
+"""Every numba kernel against its plain numpy twin.
+
+- Dequantization kernels: bit-exact with `runtime/quants.py` (itself bit-exact with gguf-py).
+- Integer matrix-vector kernels: x is quantized to int8 blocks, so the exact twin is
+  `dequantized W @ dequantized xq` (relative error <= 1e-4: float32 summation order only); against the
+  float x the error is the quantization's (<= 2% of |W| @ |x|, measured well under 1%).
+- SIMD building blocks (`simd.py`): exact integer results against numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.kernels import KERNELS, simd
+from runtime.kernels.linear import QuantizedVector, QuantMatrix
+from runtime.kernels.matvec import quantize_q8
+from runtime.quants import FORMATS_BY_NAME, dequantize
+from tests.synth import random_blocks
+
+N_ROWS = 37
+
+
+def random_matrix(type_name: str, n_cols: int, seed: int) -> np.ndarray:
+    fmt = FORMATS_BY_NAME[type_name]
+    raw = random_blocks(type_name, N_ROWS * n_cols // fmt.block_size, np.random.default_rng(seed))
+    return raw.reshape(N_ROWS, -1)
+
+
+@pytest.mark.parametrize("type_name", sorted(KERNELS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dequant_kernel_is_bit_exact(type_name, seed):
+    raw = random_matrix(type_name, 512, seed)
+    expected = dequantize(raw, FORMATS_BY_NAME[type_name], (N_ROWS, 512))
+    out = np.full((N_ROWS, 512), np.nan, np.float32)
+    KERNELS[type_name].dequant(raw, out)
+    np.testing.assert_array_equal(out, expected)
+
+
+def quantized_twin(x: np.ndarray) -> np.ndarray:
+    """Numpy twin of quantize_q8: what the integer kernels see of x."""
+    blocks = x.reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    q = np.rint(blocks * np.where(d > 0, 1 / np.where(d > 0, d, 1), 0).astype(np.float32))
+    return (q * d).reshape(-1).astype(np.float32)
+
+
+def test_quantize_q8_matches_twin():
+    x = np.random.default_rng(3).standard_normal(256).astype(np.float32)
+    x[:32] = 0  # an all-zero block has scale 0
+    v = QuantizedVector(256).set(x)
+    np.testing.assert_allclose(v.xq.astype(np.float32) * np.repeat(v.xd, 32), quantized_twin(x), atol=1e-6)
+    np.testing.assert_allclose(v.xs, x.reshape(-1, 32).sum(axis=1), rtol=1e-5, atol=1e-5)
+    assert (v.xqs == v.xq.reshape(-1, 32).astype(np.int32).sum(axis=1)).all()
+    assert np.abs(x - quantized_twin(x)).max() <= np.abs(x).max() / 254 + 1e-7
+
+
+@pytest.mark.parametrize("type_name", sorted(name for name, k in KERNELS.items() if k.matvec))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matvec_kernel_matches_numpy(type_name, seed):
+    n_cols = 512
+    raw = random_matrix(type_name, n_cols, seed)
+    w = dequantize(raw, FORMATS_BY_NAME[type_name], (N_ROWS, n_cols))
+    x = np.random.default_rng(seed + 10).standard_normal(n_cols).astype(np.float32)
+    v = QuantizedVector(n_cols).set(x)
+    out = np.zeros(N_ROWS, np.float32)
+    KERNELS[type_name].matvec(raw, v.xq, v.xd, v.xs, v.xqs, out)
+    scale = np.abs(w) @ np.abs(x)
+    exact_twin = w.astype(np.float64) @ quantized_twin(x).astype(np.float64)
+    assert np.abs(out - exact_twin).max() <= 1e-4 * scale.max()
+    assert np.abs(out - w @ x).max() <= 0.02 * scale.max()
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q4_1", "Q3_K", "Q6_K"])
+def test_quant_matrix_matvec_and_matmul(type_name, monkeypatch):
+    monkeypatch.setattr("runtime.kernels.linear.TILE_ELEMENTS", 512 * 8)  # several tiles
+    fmt = FORMATS_BY_NAME[type_name]
+    raw = random_matrix(type_name, 512, 5)
+    tensor = type("T", (), dict(name="w", shape=(N_ROWS, 512), format=fmt, raw=raw))
+    matrix = QuantMatrix(tensor)
+    w = dequantize(raw, fmt, (N_ROWS, 512))
+    x = np.random.default_rng(6).standard_normal((3, 512)).astype(np.float32)
+    np.testing.assert_allclose(matrix.matmul(x), x @ w.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(matrix.rows([4, 0, 4]), w[[4, 0, 4]])
+    out = matrix.matvec(QuantizedVector(512).set(x[0]), np.zeros(N_ROWS, np.float32))
+    assert np.abs(out - w @ x[0]).max() <= 0.02 * (np.abs(w) @ np.abs(x[0])).max()
+
+
+# --- SIMD building blocks ------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(42)
+BYTES = RNG.integers(0, 256, 80, dtype=np.uint8)
+X8 = RNG.integers(-128, 128, 64, dtype=np.int8)
+
+
+def test_f16_at():
+    halves = np.array([0.0, -1.5, 65504.0, 6e-8, np.inf], np.float16)
+    raw = np.concatenate([[7], halves.view(np.uint8)]).astype(np.uint8)
+    got = [simd_f16(raw, 1 + 2 * i) for i in range(len(halves))]
+    np.testing.assert_array_equal(np.array(got, np.float32), halves.astype(np.float32))
+
+
+def simd_f16(raw, offset):
+    from numba import njit
+
+    return njit(lambda b, o: simd.f16_at(b, o))(raw, offset)
+
+
+def _call(fn, *args):
+    from numba import njit
+
+    names = ", ".join(f"a{i}" for i in range(len(args)))
+    namespace = {"fn": fn}
+    exec(f"def wrapper({names}):\n    return fn({names})", namespace)
+    return int(njit(namespace["wrapper"])(*args))
+
+
+def test_dot_i8x32():
+    w = BYTES.view(np.int8)
+    assert _call(simd.dot_i8x32, BYTES, 3, X8, 5) == int(w[3:35].astype(int) @ X8[5:37].astype(int))
+
+
+def test_dot_nibbles():
+    packed = BYTES[3:19].astype(int)
+    q = np.concatenate([packed & 15, packed >> 4])
+    assert _call(simd.dot_u4x32, BYTES, 3, X8, 1) == int(q @ X8[1:33].astype(int))
+    b32 = BYTES[7:39].astype(int)
+    assert _call(simd.dot_lo4x32, BYTES, 7, X8, 2) == int((b32 & 15) @ X8[2:34].astype(int))
+    assert _call(simd.dot_hi4x32, BYTES, 7, X8, 2) == int((b32 >> 4) @ X8[2:34].astype(int))
+
+
+def test_dot_bits():
+    bits = np.unpackbits(BYTES[9:13], bitorder="little").astype(int)
+    assert _call(simd.dot_bits32, BYTES, 9, X8, 4) == int(bits @ X8[4:36].astype(int))
+    for bit in (0, 5, 7):
+        mask = (BYTES[11:43].astype(int) >> bit) & 1
+        assert _call(simd.dot_bit_of_bytes32, BYTES, 11, bit, X8, 6) == int(mask @ X8[6:38].astype(int))
+
+
+def test_dot_q6x16():
+    for ql_shift, qh_shift in [(0, 0), (4, 2), (0, 4), (4, 6)]:
+        low = (BYTES[5:21].astype(int) >> ql_shift) & 15
+        high = (BYTES[40:56].astype(int) >> qh_shift) & 3
+        q = (low | (high << 4)) - 32
+        got = _call(simd.dot_q6x16, BYTES, 5, ql_shift, 40, qh_shift, X8, 3)
+        assert got == int(q @ X8[3:19].astype(int))
