@@ -38,3 +38,13 @@ class ModelFetchError(LlamapyzError):
     """A model from the registry could not be fetched or failed its checksum."""
 
     hint = "check the network access to the package index, or pass a local GGUF file with --model"
+
+
+class UnsupportedModelError(LlamapyzError):
+    """The GGUF holds a model llamapyz cannot run: an unknown architecture, a missing tensor or key."""
+
+
+class ContextOverflowError(LlamapyzError):
+    """The tokens do not fit in the context window (n_ctx)."""
+
+    hint = "shorten the prompt, lower max tokens, or raise the context size with -c"

@@ -170,3 +170,21 @@ def dot_q6x16(typingctx, w, ql_o, ql_shift, qh_o, qh_shift, x, xo):
         return _dot(builder, q, True, vx)
 
     return sig, codegen
+
+
+@intrinsic
+def f16x16_to_f32(typingctx, src, so, dst, do):
+    """dst[do:do+16] = float32(src[so:so+16]) for uint16 arrays holding IEEE halves (vcvtph2ps on x86)."""
+    sig = types.void(src, so, dst, do)
+
+    def codegen(context, builder, signature, args):
+        n = 16
+        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        src_pointer = builder.bitcast(builder.gep(src_data, [args[1]]), _vec(ir.HalfType(), n).as_pointer())
+        dst_pointer = builder.bitcast(builder.gep(dst_data, [args[3]]), _vec(ir.FloatType(), n).as_pointer())
+        halves = builder.load(src_pointer, align=2)
+        builder.store(builder.fpext(halves, _vec(ir.FloatType(), n)), dst_pointer, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,0 +1,39 @@
+"""The key/value cache: every layer's keys and values for n_ctx positions, allocated once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.convert import f16_to_f32
+
+KV_TYPES = {"f16": np.float16, "f32": np.float32}
+
+
+class KVCache:
+    def __init__(self, n_layer: int, n_ctx: int, kv_dim: int, kv_type: str = "f16") -> None:
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
+        dtype = KV_TYPES[kv_type]
+        self.n_ctx = n_ctx
+        self.kv_type = kv_type
+        self.keys = np.zeros((n_layer, n_ctx, kv_dim), dtype)  # (n_layer, n_ctx, kv_dim)
+        self.values = np.zeros((n_layer, n_ctx, kv_dim), dtype)
+        # float32 staging for one layer's f16 slice (shared by all layers, touched only as far as used)
+        self._staging = (np.empty((n_ctx, kv_dim), np.float32), np.empty((n_ctx, kv_dim), np.float32))
+
+    @property
+    def n_bytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def store(self, layer: int, pos0: int, keys: np.ndarray, values: np.ndarray) -> None:
+        """Write keys/values (n, kv_dim) for positions pos0..pos0+n-1."""
+        self.keys[layer, pos0:pos0 + len(keys)] = keys
+        self.values[layer, pos0:pos0 + len(values)] = values
+
+    def read(self, layer: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 keys and values (stop - start, kv_dim) of positions start..stop-1."""
+        keys, values = self.keys[layer, start:stop], self.values[layer, start:stop]
+        if self.kv_type == "f32":
+            return keys, values
+        n = stop - start
+        return f16_to_f32(keys, self._staging[0][:n]), f16_to_f32(values, self._staging[1][:n])

@@ -1,0 +1,163 @@
+"""`Model`: the public Python API of the engine.
+
+    from runtime import Model
+    model = Model.load("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=2048, n_threads=2)
+    ids = model.tokenize("The capital of France is")
+    for step in model.generate(ids, max_tokens=16):      # greedy unless temperature > 0
+        print(step.text, end="", flush=True)
+    logits = model.logits(ids)                           # (n_tokens, n_vocab), fresh context
+    vectors = model.embed(["a text", "another"])         # (2, n_embd), mean-pooled, unit length
+
+One model holds one context (KV cache). `generate` reuses the cached prefix it shares with the previous
+call, so a chat that grows turn by turn only processes the new tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ContextOverflowError
+from ..generation import Step, generate
+from ..gguf import GGUFFile, Source, load_gguf
+from ..sampling import SamplingParams
+from ..threads import physical_cores, set_threads
+from ..tokenizer import Tokenizer
+from .config import ModelConfig
+from .forward import Transformer
+from .kv_cache import KVCache
+from .weights import load_weights
+
+DEFAULT_N_CTX = 4096
+DEFAULT_BATCH_SIZE = 512
+
+
+class Model:
+    def __init__(self, gguf: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None,
+                 kv_type: str = "f16", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        started = time.perf_counter()
+        self.gguf = gguf
+        self.config = ModelConfig.from_metadata(gguf.metadata)
+        self.tokenizer = Tokenizer.from_gguf(gguf)
+        self.weights = load_weights(gguf, self.config)
+        if n_ctx is None or n_ctx <= 0:
+            n_ctx = min(DEFAULT_N_CTX, self.config.n_ctx_train)
+        self.n_ctx = int(n_ctx)
+        self.batch_size = max(1, int(batch_size))
+        self.n_threads = set_threads(n_threads or physical_cores())
+        self.transformer = Transformer(self.config, self.weights, self.n_ctx)
+        self.cache = KVCache(self.config.n_layer, self.n_ctx, self.config.kv_dim, kv_type)
+        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self.load_time_s = time.perf_counter() - started
+
+    @classmethod
+    def load(cls, path: Source, n_ctx: int | None = None, n_threads: int | None = None, **options) -> Model:
+        """Open a GGUF file (or (path, offset, length) inside a larger file) and prepare it to run."""
+        return cls(load_gguf(path), n_ctx=n_ctx, n_threads=n_threads, **options)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.weights.output.n_rows
+
+    @property
+    def n_embd(self) -> int:
+        return self.config.n_embd
+
+    @property
+    def derived_bytes(self) -> int:
+        return self.transformer.derived_bytes
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.gguf.buffer)
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return self.tokenizer.decode(tokens, special=special)
+
+    # --- evaluation ------------------------------------------------------------------------------------
+
+    def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise ValueError("no tokens to evaluate")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit in the context of {self.n_ctx}")
+        if ids.min() < 0 or ids.max() >= self.weights.token_embd.n_rows:
+            raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
+        return ids
+
+    def _run(self, ids: np.ndarray, pos0: int, output: str) -> np.ndarray:
+        """Evaluate ids at pos0.. in chunks of batch_size; per-chunk outputs concatenated."""
+        parts = []
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start:start + self.batch_size]
+            last_chunk = start + self.batch_size >= len(ids)
+            chunk_output = output if (output != "last" or last_chunk) else "hidden-last"
+            if chunk_output == "hidden-last":  # intermediate chunk: only the cache matters
+                self.transformer.forward(chunk, pos0 + start, self.cache, output="hidden")
+                continue
+            parts.append(self.transformer.forward(chunk, pos0 + start, self.cache, output=chunk_output))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """float32 (n_tokens, n_vocab): the logits after every position, from a fresh context."""
+        ids = self._check_tokens(tokens)
+        self._cached = []
+        logits = self._run(ids, 0, "all")
+        self._cached = ids.tolist()
+        return logits
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits (n_vocab,) after the last token, reusing the cached prefix shared with earlier calls."""
+        ids = self._check_tokens(tokens)
+        common = 0
+        for a, b in zip(self._cached, ids.tolist(), strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # the last token is always evaluated: its logits are needed
+        self._cached = self._cached[:common]
+        logits = self._run(ids[common:], common, "last")[-1]
+        self._cached = ids.tolist()
+        return logits
+
+    def decode(self, token: int) -> np.ndarray:
+        """Logits (n_vocab,) after appending one token to the cached context."""
+        if len(self._cached) >= self.n_ctx:
+            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        logits = self.transformer.forward(np.array([token]), len(self._cached), self.cache, output="last")[0]
+        self._cached.append(int(token))
+        return logits
+
+    # --- generation and embeddings ---------------------------------------------------------------------
+
+    def generate(self, tokens: Sequence[int], max_tokens: int = 256, temperature: float = 0.0,
+                 seed: int | None = None, stop: Sequence[str] = (), logprobs: int | None = None,
+                 **sampling) -> Iterator[Step]:
+        """Yield a `Step` (.token, .text, .finish_reason, ...) per generated token, as soon as it is sampled.
+
+        Sampling options (see SamplingParams): top_k, top_p, min_p, repeat_penalty, presence_penalty,
+        frequency_penalty, repeat_last_n, logit_bias. Stops at an end-of-generation token, a stop string
+        (never included in the text), max_tokens, or a full context.
+        """
+        params = SamplingParams(temperature=temperature, seed=seed, **sampling)
+        return generate(self, list(tokens), max_tokens, params, stop=stop, logprobs=logprobs)
+
+    def embed(self, texts: Sequence[str] | str) -> np.ndarray:
+        """float32 (n_texts, n_embd): each text's final hidden states, mean-pooled and L2-normalized."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = np.zeros((len(texts), self.n_embd), np.float32)
+        for i, text in enumerate(texts):
+            ids = self._check_tokens(self.tokenize(text))
+            self._cached = []
+            pooled = self._run(ids, 0, "hidden").mean(axis=0)
+            self._cached = ids.tolist()
+            norm = float(np.linalg.norm(pooled))
+            out[i] = pooled / norm if norm > 0 else pooled
+        return out
