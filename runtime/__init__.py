@@ -16,6 +16,15 @@ The public API (documented in README.md):
 
 from __future__ import annotations
 
+import os
+
+# Two thread pools share the cores: numba's (OpenMP) for the kernels and OpenBLAS's for prefill matrix
+# products. Each busy-waits after its work by default, starving the other (prefill ran at half speed).
+# Short spins keep decode's back-to-back kernel launches fast without stealing from BLAS. Read when the
+# libraries load, so this must run before numpy is imported.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
 from .errors import (
     ContextOverflowError,
     GGUFError,

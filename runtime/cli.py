@@ -139,3 +139,57 @@ def tokenize(model: str, no_bos: bool, no_special: bool, text: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- run -----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", type=model_file, required=True, help="GGUF model file.")
+@click.option("-p", "--prompt", required=True, help="Prompt text (with --chat: the user's message).")
+@click.option("-n", "--n-predict", "max_tokens", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Most tokens to generate.")
+@click.option("--temp", "temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="Temperature; 0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=40, show_default=True, help="0: off.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--min-p", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each run).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=0,
+              help="Context size in tokens (default: 4096 or the model's maximum if smaller).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Prompt tokens processed per batch.")
+@click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="KV cache element type.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template as one user message.")
+@friendly_errors
+def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float,
+        repeat_penalty: float, seed: int | None, threads: int | None, n_ctx: int, batch_size: int, cache_type: str,
+        chat: bool) -> None:
+    """Generate text from a prompt, streamed to stdout; timings go to stderr."""
+    import time
+
+    from .model import Model
+
+    model = Model.load(model_path, n_ctx=n_ctx, n_threads=threads, kv_type=cache_type, batch_size=batch_size)
+    tokens = model.chat_tokens([{"role": "user", "content": prompt}]) if chat else model.tokenize(prompt)
+    if not chat:
+        click.echo(prompt, nl=False)
+    started = time.perf_counter()
+    first_token_at, n_generated = None, 0
+    for step in model.generate(tokens, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                               top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty):
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        n_generated += 1
+        click.echo(step.text, nl=False)
+        sys.stdout.flush()
+    click.echo()
+    ended = time.perf_counter()
+    prefill_s = (first_token_at or ended) - started
+    decode_s = ended - (first_token_at or ended)
+    click.echo(f"prompt: {len(tokens)} tokens in {prefill_s:.2f} s ({len(tokens) / max(prefill_s, 1e-9):.1f} tok/s) | "
+               f"generated: {n_generated} tokens, {max(n_generated - 1, 0) / max(decode_s, 1e-9):.1f} tok/s | "
+               f"load {model.load_time_s:.2f} s, {model.n_threads} threads", err=True)

@@ -34,18 +34,18 @@ METADATA: dict[str, tuple[str, Any]] = {
 }
 
 
-def random_blocks(type_name: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    """Random raw blocks of a format, with finite random float16 scales, as a uint8 array."""
+def random_blocks(type_name: str, n_blocks: int, rng: np.random.Generator, scale: float = 2.0) -> np.ndarray:
+    """Random raw blocks of a format, with finite random float scales in [-scale, scale], as a uint8 array."""
     fmt = FORMATS_BY_NAME[type_name]
     raw = rng.integers(0, 256, size=n_blocks * fmt.type_size, dtype=np.uint8)
     blocks = raw.view(fmt.block_dtype)
     for name in fmt.block_dtype.names:
         if fmt.block_dtype[name].base == np.float16:
-            blocks[name] = rng.uniform(-2, 2, size=blocks[name].shape).astype(np.float16)
+            blocks[name] = rng.uniform(-scale, scale, size=blocks[name].shape).astype(np.float16)
         elif fmt.block_dtype[name].base in (np.float32, np.float64):
-            blocks[name] = rng.uniform(-2, 2, size=blocks[name].shape)
+            blocks[name] = rng.uniform(-scale, scale, size=blocks[name].shape)
         elif type_name == "BF16":
-            blocks[name] = (rng.uniform(-2, 2, size=n_blocks).astype(np.float32).view(np.uint32) >> 16)
+            blocks[name] = (rng.uniform(-scale, scale, size=n_blocks).astype(np.float32).view(np.uint32) >> 16)
     return raw
 
 
@@ -69,6 +69,94 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]] | Non
     writer.write_tensors_to_file()
     writer.close()
     return written
+
+
+# --- tiny models ------------------------------------------------------------------------------------------
+
+# Block scales of the random weights, chosen so that every format's values come out around +-0.05 (typical
+# |q| of the format times its sub-scales); larger ones make a random llama's activations blow up.
+WEIGHT_SCALE = {"Q4_0": 0.01, "Q4_1": 0.005, "Q5_0": 0.005, "Q5_1": 0.003, "Q8_0": 0.0008, "Q2_K": 0.003,
+                "Q3_K": 0.001, "Q4_K": 0.0002, "Q5_K": 0.0001, "Q6_K": 0.00005}
+
+
+def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:
+    """GPT-2 byte-level BPE metadata: <|endoftext|> (BOS/EOS), <|im_end|> (EOG), the 256 byte tokens, a few merges."""
+    from runtime.tokenizer.bpe import byte_to_unicode
+
+    merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r"]
+    tokens = ["<|endoftext|>", "<|im_end|>", *byte_to_unicode(), *[m.replace(" ", "") for m in merges]]
+    return {
+        "tokenizer.ggml.model": ("string", "gpt2"),
+        "tokenizer.ggml.pre": ("string", "gpt-2"),
+        "tokenizer.ggml.tokens": ("array", tokens),
+        "tokenizer.ggml.token_type": ("array", [3, 3] + [1] * (len(tokens) - 2)),
+        "tokenizer.ggml.merges": ("array", merges),
+        "tokenizer.ggml.bos_token_id": ("uint32", 0),
+        "tokenizer.ggml.eos_token_id": ("uint32", 0),
+        "tokenizer.ggml.eot_token_id": ("uint32", 1),
+        "tokenizer.chat_template": ("string", "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}"
+                                              "{% if add_generation_prompt %}<assistant>{% endif %}"),
+    }
+
+
+def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
+                n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = ()) -> None:
+    """A tiny random model of `arch` (llama or gemma3) with its matrices in `weight_type`, less `omit`."""
+    n_embd, n_ff, n_head, n_head_kv, head_dim = 256, 512, 4, 2, 64
+    rng = np.random.default_rng(seed)
+    tokenizer = byte_level_tokenizer()
+    n_vocab = len(tokenizer["tokenizer.ggml.tokens"][1])
+    a = arch
+    metadata = {
+        **tokenizer,
+        f"{a}.block_count": ("uint32", n_layer), f"{a}.context_length": ("uint32", 256),
+        f"{a}.embedding_length": ("uint32", n_embd), f"{a}.feed_forward_length": ("uint32", n_ff),
+        f"{a}.attention.head_count": ("uint32", n_head), f"{a}.attention.head_count_kv": ("uint32", n_head_kv),
+        f"{a}.attention.layer_norm_rms_epsilon": ("float32", 1e-6), f"{a}.rope.freq_base": ("float32", 10000.0),
+    }
+    if arch == "gemma3":
+        metadata.update({f"{a}.attention.key_length": ("uint32", head_dim),
+                         f"{a}.attention.value_length": ("uint32", head_dim),
+                         f"{a}.attention.sliding_window": ("uint32", 8),
+                         f"{a}.rope.freq_base": ("float32", 1e6)})
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, (kind, value) in metadata.items():
+        getattr(writer, f"add_{kind}")(key, value)
+
+    def matrix(name: str, n_out: int, n_in: int, type_name: str = weight_type) -> None:
+        fmt = FORMATS_BY_NAME[type_name]
+        raw = random_blocks(type_name, n_out * n_in // fmt.block_size, rng, WEIGHT_SCALE.get(type_name, 0.01))
+        if name not in omit:
+            writer.add_tensor(name, raw.reshape(n_out, -1), raw_dtype=gguf.GGMLQuantizationType[type_name])
+
+    def norm(name: str, n: int) -> None:
+        if name not in omit:
+            writer.add_tensor(name, rng.normal(1.0, 0.1, n).astype(np.float32))
+
+    matrix("token_embd.weight", n_vocab, n_embd, "Q8_0" if tied else weight_type)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        norm(p + "attn_norm.weight", n_embd)
+        matrix(p + "attn_q.weight", n_head * head_dim, n_embd)
+        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        matrix(p + "attn_output.weight", n_embd, n_head * head_dim)
+        norm(p + "ffn_norm.weight", n_embd)
+        matrix(p + "ffn_gate.weight", n_ff, n_embd)
+        matrix(p + "ffn_up.weight", n_ff, n_embd)
+        matrix(p + "ffn_down.weight", n_embd, n_ff)
+        if arch == "gemma3":
+            norm(p + "attn_q_norm.weight", head_dim)
+            norm(p + "attn_k_norm.weight", head_dim)
+            norm(p + "post_attention_norm.weight", n_embd)
+            norm(p + "post_ffw_norm.weight", n_embd)
+    norm("output_norm.weight", n_embd)
+    if not tied:
+        matrix("output.weight", n_vocab, n_embd)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 SMALL_TENSORS = {

@@ -129,18 +129,24 @@ def test_dot_nibbles():
     assert _call(simd.dot_hi4x32, BYTES, 7, X8, 2) == int((b32 >> 4) @ X8[2:34].astype(int))
 
 
-def test_dot_bits():
-    bits = np.unpackbits(BYTES[9:13], bitorder="little").astype(int)
-    assert _call(simd.dot_bits32, BYTES, 9, X8, 4) == int(bits @ X8[4:36].astype(int))
-    for bit in (0, 5, 7):
-        mask = (BYTES[11:43].astype(int) >> bit) & 1
-        assert _call(simd.dot_bit_of_bytes32, BYTES, 11, bit, X8, 6) == int(mask @ X8[6:38].astype(int))
+def test_dot_q5x32():
+    packed = BYTES[3:19].astype(int)
+    bits = np.unpackbits(BYTES[30:34], bitorder="little").astype(int)
+    q = np.concatenate([packed & 15, packed >> 4]) | (bits << 4)
+    assert _call(simd.dot_q5x32, BYTES, 3, 30, X8, 4) == int(q @ X8[4:36].astype(int))
 
 
-def test_dot_q6x16():
+def test_dot_k5x32():
+    for shift, bit in [(0, 0), (4, 5), (4, 7)]:
+        q = ((BYTES[2:34].astype(int) >> shift) & 15) | (((BYTES[40:72].astype(int) >> bit) & 1) << 4)
+        assert _call(simd.dot_k5x32, BYTES, 2, shift, 40, bit, X8, 6) == int(q @ X8[6:38].astype(int))
+
+
+def test_dot_q6x32():
+    scales = BYTES.view(np.int8)[70:72].astype(int)
     for ql_shift, qh_shift in [(0, 0), (4, 2), (0, 4), (4, 6)]:
-        low = (BYTES[5:21].astype(int) >> ql_shift) & 15
-        high = (BYTES[40:56].astype(int) >> qh_shift) & 3
-        q = (low | (high << 4)) - 32
-        got = _call(simd.dot_q6x16, BYTES, 5, ql_shift, 40, qh_shift, X8, 3)
-        assert got == int(q @ X8[3:19].astype(int))
+        low = (BYTES[5:37].astype(int) >> ql_shift) & 15
+        high = (BYTES[38:70].astype(int) >> qh_shift) & 3
+        q = ((low | (high << 4)) - 32) * np.repeat(scales, 16)
+        got = _call(simd.dot_q6x32, BYTES, 5, ql_shift, 38, qh_shift, 70, X8, 3)
+        assert got == int(q @ X8[3:35].astype(int))

@@ -20,16 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .dequant import k4_scale_min
-from .simd import (
-    dot_bit_of_bytes32,
-    dot_bits32,
-    dot_hi4x32,
-    dot_i8x32,
-    dot_lo4x32,
-    dot_q6x16,
-    dot_u4x32,
-    f16_at,
-)
+from .simd import dot_hi4x32, dot_i8x32, dot_k5x32, dot_lo4x32, dot_q5x32, dot_q6x32, dot_u4x32, f16_at
 
 QK = 32  # elements per x block
 _OPTS = dict(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -88,7 +79,7 @@ def matvec_q5_0(w, xq, xd, xs, xqs, out):
         acc = np.float32(0.0)
         for b in range(xd.shape[0]):
             o = b * 22
-            q = dot_u4x32(row, o + 6, xq, b * QK) + 16 * dot_bits32(row, o + 2, xq, b * QK) - 16 * xqs[b]
+            q = dot_q5x32(row, o + 6, o + 2, xq, b * QK) - 16 * xqs[b]
             acc += f16_at(row, o) * xd[b] * np.float32(q)
         out[r] = acc
 
@@ -101,7 +92,7 @@ def matvec_q5_1(w, xq, xd, xs, xqs, out):
         acc = np.float32(0.0)
         for b in range(xd.shape[0]):
             o = b * 24
-            q = dot_u4x32(row, o + 8, xq, b * QK) + 16 * dot_bits32(row, o + 4, xq, b * QK)
+            q = dot_q5x32(row, o + 8, o + 4, xq, b * QK)
             acc += f16_at(row, o) * xd[b] * np.float32(q) + f16_at(row, o + 2) * xs[b]
         out[r] = acc
 
@@ -149,8 +140,7 @@ def matvec_q5_k(w, xq, xd, xs, xqs, out):
             for j in range(8):
                 xb = sb * 8 + j
                 qo = o + 48 + 32 * (j // 2)
-                q = dot_hi4x32(row, qo, xq, xb * QK) if j & 1 else dot_lo4x32(row, qo, xq, xb * QK)
-                q += 16 * dot_bit_of_bytes32(row, o + 16, j, xq, xb * QK)
+                q = dot_k5x32(row, qo, 4 * (j & 1), o + 16, j, xq, xb * QK)
                 sc, mn = k4_scale_min(row, o + 4, j)
                 acc += d * np.float32(sc) * xd[xb] * np.float32(q) - dmin * np.float32(mn) * xs[xb]
         out[r] = acc
@@ -159,7 +149,8 @@ def matvec_q5_k(w, xq, xd, xs, xqs, out):
 @njit(**_OPTS)
 def matvec_q6_k(w, xq, xd, xs, xqs, out):
     # super-block (210 bytes): ql 128 | qh 64 | scales 16 int8 | d f16; two halves of 128 values, each
-    # four quarters k of 32 (low/high nibbles of ql[0:32] / ql[32:64], bits 2k..2k+1 of qh), 16 per scale
+    # four quarters k of 32 (low/high nibbles of ql[0:32] / ql[32:64], bits 2k..2k+1 of qh), 16 per scale;
+    # the int8 scales are folded into the integer dot product
     for r in prange(w.shape[0]):
         row = w[r]
         acc = np.float32(0.0)
@@ -171,9 +162,6 @@ def matvec_q6_k(w, xq, xd, xs, xqs, out):
                     xb = sb * 8 + half * 4 + k
                     ql_o = o + half * 64 + (k & 1) * 32
                     qh_o = o + 128 + half * 32
-                    for part in range(2):
-                        q = dot_q6x16(row, ql_o + 16 * part, 4 * (k >> 1), qh_o + 16 * part, 2 * k,
-                                      xq, xb * QK + 16 * part)
-                        scale = np.float32(np.int8(np.int64(row[o + 192 + half * 8 + part + 2 * k])))
-                        acc += d * scale * xd[xb] * np.float32(q)
+                    q = dot_q6x32(row, ql_o, 4 * (k >> 1), qh_o, 2 * k, o + 192 + half * 8 + 2 * k, xq, xb * QK)
+                    acc += d * xd[xb] * np.float32(q)
         out[r] = acc

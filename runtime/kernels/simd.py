@@ -119,55 +119,70 @@ dot_hi4x32 = intrinsic(_dot_nibbles32(True))
 dot_hi4x32.__doc__ = "32 bytes at wo, their high nibbles as 32 values (Q4_K/Q5_K odd sub-blocks)."
 
 
-@intrinsic
-def dot_bits32(typingctx, w, wo, x, xo):
-    """sum of x[xo+j] over the bits j set in the little-endian 32-bit word at wo (Q5_0/Q5_1 fifth bit)."""
-    sig = types.int32(w, wo, x, xo)
-
-    def codegen(context, builder, signature, args):
-        word = _load(context, builder, signature.args[0], args[0], args[1], I32)
-        mask = builder.bitcast(word, _vec(ir.IntType(1), 32))
-        vx = builder.sext(_load(context, builder, signature.args[2], args[2], args[3], _vec(I8, 32)), _vec(I32, 32))
-        return _reduce_add(builder, builder.select(mask, vx, _splat(I32, 32, 0)))
-
-    return sig, codegen
-
-
-@intrinsic
-def dot_bit_of_bytes32(typingctx, w, wo, bit, x, xo):
-    """sum of x[xo+j] over j where bit `bit` of byte w[wo+j] is set (Q5_K fifth bit)."""
-    sig = types.int32(w, wo, bit, x, xo)
-
-    def codegen(context, builder, signature, args):
-        qh = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, 32))
-        shift = builder.trunc(args[2], I8)
-        shifted = builder.lshr(qh, _broadcast(builder, shift, 32))
-        mask = builder.trunc(shifted, _vec(ir.IntType(1), 32))
-        vx = builder.sext(_load(context, builder, signature.args[3], args[3], args[4], _vec(I8, 32)), _vec(I32, 32))
-        return _reduce_add(builder, builder.select(mask, vx, _splat(I32, 32, 0)))
-
-    return sig, codegen
-
-
 def _broadcast(builder, scalar: ir.Value, n: int) -> ir.Value:
     vector = builder.insert_element(ir.Constant(_vec(scalar.type, n), None), scalar, ir.Constant(I32, 0))
     return builder.shuffle_vector(vector, vector, ir.Constant(_vec(I32, n), [0] * n))
 
 
+def _fifth_bits(builder, word: ir.Value) -> ir.Value:
+    """A 32-bit word -> <32 x i8> holding 16 where bit j is set, else 0."""
+    bits = builder.zext(builder.bitcast(word, _vec(ir.IntType(1), 32)), _vec(I8, 32))
+    return builder.shl(bits, _splat(I8, 32, 4))
+
+
 @intrinsic
-def dot_q6x16(typingctx, w, ql_o, ql_shift, qh_o, qh_shift, x, xo):
-    """16 Q6_K values q = ((ql >> ql_shift) & 15) | (((qh >> qh_shift) & 3) << 4), minus 32, dotted with x."""
-    sig = types.int32(w, ql_o, ql_shift, qh_o, qh_shift, x, xo)
+def dot_q5x32(typingctx, w, qs_o, qh_o, x, xo):
+    """Q5_0/Q5_1 values: nibbles of the 16 bytes at qs_o (as dot_u4x32) plus 16 * bit j of the word at qh_o."""
+    sig = types.int32(w, qs_o, qh_o, x, xo)
 
     def codegen(context, builder, signature, args):
-        n = 16
+        packed = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, 16))
+        low = _concat(builder, _nibbles(builder, packed, False), _nibbles(builder, packed, True))
+        word = _load(context, builder, signature.args[0], args[0], args[2], I32)
+        q = builder.or_(low, _fifth_bits(builder, word))
+        vx = _load(context, builder, signature.args[3], args[3], args[4], _vec(I8, 32))
+        return _dot(builder, q, False, vx)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_k5x32(typingctx, w, qs_o, shift, qh_o, bit, x, xo):
+    """Q5_K sub-block: nibble (shift 0 or 4) of the 32 bytes at qs_o plus 16 * bit `bit` of the bytes at qh_o."""
+    sig = types.int32(w, qs_o, shift, qh_o, bit, x, xo)
+
+    def codegen(context, builder, signature, args):
+        n = 32
+        qs = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, n))
+        low = builder.and_(builder.lshr(qs, _broadcast(builder, builder.trunc(args[2], I8), n)), _splat(I8, n, 15))
+        qh = _load(context, builder, signature.args[0], args[0], args[3], _vec(I8, n))
+        high = builder.and_(builder.lshr(qh, _broadcast(builder, builder.trunc(args[4], I8), n)), _splat(I8, n, 1))
+        q = builder.or_(low, builder.shl(high, _splat(I8, n, 4)))
+        vx = _load(context, builder, signature.args[5], args[5], args[6], _vec(I8, n))
+        return _dot(builder, q, False, vx)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_q6x32(typingctx, w, ql_o, ql_shift, qh_o, qh_shift, sc_o, x, xo):
+    """32 Q6_K values q = ((ql >> ql_shift) & 15) | (((qh >> qh_shift) & 3) << 4) - 32, the first 16 weighted
+    by the int8 scale at sc_o and the last 16 by the one at sc_o + 1, dotted with x."""
+    sig = types.int32(w, ql_o, ql_shift, qh_o, qh_shift, sc_o, x, xo)
+
+    def codegen(context, builder, signature, args):
+        n = 32
         ql = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, n))
         qh = _load(context, builder, signature.args[0], args[0], args[3], _vec(I8, n))
         low = builder.and_(builder.lshr(ql, _broadcast(builder, builder.trunc(args[2], I8), n)), _splat(I8, n, 15))
         high = builder.and_(builder.lshr(qh, _broadcast(builder, builder.trunc(args[4], I8), n)), _splat(I8, n, 3))
         q = builder.sub(builder.or_(low, builder.shl(high, _splat(I8, n, 4))), _splat(I8, n, 32))
-        vx = _load(context, builder, signature.args[5], args[5], args[6], _vec(I8, n))
-        return _dot(builder, q, True, vx)
+        pair = _load(context, builder, signature.args[0], args[0], args[5], _vec(I8, 2))
+        scales = builder.shuffle_vector(pair, pair, ir.Constant(_vec(I32, n), [0] * 16 + [1] * 16))
+        wide = _vec(I32, n)
+        vx = _load(context, builder, signature.args[6], args[6], args[7], _vec(I8, n))
+        product = builder.mul(builder.mul(builder.sext(q, wide), builder.sext(vx, wide)), builder.sext(scales, wide))
+        return _reduce_add(builder, product)
 
     return sig, codegen
 

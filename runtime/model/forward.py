@@ -13,7 +13,7 @@ import numpy as np
 from ..kernels.linear import QuantizedVector, QuantMatrix
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .ops import ACTIVATIONS, Rope, attention, rms_norm
+from .ops import Rope, attention, gated_ffn_input, rms_norm
 from .weights import Weights
 
 
@@ -29,7 +29,6 @@ class Transformer:
             if base not in ropes:
                 ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox)
         self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
-        self.activation = ACTIVATIONS[c.options.ffn_activation]
         self._vectors: dict[int, QuantizedVector] = {}  # decode: quantized input, by length
 
     @property
@@ -83,7 +82,7 @@ class Transformer:
             # feed-forward
             h = rms_norm(x, layer.ffn_norm, c.rms_eps)
             gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
-            (ffn,) = self.project(self.activation(gate) * up, layer.ffn_down)
+            (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
             if opt.post_norms:
                 ffn = rms_norm(ffn, layer.post_ffw_norm, c.rms_eps)
             x += ffn

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ..chat import ChatTemplate
 from ..errors import ContextOverflowError
 from ..generation import Step, generate
 from ..gguf import GGUFFile, Source, load_gguf
@@ -50,6 +51,7 @@ class Model:
         self.transformer = Transformer(self.config, self.weights, self.n_ctx)
         self.cache = KVCache(self.config.n_layer, self.n_ctx, self.config.kv_dim, kv_type)
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self._chat_template: ChatTemplate | None = None
         self.load_time_s = time.perf_counter() - started
 
     @classmethod
@@ -78,6 +80,16 @@ class Model:
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
         return self.tokenizer.decode(tokens, special=special)
+
+    def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
+        """The prompt tokens for a conversation, through the model's chat template."""
+        if self._chat_template is None:
+            self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.vocab.tokens)
+        tokens = self.tokenize(self._chat_template.render(messages))
+        bos = self.tokenizer.bos_id
+        if bos is not None and tokens[:2] == [bos, bos]:  # the template wrote BOS and tokenize added one
+            tokens = tokens[1:]
+        return tokens
 
     # --- evaluation ------------------------------------------------------------------------------------
 

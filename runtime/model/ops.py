@@ -1,16 +1,34 @@
 """The transformer's non-matrix steps on float32 activations: RMSNorm, rotary embeddings, attention, FFN
-activations. Batched over tokens; numpy does the arithmetic (BLAS for the attention products).
+activations, batched over tokens.
+
+The functions named `*_numpy` are the plain twins of the numba kernels in `kernels/ops.py` (tests compare
+them); `attention` is numpy (BLAS products) and serves prefill chunks; the public wrappers below pick.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import ops as kernels
+
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (..., n) / rms(x) * weight (n,), over the last axis."""
+    out = np.empty(x.shape, np.float32)
+    kernels.rms_norm_rows(x.reshape(-1, x.shape[-1]), weight, eps, out.reshape(-1, x.shape[-1]))
+    return out
+
+
+def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
+    """act(gate) * up."""
+    out = np.empty(gate.shape, np.float32)
+    kernels.gated_activation(gate.reshape(-1), up.reshape(-1), activation == "gelu_tanh", out.reshape(-1))
+    return out
+
+
+def rms_norm_numpy(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     mean_square = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
     return x * (np.float32(1.0) / np.sqrt(mean_square + np.float32(eps))) * weight
 
@@ -23,7 +41,7 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(SQRT_2_OVER_PI * (x + np.float32(0.044715) * x**3)))
 
 
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}  # the numpy twins of gated_activation
 
 
 class Rope:
@@ -40,6 +58,10 @@ class Rope:
 
     def __call__(self, x: np.ndarray, pos0: int) -> None:
         """Rotate x (n_tokens, n_heads, head_dim) in place; token i is at position pos0 + i."""
+        kernels.rope_rows(x, self.cos, self.sin, pos0, self.n_rot, self.neox)
+
+    def rotate_numpy(self, x: np.ndarray, pos0: int) -> None:
+        """Numpy twin of __call__."""
         n = x.shape[0]
         cos, sin = self.cos[pos0:pos0 + n, None, :], self.sin[pos0:pos0 + n, None, :]
         if self.neox:
@@ -60,6 +82,18 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
     key_pos0..key_pos0+s-1. A key is visible to a query at p when key <= p and, with a window,
     p - key < window. Returns (n, n_head * head_dim).
     """
+    n, n_head, head_dim = q.shape
+    s, n_kv = keys.shape[0], keys.shape[1]
+    if n == 1 and (not window or pos0 - key_pos0 < window) and key_pos0 + s == pos0 + 1:
+        out = np.empty((n_head, head_dim), np.float32)  # decode: every cached key is visible
+        kernels.attention_one(q[0], keys, values, np.float32(scale), out)
+        return out.reshape(1, n_head * head_dim)
+    return attention_numpy(q, keys, values, pos0, key_pos0, window, scale)
+
+
+def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
+                    scale: float) -> np.ndarray:
+    """Numpy attention (BLAS products): any number of queries, masks applied."""
     n, n_head, head_dim = q.shape
     s, n_kv = keys.shape[0], keys.shape[1]
     group = n_head // n_kv

@@ -1,0 +1,80 @@
+"""Numba versions of the transformer's small steps, for decode where numpy's per-call overhead (~5-20 us
+per operation, dozens per layer) would cost more than the arithmetic. Each has a numpy twin in
+`runtime/model/ops.py`; tests compare them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_OPTS = dict(fastmath=True, cache=True, nogil=True)
+
+
+@njit(**_OPTS)
+def rms_norm_rows(x, weight, eps, out):
+    """out[i] = x[i] / rms(x[i]) * weight for each row of x (n, d)."""
+    for i in range(x.shape[0]):
+        total = np.float32(0.0)
+        for j in range(x.shape[1]):
+            total += x[i, j] * x[i, j]
+        inv = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[1]) + np.float32(eps))
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] * inv * weight[j]
+
+
+@njit(**_OPTS)
+def rope_rows(x, cos, sin, pos0, n_rot, neox):
+    """Rotate x (n, n_heads, head_dim) in place; token i at position pos0 + i (see model/ops.py Rope)."""
+    half = n_rot // 2
+    for i in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            for j in range(half):
+                a_at, b_at = (j, j + half) if neox else (2 * j, 2 * j + 1)
+                c, s = cos[pos0 + i, j], sin[pos0 + i, j]
+                a, b = x[i, h, a_at], x[i, h, b_at]
+                x[i, h, a_at] = a * c - b * s
+                x[i, h, b_at] = a * s + b * c
+
+
+@njit(**_OPTS)
+def gated_activation(gate, up, gelu, out):
+    """out = act(gate) * up, act = gelu_tanh if gelu else silu; all (n,) float32."""
+    k = np.float32(math.sqrt(2.0 / math.pi))
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        if gelu:
+            a = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(k * (g + np.float32(0.044715) * g * g * g)))
+        else:
+            a = g / (np.float32(1.0) + np.exp(-g))
+        out[i] = a * up[i]
+
+
+@njit(parallel=True, **_OPTS)
+def attention_one(q, keys, values, scale, out):
+    """One query per head: q (n_head, hd), keys/values (s, n_kv, hd) -> out (n_head, hd), all visible."""
+    n_head, head_dim = q.shape
+    s, n_kv = keys.shape[0], keys.shape[1]
+    group = n_head // n_kv
+    for h in prange(n_head):
+        kv = h // group
+        scores = np.empty(s, np.float32)
+        best = np.float32(-np.inf)
+        for t in range(s):
+            dot = np.float32(0.0)
+            for j in range(head_dim):
+                dot += q[h, j] * keys[t, kv, j]
+            scores[t] = dot * scale
+            best = max(best, scores[t])
+        total = np.float32(0.0)
+        for t in range(s):
+            scores[t] = np.exp(scores[t] - best)
+            total += scores[t]
+        for j in range(head_dim):
+            out[h, j] = 0.0
+        for t in range(s):
+            p = scores[t] / total
+            for j in range(head_dim):
+                out[h, j] += p * values[t, kv, j]

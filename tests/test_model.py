@@ -1,0 +1,143 @@
+"""The engine against the plain numpy reference (tests/reference_model.py) on tiny synthetic models of every
+quant type and both architectures, plus the Model API's contracts: context limits, prefix reuse, errors.
+
+Tolerances: prefill (`Model.logits`) decodes weights exactly and multiplies in float32 like the reference,
+so it agrees to float rounding (2e-3 of the logit range). Decode quantizes activations to int8 blocks (as
+llama.cpp does), so single-token logits agree to a few percent of the logit range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime import ContextOverflowError, Model, UnsupportedModelError
+from runtime.quants import FORMATS_BY_NAME
+from tests.reference_model import ReferenceModel
+from tests.synth import write_gguf, write_model
+
+WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+PROMPT = "the cat in the hat, there and here; the end"
+PREFILL_TOLERANCE = 2e-3  # of the logit range; measured <= 1.3e-3 (random layers amplify float rounding)
+DECODE_TOLERANCE = 0.02  # measured <= 0.9e-2: int8 activations
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict:
+    cache: dict = {}
+
+    def get(arch: str, weight_type: str, tied: bool = True):
+        key = (arch, weight_type, tied)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("models") / f"{arch}-{weight_type}.gguf"
+            write_model(path, arch, weight_type, n_layer=6 if arch == "gemma3" else 2, tied=tied)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+def compare(path, n_threads: int = 2) -> tuple[float, float]:
+    """(prefill error, decode error) relative to the reference logits' range."""
+    model = Model.load(path, n_ctx=64, n_threads=n_threads)
+    tokens = model.tokenize(PROMPT)
+    expected = ReferenceModel(path).logits(tokens)
+    spread = float(expected.max() - expected.min())
+    prefill = model.logits(tokens)
+    assert prefill.shape == expected.shape and prefill.dtype == np.float32
+    model.prefill(tokens[:5])
+    decoded = np.stack([model.decode(t) for t in tokens[5:]])
+    return (float(np.abs(prefill - expected).max()) / spread,
+            float(np.abs(decoded - expected[5:]).max()) / spread)
+
+
+@pytest.mark.parametrize("weight_type", WEIGHT_TYPES)
+def test_llama_matches_reference(tiny_models, weight_type):
+    prefill_error, decode_error = compare(tiny_models("llama", weight_type, tied=False))
+    assert prefill_error < PREFILL_TOLERANCE
+    assert decode_error < DECODE_TOLERANCE
+
+
+@pytest.mark.parametrize("weight_type", ["Q8_0", "Q5_0", "Q4_K", "Q6_K", "F16"])
+def test_gemma3_matches_reference(tiny_models, weight_type):
+    # 6 layers: five sliding-window layers (window 8 < prompt) and one global layer with its own rope base
+    prefill_error, decode_error = compare(tiny_models("gemma3", weight_type))
+    assert prefill_error < PREFILL_TOLERANCE
+    assert decode_error < DECODE_TOLERANCE
+
+
+def test_one_thread_gives_the_same_decode(tiny_models):
+    path = tiny_models("llama", "Q4_K")
+    results = []
+    for n_threads in (1, 2):
+        model = Model.load(path, n_ctx=64, n_threads=n_threads)
+        model.prefill(model.tokenize(PROMPT))
+        results.append(model.decode(5))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_batches_and_prefix_reuse_agree_with_one_pass(tiny_models):
+    path = tiny_models("gemma3", "Q8_0")
+    model = Model.load(path, n_ctx=64, batch_size=7)  # several chunks, crossing the sliding window
+    tokens = model.tokenize(PROMPT)
+    whole = Model.load(path, n_ctx=64).logits(tokens)
+    np.testing.assert_allclose(model.logits(tokens), whole, atol=1e-3 * np.ptp(whole))
+    # a one-token chunk takes the decode path (int8 activations), hence the decode tolerance
+    model.prefill(tokens[:10])
+    np.testing.assert_allclose(model.prefill(tokens), whole[-1], atol=DECODE_TOLERANCE * np.ptp(whole))  # reuses
+    np.testing.assert_allclose(model.prefill(tokens[:20]), whole[19], atol=DECODE_TOLERANCE * np.ptp(whole))
+
+
+def test_kv_cache_types_agree(tiny_models):
+    path = tiny_models("llama", "Q8_0")
+    outputs = []
+    for kv_type in ("f16", "f32"):
+        model = Model.load(path, n_ctx=64, kv_type=kv_type)
+        outputs.append(model.logits(model.tokenize(PROMPT)))
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=5e-3 * np.ptp(outputs[1]))
+
+
+def test_context_limits(tiny_models):
+    model = Model.load(tiny_models("llama", "Q8_0"), n_ctx=16)
+    assert model.n_ctx == 16
+    with pytest.raises(ContextOverflowError, match="16"):
+        model.logits(list(range(3, 20)))
+    steps = list(model.generate(list(range(3, 13)), max_tokens=100, temperature=1.0, seed=1))
+    assert len(steps) == 6 and steps[-1].finish_reason == "length"  # stops when the context is full
+    assert Model.load(tiny_models("llama", "Q8_0")).n_ctx == 256  # default: the model's maximum if smaller
+
+
+def test_bad_input_is_a_clear_error(tiny_models, tmp_path):
+    model = Model.load(tiny_models("llama", "Q8_0"), n_ctx=16)
+    with pytest.raises(ValueError, match="token ids"):
+        model.logits([1, 10_000])
+    with pytest.raises(ValueError, match="no tokens"):
+        model.logits([])
+    unknown = tmp_path / "unknown.gguf"
+    write_gguf(unknown, {"w": ("F32", (2, 8))}, metadata={}, arch="mamba")
+    with pytest.raises(UnsupportedModelError, match="'mamba'"):
+        Model.load(unknown)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    write_model(tmp_path / "broken.gguf", omit=("blk.1.ffn_up.weight",))
+    with pytest.raises(UnsupportedModelError, match="blk.1.ffn_up.weight"):
+        Model.load(tmp_path / "broken.gguf")
+
+
+def test_embeddings_are_pooled_and_normalized(tiny_models):
+    model = Model.load(tiny_models("llama", "Q8_0"), n_ctx=64)
+    vectors = model.embed(["the cat", "the hat", "the cat"])
+    assert vectors.shape == (3, model.n_embd)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not np.allclose(vectors[0], vectors[1])
+    hidden = model.transformer.forward(np.array(model.tokenize("the cat")), 0, model.cache, output="hidden")
+    pooled = hidden.mean(axis=0)
+    np.testing.assert_allclose(vectors[0], pooled / np.linalg.norm(pooled), rtol=1e-5, atol=1e-6)
+
+
+def test_derived_data_is_small(tiny_models):
+    model = Model.load(tiny_models("llama", "Q4_1"), n_ctx=64)
+    assert 0 < model.derived_bytes < 0.15 * model.file_bytes
+    assert FORMATS_BY_NAME["Q4_1"].name == model.weights.layers[0].attn_q.format.name
