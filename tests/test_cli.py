@@ -89,3 +89,26 @@ def test_console_script_and_help():
     assert "inspect" in result.stdout and "tokenize" in result.stdout
     version = run("--version")
     assert version.exit_code == 0 and "llamapyz, version" in version.output
+
+
+def test_run_streams_text_and_reports_speed(tmp_path):
+    from tests.synth import write_model
+
+    path = tmp_path / "tiny.gguf"
+    write_model(path)
+    result = CliRunner().invoke(main, ["run", "-m", str(path), "-p", "the cat", "-n", "8", "--temp", "0", "-t", "1",
+                                       "-c", "64"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the cat") and len(result.stdout) > len("the cat")
+    assert "tok/s" in result.stderr and "1 threads" in result.stderr
+    chat = CliRunner().invoke(main, ["run", "-m", str(path), "-p", "hi", "-n", "4", "--chat", "--seed", "1"])
+    assert chat.exit_code == 0, chat.output
+
+
+def test_run_with_an_unknown_architecture_fails_cleanly(tmp_path):
+    path = tmp_path / "base.gguf"
+    write_gguf(path, {"w": ("F32", (2, 8))}, metadata={}, arch="mamba")
+    result = CliRunner().invoke(main, ["run", "-m", str(path), "-p", "x"])
+    assert result.exit_code == 1
+    assert "error: model architecture 'mamba' is not supported" in result.stderr
+    assert "Traceback" not in result.output

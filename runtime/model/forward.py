@@ -47,11 +47,11 @@ class Transformer:
         vector = self._vectors[n_in].set(x[0])
         return [m.matvec(vector, np.empty((1, m.n_rows), np.float32)[0])[None, :] for m in matrices]
 
-    def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray:
+    def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
         """Run tokens (n,) at positions pos0.. through the model, filling the cache.
 
         output: "last" -> logits of the last token (1, n_vocab); "all" -> logits (n, n_vocab);
-        "hidden" -> final normalized hidden states (n, n_embd).
+        "hidden" -> final normalized hidden states (n, n_embd); "none" -> nothing (only the cache is filled).
         """
         c, w, opt = self.config, self.weights, self.config.options
         n = len(tokens)
@@ -86,6 +86,8 @@ class Transformer:
             if opt.post_norms:
                 ffn = rms_norm(ffn, layer.post_ffw_norm, c.rms_eps)
             x += ffn
+        if output == "none":
+            return None
         if output == "last":
             x = x[-1:]
         x = rms_norm(x, w.output_norm, c.rms_eps)

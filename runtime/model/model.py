@@ -103,17 +103,14 @@ class Model:
             raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
         return ids
 
-    def _run(self, ids: np.ndarray, pos0: int, output: str) -> np.ndarray:
-        """Evaluate ids at pos0.. in chunks of batch_size; per-chunk outputs concatenated."""
+    def _run(self, ids: np.ndarray, pos0: int, output: str) -> np.ndarray | None:
+        """Evaluate ids at pos0.. in chunks of batch_size; chunk outputs concatenated ("none": cache only)."""
         parts = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
-            last_chunk = start + self.batch_size >= len(ids)
-            chunk_output = output if (output != "last" or last_chunk) else "hidden-last"
-            if chunk_output == "hidden-last":  # intermediate chunk: only the cache matters
-                self.transformer.forward(chunk, pos0 + start, self.cache, output="hidden")
-                continue
-            parts.append(self.transformer.forward(chunk, pos0 + start, self.cache, output=chunk_output))
+            parts.append(self.transformer.forward(chunk, pos0 + start, self.cache, output=output))
+        if output == "none":
+            return None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -125,18 +122,24 @@ class Model:
         return logits
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (n_vocab,) after the last token, reusing the cached prefix shared with earlier calls."""
+        """Logits (n_vocab,) after the last token, reusing the cached prefix shared with earlier calls.
+
+        All but the last token go through batched prefill (cache only); the last one through `decode`, so
+        the logits that the first sampled token depends on are computed the same way whatever was cached:
+        the same request gives the same output.
+        """
         ids = self._check_tokens(tokens)
         common = 0
         for a, b in zip(self._cached, ids.tolist(), strict=False):
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1)  # the last token is always evaluated: its logits are needed
+        common = min(common, len(ids) - 1)
         self._cached = self._cached[:common]
-        logits = self._run(ids[common:], common, "last")[-1]
-        self._cached = ids.tolist()
-        return logits
+        if len(ids) - 1 > common:
+            self._run(ids[common:-1], common, "none")
+            self._cached = ids[:-1].tolist()
+        return self.decode(int(ids[-1]))
 
     def decode(self, token: int) -> np.ndarray:
         """Logits (n_vocab,) after appending one token to the cached context."""
