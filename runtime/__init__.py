@@ -35,8 +35,8 @@ from .errors import (
     UnsupportedQuantError,
 )
 from .gguf import GGUFFile, Tensor, load_gguf
-from .quants import FORMATS, FORMATS_BY_NAME, QuantFormat
 from .model import Model
+from .quants import FORMATS, FORMATS_BY_NAME, QuantFormat
 from .tokenizer import StreamDecoder, Tokenizer
 
 __version__ = "0.1.0"

@@ -14,7 +14,6 @@ import pytest
 
 from runtime.kernels import KERNELS, simd
 from runtime.kernels.linear import QuantizedVector, QuantMatrix
-from runtime.kernels.matvec import quantize_q8
 from runtime.quants import FORMATS_BY_NAME, dequantize
 from tests.synth import random_blocks
 

@@ -146,9 +146,9 @@ def dequant_q4_k(w, out):
                 sc, mn = k4_scale_min(row, o + 4, j)
                 ds, dm = d * F32(sc), dmin * F32(mn)
                 shift = 4 * (j & 1)
-                for l in range(32):
-                    q = (I64(row[o + 16 + 32 * (j // 2) + l]) >> shift) & 15
-                    out[r, e0 + 32 * j + l] = ds * F32(q) - dm
+                for i in range(32):
+                    q = (I64(row[o + 16 + 32 * (j // 2) + i]) >> shift) & 15
+                    out[r, e0 + 32 * j + i] = ds * F32(q) - dm
 
 
 @njit(**_OPTS)
@@ -163,9 +163,9 @@ def dequant_q5_k(w, out):
                 sc, mn = k4_scale_min(row, o + 4, j)
                 ds, dm = d * F32(sc), dmin * F32(mn)
                 shift = 4 * (j & 1)
-                for l in range(32):
-                    q = ((I64(row[o + 48 + 32 * (j // 2) + l]) >> shift) & 15) | (((I64(row[o + 16 + l]) >> j) & 1) << 4)
-                    out[r, e0 + 32 * j + l] = ds * F32(q) - dm
+                for i in range(32):
+                    q = (I64(row[o + 48 + 32 * (j // 2) + i]) >> shift) & 15 | ((I64(row[o + 16 + i]) >> j) & 1) << 4
+                    out[r, e0 + 32 * j + i] = ds * F32(q) - dm
 
 
 @njit(**_OPTS)
@@ -178,9 +178,9 @@ def dequant_q6_k(w, out):
             d = f16_at(row, o + 208)
             for half in range(2):
                 for k in range(4):
-                    for l in range(32):
-                        low = (I64(row[o + half * 64 + (k & 1) * 32 + l]) >> (4 * (k >> 1))) & 15
-                        high = (I64(row[o + 128 + half * 32 + l]) >> (2 * k)) & 3
+                    for i in range(32):
+                        low = (I64(row[o + half * 64 + (k & 1) * 32 + i]) >> (4 * (k >> 1))) & 15
+                        high = (I64(row[o + 128 + half * 32 + i]) >> (2 * k)) & 3
                         q = np.int32(low | (high << 4)) - 32
-                        scale = F32(np.int8(I64(row[o + 192 + half * 8 + 2 * k + l // 16])))
-                        out[r, e0 + half * 128 + k * 32 + l] = d * scale * F32(q)
+                        scale = F32(np.int8(I64(row[o + 192 + half * 8 + 2 * k + i // 16])))
+                        out[r, e0 + half * 128 + k * 32 + i] = d * scale * F32(q)

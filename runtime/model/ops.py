@@ -83,7 +83,7 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
     p - key < window. Returns (n, n_head * head_dim).
     """
     n, n_head, head_dim = q.shape
-    s, n_kv = keys.shape[0], keys.shape[1]
+    s = keys.shape[0]
     if n == 1 and (not window or pos0 - key_pos0 < window) and key_pos0 + s == pos0 + 1:
         out = np.empty((n_head, head_dim), np.float32)  # decode: every cached key is visible
         kernels.attention_one(q[0], keys, values, np.float32(scale), out)

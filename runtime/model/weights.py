@@ -59,7 +59,7 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
         if len(shape) == 2 and shape[0] == -1:
             shape = (t.shape[0], shape[1])
         if t.shape != shape:
-            raise UnsupportedModelError(f"tensor {name!r} has shape {t.shape}, expected {shape} for this {c.arch} model")
+            raise UnsupportedModelError(f"tensor {name!r} has shape {t.shape}, expected {shape} ({c.arch} model)")
         return t
 
     def matrix(name: str, n_out: int, n_in: int) -> QuantMatrix:
