@@ -146,7 +146,7 @@ def requantize(source: Path, type_name: str) -> Path:
             writer.add_tensor(tensor.name, np.array(tensor.data), raw_dtype=tensor.tensor_type)
             continue
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
-        writer.add_tensor(tensor.name, gguf.quants.quantize(values, qtype), raw_shape=shape, raw_dtype=qtype)
+        writer.add_tensor(tensor.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
