@@ -1,6 +1,6 @@
 """Numba versions of the transformer's small steps, for decode where numpy's per-call overhead (~5-20 us
-per operation, dozens per layer) would cost more than the arithmetic. Each has a numpy twin in
-`runtime/model/ops.py`; tests compare them.
+per operation, dozens per layer) would cost more than the arithmetic. Their numpy twins are the reference
+forward pass's functions (`tests/reference_model.py`); `tests/test_ops.py` compares them.
 """
 
 from __future__ import annotations

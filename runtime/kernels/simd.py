@@ -124,6 +124,12 @@ def _broadcast(builder, scalar: ir.Value, n: int) -> ir.Value:
     return builder.shuffle_vector(vector, vector, ir.Constant(_vec(I32, n), [0] * n))
 
 
+def _field(builder, packed: ir.Value, shift: ir.Value, mask: int) -> ir.Value:
+    """(packed >> shift) & mask in every lane; `shift` is a runtime int64."""
+    n = packed.type.count
+    return builder.and_(builder.lshr(packed, _broadcast(builder, builder.trunc(shift, I8), n)), _splat(I8, n, mask))
+
+
 def _fifth_bits(builder, word: ir.Value) -> ir.Value:
     """A 32-bit word -> <32 x i8> holding 16 where bit j is set, else 0."""
     bits = builder.zext(builder.bitcast(word, _vec(ir.IntType(1), 32)), _vec(I8, 32))
@@ -154,9 +160,9 @@ def dot_k5x32(typingctx, w, qs_o, shift, qh_o, bit, x, xo):
     def codegen(context, builder, signature, args):
         n = 32
         qs = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, n))
-        low = builder.and_(builder.lshr(qs, _broadcast(builder, builder.trunc(args[2], I8), n)), _splat(I8, n, 15))
+        low = _field(builder, qs, args[2], 15)
         qh = _load(context, builder, signature.args[0], args[0], args[3], _vec(I8, n))
-        high = builder.and_(builder.lshr(qh, _broadcast(builder, builder.trunc(args[4], I8), n)), _splat(I8, n, 1))
+        high = _field(builder, qh, args[4], 1)
         q = builder.or_(low, builder.shl(high, _splat(I8, n, 4)))
         vx = _load(context, builder, signature.args[5], args[5], args[6], _vec(I8, n))
         return _dot(builder, q, False, vx)
@@ -174,8 +180,8 @@ def dot_q6x32(typingctx, w, ql_o, ql_shift, qh_o, qh_shift, sc_o, x, xo):
         n = 32
         ql = _load(context, builder, signature.args[0], args[0], args[1], _vec(I8, n))
         qh = _load(context, builder, signature.args[0], args[0], args[3], _vec(I8, n))
-        low = builder.and_(builder.lshr(ql, _broadcast(builder, builder.trunc(args[2], I8), n)), _splat(I8, n, 15))
-        high = builder.and_(builder.lshr(qh, _broadcast(builder, builder.trunc(args[4], I8), n)), _splat(I8, n, 3))
+        low = _field(builder, ql, args[2], 15)
+        high = _field(builder, qh, args[4], 3)
         q = builder.sub(builder.or_(low, builder.shl(high, _splat(I8, n, 4))), _splat(I8, n, 32))
         pair = _load(context, builder, signature.args[0], args[0], args[5], _vec(I8, 2))
         scales = builder.shuffle_vector(pair, pair, ir.Constant(_vec(I32, n), [0] * 16 + [1] * 16))

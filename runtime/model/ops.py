@@ -1,8 +1,9 @@
 """The transformer's non-matrix steps on float32 activations: RMSNorm, rotary embeddings, attention, FFN
 activations, batched over tokens.
 
-The functions named `*_numpy` are the plain twins of the numba kernels in `kernels/ops.py` (tests compare
-them); `attention` is numpy (BLAS products) and serves prefill chunks; the public wrappers below pick.
+RMSNorm, rope and the FFN activation run as the numba kernels of `kernels/ops.py`, whose numpy twins are
+the plain reference forward pass's functions (`tests/reference_model.py`; `tests/test_ops.py` compares
+them). Attention is numpy (BLAS products) for prefill chunks and a numba kernel for one query.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import ops as kernels
-
-SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -26,22 +25,6 @@ def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str) -> np.nda
     out = np.empty(gate.shape, np.float32)
     kernels.gated_activation(gate.reshape(-1), up.reshape(-1), activation == "gelu_tanh", out.reshape(-1))
     return out
-
-
-def rms_norm_numpy(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    mean_square = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
-    return x * (np.float32(1.0) / np.sqrt(mean_square + np.float32(eps))) * weight
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (np.float32(1.0) + np.exp(-x))
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(SQRT_2_OVER_PI * (x + np.float32(0.044715) * x**3)))
-
-
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}  # the numpy twins of gated_activation
 
 
 class Rope:
@@ -59,19 +42,6 @@ class Rope:
     def __call__(self, x: np.ndarray, pos0: int) -> None:
         """Rotate x (n_tokens, n_heads, head_dim) in place; token i is at position pos0 + i."""
         kernels.rope_rows(x, self.cos, self.sin, pos0, self.n_rot, self.neox)
-
-    def rotate_numpy(self, x: np.ndarray, pos0: int) -> None:
-        """Numpy twin of __call__."""
-        n = x.shape[0]
-        cos, sin = self.cos[pos0:pos0 + n, None, :], self.sin[pos0:pos0 + n, None, :]
-        if self.neox:
-            half = self.n_rot // 2
-            a, b = x[..., :half], x[..., half:self.n_rot]
-        else:
-            a, b = x[..., 0:self.n_rot:2], x[..., 1:self.n_rot:2]
-        a_rotated = a * cos - b * sin
-        b[...] = a * sin + b * cos
-        a[...] = a_rotated
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
