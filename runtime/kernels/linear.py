@@ -1,7 +1,7 @@
 """`QuantMatrix`: a 2-d weight kept in its GGUF encoding, multiplied without ever decoding it whole.
 
-- `matvec(x)` (decode, one token): the format's integer kernel on the raw blocks, or, for formats
-  without one, row tiles decoded to float32 and multiplied by BLAS.
+- `matvec(x)` (decode: one token of each of a few sequences): the format's integer kernel on the raw
+  blocks, or, for formats without one, row tiles decoded to float32 and multiplied by BLAS.
 - `matmul(X)` (prefill, many tokens): row tiles decoded to float32 (at most `TILE_ELEMENTS` at a time)
   and multiplied by BLAS: one pass over the weights for the whole batch.
 - `rows(ids)`: selected rows decoded (token embeddings).
@@ -20,21 +20,17 @@ from .matvec import QK, quantize_q8
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
 
 
-class QuantizedVector:
-    """x quantized to int8 blocks of 32 (see matvec.py), with reusable buffers."""
+class QuantizedRows:
+    """x (n, n_cols) quantized to int8 blocks of 32 (see matvec.py)."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.xq = np.zeros(n, np.int8)
-        self.xd = np.zeros(n // QK, np.float32)
-        self.xs = np.zeros(n // QK, np.float32)
-        self.xqs = np.zeros(n // QK, np.int32)
-        self.x = np.zeros(n, np.float32)  # the float original, for the BLAS fallback
-
-    def set(self, x: np.ndarray) -> QuantizedVector:
-        self.x[:] = x
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # the float original, for the BLAS fallback
+        n, n_cols = self.x.shape
+        self.xq = np.empty((n, n_cols), np.int8)
+        self.xd = np.empty((n, n_cols // QK), np.float32)
+        self.xs = np.empty((n, n_cols // QK), np.float32)
+        self.xqs = np.empty((n, n_cols // QK), np.int32)
         quantize_q8(self.x, self.xq, self.xd, self.xs, self.xqs)
-        return self
 
 
 class QuantMatrix:
@@ -77,12 +73,14 @@ class QuantMatrix:
             out[:] = dequantize(raw, self.format, out.shape, tensor=self.name)
         return out
 
-    def matvec(self, x: QuantizedVector, out: np.ndarray) -> np.ndarray:
-        """out (n_rows,) = W @ x."""
+    def matvec(self, x: QuantizedRows, out: np.ndarray | None = None) -> np.ndarray:
+        """out (n, n_rows) = x @ W.T, one integer matrix-vector product per row of x."""
+        if out is None:
+            out = np.empty((x.x.shape[0], self.n_rows), np.float32)
         if self._matvec is not None:
             self._matvec(self.raw, x.xq, x.xd, x.xs, x.xqs, out)
             return out
-        return self.matmul(x.x[None, :], out[None, :])[0]
+        return self.matmul(x.x, out)
 
     def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """out (n, n_rows) = x (n, n_cols) @ W.T, one decoded tile of rows at a time."""

@@ -1,16 +1,21 @@
-"""Matrix-vector kernels that read quantized blocks in place: y = W x for one token (decode).
+"""Matrix-vector kernels that read quantized blocks in place: y = W x for each of a few tokens (decode).
 
-The activation x is first quantized to int8 in blocks of 32 (`quantize_q8`, as llama.cpp does with
+The activations x are first quantized to int8 in blocks of 32 (`quantize_q8`, as llama.cpp does with
 q8_0/q8_1), so each weight block meets its slice of x in one integer dot product (`simd.py`) and one
 float multiply-add by the two scales. Rows are split across threads with `prange`.
 
-Every kernel has the same signature, `(w, xq, xd, xs, xqs, out)`:
+Decode of several sequences at once (the server's continuous batching) passes one x per sequence: each
+weight row is read once, while it is in cache, for all of them. Each output is computed by the very same
+instructions in the same order whatever the number of vectors, so a sequence's result does not depend on
+what it is batched with (tests/test_kernels.py checks this bit for bit).
+
+Every kernel has the same signature, `(w, xq, xd, xs, xqs, out)`, for n vectors:
     w    (n_rows, row_bytes) uint8   the tensor's raw bytes, a view into the mmap
-    xq   (n_cols,) int8              x quantized per 32-block
-    xd   (n_cols/32,) float32        the scale of each x block: x ~= xd * xq
-    xs   (n_cols/32,) float32        the exact float sum of each x block (for the formats' min/offset terms)
-    xqs  (n_cols/32,) int32          the sum of xq over each block (for Q4_0/Q5_0's fixed offsets)
-    out  (n_rows,) float32
+    xq   (n, n_cols) int8            x quantized per 32-block
+    xd   (n, n_cols/32) float32      the scale of each x block: x ~= xd * xq
+    xs   (n, n_cols/32) float32      the exact float sum of each x block (for the formats' min/offset terms)
+    xqs  (n, n_cols/32) int32        the sum of xq over each block (for Q4_0/Q5_0's fixed offsets)
+    out  (n, n_rows) float32
 Block layouts are the quant table's (`runtime/quants.py`); byte offsets below name its fields.
 """
 
@@ -28,23 +33,24 @@ _OPTS = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 @njit(fastmath=True, cache=True, nogil=True)
 def quantize_q8(x, xq, xd, xs, xqs):
-    """x (n,) float32 -> int8 blocks of 32 with one scale each: round(x / d), d = max|x| / 127."""
-    for b in range(x.shape[0] // QK):
-        amax = np.float32(0.0)
-        total = np.float32(0.0)
-        for j in range(b * QK, b * QK + QK):
-            amax = max(amax, abs(x[j]))
-            total += x[j]
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        qsum = 0
-        for j in range(b * QK, b * QK + QK):
-            q = np.int8(np.rint(x[j] * inv))
-            xq[j] = q
-            qsum += q
-        xd[b] = d
-        xs[b] = total
-        xqs[b] = qsum
+    """x (n, n_cols) float32 -> int8 blocks of 32 with one scale each: round(x / d), d = max|x| / 127."""
+    for t in range(x.shape[0]):
+        for b in range(x.shape[1] // QK):
+            amax = np.float32(0.0)
+            total = np.float32(0.0)
+            for j in range(b * QK, b * QK + QK):
+                amax = max(amax, abs(x[t, j]))
+                total += x[t, j]
+            d = amax / np.float32(127.0)
+            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            qsum = 0
+            for j in range(b * QK, b * QK + QK):
+                q = np.int8(np.rint(x[t, j] * inv))
+                xq[t, j] = q
+                qsum += q
+            xd[t, b] = d
+            xs[t, b] = total
+            xqs[t, b] = qsum
 
 
 @njit(**_OPTS)
@@ -52,11 +58,13 @@ def matvec_q4_0(w, xq, xd, xs, xqs, out):
     # block (18 bytes): d f16 | qs 16 bytes; value = d * (nibble - 8)
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for b in range(xd.shape[0]):
-            o = b * 18
-            acc += f16_at(row, o) * xd[b] * np.float32(dot_u4x32(row, o + 2, xq, b * QK) - 8 * xqs[b])
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for b in range(xd.shape[1]):
+                o = b * 18
+                acc += f16_at(row, o) * xd[t, b] * np.float32(dot_u4x32(row, o + 2, xt, b * QK) - 8 * xqs[t, b])
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -64,11 +72,14 @@ def matvec_q4_1(w, xq, xd, xs, xqs, out):
     # block (20 bytes): d f16 | m f16 | qs 16 bytes; value = d * nibble + m
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for b in range(xd.shape[0]):
-            o = b * 20
-            acc += f16_at(row, o) * xd[b] * np.float32(dot_u4x32(row, o + 4, xq, b * QK)) + f16_at(row, o + 2) * xs[b]
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for b in range(xd.shape[1]):
+                o = b * 20
+                q = dot_u4x32(row, o + 4, xt, b * QK)
+                acc += f16_at(row, o) * xd[t, b] * np.float32(q) + f16_at(row, o + 2) * xs[t, b]
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -76,12 +87,14 @@ def matvec_q5_0(w, xq, xd, xs, xqs, out):
     # block (22 bytes): d f16 | qh 4 bytes (fifth bits) | qs 16 bytes; value = d * (q5 - 16)
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for b in range(xd.shape[0]):
-            o = b * 22
-            q = dot_q5x32(row, o + 6, o + 2, xq, b * QK) - 16 * xqs[b]
-            acc += f16_at(row, o) * xd[b] * np.float32(q)
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for b in range(xd.shape[1]):
+                o = b * 22
+                q = dot_q5x32(row, o + 6, o + 2, xt, b * QK) - 16 * xqs[t, b]
+                acc += f16_at(row, o) * xd[t, b] * np.float32(q)
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -89,12 +102,14 @@ def matvec_q5_1(w, xq, xd, xs, xqs, out):
     # block (24 bytes): d f16 | m f16 | qh 4 bytes | qs 16 bytes; value = d * q5 + m
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for b in range(xd.shape[0]):
-            o = b * 24
-            q = dot_q5x32(row, o + 8, o + 4, xq, b * QK)
-            acc += f16_at(row, o) * xd[b] * np.float32(q) + f16_at(row, o + 2) * xs[b]
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for b in range(xd.shape[1]):
+                o = b * 24
+                q = dot_q5x32(row, o + 8, o + 4, xt, b * QK)
+                acc += f16_at(row, o) * xd[t, b] * np.float32(q) + f16_at(row, o + 2) * xs[t, b]
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -102,11 +117,13 @@ def matvec_q8_0(w, xq, xd, xs, xqs, out):
     # block (34 bytes): d f16 | qs 32 int8
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for b in range(xd.shape[0]):
-            o = b * 34
-            acc += f16_at(row, o) * xd[b] * np.float32(dot_i8x32(row, o + 2, xq, b * QK))
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for b in range(xd.shape[1]):
+                o = b * 34
+                acc += f16_at(row, o) * xd[t, b] * np.float32(dot_i8x32(row, o + 2, xt, b * QK))
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -115,17 +132,19 @@ def matvec_q4_k(w, xq, xd, xs, xqs, out):
     # sub-block j uses the low (even j) or high (odd j) nibbles of qs[32*(j//2) : 32*(j//2)+32]
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for sb in range(xd.shape[0] // 8):
-            o = sb * 144
-            d, dmin = f16_at(row, o), f16_at(row, o + 2)
-            for j in range(8):
-                xb = sb * 8 + j
-                qo = o + 16 + 32 * (j // 2)
-                q = dot_hi4x32(row, qo, xq, xb * QK) if j & 1 else dot_lo4x32(row, qo, xq, xb * QK)
-                sc, mn = k4_scale_min(row, o + 4, j)
-                acc += d * np.float32(sc) * xd[xb] * np.float32(q) - dmin * np.float32(mn) * xs[xb]
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for sb in range(xd.shape[1] // 8):
+                o = sb * 144
+                d, dmin = f16_at(row, o), f16_at(row, o + 2)
+                for j in range(8):
+                    xb = sb * 8 + j
+                    qo = o + 16 + 32 * (j // 2)
+                    q = dot_hi4x32(row, qo, xt, xb * QK) if j & 1 else dot_lo4x32(row, qo, xt, xb * QK)
+                    sc, mn = k4_scale_min(row, o + 4, j)
+                    acc += d * np.float32(sc) * xd[t, xb] * np.float32(q) - dmin * np.float32(mn) * xs[t, xb]
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -133,17 +152,19 @@ def matvec_q5_k(w, xq, xd, xs, xqs, out):
     # super-block (176 bytes): d | dmin | scales 12 | qh 32 | qs 128; as Q4_K plus bit j of qh[l] as fifth bit
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for sb in range(xd.shape[0] // 8):
-            o = sb * 176
-            d, dmin = f16_at(row, o), f16_at(row, o + 2)
-            for j in range(8):
-                xb = sb * 8 + j
-                qo = o + 48 + 32 * (j // 2)
-                q = dot_k5x32(row, qo, 4 * (j & 1), o + 16, j, xq, xb * QK)
-                sc, mn = k4_scale_min(row, o + 4, j)
-                acc += d * np.float32(sc) * xd[xb] * np.float32(q) - dmin * np.float32(mn) * xs[xb]
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for sb in range(xd.shape[1] // 8):
+                o = sb * 176
+                d, dmin = f16_at(row, o), f16_at(row, o + 2)
+                for j in range(8):
+                    xb = sb * 8 + j
+                    qo = o + 48 + 32 * (j // 2)
+                    q = dot_k5x32(row, qo, 4 * (j & 1), o + 16, j, xt, xb * QK)
+                    sc, mn = k4_scale_min(row, o + 4, j)
+                    acc += d * np.float32(sc) * xd[t, xb] * np.float32(q) - dmin * np.float32(mn) * xs[t, xb]
+            out[t, r] = acc
 
 
 @njit(**_OPTS)
@@ -153,15 +174,17 @@ def matvec_q6_k(w, xq, xd, xs, xqs, out):
     # the int8 scales are folded into the integer dot product
     for r in prange(w.shape[0]):
         row = w[r]
-        acc = np.float32(0.0)
-        for sb in range(xd.shape[0] // 8):
-            o = sb * 210
-            d = f16_at(row, o + 208)
-            for half in range(2):
-                for k in range(4):
-                    xb = sb * 8 + half * 4 + k
-                    ql_o = o + half * 64 + (k & 1) * 32
-                    qh_o = o + 128 + half * 32
-                    q = dot_q6x32(row, ql_o, 4 * (k >> 1), qh_o, 2 * k, o + 192 + half * 8 + 2 * k, xq, xb * QK)
-                    acc += d * xd[xb] * np.float32(q)
-        out[r] = acc
+        for t in range(xd.shape[0]):
+            xt = xq[t]
+            acc = np.float32(0.0)
+            for sb in range(xd.shape[1] // 8):
+                o = sb * 210
+                d = f16_at(row, o + 208)
+                for half in range(2):
+                    for k in range(4):
+                        xb = sb * 8 + half * 4 + k
+                        ql_o = o + half * 64 + (k & 1) * 32
+                        qh_o = o + 128 + half * 32
+                        q = dot_q6x32(row, ql_o, 4 * (k >> 1), qh_o, 2 * k, o + 192 + half * 8 + 2 * k, xt, xb * QK)
+                        acc += d * xd[t, xb] * np.float32(q)
+            out[t, r] = acc

@@ -1,16 +1,19 @@
 """The forward pass: tokens in, logits (or final hidden states) out, one readable function for every
 architecture in `config.ARCHITECTURES`.
 
-A call processes n tokens at positions pos0..pos0+n-1 against the KV cache. With n == 1 (decode) every
-projection is an integer matrix-vector kernel on the quantized weights; with n > 1 (a prefill chunk) it
-is a decoded-tile matrix product through BLAS, one pass over the weights for the whole chunk.
+A call processes n tokens at positions pos0..pos0+n-1 of one sequence against its KV cache, or (decode
+in the server) one token of each of several sequences. With one token per sequence every projection is an
+integer matrix-vector kernel on the quantized weights; with a chunk of n > 1 tokens (prefill) it is a
+decoded-tile matrix product through BLAS, one pass over the weights for the whole chunk.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..kernels.linear import QuantizedVector, QuantMatrix
+from ..kernels.linear import QuantizedRows, QuantMatrix
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .ops import Rope, attention, gated_ffn_input, rms_norm
@@ -29,7 +32,6 @@ class Transformer:
             if base not in ropes:
                 ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox)
         self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
-        self._vectors: dict[int, QuantizedVector] = {}  # decode: quantized input, by length
 
     @property
     def derived_bytes(self) -> int:
@@ -37,52 +39,71 @@ class Transformer:
         tables = {id(r): r.cos.nbytes + r.sin.nbytes for r in self.rope_of_layer}
         return self.weights.derived_bytes + sum(tables.values())
 
-    def project(self, x: np.ndarray, *matrices: QuantMatrix) -> list[np.ndarray]:
-        """x (n, n_in) @ W.T for each W; one quantization of x serves every W in decode."""
-        if x.shape[0] > 1:
+    @staticmethod
+    def project(x: np.ndarray, decode: bool, *matrices: QuantMatrix) -> list[np.ndarray]:
+        """x (n, n_in) @ W.T for each W. decode: integer kernels, one quantization of x serving every W;
+        otherwise decoded weight tiles times BLAS, one pass over the weights for all n rows."""
+        if not decode:
             return [m.matmul(x) for m in matrices]
-        n_in = x.shape[1]
-        if n_in not in self._vectors:
-            self._vectors[n_in] = QuantizedVector(n_in)
-        vector = self._vectors[n_in].set(x[0])
-        return [m.matvec(vector, np.empty((1, m.n_rows), np.float32)[0])[None, :] for m in matrices]
+        rows = QuantizedRows(x)
+        return [m.matvec(rows) for m in matrices]
 
     def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
-        """Run tokens (n,) at positions pos0.. through the model, filling the cache.
+        """Run tokens (n,) of one sequence at positions pos0.. through the model, filling its cache.
 
         output: "last" -> logits of the last token (1, n_vocab); "all" -> logits (n, n_vocab);
         "hidden" -> final normalized hidden states (n, n_embd); "none" -> nothing (only the cache is filled).
         """
+        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output)
+
+    def decode_batch(self, tokens: np.ndarray, positions: list[int], caches: list[KVCache]) -> np.ndarray:
+        """One token for each of several sequences (token i at positions[i] of caches[i]): logits (n, n_vocab).
+
+        Every sequence's row goes through the same kernels, in the same order, as when it is decoded alone,
+        so its logits do not depend on the company it keeps (batch invariance).
+        """
+        segments = [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
+        return self._run(np.asarray(tokens), segments, "all")
+
+    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
         c, w, opt = self.config, self.weights, self.config.options
         n = len(tokens)
+        decode = len(segments) == n  # one token per sequence: integer matrix-vector kernels
         x = w.token_embd.rows(tokens)  # (n, n_embd)
         if opt.scale_embeddings:
             x *= np.float32(np.sqrt(c.n_embd))
         for il, layer in enumerate(w.layers):
             # attention
             h = rms_norm(x, layer.attn_norm, c.rms_eps)
-            q, k, v = self.project(h, layer.attn_q, layer.attn_k, layer.attn_v)
+            q, k, v = self.project(h, decode, layer.attn_q, layer.attn_k, layer.attn_v)
             q = q.reshape(n, c.n_head, c.head_dim)
             k = k.reshape(n, c.n_head_kv, c.head_dim)
             if opt.qk_norm:
                 q = rms_norm(q, layer.attn_q_norm, c.rms_eps)
                 k = rms_norm(k, layer.attn_k_norm, c.rms_eps)
-            self.rope_of_layer[il](q, pos0)
-            self.rope_of_layer[il](k, pos0)
-            cache.store(il, pos0, k.reshape(n, c.kv_dim), v)
             window = 0 if c.is_global(il) else c.sliding_window
-            key_start = max(0, pos0 - window + 1) if window else 0
-            keys, values = cache.read(il, key_start, pos0 + n)
-            attn = attention(q, keys.reshape(-1, c.n_head_kv, c.head_dim), values.reshape(-1, c.n_head_kv, c.head_dim),
-                             pos0, key_start, window, c.attention_scale)
-            (attn,) = self.project(attn, layer.attn_output)
+            heads = []
+            row = 0
+            for seg in segments:
+                rows = slice(row, row + seg.n)
+                row += seg.n
+                self.rope_of_layer[il](q[rows], seg.pos0)
+                self.rope_of_layer[il](k[rows], seg.pos0)
+                seg.cache.store(il, seg.pos0, k[rows].reshape(seg.n, c.kv_dim), v[rows])
+                key_start = max(0, seg.pos0 - window + 1) if window else 0
+                keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
+                heads.append(attention(q[rows], keys.reshape(-1, c.n_head_kv, c.head_dim),
+                                       values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, window,
+                                       c.attention_scale))
+            attn = heads[0] if len(heads) == 1 else np.concatenate(heads)
+            (attn,) = self.project(attn, decode, layer.attn_output)
             if opt.post_norms:
                 attn = rms_norm(attn, layer.post_attention_norm, c.rms_eps)
             x += attn
             # feed-forward
             h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-            gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
-            (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
+            gate, up = self.project(h, decode, layer.ffn_gate, layer.ffn_up)
+            (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), decode, layer.ffn_down)
             if opt.post_norms:
                 ffn = rms_norm(ffn, layer.post_ffw_norm, c.rms_eps)
             x += ffn
@@ -93,5 +114,14 @@ class Transformer:
         x = rms_norm(x, w.output_norm, c.rms_eps)
         if output == "hidden":
             return x
-        (logits,) = self.project(x, w.output)
+        (logits,) = self.project(x, decode or len(x) == 1, w.output)
         return logits
+
+
+@dataclass
+class Segment:
+    """n consecutive tokens of one sequence, at positions pos0.., with that sequence's cache."""
+
+    cache: KVCache
+    pos0: int
+    n: int

@@ -8,8 +8,10 @@
     logits = model.logits(ids)                           # (n_tokens, n_vocab), fresh context
     vectors = model.embed(["a text", "another"])         # (2, n_embd), mean-pooled, unit length
 
-One model holds one context (KV cache). `generate` reuses the cached prefix it shares with the previous
-call, so a chat that grows turn by turn only processes the new tokens.
+A model holds one context (a `Context`: KV cache plus the tokens in it) for this simple API; `generate`
+reuses the cached prefix it shares with the previous call, so a chat that grows turn by turn only processes
+the new tokens. The server makes one `Context` per slot (`new_context`) and decodes them together
+(`decode_batch`). A Model is not thread-safe: one thread drives it.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Model:
         self.batch_size = max(1, int(batch_size))
         self.n_threads = set_threads(n_threads or physical_cores())
         self.transformer = Transformer(self.config, self.weights, self.n_ctx)
-        self.cache = KVCache(self.config.n_layer, self.n_ctx, self.config.kv_dim, kv_type)
-        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self.kv_type = kv_type
+        self.context = self.new_context()
         self._chat_template: ChatTemplate | None = None
         self.load_time_s = time.perf_counter() - started
 
@@ -58,6 +60,14 @@ class Model:
     def load(cls, path: Source, n_ctx: int | None = None, n_threads: int | None = None, **options) -> Model:
         """Open a GGUF file (or (path, offset, length) inside a larger file) and prepare it to run."""
         return cls(load_gguf(path), n_ctx=n_ctx, n_threads=n_threads, **options)
+
+    def new_context(self) -> Context:
+        """A fresh context of n_ctx positions (its cache's memory is touched only as far as it is used)."""
+        return Context(KVCache(self.config.n_layer, self.n_ctx, self.config.kv_dim, self.kv_type))
+
+    @property
+    def cache(self) -> KVCache:
+        return self.context.cache
 
     @property
     def n_vocab(self) -> int:
@@ -103,12 +113,13 @@ class Model:
             raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
         return ids
 
-    def _run(self, ids: np.ndarray, pos0: int, output: str) -> np.ndarray | None:
+    def _run(self, ids: np.ndarray, pos0: int, output: str, ctx: Context | None = None) -> np.ndarray | None:
         """Evaluate ids at pos0.. in chunks of batch_size; chunk outputs concatenated ("none": cache only)."""
+        cache = (ctx or self.context).cache
         parts = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
-            parts.append(self.transformer.forward(chunk, pos0 + start, self.cache, output=output))
+            parts.append(self.transformer.forward(chunk, pos0 + start, cache, output=output))
         if output == "none":
             return None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -116,37 +127,44 @@ class Model:
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         """float32 (n_tokens, n_vocab): the logits after every position, from a fresh context."""
         ids = self._check_tokens(tokens)
-        self._cached = []
+        self.context.tokens = []
         logits = self._run(ids, 0, "all")
-        self._cached = ids.tolist()
+        self.context.tokens = ids.tolist()
         return logits
 
-    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+    def prefill(self, tokens: Sequence[int], ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after the last token, reusing the cached prefix shared with earlier calls.
 
         All but the last token go through batched prefill (cache only); the last one through `decode`, so
         the logits that the first sampled token depends on are computed the same way whatever was cached:
-        the same request gives the same output.
+        the same request gives the same output. `ctx`: which context (default: the model's own).
         """
+        ctx = ctx or self.context
         ids = self._check_tokens(tokens)
-        common = 0
-        for a, b in zip(self._cached, ids.tolist(), strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)
-        self._cached = self._cached[:common]
+        common = min(ctx.common_prefix(ids.tolist()), len(ids) - 1)
+        ctx.tokens = ctx.tokens[:common]
         if len(ids) - 1 > common:
-            self._run(ids[common:-1], common, "none")
-            self._cached = ids[:-1].tolist()
-        return self.decode(int(ids[-1]))
+            self._run(ids[common:-1], common, "none", ctx)
+            ctx.tokens = ids[:-1].tolist()
+        return self.decode(int(ids[-1]), ctx)
 
-    def decode(self, token: int) -> np.ndarray:
+    def decode(self, token: int, ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after appending one token to the cached context."""
-        if len(self._cached) >= self.n_ctx:
-            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
-        logits = self.transformer.forward(np.array([token]), len(self._cached), self.cache, output="last")[0]
-        self._cached.append(int(token))
+        return self.decode_batch([token], [ctx or self.context])[0]
+
+    def decode_batch(self, tokens: Sequence[int], contexts: Sequence[Context]) -> np.ndarray:
+        """Logits (n, n_vocab): token i appended to contexts[i], all in one forward step. Each row is
+        exactly what `decode` alone would give."""
+        for ctx in contexts:
+            if len(ctx.tokens) >= self.n_ctx:
+                raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= self.weights.token_embd.n_rows:
+            raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
+        logits = self.transformer.decode_batch(ids, [len(c.tokens) for c in contexts],
+                                              [c.cache for c in contexts])
+        for ctx, token in zip(contexts, ids.tolist(), strict=True):
+            ctx.tokens.append(token)
         return logits
 
     # --- generation and embeddings ---------------------------------------------------------------------
@@ -170,9 +188,26 @@ class Model:
         out = np.zeros((len(texts), self.n_embd), np.float32)
         for i, text in enumerate(texts):
             ids = self._check_tokens(self.tokenize(text))
-            self._cached = []
+            self.context.tokens = []
             pooled = self._run(ids, 0, "hidden").mean(axis=0)
-            self._cached = ids.tolist()
+            self.context.tokens = ids.tolist()
             norm = float(np.linalg.norm(pooled))
             out[i] = pooled / norm if norm > 0 else pooled
         return out
+
+
+class Context:
+    """One context: a KV cache and the tokens whose keys and values it holds, in order."""
+
+    def __init__(self, cache: KVCache) -> None:
+        self.cache = cache
+        self.tokens: list[int] = []
+
+    def common_prefix(self, tokens: list[int]) -> int:
+        """How many leading tokens are already in this context."""
+        n = 0
+        for a, b in zip(self.tokens, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
