@@ -193,3 +193,53 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
     click.echo(f"prompt: {len(tokens)} tokens in {prefill_s:.2f} s ({len(tokens) / max(prefill_s, 1e-9):.1f} tok/s) | "
                f"generated: {n_generated} tokens, {max(n_generated - 1, 0) / max(decode_s, 1e-9):.1f} tok/s | "
                f"load {model.load_time_s:.2f} s, {model.n_threads} threads", err=True)
+
+
+@main.command()
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="GGUF model file.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=0,
+              help="Context size of each slot in tokens (default: 4096 or the model's maximum if smaller).")
+@click.option("-np", "--parallel", "n_slots", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Slots: requests decoded together; more wait in a queue.")
+@click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests that may wait for a slot; beyond that the server answers 503.")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Prompt tokens processed per batch.")
+@click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+              help="KV cache element type.")
+@click.option("--api-key", default=None, envvar="LLAMAPYZ_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY).")
+@click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name).")
+@click.option("--chat-template", default=None,
+              help="Override the model's chat template: chatml, gemma, llama3, or a Jinja2 template text.")
+@click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser.")
+@click.option("-ngl", "--n-gpu-layers", type=int, default=0, hidden=True,
+              help="Accepted for llama.cpp compatibility; this build runs on the CPU.")
+@friendly_errors
+def serve(model_path: str, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int, queue_size: int,
+          batch_size: int, cache_type: str, api_key: str | None, alias: str | None, chat_template: str | None,
+          nobrowser: bool, n_gpu_layers: int) -> None:
+    """Serve an OpenAI-compatible API and a chat UI (http://HOST:PORT/)."""
+    import socket
+
+    from .server import ServeOptions
+    from .server import serve as run_server
+
+    load_gguf(model_path).close()  # a missing or broken file is a clear error now, not a 503 later
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise LlamapyzError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="another server may be using that port; pick one with --port") from None
+    run_server(ServeOptions(model=model_path, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
+                            n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
+                            api_key=api_key, alias=alias, chat_template=chat_template,
+                            open_browser=not nobrowser),
+               say=lambda text: click.echo(text, err=True))

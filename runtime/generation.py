@@ -16,7 +16,9 @@ import numpy as np
 from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_softmax, sample
 
 if TYPE_CHECKING:
+    from .json_constraint import JsonConstraint
     from .model.model import Model
+    from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -60,43 +62,94 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+class Generation:
+    """The sampling side of one request: turns the logits after each token into a `Step`.
+
+    Holds what a request needs between steps (the token history for penalties, the random state, the
+    streaming detokenizer, the stop-string matcher, an optional output constraint), so the same object
+    serves `Model.generate` and the server, where many of them share one batched forward step.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt: Sequence[int], max_tokens: int, params: SamplingParams,
+                 n_ctx: int, stop: Sequence[str] = (), logprobs: int | None = None,
+                 constraint: JsonConstraint | None = None) -> None:
+        self.params = params
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        self.logprobs = logprobs
+        self.constraint = constraint
+        self.rng = np.random.default_rng(params.seed)
+        self.history = list(prompt)
+        self.n_prompt = len(self.history)
+        self.decoder = tokenizer.stream()
+        self.matcher = StopMatcher(stop)
+        self.eog = tokenizer.eog_ids
+        self.finish_reason: str | None = None
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.history) - self.n_prompt
+
+    def step(self, logits: np.ndarray) -> Step:
+        """Sample the next token from logits (n_vocab,); the returned Step's finish_reason ends the request."""
+        params = self.params
+        logits = logits.astype(np.float32, copy=True)
+        apply_logit_bias(logits, params.logit_bias)
+        recent = self.history if params.repeat_last_n == -1 else self.history[len(self.history) - params.repeat_last_n:]
+        apply_penalties(logits, recent if params.repeat_last_n else [], params)
+        token = self._sample(logits)
+        step = Step(token, "")
+        if self.logprobs is not None:
+            logp = log_softmax(logits)
+            step.logprob = float(logp[token])
+            k = self.logprobs
+            best = np.argpartition(-logp, k)[:k] if 0 < k < len(logp) else []
+            step.top_logprobs = [(int(t), float(logp[t])) for t in sorted(best, key=lambda t: -logp[t])]
+        self.history.append(token)
+        if token in self.eog:
+            step.text, step.finish_reason = self.matcher.flush() + self.decoder.flush(), "stop"
+        else:
+            step.text, stopped = self.matcher.feed(self.decoder.feed(token))
+            if stopped or (self.constraint is not None and self.constraint.complete):
+                step.finish_reason = "stop"
+            elif self.n_generated >= self.max_tokens or len(self.history) >= self.n_ctx:
+                step.text += self.matcher.feed(self.decoder.flush())[0] + self.matcher.flush()
+                step.finish_reason = "length"
+        self.finish_reason = step.finish_reason
+        return step
+
+    def _sample(self, logits: np.ndarray) -> int:
+        token = sample(logits, self.params, self.rng)
+        if self.constraint is None:
+            return token
+        rejected = 0
+        while not self.constraint.allows(token):
+            logits[token] = -np.inf
+            rejected += 1
+            if rejected == REJECTIONS_BEFORE_SCAN:  # the model keeps proposing bad tokens: mask the rest at once
+                for t in np.flatnonzero(np.isfinite(logits)):
+                    if not self.constraint.allows(int(t)):
+                        logits[t] = -np.inf
+            if not np.isfinite(logits).any():
+                raise RuntimeError("no token can continue the constrained output")
+            token = sample(logits, self.params, self.rng)
+        self.constraint.advance(token)
+        return token
+
+
+REJECTIONS_BEFORE_SCAN = 32
+
+
 def generate(model: Model, tokens: Sequence[int], max_tokens: int, params: SamplingParams,
              stop: Sequence[str] = (), logprobs: int | None = None) -> Iterator[Step]:
     """Continue `tokens`; see `Model.generate`."""
-    rng = np.random.default_rng(params.seed)
-    history = list(tokens)
-    decoder = model.tokenizer.stream()
-    matcher = StopMatcher(stop)
-    eog = set(model.tokenizer.eog_ids)
-    logits = model.prefill(history)
-    for i in range(max_tokens):
-        logits = logits.astype(np.float32, copy=True)
-        apply_logit_bias(logits, params.logit_bias)
-        recent = history if params.repeat_last_n == -1 else history[len(history) - params.repeat_last_n:]
-        apply_penalties(logits, recent if params.repeat_last_n else [], params)
-        token = sample(logits, params, rng)
-        step = Step(token, "")
-        if logprobs is not None:
-            logp = log_softmax(logits)
-            step.logprob = float(logp[token])
-            best = np.argpartition(-logp, logprobs)[:logprobs] if 0 < logprobs < len(logp) else []
-            best = sorted(best, key=lambda t: -logp[t])
-            step.top_logprobs = [(int(t), float(logp[t])) for t in best]
-        history.append(token)
-        if token in eog:
-            step.text, step.finish_reason = matcher.flush() + decoder.flush(), "stop"
-            yield step
-            return
-        step.text, stopped = matcher.feed(decoder.feed(token))
-        if stopped:
-            step.finish_reason = "stop"
-            yield step
-            return
-        last = i == max_tokens - 1 or len(history) >= model.n_ctx
-        if last:
-            step.text += matcher.feed(decoder.flush())[0] + matcher.flush()
-            step.finish_reason = "length"
-            yield step
-            return
+    generation = Generation(model.tokenizer, tokens, max_tokens, params, model.n_ctx, stop, logprobs)
+    if max_tokens <= 0:
+        return
+    logits = model.prefill(list(tokens))
+    while True:
+        step = generation.step(logits)
         yield step
-        logits = model.decode(token)
+        if step.finish_reason:
+            return
+        logits = model.decode(step.token)

@@ -91,11 +91,20 @@ class Model:
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
         return self.tokenizer.decode(tokens, special=special)
 
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The model's own chat template, else the built-in fallback (see `set_chat_template`)."""
+        if self._chat_template is None:
+            self.set_chat_template(None)
+        return self._chat_template
+
+    def set_chat_template(self, override: str | None) -> None:
+        """Use a built-in template by name (`chat.BUILTIN`) or a Jinja2 source instead of the model's."""
+        self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.vocab.tokens, override)
+
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         """The prompt tokens for a conversation, through the model's chat template."""
-        if self._chat_template is None:
-            self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.vocab.tokens)
-        tokens = self.tokenize(self._chat_template.render(messages))
+        tokens = self.tokenize(self.chat_template.render(messages))
         bos = self.tokenizer.bos_id
         if bos is not None and tokens[:2] == [bos, bos]:  # the template wrote BOS and tokenize added one
             tokens = tokens[1:]
@@ -139,14 +148,22 @@ class Model:
         the logits that the first sampled token depends on are computed the same way whatever was cached:
         the same request gives the same output. `ctx`: which context (default: the model's own).
         """
+        *_, logits = self.prefill_steps(tokens, ctx)
+        return logits
+
+    def prefill_steps(self, tokens: Sequence[int], ctx: Context | None = None) -> Iterator[np.ndarray | None]:
+        """`prefill` one batch_size chunk at a time: yields None after each chunk, then the logits. The server
+        uses it to interleave a long prompt with the decode steps of other requests."""
         ctx = ctx or self.context
         ids = self._check_tokens(tokens)
         common = min(ctx.common_prefix(ids.tolist()), len(ids) - 1)
         ctx.tokens = ctx.tokens[:common]
-        if len(ids) - 1 > common:
-            self._run(ids[common:-1], common, "none", ctx)
-            ctx.tokens = ids[:-1].tolist()
-        return self.decode(int(ids[-1]), ctx)
+        for start in range(common, len(ids) - 1, self.batch_size):
+            stop = min(start + self.batch_size, len(ids) - 1)
+            self.transformer.forward(ids[start:stop], start, ctx.cache, output="none")
+            ctx.tokens = ids[:stop].tolist()
+            yield None
+        yield self.decode(int(ids[-1]), ctx)
 
     def decode(self, token: int, ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after appending one token to the cached context."""
@@ -185,16 +202,20 @@ class Model:
         """float32 (n_texts, n_embd): each text's final hidden states, mean-pooled and L2-normalized."""
         if isinstance(texts, str):
             texts = [texts]
-        out = np.zeros((len(texts), self.n_embd), np.float32)
-        for i, text in enumerate(texts):
-            ids = self._check_tokens(self.tokenize(text))
-            self.context.tokens = []
-            pooled = self._run(ids, 0, "hidden").mean(axis=0)
-            self.context.tokens = ids.tolist()
+        return self.embed_tokens([self.tokenize(text) for text in texts])
+
+    def embed_tokens(self, inputs: Sequence[Sequence[int]], ctx: Context | None = None) -> np.ndarray:
+        """`embed` for inputs already tokenized; `ctx`: which context to compute in."""
+        ctx = ctx or self.context
+        out = np.zeros((len(inputs), self.n_embd), np.float32)
+        for i, tokens in enumerate(inputs):
+            ids = self._check_tokens(tokens)
+            ctx.tokens = []
+            pooled = self._run(ids, 0, "hidden", ctx).mean(axis=0)
+            ctx.tokens = ids.tolist()
             norm = float(np.linalg.norm(pooled))
             out[i] = pooled / norm if norm > 0 else pooled
         return out
-
 
 class Context:
     """One context: a KV cache and the tokens whose keys and values it holds, in order."""

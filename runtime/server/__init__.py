@@ -1,0 +1,104 @@
+"""`llamapyz serve`: the OpenAI-compatible HTTP server and web UI in front of the engine.
+
+    serve(ServeOptions(model="model.gguf", port=8080))
+
+The HTTP server starts at once (so /health answers 503 while the model loads), the model is loaded on a
+background thread, then the engine thread starts and /health turns 200.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import webbrowser
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from ..errors import LlamapyzError
+from ..gguf import Source
+from ..model.model import Model
+from .app import ServerState, create_app, load_webui
+from .engine import Engine
+
+DEFAULT_WEBUI = Path(__file__).resolve().parents[2] / "webui"
+
+log = logging.getLogger("llamapyz.server")
+
+
+@dataclass
+class ServeOptions:
+    model: Source
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_slots: int = 4
+    max_queue: int = 64
+    batch_size: int = 512
+    kv_type: str = "f16"
+    api_key: str | None = None
+    alias: str | None = None
+    chat_template: str | None = None
+    open_browser: bool = True
+    webui: Path | None = DEFAULT_WEBUI
+
+
+def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
+    """Load the model and start the engine; on failure the server stays up and /health reports the error."""
+    started = time.perf_counter()
+    try:
+        model = Model.load(options.model, n_ctx=options.n_ctx, n_threads=options.n_threads,
+                           kv_type=options.kv_type, batch_size=options.batch_size)
+        if options.chat_template:
+            model.set_chat_template(options.chat_template)
+        model.chat_template.render([{"role": "user", "content": "hi"}])  # fail now, not on the first request
+        warm_up(model)
+        engine = Engine(model, n_slots=options.n_slots, max_queue=options.max_queue).start()
+    except (LlamapyzError, OSError, ValueError) as exc:
+        state.load_error = f"the model could not be loaded: {exc}"
+        say(f"error: {state.load_error}")
+        return
+    kv_mib = model.cache.n_bytes * options.n_slots / 2**20
+    say(f"model loaded in {time.perf_counter() - started:.1f} s: n_ctx {model.n_ctx}, {options.n_slots} slots "
+        f"(KV cache up to {kv_mib:.0f} MiB), {model.n_threads} threads")
+    state.engine = engine
+
+
+def warm_up(model: Model) -> None:
+    """A short prefill and a batched decode step, so the first request does not wait for the kernels."""
+    contexts = [model.new_context(), model.new_context()]
+    tokens = model.tokenize("Hello, world. Hello again.")
+    for ctx in contexts:
+        model.prefill(tokens, ctx)
+    model.decode_batch([tokens[-1]] * 2, contexts)
+
+
+def serve(options: ServeOptions, say=print) -> None:
+    source = options.model[0] if isinstance(options.model, tuple) else options.model
+    alias = options.alias or Path(str(source)).stem
+    state = ServerState(model_alias=alias, api_key=options.api_key, webui=load_webui(options.webui))
+    app = create_app(state)
+    url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}:{options.port}/"
+    loader = threading.Thread(target=load_engine, args=(options, state, say), name="llamapyz-load", daemon=True)
+
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+
+    def on_ready() -> None:
+        loader.join()
+        if state.engine is not None:
+            say(f"llamapyz: serving {alias} at {url}  (OpenAI API at {url}v1, Ctrl+C to stop)")
+            if options.open_browser:
+                webbrowser.open(url)
+
+    loader.start()
+    threading.Thread(target=on_ready, daemon=True).start()
+    try:
+        server.run()
+    finally:
+        if state.engine is not None:
+            state.engine.stop()

@@ -1,0 +1,248 @@
+"""The engine thread: one thread owns the model and runs every forward pass; requests reach it through a
+bounded queue and their tokens come back through each request's asyncio queue.
+
+Scheduling (continuous batching): there are `n_slots` slots, each with its own context (KV cache). A waiting
+request takes a free slot (the one whose cached tokens share the longest prefix with its prompt, so the
+next turn of a chat reuses the previous turns), its prompt is prefilled one chunk per loop turn, and from
+then on every active slot advances by one token per batched decode step. A finished or cancelled request
+leaves at the next step; a new one joins at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LlamapyzError
+from ..generation import Generation, Step
+from ..model.model import Context, Model
+
+log = logging.getLogger("llamapyz.engine")
+
+
+class Overloaded(LlamapyzError):
+    """Every slot is busy and the waiting queue is full."""
+
+
+@dataclass
+class Timings:
+    """As llama.cpp's server reports them: prompt tokens evaluated (prompt_n) vs reused (cache_n)."""
+
+    cache_n: int = 0
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        def per_second(n: int, ms: float) -> float:
+            return n / ms * 1e3 if ms > 0 else 0.0
+
+        return dict(cache_n=self.cache_n, prompt_n=self.prompt_n, prompt_ms=round(self.prompt_ms, 3),
+                    prompt_per_second=per_second(self.prompt_n, self.prompt_ms),
+                    predicted_n=self.predicted_n, predicted_ms=round(self.predicted_ms, 3),
+                    predicted_per_second=per_second(self.predicted_n, self.predicted_ms))
+
+
+@dataclass
+class Job:
+    """One generation request as the engine sees it. `events` receives ("step", Step) per token, then
+    ("done", Timings) or ("error", exception)."""
+
+    prompt: list[int]
+    generation: Generation | None  # None: an embedding request
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    timings: Timings = field(default_factory=Timings)
+    inputs: list[list[int]] = field(default_factory=list)  # embedding requests: the tokenized inputs
+
+    def emit(self, kind: str, value: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            self.cancelled = True
+
+
+@dataclass
+class Slot:
+    index: int
+    context: Context
+    job: Job | None = None
+    prefill: Iterator[np.ndarray | None] | None = None  # while the prompt is being evaluated
+    next_token: int | None = None  # sampled, to be fed at the next decode step
+    last_used: float = 0.0
+    started: float = 0.0
+    first_token_at: float = 0.0
+
+
+class Engine:
+    def __init__(self, model: Model, n_slots: int = 4, max_queue: int = 64) -> None:
+        self.model = model
+        self.slots = [Slot(i, model.new_context()) for i in range(max(1, n_slots))]
+        self.max_queue = max_queue
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.stats = collections.Counter()  # prompt_tokens, generated_tokens, requests, ... (totals)
+        self.busy_s = {"prompt": 0.0, "decode": 0.0}
+        self.thread = threading.Thread(target=self._run, name="llamapyz-engine", daemon=True)
+
+    def start(self) -> Engine:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+    # --- the asyncio side ------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self.wake:
+            if len(self.waiting) >= self.max_queue:
+                raise Overloaded(f"the server is busy: {len(self.slots)} requests running and {len(self.waiting)} "
+                                 "waiting; try again later")
+            self.waiting.append(job)
+            self.wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        with self.wake:
+            self.wake.notify()
+
+    @property
+    def n_running(self) -> int:
+        return sum(slot.job is not None for slot in self.slots)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    # --- the engine thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.stopping and not self.waiting and self.n_running == 0:
+                    self.wake.wait()
+                if self.stopping:
+                    break
+                self._admit()
+            try:
+                self._turn()
+            except Exception as exc:  # never let one bad request take the engine down
+                log.exception("engine step failed")
+                for slot in self.slots:
+                    if slot.job is not None:
+                        self._finish(slot, error=exc)
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, error=LlamapyzError("the server is shutting down"))
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots (called with the lock held)."""
+        while self.waiting:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self.waiting.popleft()
+            if job.cancelled:
+                continue
+            slot = max(free, key=lambda s: (s.context.common_prefix(job.prompt), -s.last_used))
+            slot.job, slot.started, slot.next_token = job, time.perf_counter(), None
+            if job.generation is not None:
+                slot.prefill = self.model.prefill_steps(job.prompt, slot.context)
+                job.timings.cache_n = min(slot.context.common_prefix(job.prompt), len(job.prompt) - 1)
+                job.timings.prompt_n = len(job.prompt) - job.timings.cache_n
+
+    def _turn(self) -> None:
+        """One loop turn: drop cancelled jobs, one prefill chunk per prefilling slot, one batched decode step."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot)
+        for slot in self.slots:
+            if slot.job is None:
+                continue
+            if slot.job.generation is None:
+                self._embed(slot)
+            elif slot.prefill is not None:
+                self._prefill_chunk(slot)
+        decoding = [s for s in self.slots if s.job is not None and s.prefill is None and s.next_token is not None]
+        if decoding:
+            self._decode(decoding)
+
+    def _prefill_chunk(self, slot: Slot) -> None:
+        started = time.perf_counter()
+        try:
+            logits = next(slot.prefill)
+        except (LlamapyzError, ValueError) as exc:
+            self._finish(slot, error=exc)
+            return
+        self.busy_s["prompt"] += time.perf_counter() - started
+        if logits is None:
+            return
+        slot.prefill = None
+        job = slot.job
+        now = time.perf_counter()
+        job.timings.prompt_ms = (now - slot.started) * 1e3
+        slot.first_token_at = now
+        self.stats["prompt_tokens"] += job.timings.prompt_n
+        self._advance(slot, logits)
+
+    def _decode(self, slots: list[Slot]) -> None:
+        started = time.perf_counter()
+        logits = self.model.decode_batch([s.next_token for s in slots], [s.context for s in slots])
+        self.busy_s["decode"] += time.perf_counter() - started
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(slots)
+        for slot, row in zip(slots, logits, strict=True):
+            self._advance(slot, row)
+
+    def _advance(self, slot: Slot, logits: np.ndarray) -> None:
+        """Sample one token for the slot's job from its logits and hand it over."""
+        job = slot.job
+        step: Step = job.generation.step(logits)
+        job.timings.predicted_n += 1
+        self.stats["generated_tokens"] += 1
+        job.emit("step", step)
+        if step.finish_reason:
+            self._finish(slot)
+        else:
+            slot.next_token = step.token
+
+    def _embed(self, slot: Slot) -> None:
+        job = slot.job
+        started = time.perf_counter()
+        try:
+            vectors = self.model.embed_tokens(job.inputs, slot.context)
+        except (LlamapyzError, ValueError) as exc:
+            self._finish(slot, error=exc)
+            return
+        self.busy_s["prompt"] += time.perf_counter() - started
+        n_tokens = sum(len(ids) for ids in job.inputs)
+        job.timings.prompt_n = n_tokens
+        self.stats["prompt_tokens"] += n_tokens
+        job.emit("embeddings", vectors)
+        self._finish(slot)
+
+    def _finish(self, slot: Slot, error: Exception | None = None) -> None:
+        job, now = slot.job, time.perf_counter()
+        if slot.first_token_at:
+            job.timings.predicted_ms = (now - slot.first_token_at) * 1e3
+        if error is not None:
+            job.emit("error", error)
+        else:
+            job.emit("done", job.timings)
+        self.stats["requests_cancelled" if job.cancelled else "requests"] += 1
+        slot.job, slot.prefill, slot.next_token = None, None, None
+        slot.last_used, slot.first_token_at = now, 0.0

@@ -1,0 +1,177 @@
+"""Request bodies, declared once: the same `Field` lists validate requests and describe them in
+/openapi.json. Unknown fields are ignored (clients send many we do not use); a known field with the wrong
+type or out of range is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+_JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code", ...}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                             503: "unavailable_error"}.get(status, "server_error")
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.extra}}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str | tuple[str, ...]  # JSON type(s)
+    description: str
+    default: Any = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    items: str | None = None  # arrays: the JSON type of every item
+    enum: tuple | None = None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return self.type if isinstance(self.type, tuple) else (self.type,)
+
+    def check(self, value: Any) -> Any:
+        if not any(_JSON_TYPES[t](value) for t in self.types):
+            raise ApiError(400, f"'{self.name}' must be {' or '.join(self.types)}, got {_json_type(value)}",
+                           param=self.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                raise ApiError(400, f"'{self.name}' must be >= {self.minimum}, got {value}", param=self.name)
+            if self.maximum is not None and value > self.maximum:
+                raise ApiError(400, f"'{self.name}' must be <= {self.maximum}, got {value}", param=self.name)
+        if self.items and isinstance(value, list) and not all(_JSON_TYPES[self.items](v) for v in value):
+            raise ApiError(400, f"'{self.name}' must be a list of {self.items}s", param=self.name)
+        if self.enum is not None and value not in self.enum:
+            raise ApiError(400, f"'{self.name}' must be one of {', '.join(map(str, self.enum))}, got {value!r}",
+                           param=self.name)
+        return value
+
+    def openapi(self) -> dict:
+        one = [_openapi_type(t, self.items) for t in self.types]
+        schema = one[0] if len(one) == 1 else {"oneOf": one}
+        schema["description"] = self.description
+        for key in ("minimum", "maximum", "default"):
+            if getattr(self, key) is not None:
+                schema[key] = getattr(self, key)
+        if self.enum is not None:
+            schema["enum"] = list(self.enum)
+        return schema
+
+
+def _json_type(value: Any) -> str:
+    return next((t for t, ok in _JSON_TYPES.items() if ok(value)), type(value).__name__)
+
+
+def _openapi_type(json_type: str, items: str | None) -> dict:
+    if json_type == "array":
+        return {"type": "array", "items": {"type": items} if items else {}}
+    return {"type": json_type}
+
+
+def validate(body: Any, fields: list[Field]) -> dict:
+    """The known fields of a JSON body, type-checked, defaults filled in."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_json_type(body)}")
+    out = {}
+    for f in fields:
+        value = body.get(f.name)
+        if value is None:
+            if f.required:
+                raise ApiError(400, f"'{f.name}' is required", param=f.name)
+            out[f.name] = f.default
+        else:
+            out[f.name] = f.check(value)
+    return out
+
+
+def schema_of(fields: list[Field]) -> dict:
+    return {"type": "object", "properties": {f.name: f.openapi() for f in fields},
+            "required": [f.name for f in fields if f.required]}
+
+
+# --- the requests ------------------------------------------------------------------------------------------
+
+SAMPLING = [
+    Field("model", "string", "Accepted and ignored: the server runs one model."),
+    Field("max_tokens", "integer", "Most tokens to generate (default: until end of generation or a full "
+          "context).", minimum=1),
+    Field("max_completion_tokens", "integer", "Same as max_tokens (OpenAI's newer name).", minimum=1),
+    Field("temperature", "number", "0 = greedy.", default=0.8, minimum=0, maximum=5),
+    Field("top_p", "number", "Nucleus sampling.", default=0.95, minimum=0, maximum=1),
+    Field("top_k", "integer", "Keep the k most likely tokens (0 = all).", default=40, minimum=0),
+    Field("min_p", "number", "Drop tokens below min_p times the best one's probability.", default=0.05,
+          minimum=0, maximum=1),
+    Field("presence_penalty", "number", "Penalty for tokens already present.", default=0.0, minimum=-2, maximum=2),
+    Field("frequency_penalty", "number", "Penalty per occurrence.", default=0.0, minimum=-2, maximum=2),
+    Field("repeat_penalty", "number", "llama.cpp's repetition penalty (1 = off).", default=1.0, minimum=0),
+    Field("repeat_last_n", "integer", "How many recent tokens the penalties look at (-1 = all).", default=64,
+          minimum=-1),
+    Field("seed", "integer", "Same seed and request = same output."),
+    Field("stop", ("string", "array"), "Up to 16 strings; generation stops before them.", items="string"),
+    Field("logit_bias", "object", "Token id (as a string) -> bias added to its logit, -100..100."),
+    Field("n", "integer", "Number of choices; only 1 is supported.", default=1, minimum=1, maximum=1),
+    Field("stream", "boolean", "Send server-sent events as tokens are generated.", default=False),
+    Field("stream_options", "object", "{\"include_usage\": true} adds a final chunk with usage."),
+    Field("response_format", "object", "{\"type\": \"json_object\"} constrains the output to one JSON object; "
+          "{\"type\": \"text\"} is the default."),
+    Field("user", "string", "Accepted and ignored."),
+]
+
+CHAT = [
+    Field("messages", "array", "The conversation: objects with role (system, user, assistant) and content "
+          "(a string, or a list of {\"type\": \"text\", \"text\": ...} parts).", required=True, items="object"),
+    Field("logprobs", "boolean", "Return the log-probability of each output token.", default=False),
+    Field("top_logprobs", "integer", "With logprobs: the most likely alternatives per token.", default=0,
+          minimum=0, maximum=20),
+    *SAMPLING,
+]
+
+COMPLETION = [
+    Field("prompt", ("string", "array"), "The text to continue (a list: one string, or token ids).",
+          required=True),
+    Field("logprobs", "integer", "Return the log-probabilities of the this many most likely tokens.",
+          minimum=0, maximum=20),
+    Field("echo", "boolean", "Prepend the prompt to the returned text.", default=False),
+    *SAMPLING,
+]
+
+EMBEDDING = [
+    Field("input", ("string", "array"), "A string or a list of strings (or token id lists).", required=True),
+    Field("model", "string", "Accepted and ignored."),
+    Field("encoding_format", "string", "float (default) or base64.", default="float", enum=("float", "base64")),
+]
+
+TOKENIZE = [
+    Field("content", "string", "Text to tokenize.", required=True),
+    Field("add_special", "boolean", "Add BOS/EOS as the model does.", default=True),
+    Field("with_pieces", "boolean", "Also return each token's text.", default=False),
+]
+
+DETOKENIZE = [
+    Field("tokens", "array", "Token ids.", required=True, items="integer"),
+]

@@ -1,0 +1,435 @@
+// The chat page: conversations in localStorage, streaming replies from /v1/chat/completions.
+"use strict";
+
+const STORE_CONVERSATIONS = "llamapyz.conversations";
+const STORE_SETTINGS = "llamapyz.settings";
+const STORE_CURRENT = "llamapyz.current";
+const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.7, topP: 0.95, maxTokens: 512, apiKey: "" };
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  conversations: load(STORE_CONVERSATIONS, []),
+  currentId: localStorage.getItem(STORE_CURRENT),
+  settings: { ...DEFAULT_SETTINGS, ...load(STORE_SETTINGS, {}) },
+  controller: null, // AbortController of the reply being streamed
+};
+
+function load(key, fallback) {
+  try {
+    const value = JSON.parse(localStorage.getItem(key));
+    return value ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+function save() {
+  localStorage.setItem(STORE_CONVERSATIONS, JSON.stringify(state.conversations));
+  localStorage.setItem(STORE_SETTINGS, JSON.stringify(state.settings));
+  if (state.currentId) localStorage.setItem(STORE_CURRENT, state.currentId);
+  else localStorage.removeItem(STORE_CURRENT);
+}
+
+const newId = () => Date.now().toString(36) + Math.random().toString(36).slice(2, 8);
+const current = () => state.conversations.find((c) => c.id === state.currentId) || null;
+
+// --- conversations ---------------------------------------------------------------------------------------
+
+function newConversation() {
+  const conversation = { id: newId(), title: "New chat", created: Date.now(), messages: [] };
+  state.conversations.unshift(conversation);
+  state.currentId = conversation.id;
+  save();
+  return conversation;
+}
+
+function renderConversations() {
+  const list = $("conversations");
+  list.replaceChildren();
+  for (const c of state.conversations) {
+    const item = document.createElement("li");
+    item.className = "conv-item" + (c.id === state.currentId ? " active" : "");
+    item.dataset.id = c.id;
+    const title = document.createElement("span");
+    title.className = "conv-title";
+    title.textContent = c.title;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "conv-delete";
+    remove.title = "Delete this conversation";
+    remove.textContent = "\u00d7";
+    remove.addEventListener("click", (event) => {
+      event.stopPropagation();
+      if (!confirm(`Delete "${c.title}"?`)) return;
+      state.conversations = state.conversations.filter((x) => x.id !== c.id);
+      if (state.currentId === c.id) state.currentId = state.conversations[0]?.id || null;
+      save();
+      renderAll();
+    });
+    item.append(title, remove);
+    item.addEventListener("click", () => {
+      if (state.controller) return; // finish or stop the reply first
+      state.currentId = c.id;
+      save();
+      renderAll();
+      document.body.classList.remove("sidebar-open");
+    });
+    list.append(item);
+  }
+}
+
+// --- messages ----------------------------------------------------------------------------------------------
+
+function messageElement(message, index, conversation) {
+  const el = document.createElement("article");
+  el.className = `msg ${message.role}` + (message.error ? " error" : "");
+  el.dataset.index = index;
+  const body = document.createElement("div");
+  body.className = "msg-body";
+  if (message.error) {
+    body.textContent = message.error;
+  } else if (message.role === "assistant") {
+    body.innerHTML = Markdown.render(message.content);
+  } else {
+    body.textContent = message.content;
+  }
+  el.append(body);
+
+  const last = index === conversation.messages.length - 1;
+  const lastUser = conversation.messages.map((m) => m.role).lastIndexOf("user");
+  const footer = document.createElement("div");
+  footer.className = "msg-foot";
+  if (message.role === "assistant" && message.stats) {
+    const stats = document.createElement("span");
+    stats.className = "stats";
+    stats.textContent = message.stats;
+    footer.append(stats);
+  }
+  if (!state.controller && last && (message.role === "assistant" || message.error)) {
+    footer.append(button("Regenerate", "regenerate", regenerate));
+  }
+  if (!state.controller && message.role === "user" && index === lastUser) {
+    footer.append(button("Edit", "edit", () => editLastUser(el, index)));
+  }
+  if (footer.childElementCount) el.append(footer);
+  return el;
+}
+
+function button(label, className, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function renderMessages() {
+  const box = $("messages");
+  box.replaceChildren();
+  const conversation = current();
+  if (!conversation || !conversation.messages.length) {
+    const empty = document.createElement("div");
+    empty.className = "empty";
+    empty.textContent = "Ask anything. Replies stream in as they are generated.";
+    box.append(empty);
+    return;
+  }
+  conversation.messages.forEach((m, i) => box.append(messageElement(m, i, conversation)));
+  box.scrollTop = box.scrollHeight;
+}
+
+function renderAll() {
+  renderConversations();
+  renderMessages();
+  const busy = Boolean(state.controller);
+  $("send").hidden = busy;
+  $("stop").hidden = !busy;
+}
+
+// --- talking to the server ---------------------------------------------------------------------------------
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  if (state.settings.apiKey) h.Authorization = `Bearer ${state.settings.apiKey}`;
+  return h;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return body.error?.message || `${response.status} ${response.statusText}`;
+  } catch {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+// Stream a reply to the conversation's messages into a new assistant message.
+async function reply(conversation) {
+  const s = state.settings;
+  const messages = conversation.messages.filter((m) => !m.error).map(({ role, content }) => ({ role, content }));
+  if (s.systemPrompt.trim()) messages.unshift({ role: "system", content: s.systemPrompt });
+  const message = { role: "assistant", content: "" };
+  conversation.messages.push(message);
+  state.controller = new AbortController();
+  renderAll();
+  const bodyEl = () => $("messages").lastElementChild?.querySelector(".msg-body");
+  const started = performance.now();
+  let firstTokenAt = 0;
+  let nTokens = 0;
+  let timings = null;
+  try {
+    const response = await fetch("v1/chat/completions", {
+      method: "POST",
+      headers: headers(),
+      signal: state.controller.signal,
+      body: JSON.stringify({
+        messages, stream: true, temperature: Number(s.temperature), top_p: Number(s.topP),
+        max_tokens: Number(s.maxTokens) || undefined,
+      }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        for (const line of event.split("\n")) {
+          if (!line.startsWith("data: ")) continue;
+          const data = line.slice(6);
+          if (data === "[DONE]") continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) throw new Error(chunk.error.message);
+          if (chunk.timings) timings = chunk.timings;
+          const delta = chunk.choices?.[0]?.delta?.content;
+          if (delta) {
+            if (!firstTokenAt) firstTokenAt = performance.now();
+            nTokens += 1;
+            message.content += delta;
+            const el = bodyEl();
+            if (el) el.innerHTML = Markdown.render(message.content);
+            $("messages").scrollTop = $("messages").scrollHeight;
+          }
+        }
+      }
+    }
+    message.stats = statsText(timings, nTokens, started, firstTokenAt);
+  } catch (error) {
+    if (error.name === "AbortError") {
+      message.stats = statsText(null, nTokens, started, firstTokenAt) + " \u00b7 stopped";
+    } else {
+      if (!message.content) conversation.messages.pop();
+      conversation.messages.push({ role: "assistant", content: "", error: `Error: ${error.message}` });
+    }
+  } finally {
+    state.controller = null;
+    const kept = conversation.messages.includes(message);
+    if (kept && !message.content && !message.stats?.endsWith("stopped")) message.content = "(empty reply)";
+    save();
+    renderAll();
+  }
+}
+
+function statsText(timings, nTokens, started, firstTokenAt) {
+  if (timings && timings.predicted_n) {
+    return `${timings.predicted_n} tokens \u00b7 ${timings.predicted_per_second.toFixed(1)} tokens/s` +
+      ` \u00b7 prompt ${timings.prompt_n} new + ${timings.cache_n} cached`;
+  }
+  const seconds = firstTokenAt ? (performance.now() - firstTokenAt) / 1000 : 0;
+  const rate = seconds > 0 && nTokens > 1 ? ((nTokens - 1) / seconds).toFixed(1) : "-";
+  return `${nTokens} chunks \u00b7 ${rate} tokens/s`;
+}
+
+async function send(text) {
+  const conversation = current() || newConversation();
+  if (!conversation.messages.length) conversation.title = text.slice(0, 40) || "New chat";
+  // an error reply is not part of the conversation: drop it before going on
+  while (conversation.messages.length && conversation.messages.at(-1).error) conversation.messages.pop();
+  conversation.messages.push({ role: "user", content: text });
+  save();
+  await reply(conversation);
+}
+
+async function regenerate() {
+  const conversation = current();
+  if (!conversation || state.controller) return;
+  while (conversation.messages.length && conversation.messages.at(-1).role !== "user") conversation.messages.pop();
+  if (!conversation.messages.length) return;
+  await reply(conversation);
+}
+
+function editLastUser(el, index) {
+  const conversation = current();
+  const body = el.querySelector(".msg-body");
+  const editor = document.createElement("textarea");
+  editor.className = "edit-box";
+  editor.value = conversation.messages[index].content;
+  const save_ = button("Send", "edit-send primary", async () => {
+    const text = editor.value.trim();
+    if (!text) return;
+    conversation.messages.splice(index); // the edited message replaces it and everything after
+    conversation.messages.push({ role: "user", content: text });
+    save();
+    await reply(conversation);
+  });
+  const cancel = button("Cancel", "edit-cancel", renderMessages);
+  body.replaceChildren(editor);
+  el.querySelector(".msg-foot")?.replaceChildren(save_, cancel);
+  editor.focus();
+}
+
+// --- settings, import/export ---------------------------------------------------------------------------
+
+function openSettings() {
+  fillSettings();
+  $("settings").showModal();
+}
+
+function fillSettings() {
+  const s = state.settings;
+  $("system-prompt").value = s.systemPrompt;
+  $("temperature").value = s.temperature;
+  $("top-p").value = s.topP;
+  $("max-tokens").value = s.maxTokens;
+  $("api-key").value = s.apiKey;
+}
+
+function readSettings() {
+  const number = (id, fallback) => {
+    const v = Number($(id).value);
+    return Number.isFinite(v) && $(id).value !== "" ? v : fallback;
+  };
+  state.settings = {
+    systemPrompt: $("system-prompt").value,
+    temperature: number("temperature", DEFAULT_SETTINGS.temperature),
+    topP: number("top-p", DEFAULT_SETTINGS.topP),
+    maxTokens: number("max-tokens", DEFAULT_SETTINGS.maxTokens),
+    apiKey: $("api-key").value.trim(),
+  };
+  save();
+}
+
+function exportConversations() {
+  const blob = new Blob([JSON.stringify({ llamapyz: 1, conversations: state.conversations }, null, 2)],
+    { type: "application/json" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = `llamapyz-conversations-${new Date().toISOString().slice(0, 10)}.json`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+async function importConversations(file) {
+  try {
+    const data = JSON.parse(await file.text());
+    const list = Array.isArray(data) ? data : data.conversations;
+    if (!Array.isArray(list)) throw new Error("no conversations in this file");
+    const valid = list.filter((c) => c && Array.isArray(c.messages)).map((c) => ({
+      id: typeof c.id === "string" ? c.id : newId(),
+      title: String(c.title || "Imported chat").slice(0, 80),
+      created: Number(c.created) || Date.now(),
+      messages: c.messages.filter((m) => m && ["user", "assistant", "system"].includes(m.role))
+        .map((m) => ({ role: m.role, content: String(m.content ?? ""), ...(m.stats ? { stats: String(m.stats) } : {}) })),
+    }));
+    const known = new Set(state.conversations.map((c) => c.id));
+    for (const c of valid) if (known.has(c.id)) c.id = newId();
+    state.conversations = [...valid, ...state.conversations];
+    if (valid.length) state.currentId = valid[0].id;
+    save();
+    renderAll();
+    setStatus(`imported ${valid.length} conversation${valid.length === 1 ? "" : "s"}`);
+  } catch (error) {
+    setStatus(`import failed: ${error.message}`);
+  }
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+async function loadModelName() {
+  try {
+    const response = await fetch("v1/models", { headers: headers() });
+    if (response.ok) {
+      const body = await response.json();
+      $("model-name").textContent = body.data?.[0]?.id || "llamapyz";
+      document.title = `${$("model-name").textContent} \u00b7 llamapyz`;
+    } else if (response.status === 401) {
+      setStatus("this server needs an API key: open Settings");
+    } else if (response.status === 503) {
+      setStatus("loading the model\u2026");
+      setTimeout(loadModelName, 1000);
+    }
+  } catch {
+    setStatus("cannot reach the server");
+  }
+}
+
+// --- wiring ---------------------------------------------------------------------------------------------
+
+function autosize() {
+  const input = $("input");
+  input.style.height = "auto";
+  input.style.height = Math.min(input.scrollHeight, 200) + "px";
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("input").value.trim();
+  if (!text || state.controller) return;
+  $("input").value = "";
+  autosize();
+  send(text);
+});
+$("input").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+$("input").addEventListener("input", autosize);
+$("stop").addEventListener("click", () => state.controller?.abort());
+$("new-chat").addEventListener("click", () => {
+  if (state.controller) return;
+  newConversation();
+  renderAll();
+  $("input").focus();
+});
+$("toggle-sidebar").addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+$("open-settings").addEventListener("click", openSettings);
+$("settings").addEventListener("close", readSettings);
+$("reset-settings").addEventListener("click", () => {
+  const key = $("api-key").value;
+  state.settings = { ...DEFAULT_SETTINGS, apiKey: key };
+  save();
+  fillSettings();
+});
+$("export").addEventListener("click", exportConversations);
+$("import-file").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) importConversations(file);
+  event.target.value = "";
+});
+$("messages").addEventListener("click", async (event) => {
+  const copy = event.target.closest(".copy-code");
+  if (!copy) return;
+  const code = copy.closest(".code-block").querySelector("code").textContent;
+  try {
+    await navigator.clipboard.writeText(code);
+    copy.textContent = "Copied";
+  } catch {
+    copy.textContent = "Copy failed";
+  }
+  setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+});
+
+if (!current()) state.currentId = state.conversations[0]?.id || null;
+renderAll();
+loadModelName();
+$("input").focus();
