@@ -144,3 +144,20 @@ def test_derived_data_is_small(tiny_models):
     model = Model.load(tiny_models("llama", "Q4_1"), n_ctx=64)
     assert 0 < model.derived_bytes < 0.15 * model.file_bytes
     assert FORMATS_BY_NAME["Q4_1"].name == model.weights.layers[0].attn_q.format.name
+
+
+@pytest.mark.parametrize("arch, weight_type", [("llama", "Q4_K"), ("gemma3", "Q8_0"), ("llama", "F16")])
+def test_batched_decode_is_bit_identical_to_decoding_alone(tiny_models, arch, weight_type):
+    # batch invariance: a sequence's logits do not depend on what it is decoded with
+    model = Model.load(tiny_models(arch, weight_type), n_ctx=64)
+    prompts = [model.tokenize(text) for text in ("the cat in the hat", "here", "and there; the end of it all")]
+    alone, together = [model.new_context() for _ in prompts], [model.new_context() for _ in prompts]
+    for prompt, a, b in zip(prompts, alone, together, strict=True):
+        model.prefill(prompt, a)
+        model.prefill(prompt, b)
+    for step in range(4):
+        tokens = [10 + step, 20 + step, 30 + step]
+        expected = [model.decode(t, ctx) for t, ctx in zip(tokens, alone, strict=True)]
+        got = model.decode_batch(tokens, together)
+        for row, want in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(row, want)

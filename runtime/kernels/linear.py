@@ -80,18 +80,25 @@ class QuantMatrix:
         if self._matvec is not None:
             self._matvec(self.raw, x.xq, x.xd, x.xs, x.xqs, out)
             return out
-        return self.matmul(x.x, out)
+        return self.matmul(x.x, out, row_by_row=True)
 
-    def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """out (n, n_rows) = x (n, n_cols) @ W.T, one decoded tile of rows at a time."""
+    def matmul(self, x: np.ndarray, out: np.ndarray | None = None, row_by_row: bool = False) -> np.ndarray:
+        """out (n, n_rows) = x (n, n_cols) @ W.T, one decoded tile of rows at a time.
+
+        row_by_row: one BLAS product per row of x (each tile still decoded once), so that a row's result
+        does not depend on the other rows (BLAS takes other code paths for other shapes): batched decode.
+        """
         if out is None:
             out = np.empty((x.shape[0], self.n_rows), np.float32)
+        groups = [slice(i, i + 1) for i in range(x.shape[0])] if row_by_row else [slice(None)]
         if self.format.name == "F32":
-            np.matmul(x, self.raw.view(np.float32).T, out=out)
+            for rows in groups:
+                np.matmul(x[rows], self.raw.view(np.float32).T, out=out[rows])
             return out
         tile = np.empty((min(self.tile_rows, self.n_rows), self.n_cols), np.float32)
         for start in range(0, self.n_rows, self.tile_rows):
             stop = min(start + self.tile_rows, self.n_rows)
             decoded = self.dequantize_rows(start, stop, tile[: stop - start])
-            np.matmul(x, decoded.T, out=out[:, start:stop])
+            for rows in groups:
+                np.matmul(x[rows], decoded.T, out=out[rows, start:stop])
         return out

@@ -544,6 +544,8 @@ async def openapi(request: Request) -> Response:
 async def static(request: Request) -> Response:
     state: ServerState = request.app.state.llamapyz
     path = request.path_params.get("path") or "index.html"
+    if "/" + path in API_PATHS:  # a GET on a POST endpoint
+        return error_response(ApiError(405, f"GET is not allowed on /{path}", type="invalid_request_error"))
     if path not in state.webui:
         if not state.webui and path == "index.html":
             return Response("llamapyz: the web UI is not available; the API is at /v1", media_type="text/plain")
@@ -568,6 +570,7 @@ ROUTES = [
 ]
 ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/v1/completions",
            "/embeddings": "/v1/embeddings", "/models": "/v1/models", "/v1/health": "/health"}
+API_PATHS = frozenset([route[0] for route in ROUTES] + list(ALIASES))
 OPEN_PATHS = ("/health", "/v1/health", "/openapi.json")  # reachable without the API key
 
 

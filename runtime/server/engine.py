@@ -109,7 +109,8 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self.wake:
-            if len(self.waiting) >= self.max_queue:
+            free = sum(slot.job is None for slot in self.slots)
+            if len(self.waiting) >= self.max_queue + free:
                 raise Overloaded(f"the server is busy: {len(self.slots)} requests running and {len(self.waiting)} "
                                  "waiting; try again later")
             self.waiting.append(job)

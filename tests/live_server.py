@@ -1,0 +1,101 @@
+"""Live servers for tests, on a free loopback port.
+
+- `ServerThread`: the app and engine in this process (quick to start; for the tiny synthetic models).
+- `ServerProcess`: `llamapyz serve` as a child process, exactly as a user runs it (for the real models).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from runtime.server import ServeOptions, load_engine
+from runtime.server.app import ServerState, create_app, load_webui
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("the server exited while starting")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become healthy in {timeout} s")
+
+
+class ServerThread:
+    def __init__(self, model: Path, **options) -> None:
+        self.options = ServeOptions(model=model, port=free_port(), open_browser=False, **options)
+        self.url = f"http://127.0.0.1:{self.options.port}"
+        self.state = ServerState(model_alias=Path(model).stem, api_key=self.options.api_key,
+                                 webui=load_webui(self.options.webui))
+        load_engine(self.options, self.state, say=lambda text: None)
+        config = uvicorn.Config(create_app(self.state), host="127.0.0.1", port=self.options.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        wait_healthy(self.url, 30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        if self.state.engine is not None:
+            self.state.engine.stop()
+
+
+class ServerProcess:
+    def __init__(self, model: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "--port", str(self.port),
+                        "--nobrowser", *args]
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_healthy(self.url, 180, alive=lambda: self.process.poll() is None)
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.output = self.process.stdout.read()
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")

@@ -1,0 +1,234 @@
+"""The HTTP API on a tiny synthetic model (fast): shapes, parameters, errors, auth, scheduling limits.
+The same API on the real SmolLM2 through the official openai client is in test_server_openai.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from runtime.server.app import ServerState, create_app
+from runtime.server.engine import Engine, Job
+from tests.live_server import ServerThread
+from tests.synth import write_model
+
+N_CTX = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("server") / "tiny-llama.gguf"
+    write_model(path, "llama", "Q8_0")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_path):
+    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=2) as live:
+        yield live
+
+
+def post(server, path: str, body, **kwargs) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(server.url + path, content=content, timeout=30, **kwargs)
+
+
+def sse_events(response: httpx.Response) -> list:
+    events = []
+    for line in response.text.split("\n"):
+        if line.startswith("data: "):
+            data = line[6:]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_health_models_props_metrics_openapi(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    models = httpx.get(server.url + "/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "tiny-llama"
+    props = httpx.get(server.url + "/props").json()
+    assert props["n_ctx"] == N_CTX and props["total_slots"] == 2 and "<assistant>" in props["chat_template"]
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "# TYPE llamapyz:prompt_tokens_total counter" in metrics and "llamapyz:requests_processing 0" in metrics
+    spec = httpx.get(server.url + "/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/tokenize",
+                 "/detokenize", "/props", "/metrics"):
+        assert path in spec["paths"], path
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["required"] == ["messages"] and chat["properties"]["temperature"]["type"] == "number"
+
+
+def test_chat_completion_shape_and_determinism(server):
+    body = {"messages": [{"role": "user", "content": "hello"}], "temperature": 0, "max_tokens": 8}
+    first = post(server, "/v1/chat/completions", body).json()
+    assert first["object"] == "chat.completion"
+    choice = first["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    usage = first["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 1 <= usage["completion_tokens"] <= 8
+    assert set(first["timings"]) >= {"cache_n", "prompt_n", "prompt_ms", "predicted_n", "predicted_per_second"}
+    second = post(server, "/v1/chat/completions", body).json()
+    assert second["choices"][0]["message"]["content"] == choice["message"]["content"]
+    # the repeat reuses the cached prompt (all but the last token, which is evaluated anew)
+    assert second["timings"]["cache_n"] == usage["prompt_tokens"] - 1 and second["timings"]["prompt_n"] == 1
+
+
+def test_seeded_sampling_is_reproducible(server):
+    body = {"prompt": "the cat", "temperature": 1.5, "top_k": 0, "top_p": 1, "min_p": 0, "seed": 7, "max_tokens": 12}
+    texts = {post(server, "/v1/completions", body).json()["choices"][0]["text"] for _ in range(3)}
+    assert len(texts) == 1
+    other = post(server, "/v1/completions", {**body, "seed": 8}).json()["choices"][0]["text"]
+    assert other != texts.pop()  # 12 random bytes from a 259-token vocabulary: a collision is (nearly) impossible
+
+
+def test_streaming_chunks_are_shaped_like_openai(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 6, "stream": True,
+            "stream_options": {"include_usage": True}}
+    response = post(server, "/v1/chat/completions", body)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    final, usage = chunks[-2], chunks[-1]
+    assert final["choices"][0]["finish_reason"] in ("stop", "length") and final["choices"][0]["delta"] == {}
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    alone = post(server, "/v1/chat/completions", {**body, "stream": False}).json()
+    assert text == alone["choices"][0]["message"]["content"]
+
+
+def test_completions_logprobs_and_echo(server):
+    body = {"prompt": "abc", "temperature": 0, "max_tokens": 4, "logprobs": 3, "echo": True}
+    result = post(server, "/v1/completions", body).json()
+    choice = result["choices"][0]
+    assert choice["text"].startswith("abc")
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == result["usage"]["completion_tokens"]
+    for chosen, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True):
+        # greedy: the chosen token is the best (entries are keyed by text, so byte tokens printed as U+FFFD collide)
+        assert 1 <= len(top) <= 3 and chosen <= 0 and max(top.values()) <= chosen + 1e-6
+    chat = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": 0,
+                                                 "max_tokens": 3, "logprobs": True, "top_logprobs": 2}).json()
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert len(content) == chat["usage"]["completion_tokens"] and len(content[0]["top_logprobs"]) == 2
+    assert content[0]["top_logprobs"][0]["logprob"] >= content[0]["top_logprobs"][1]["logprob"]
+
+
+def test_json_object_response_format_gives_json(server):
+    # a random tiny model left alone almost never writes JSON: the constraint must
+    body = {"messages": [{"role": "user", "content": "json please"}], "response_format": {"type": "json_object"},
+            "temperature": 1.0, "seed": 3, "max_tokens": 40}
+    for seed in range(3):
+        result = post(server, "/v1/chat/completions", {**body, "seed": seed}).json()
+        content, finish = result["choices"][0]["message"]["content"], result["choices"][0]["finish_reason"]
+        if finish == "stop":
+            assert isinstance(json.loads(content), dict)
+        else:  # cut by max_tokens: still a valid JSON prefix starting with '{'
+            assert finish == "length" and content.lstrip().startswith("{")
+
+
+def test_tokenize_detokenize_embeddings(server):
+    tokens = post(server, "/tokenize", {"content": "hi there"}).json()["tokens"]
+    assert post(server, "/detokenize", {"tokens": tokens}).json()["content"] == "hi there"
+    pieces = post(server, "/tokenize", {"content": "ab", "with_pieces": True, "add_special": False}).json()["tokens"]
+    assert [p["piece"] for p in pieces] == ["a", "b"]
+    result = post(server, "/v1/embeddings", {"input": ["one", "two words"]}).json()
+    vectors = np.array([d["embedding"] for d in result["data"]])
+    assert vectors.shape == (2, 256) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    single = post(server, "/v1/embeddings", {"input": "one"}).json()["data"][0]["embedding"]
+    np.testing.assert_allclose(single, vectors[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("body, status, param, words", [
+    (b"{not json", 400, None, "not valid JSON"),
+    ([1, 2], 400, None, "JSON object"),
+    ({}, 400, "messages", "required"),
+    ({"messages": "hi"}, 400, "messages", "array"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages", "role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages", "content"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature", "number"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens", ">= 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n", "<= 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, 400, "stop", "string"),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 1}}, 400, "logit_bias", "token ids"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}, 400, "response_format",
+     "not supported"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream", "boolean"),
+])
+def test_bad_requests_get_openai_errors(server, body, status, param, words):
+    response = post(server, "/v1/chat/completions", body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and words in error["message"]
+
+
+def test_prompt_longer_than_the_context(server):
+    response = post(server, "/v1/completions", {"prompt": "x" * 100})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["n_ctx"] == N_CTX and error["n_prompt_tokens"] > N_CTX
+    # a prompt that fits generates until the context is full, then says "length"
+    result = post(server, "/v1/completions", {"prompt": "x" * 50, "temperature": 0, "logit_bias": {"2": -100}}).json()
+    assert result["choices"][0]["finish_reason"] == "length"
+    assert result["usage"]["total_tokens"] == N_CTX
+
+
+def test_errors_never_wedge_the_server(server):
+    for bad in (b"\xff\xfe", b"", b"null", b'{"prompt": [99999]}', b'{"prompt": []}'):
+        assert post(server, "/v1/completions", bad).status_code == 400
+    assert post(server, "/detokenize", {"tokens": [-1]}).status_code == 400
+    assert httpx.get(server.url + "/v1/nothing").status_code == 404
+    assert httpx.get(server.url + "/v1/chat/completions").status_code == 405
+    ok = post(server, "/v1/completions", {"prompt": "still", "max_tokens": 2, "unknown_field": {"x": 1}})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+    assert "llamapyz:requests_processing 0" in httpx.get(server.url + "/metrics").text
+
+
+def test_api_key(tiny_path):
+    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, api_key="sesame") as live:
+        body = {"prompt": "a", "max_tokens": 1}
+        assert httpx.get(live.url + "/health").status_code == 200  # stays open
+        missing = post(live, "/v1/completions", body)
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        assert post(live, "/v1/completions", body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(live.url + "/v1/models").status_code == 401
+        assert post(live, "/v1/completions", body, headers={"Authorization": "Bearer sesame"}).status_code == 200
+        assert post(live, "/completions", body, headers={"X-Api-Key": "sesame"}).status_code == 200
+        assert httpx.get(live.url + "/").status_code == 200  # the UI's files are open; its requests carry the key
+
+
+def test_overloaded_is_503(tiny_path):
+    from runtime import Model
+
+    engine = Engine(Model.load(tiny_path, n_ctx=N_CTX), n_slots=1, max_queue=1)  # not started: nothing is admitted
+    state = ServerState(model_alias="tiny", engine=engine)
+
+    async def scenario() -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        engine.submit(Job(prompt=[1], generation=None, loop=loop))  # takes the free slot's place
+        engine.submit(Job(prompt=[1], generation=None, loop=loop))  # the one queue place
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/v1/completions", json={"prompt": "a"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
+
+
+def test_health_is_503_while_loading():
+    state = ServerState(model_alias="x")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/health"), await client.post("/v1/completions", json={"prompt": "a"})
+
+    health, completion = asyncio.run(scenario())
+    assert health.status_code == 503 and completion.status_code == 503
+    assert completion.json()["error"]["code"] == "loading"
