@@ -137,10 +137,6 @@ def tokenize(model: str, no_bos: bool, no_special: bool, text: str) -> None:
     click.echo(json.dumps(tokenizer.encode(text, add_special=not no_bos, parse_special=not no_special)))
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- run -----------------------------------------------------------------------------------------------
 
 
@@ -243,3 +239,7 @@ def serve(model_path: str, host: str, port: int, threads: int | None, n_ctx: int
                             api_key=api_key, alias=alias, chat_template=chat_template,
                             open_browser=not nobrowser),
                say=lambda text: click.echo(text, err=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -46,3 +46,12 @@ def small_gguf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """A small synthetic GGUF with every metadata type and SMALL_TENSORS: (path, raw bytes of each tensor)."""
     path = tmp_path / "small.gguf"
     return path, write_gguf(path, SMALL_TENSORS)
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_path: Path):
+    """`llamapyz serve` on the real SmolLM2 in a child process: 4 slots, n_ctx 2048, 2 threads."""
+    from tests.live_server import ServerProcess
+
+    with ServerProcess(smollm2_path, "-np", "4", "-c", "2048", "-t", "2") as server:
+        yield server

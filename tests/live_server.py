@@ -80,9 +80,9 @@ class ServerProcess:
                                         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             wait_healthy(self.url, 180, alive=lambda: self.process.poll() is None)
-        except Exception:
+        except (RuntimeError, TimeoutError) as exc:
             self.__exit__()
-            raise
+            raise RuntimeError(f"{exc}; its output:\n{self.output}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

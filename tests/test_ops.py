@@ -34,9 +34,19 @@ def test_rope(neox):
     np.testing.assert_allclose(rotated, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_one_query_attention_matches_the_batched_path():
-    q = RNG.standard_normal((1, 6, 32)).astype(np.float32)
-    keys, values = RNG.standard_normal((2, 9, 3, 32)).astype(np.float32)
-    got = ops.attention(q, keys, values, pos0=8, key_pos0=0, window=0, scale=0.2)  # numba kernel
-    expected = ops.attention_numpy(q, keys, values, 8, 0, 0, 0.2)
+@pytest.mark.parametrize("n, pos0, key_pos0, window", [(1, 8, 0, 0), (6, 10, 0, 0), (6, 10, 3, 5), (1, 12, 4, 9)])
+def test_attention_kernel_matches_the_numpy_twin(n, pos0, key_pos0, window):
+    q = RNG.standard_normal((n, 6, 32)).astype(np.float32)
+    s = pos0 + n - key_pos0
+    keys, values = RNG.standard_normal((2, s, 3, 32)).astype(np.float32)
+    got = ops.attention(q, keys, values, pos0, key_pos0, window, 0.2)  # numba kernel
+    expected = ops.attention_numpy(q, keys, values, pos0, key_pos0, window, 0.2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_rows_do_not_depend_on_the_chunk():
+    q = RNG.standard_normal((12, 6, 32)).astype(np.float32)
+    keys, values = RNG.standard_normal((2, 12, 3, 32)).astype(np.float32)
+    whole = ops.attention(q, keys, values, 0, 0, 0, 0.2)
+    tail = ops.attention(q[7:], keys, values, 7, 0, 0, 0.2)  # the last 5 queries as their own chunk
+    np.testing.assert_array_equal(tail, whole[7:])

@@ -53,28 +53,41 @@ def gated_activation(gate, up, gelu, out):
 
 
 @njit(parallel=True, **_OPTS)
-def attention_one(q, keys, values, scale, out):
-    """One query per head: q (n_head, hd), keys/values (s, n_kv, hd) -> out (n_head, hd), all visible."""
-    n_head, head_dim = q.shape
-    s, n_kv = keys.shape[0], keys.shape[1]
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, out):
+    """Causal attention, one (query, head) pair per task: q (n, n_head, hd) at positions pos0..;
+    keys/values (s, n_kv, hd) at positions key_pos0..; out (n, n_head, hd).
+
+    Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). Each
+    row is computed by the same loop, in the same order, however many queries share the call, so a
+    prompt's keys and values do not depend on how it was split into chunks (or what was cached before).
+    """
+    n, n_head, head_dim = q.shape
+    n_kv = keys.shape[1]
     group = n_head // n_kv
-    for h in prange(n_head):
+    for task in prange(n * n_head):
+        i, h = task // n_head, task % n_head
         kv = h // group
+        pos = pos0 + i
+        first = max(key_pos0, pos - window + 1) if window > 0 else key_pos0
+        skip = first - key_pos0  # keys before the window
+        s = pos - first + 1
         scores = np.empty(s, np.float32)
         best = np.float32(-np.inf)
         for t in range(s):
             dot = np.float32(0.0)
             for j in range(head_dim):
-                dot += q[h, j] * keys[t, kv, j]
+                dot += q[i, h, j] * keys[skip + t, kv, j]
             scores[t] = dot * scale
             best = max(best, scores[t])
         total = np.float32(0.0)
         for t in range(s):
             scores[t] = np.exp(scores[t] - best)
             total += scores[t]
-        for j in range(head_dim):
-            out[h, j] = 0.0
+        inv = np.float32(1.0) / total
+        acc = np.zeros(head_dim, np.float32)
         for t in range(s):
-            p = scores[t] / total
+            p = scores[t] * inv
             for j in range(head_dim):
-                out[h, j] += p * values[t, kv, j]
+                acc[j] += p * values[skip + t, kv, j]
+        for j in range(head_dim):
+            out[i, h, j] = acc[j]

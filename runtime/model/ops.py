@@ -50,15 +50,13 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
 
     q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
     key_pos0..key_pos0+s-1. A key is visible to a query at p when key <= p and, with a window,
-    p - key < window. Returns (n, n_head * head_dim).
+    p - key < window. Returns (n, n_head * head_dim). Every query row is computed on its own (see
+    `kernels.attention_rows`); `attention_numpy` is the batched numpy twin.
     """
     n, n_head, head_dim = q.shape
-    s = keys.shape[0]
-    if n == 1 and (not window or pos0 - key_pos0 < window) and key_pos0 + s == pos0 + 1:
-        out = np.empty((n_head, head_dim), np.float32)  # decode: every cached key is visible
-        kernels.attention_one(q[0], keys, values, np.float32(scale), out)
-        return out.reshape(1, n_head * head_dim)
-    return attention_numpy(q, keys, values, pos0, key_pos0, window, scale)
+    out = np.empty((n, n_head, head_dim), np.float32)
+    kernels.attention_rows(np.ascontiguousarray(q), keys, values, pos0, key_pos0, window, np.float32(scale), out)
+    return out.reshape(n, n_head * head_dim)
 
 
 def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
