@@ -1,10 +1,14 @@
 """The forward pass: tokens in, logits (or final hidden states) out, one readable function for every
 architecture in `config.ARCHITECTURES`.
 
-A call processes n tokens at positions pos0..pos0+n-1 of one sequence against its KV cache, or (decode
-in the server) one token of each of several sequences. With one token per sequence every projection is an
-integer matrix-vector kernel on the quantized weights; with a chunk of n > 1 tokens (prefill) it is a
-decoded-tile matrix product through BLAS, one pass over the weights for the whole chunk.
+A call processes chunks of prompt tokens (prefill: one sequence, or several in the server), or one new
+token of each of several sequences (decode), each sequence against its own KV cache. Decode projections
+are integer matrix-vector kernels on the quantized weights; prefill projections are decoded-tile matrix
+products through BLAS, one pass over the weights for every row of the call.
+
+Each row's result depends only on its own sequence, never on how the rows were batched or chunked: that
+is what lets the server batch requests and reuse cached prompts and still give every request the output
+it would get alone.
 """
 
 from __future__ import annotations
@@ -42,19 +46,33 @@ class Transformer:
     @staticmethod
     def project(x: np.ndarray, decode: bool, *matrices: QuantMatrix) -> list[np.ndarray]:
         """x (n, n_in) @ W.T for each W. decode: integer kernels, one quantization of x serving every W;
-        otherwise decoded weight tiles times BLAS, one pass over the weights for all n rows."""
+        otherwise decoded weight tiles times BLAS, one pass over the weights for all n rows.
+
+        BLAS gives a row the same result whatever the number of rows, except for a single row (a
+        different code path): a lone row is multiplied together with a zero row so that it is not.
+        """
         if not decode:
+            if x.shape[0] == 1:
+                padded = np.zeros((2, x.shape[1]), np.float32)
+                padded[0] = x[0]
+                return [m.matmul(padded)[:1] for m in matrices]
             return [m.matmul(x) for m in matrices]
         rows = QuantizedRows(x)
         return [m.matvec(rows) for m in matrices]
 
     def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
-        """Run tokens (n,) of one sequence at positions pos0.. through the model, filling its cache.
+        """Run tokens (n,) of one sequence at positions pos0.. through the model (prefill), filling its cache.
 
         output: "last" -> logits of the last token (1, n_vocab); "all" -> logits (n, n_vocab);
         "hidden" -> final normalized hidden states (n, n_embd); "none" -> nothing (only the cache is filled).
         """
-        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output)
+        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output, decode=False)
+
+    def prefill_batch(self, chunks: list[tuple[np.ndarray, int, KVCache]]) -> None:
+        """Prefill chunks of several sequences (tokens, pos0, cache) in one pass over the weights. A chunk's
+        keys and values are the same as when it is prefilled alone."""
+        tokens = np.concatenate([np.asarray(ids) for ids, _, _ in chunks])
+        self._run(tokens, [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks], "none", decode=False)
 
     def decode_batch(self, tokens: np.ndarray, positions: list[int], caches: list[KVCache]) -> np.ndarray:
         """One token for each of several sequences (token i at positions[i] of caches[i]): logits (n, n_vocab).
@@ -63,12 +81,11 @@ class Transformer:
         so its logits do not depend on the company it keeps (batch invariance).
         """
         segments = [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
-        return self._run(np.asarray(tokens), segments, "all")
+        return self._run(np.asarray(tokens), segments, "all", decode=True)
 
-    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
+    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str, decode: bool) -> np.ndarray | None:
         c, w, opt = self.config, self.weights, self.config.options
         n = len(tokens)
-        decode = len(segments) == n  # one token per sequence: integer matrix-vector kernels
         x = w.token_embd.rows(tokens)  # (n, n_embd)
         if opt.scale_embeddings:
             x *= np.float32(np.sqrt(c.n_embd))
@@ -114,7 +131,7 @@ class Transformer:
         x = rms_norm(x, w.output_norm, c.rms_eps)
         if output == "hidden":
             return x
-        (logits,) = self.project(x, decode or len(x) == 1, w.output)
+        (logits,) = self.project(x, decode, w.output)
         return logits
 
 

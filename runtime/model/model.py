@@ -152,18 +152,37 @@ class Model:
         return logits
 
     def prefill_steps(self, tokens: Sequence[int], ctx: Context | None = None) -> Iterator[np.ndarray | None]:
-        """`prefill` one batch_size chunk at a time: yields None after each chunk, then the logits. The server
-        uses it to interleave a long prompt with the decode steps of other requests."""
+        """`prefill` one batch_size chunk at a time: yields None after each chunk, then the logits."""
+        prompt = self.start_prompt(tokens, ctx)
+        while prompt.remaining:
+            self.prefill_chunks([prompt])
+            yield None
+        yield self.decode(prompt.last_token, prompt.ctx)
+
+    def start_prompt(self, tokens: Sequence[int], ctx: Context | None = None) -> Prompt:
+        """Check a prompt and trim the context to the prefix it shares with it; `prefill_chunks` then
+        evaluates the rest but the last token, which the caller feeds to `decode` / `decode_batch`."""
         ctx = ctx or self.context
         ids = self._check_tokens(tokens)
         common = min(ctx.common_prefix(ids.tolist()), len(ids) - 1)
         ctx.tokens = ctx.tokens[:common]
-        for start in range(common, len(ids) - 1, self.batch_size):
-            stop = min(start + self.batch_size, len(ids) - 1)
-            self.transformer.forward(ids[start:stop], start, ctx.cache, output="none")
-            ctx.tokens = ids[:stop].tolist()
-            yield None
-        yield self.decode(int(ids[-1]), ctx)
+        return Prompt(ids, ctx, common)
+
+    def prefill_chunks(self, prompts: Sequence[Prompt], budget: int | None = None) -> None:
+        """Evaluate the next chunk of each prompt in one forward pass: up to `budget` tokens in all (default
+        batch_size), at least one token of the first prompt."""
+        budget = budget or self.batch_size
+        chunks = []
+        for prompt in prompts:
+            n = min(prompt.remaining, budget)
+            if n <= 0:
+                break
+            start = len(prompt.ctx.tokens)
+            chunks.append((prompt.ids[start:start + n], start, prompt.ctx.cache))
+            budget -= n
+        self.transformer.prefill_batch(chunks)
+        for prompt, (ids, start, _) in zip(prompts, chunks, strict=False):
+            prompt.ctx.tokens = prompt.ids[:start + len(ids)].tolist()
 
     def decode(self, token: int, ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after appending one token to the cached context."""
@@ -232,3 +251,20 @@ class Context:
                 break
             n += 1
         return n
+
+
+class Prompt:
+    """A prompt being prefilled into a context: `remaining` tokens still to evaluate before the last one."""
+
+    def __init__(self, ids: np.ndarray, ctx: Context, common: int) -> None:
+        self.ids = ids
+        self.ctx = ctx
+        self.cached = common  # tokens reused from the context
+
+    @property
+    def remaining(self) -> int:
+        return len(self.ids) - 1 - len(self.ctx.tokens)
+
+    @property
+    def last_token(self) -> int:
+        return int(self.ids[-1])

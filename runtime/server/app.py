@@ -499,7 +499,8 @@ async def props(request: Request) -> Response:
         "model_alias": state.model_alias, "model_path": str(model.gguf.path), "build_info": f"llamapyz {__version__}",
         "n_ctx": model.n_ctx, "total_slots": len(engine.slots), "n_vocab": model.n_vocab, "n_embd": model.n_embd,
         "n_layer": model.config.n_layer, "architecture": model.config.arch, "file_bytes": model.file_bytes,
-        "n_threads": model.n_threads, "chat_template": model.chat_template.source,
+        "n_threads": model.n_threads, "eog_ids": sorted(model.tokenizer.eog_ids),
+        "chat_template": model.chat_template.source,
         "chat_template_origin": model.chat_template.origin, "metadata": metadata,
         "default_generation_settings": {f.name: f.default for f in schema.SAMPLING if f.default is not None},
     })

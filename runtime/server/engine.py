@@ -3,9 +3,11 @@ bounded queue and their tokens come back through each request's asyncio queue.
 
 Scheduling (continuous batching): there are `n_slots` slots, each with its own context (KV cache). A waiting
 request takes a free slot (the one whose cached tokens share the longest prefix with its prompt, so the
-next turn of a chat reuses the previous turns), its prompt is prefilled one chunk per loop turn, and from
-then on every active slot advances by one token per batched decode step. A finished or cancelled request
-leaves at the next step; a new one joins at the next step.
+next turn of a chat reuses the previous turns). Each loop turn then runs one prefill pass over the next
+chunk of every new prompt (up to batch_size tokens in all) and one batched decode step for every slot with
+a token to feed (the last token of a prompt that is done, or the token sampled last). A finished or
+cancelled request leaves at the next turn; a new one joins at the next turn. Neither batching nor the
+cached prefix changes a request's output (see `model/forward.py`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import LlamapyzError
 from ..generation import Generation, Step
-from ..model.model import Context, Model
+from ..model.model import Context, Model, Prompt
 
 log = logging.getLogger("llamapyz.engine")
 
@@ -76,8 +77,8 @@ class Slot:
     index: int
     context: Context
     job: Job | None = None
-    prefill: Iterator[np.ndarray | None] | None = None  # while the prompt is being evaluated
-    next_token: int | None = None  # sampled, to be fed at the next decode step
+    prompt: Prompt | None = None  # until the first token is sampled
+    next_token: int | None = None  # to be fed at the next decode step
     last_used: float = 0.0
     started: float = 0.0
     first_token_at: float = 0.0
@@ -160,53 +161,50 @@ class Engine:
             if job.cancelled:
                 continue
             slot = max(free, key=lambda s: (s.context.common_prefix(job.prompt), -s.last_used))
-            slot.job, slot.started, slot.next_token = job, time.perf_counter(), None
-            if job.generation is not None:
-                slot.prefill = self.model.prefill_steps(job.prompt, slot.context)
-                job.timings.cache_n = min(slot.context.common_prefix(job.prompt), len(job.prompt) - 1)
-                job.timings.prompt_n = len(job.prompt) - job.timings.cache_n
+            slot.job, slot.started, slot.next_token, slot.prompt = job, time.perf_counter(), None, None
+            if job.generation is None:
+                continue
+            try:
+                slot.prompt = self.model.start_prompt(job.prompt, slot.context)
+            except (LlamapyzError, ValueError) as exc:
+                self._finish(slot, error=exc)
+                continue
+            job.timings.cache_n = slot.prompt.cached
+            job.timings.prompt_n = len(job.prompt) - slot.prompt.cached
 
     def _turn(self) -> None:
-        """One loop turn: drop cancelled jobs, one prefill chunk per prefilling slot, one batched decode step."""
+        """One loop turn: drop cancelled jobs, one prefill pass, one batched decode step."""
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot)
         for slot in self.slots:
-            if slot.job is None:
-                continue
-            if slot.job.generation is None:
+            if slot.job is not None and slot.job.generation is None:
                 self._embed(slot)
-            elif slot.prefill is not None:
-                self._prefill_chunk(slot)
-        decoding = [s for s in self.slots if s.job is not None and s.prefill is None and s.next_token is not None]
+        prefilling = [s for s in self.slots if s.prompt is not None and s.prompt.remaining > 0]
+        if prefilling:
+            started = time.perf_counter()
+            self.model.prefill_chunks([s.prompt for s in prefilling])
+            self.busy_s["prompt"] += time.perf_counter() - started
+        for slot in self.slots:
+            if slot.prompt is not None and slot.prompt.remaining == 0 and slot.next_token is None:
+                slot.next_token = slot.prompt.last_token  # the prompt's last token goes with the decode step
+        decoding = [s for s in self.slots if s.job is not None and s.next_token is not None]
         if decoding:
             self._decode(decoding)
-
-    def _prefill_chunk(self, slot: Slot) -> None:
-        started = time.perf_counter()
-        try:
-            logits = next(slot.prefill)
-        except (LlamapyzError, ValueError) as exc:
-            self._finish(slot, error=exc)
-            return
-        self.busy_s["prompt"] += time.perf_counter() - started
-        if logits is None:
-            return
-        slot.prefill = None
-        job = slot.job
-        now = time.perf_counter()
-        job.timings.prompt_ms = (now - slot.started) * 1e3
-        slot.first_token_at = now
-        self.stats["prompt_tokens"] += job.timings.prompt_n
-        self._advance(slot, logits)
 
     def _decode(self, slots: list[Slot]) -> None:
         started = time.perf_counter()
         logits = self.model.decode_batch([s.next_token for s in slots], [s.context for s in slots])
-        self.busy_s["decode"] += time.perf_counter() - started
+        now = time.perf_counter()
+        self.busy_s["decode"] += now - started
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(slots)
         for slot, row in zip(slots, logits, strict=True):
+            if slot.prompt is not None:  # the first token: the prompt is done
+                slot.prompt = None
+                slot.job.timings.prompt_ms = (now - slot.started) * 1e3
+                slot.first_token_at = now
+                self.stats["prompt_tokens"] += slot.job.timings.prompt_n
             self._advance(slot, row)
 
     def _advance(self, slot: Slot, logits: np.ndarray) -> None:
@@ -245,5 +243,5 @@ class Engine:
         else:
             job.emit("done", job.timings)
         self.stats["requests_cancelled" if job.cancelled else "requests"] += 1
-        slot.job, slot.prefill, slot.next_token = None, None, None
+        slot.job, slot.prompt, slot.next_token = None, None, None
         slot.last_used, slot.first_token_at = now, 0.0

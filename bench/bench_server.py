@@ -1,0 +1,80 @@
+"""Server throughput: aggregate decode tokens/s with 1, 2, 4 and 8 concurrent streaming clients, and the
+time to first token, against `llamapyz serve` started here as a child process.
+
+    python bench/bench_server.py smollm2 -t 2 -np 4        # registry name or a GGUF path
+
+Each client asks a different question at temperature 0 with max_tokens fixed and end-of-generation
+ignored (logit_bias), so every round generates exactly clients x max_tokens tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundler.models import resolve_model  # noqa: E402
+from tests.live_server import ServerProcess  # noqa: E402
+
+QUESTIONS = ["Tell me about the sea.", "Describe a forest.", "Explain how rain forms.", "Write about a city.",
+             "Tell me about mountains.", "Describe a desert.", "Explain how bees live.", "Write about the moon."]
+
+
+def one_stream(url: str, question: str, max_tokens: int, eog: list[int]) -> tuple[float, float, int]:
+    """(seconds to first token, seconds in all, tokens) for one streamed chat completion."""
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "logit_bias": {str(t): -100 for t in eog}}
+    started = time.perf_counter()
+    first, tokens = None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("timings"):
+                tokens = chunk["timings"]["predicted_n"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
+                first = time.perf_counter() - started
+    return first or 0.0, time.perf_counter() - started, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="registry name (smollm2, gemma3-270m) or GGUF path")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("-np", "--parallel", type=int, default=4)
+    parser.add_argument("-n", "--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    path = resolve_model(args.model)
+    with ServerProcess(path, "-np", str(args.parallel), "-t", str(args.threads), "-c", "2048") as server:
+        eog = [int(t) for t in httpx.get(server.url + "/props").json().get("eog_ids", [])]
+        one_stream(server.url, "warm up", 4, eog)
+        print(f"model {path.name}  threads {args.threads}  slots {args.parallel}  max_tokens {args.max_tokens}")
+        print(f"{'clients':>8} {'aggregate tok/s':>16} {'per stream tok/s':>17} {'first token (s, median)':>24}")
+        baseline = None
+        for clients in (1, 2, 4, 8):
+            started = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                results = list(pool.map(lambda q: one_stream(server.url, q, args.max_tokens, eog),
+                                        QUESTIONS[:clients]))
+            elapsed = time.perf_counter() - started
+            tokens = sum(r[2] for r in results)
+            aggregate = tokens / elapsed
+            baseline = baseline or aggregate
+            per_stream = statistics.mean(r[2] / (r[1] - r[0]) for r in results if r[1] > r[0])
+            first_token = statistics.median(r[0] for r in results)
+            print(f"{clients:>8} {aggregate:>16.1f} {per_stream:>17.1f} {first_token:>24.2f}   "
+                  f"({aggregate / baseline:.2f}x)")
+        print(f"server RSS {server.rss_mib():.0f} MiB, peak {server.rss_mib('VmHWM'):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
