@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from runtime.cli import main
 from tests.conftest import golden
-from tests.synth import write_gguf
+from tests.synth import write_gguf, write_model
 
 
 @pytest.fixture
@@ -112,3 +112,18 @@ def test_run_with_an_unknown_architecture_fails_cleanly(tmp_path):
     assert result.exit_code == 1
     assert "error: model architecture 'mamba' is not supported" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_clearly(tmp_path):
+    import socket
+
+    missing = run("serve", "-m", str(tmp_path / "nope.gguf"), "--nobrowser")
+    assert missing.exit_code == 1 and "error:" in missing.output and "Traceback" not in missing.output
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = run("serve", "-m", str(model), "--port", str(port), "--nobrowser")
+    assert taken.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.output and "--port" in taken.output
