@@ -146,6 +146,7 @@ class Engine:
                 log.exception("engine step failed")
                 for slot in self.slots:
                     if slot.job is not None:
+                        slot.context.tokens = []  # its cache may be half written: trust none of it
                         self._finish(slot, error=exc)
         for slot in self.slots:
             if slot.job is not None:
