@@ -14,7 +14,7 @@ import logging
 import mimetypes
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +241,45 @@ def engine_error(exc: object) -> ApiError:
     return ApiError(500, f"generation failed: {exc}") if not isinstance(exc, ApiError) else exc
 
 
+async def collect_steps(job: Job, request: Request, state: ServerState) -> list[Step]:
+    """Every step of a job (a non-streaming response)."""
+    steps = []
+    async for kind, value in events(job, request, state):
+        if kind == "error":
+            raise engine_error(value)
+        if kind == "step":
+            steps.append(value)
+    return steps
+
+
+def sse_response(job: Job, request: Request, state: ServerState, fields: dict, base: dict, opening: list[dict],
+                 chunk: Callable[[Step], dict | None], last: Callable[[str | None], dict]) -> StreamingResponse:
+    """A job as server-sent events: the opening choices, one chunk per step with something to say, the last
+    choice (finish_reason, timings), the usage chunk if asked for, then [DONE]; an error ends the stream."""
+    include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+
+    async def stream() -> AsyncIterator[bytes]:
+        for choice in opening:
+            yield sse({**base, "choices": [choice]})
+        finish = None
+        async for kind, value in events(job, request, state):
+            if kind == "error":
+                yield sse(engine_error(value).body())
+                return
+            if kind == "done":
+                yield sse({**base, "timings": value.as_dict(), "choices": [last(finish)]})
+                if include_usage:
+                    yield sse({**base, "choices": [], "usage": usage(job)})
+                yield b"data: [DONE]\n\n"
+                return
+            finish = value.finish_reason
+            choice = chunk(value)
+            if choice is not None:
+                yield sse({**base, "choices": [choice]})
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 # --- response shapes --------------------------------------------------------------------------------------
 
 def token_text(model: Model, token: int) -> str:
@@ -284,48 +323,23 @@ async def chat_completions(request: Request) -> Response:
             "system_fingerprint": f"llamapyz-{__version__}"}
 
     if fields["stream"]:
-        include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+        def chunk(step: Step) -> dict | None:
+            if not step.text and logprobs is None:
+                return None
+            return {"index": 0, "delta": {"content": step.text}, "finish_reason": None,
+                    "logprobs": {"content": [chat_logprob(model, step)]} if logprobs is not None else None}
 
-        async def stream() -> AsyncIterator[bytes]:
-            yield sse({**base, "object": "chat.completion.chunk",
-                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]})
-            finish = None
-            async for kind, value in events(job, request, state):
-                if kind == "error":
-                    yield sse(engine_error(value).body())
-                    return
-                if kind == "done":
-                    final = {**base, "object": "chat.completion.chunk", "timings": value.as_dict(),
-                             "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
-                    yield sse(final)
-                    if include_usage:
-                        yield sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(job)})
-                    yield b"data: [DONE]\n\n"
-                    return
-                step: Step = value
-                finish = step.finish_reason
-                if step.text or logprobs is not None:
-                    choice = {"index": 0, "delta": {"content": step.text}, "finish_reason": None,
-                              "logprobs": {"content": [chat_logprob(model, step)]} if logprobs is not None else None}
-                    yield sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
+        opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return sse_response(job, request, state, fields, {**base, "object": "chat.completion.chunk"}, [opening],
+                            chunk, lambda finish: {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    text, finish, content_logprobs = [], None, []
-    async for kind, value in events(job, request, state):
-        if kind == "error":
-            raise engine_error(value)
-        if kind == "step":
-            text.append(value.text)
-            finish = value.finish_reason
-            if logprobs is not None:
-                content_logprobs.append(chat_logprob(model, value))
+    steps = await collect_steps(job, request, state)
     return JSONResponse({
         **base, "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                     "logprobs": {"content": content_logprobs} if logprobs is not None else None,
-                     "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(s.text for s in steps)},
+                     "logprobs": {"content": [chat_logprob(model, s) for s in steps]} if logprobs is not None
+                     else None,
+                     "finish_reason": steps[-1].finish_reason if steps else None}],
         "usage": usage(job), "timings": job.timings.as_dict()})
 
 
@@ -356,38 +370,21 @@ async def completions(request: Request) -> Response:
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
     if fields["stream"]:
-        include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+        offset = len(echo)
 
-        async def stream() -> AsyncIterator[bytes]:
-            finish, offset = None, len(echo)
-            if echo:
-                yield sse({**base, "choices": [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}]})
-            async for kind, value in events(job, request, state):
-                if kind == "error":
-                    yield sse(engine_error(value).body())
-                    return
-                if kind == "done":
-                    yield sse({**base, "timings": value.as_dict(),
-                               "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}]})
-                    if include_usage:
-                        yield sse({**base, "choices": [], "usage": usage(job)})
-                    yield b"data: [DONE]\n\n"
-                    return
-                finish = value.finish_reason
-                if value.text or logprobs is not None:
-                    block = logprob_block([value], offset) if logprobs is not None else None
-                    offset += len(value.text)
-                    yield sse({**base, "choices": [{"index": 0, "text": value.text, "logprobs": block,
-                                                    "finish_reason": None}]})
+        def chunk(step: Step) -> dict | None:
+            nonlocal offset
+            if not step.text and logprobs is None:
+                return None
+            block = logprob_block([step], offset) if logprobs is not None else None
+            offset += len(step.text)
+            return {"index": 0, "text": step.text, "logprobs": block, "finish_reason": None}
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        opening = [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}] if echo else []
+        return sse_response(job, request, state, fields, base, opening, chunk,
+                            lambda finish: {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
 
-    steps: list[Step] = []
-    async for kind, value in events(job, request, state):
-        if kind == "error":
-            raise engine_error(value)
-        if kind == "step":
-            steps.append(value)
+    steps = await collect_steps(job, request, state)
     return JSONResponse({
         **base,
         "choices": [{"index": 0, "text": echo + "".join(s.text for s in steps),
