@@ -148,16 +148,10 @@ class Model:
         the logits that the first sampled token depends on are computed the same way whatever was cached:
         the same request gives the same output. `ctx`: which context (default: the model's own).
         """
-        *_, logits = self.prefill_steps(tokens, ctx)
-        return logits
-
-    def prefill_steps(self, tokens: Sequence[int], ctx: Context | None = None) -> Iterator[np.ndarray | None]:
-        """`prefill` one batch_size chunk at a time: yields None after each chunk, then the logits."""
         prompt = self.start_prompt(tokens, ctx)
         while prompt.remaining:
             self.prefill_chunks([prompt])
-            yield None
-        yield self.decode(prompt.last_token, prompt.ctx)
+        return self.decode(prompt.last_token, prompt.ctx)
 
     def start_prompt(self, tokens: Sequence[int], ctx: Context | None = None) -> Prompt:
         """Check a prompt and trim the context to the prefix it shares with it; `prefill_chunks` then
