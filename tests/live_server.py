@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
-from runtime.server import ServeOptions, load_engine
-from runtime.server.app import ServerState, create_app, load_webui
+from runtime.server import ServeOptions, create_server, load_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,12 +45,8 @@ class ServerThread:
     def __init__(self, model: Path, **options) -> None:
         self.options = ServeOptions(model=model, port=free_port(), open_browser=False, **options)
         self.url = f"http://127.0.0.1:{self.options.port}"
-        self.state = ServerState(model_alias=Path(model).stem, api_key=self.options.api_key,
-                                 webui=load_webui(self.options.webui))
+        self.state, self.server = create_server(self.options)
         load_engine(self.options, self.state, say=lambda text: None)
-        config = uvicorn.Config(create_app(self.state), host="127.0.0.1", port=self.options.port,
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:

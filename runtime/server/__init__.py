@@ -76,17 +76,21 @@ def warm_up(model: Model) -> None:
     model.decode_batch([tokens[-1]] * 2, contexts)
 
 
-def serve(options: ServeOptions, say=print) -> None:
+def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:
+    """The app's shared state (no model yet: see `load_engine`) and the uvicorn server that will run it."""
     source = options.model[0] if isinstance(options.model, tuple) else options.model
     alias = options.alias or Path(str(source)).stem
     state = ServerState(model_alias=alias, api_key=options.api_key, webui=load_webui(options.webui))
-    app = create_app(state)
+    config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=2)
+    return state, uvicorn.Server(config)
+
+
+def serve(options: ServeOptions, say=print) -> None:
+    state, server = create_server(options)
+    alias = state.model_alias
     url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}:{options.port}/"
     loader = threading.Thread(target=load_engine, args=(options, state, say), name="llamapyz-load", daemon=True)
-
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
 
     def on_ready() -> None:
         loader.join()
