@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .errors import LlamapyzError
-from .gguf import GGUFFile, load_gguf
+from .gguf import GGUFFile, Source, load_gguf
 from .tokenizer import Tokenizer
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -191,41 +191,103 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
                f"load {model.load_time_s:.2f} s, {model.n_threads} threads", err=True)
 
 
+# --- serve, and the archive's own command line -------------------------------------------------------------
+
+SERVE_OPTIONS = [
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."),
+    click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
+    click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+                 help="Threads (default: physical cores)."),
+    click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=0,
+                 help="Context size of each slot in tokens (default: 4096 or the model's maximum if smaller)."),
+    click.option("-np", "--parallel", "n_slots", type=click.IntRange(1, 64), default=4, show_default=True,
+                 help="Slots: requests decoded together; more wait in a queue."),
+    click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
+                 help="Requests that may wait for a slot; beyond that the server answers 503."),
+    click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+                 help="Prompt tokens processed per batch."),
+    click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+                 help="KV cache element type."),
+    click.option("--api-key", default=None, envvar="LLAMAPYZ_API_KEY",
+                 help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY)."),
+    click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name)."),
+    click.option("--chat-template", default=None,
+                 help="Override the model's chat template: chatml, gemma, llama3, or a Jinja2 template text."),
+    click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
+    click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,
+                 help="Layers to offload to a GPU (llama.cpp's option); this build runs every layer on the CPU."),
+    # Defaults for requests that do not set them (llama.cpp's server options of the same names); unset, the
+    # API's own defaults apply (`/props` shows them).
+    click.option("--temp", "temperature", type=click.FloatRange(0, 5), default=None,
+                 help="Default temperature (0: greedy)."),
+    click.option("--top-k", type=click.IntRange(min=0), default=None, help="Default top-k (0: off)."),
+    click.option("--top-p", type=click.FloatRange(0, 1), default=None, help="Default top-p."),
+    click.option("--min-p", type=click.FloatRange(0, 1), default=None, help="Default min-p."),
+    click.option("--repeat-penalty", type=click.FloatRange(min=0), default=None,
+                 help="Default repeat penalty (1: off)."),
+    click.option("-n", "--n-predict", "max_tokens", type=click.IntRange(min=1), default=None,
+                 help="Default most tokens per reply (unset: until the end or a full context)."),
+]
+
+
+def serve_options(func: F) -> F:
+    for option in reversed(SERVE_OPTIONS):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="GGUF model file.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: physical cores).")
-@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=0,
-              help="Context size of each slot in tokens (default: 4096 or the model's maximum if smaller).")
-@click.option("-np", "--parallel", "n_slots", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Slots: requests decoded together; more wait in a queue.")
-@click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Requests that may wait for a slot; beyond that the server answers 503.")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Prompt tokens processed per batch.")
-@click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
-              help="KV cache element type.")
-@click.option("--api-key", default=None, envvar="LLAMAPYZ_API_KEY",
-              help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY).")
-@click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name).")
-@click.option("--chat-template", default=None,
-              help="Override the model's chat template: chatml, gemma, llama3, or a Jinja2 template text.")
-@click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser.")
-@click.option("-ngl", "--n-gpu-layers", type=int, default=0, hidden=True,
-              help="Accepted for llama.cpp compatibility; this build runs on the CPU.")
+@serve_options
 @friendly_errors
-def serve(model_path: str, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int, queue_size: int,
-          batch_size: int, cache_type: str, api_key: str | None, alias: str | None, chat_template: str | None,
-          nobrowser: bool, n_gpu_layers: int) -> None:
+def serve(model_path: str, **options: Any) -> None:
     """Serve an OpenAI-compatible API and a chat UI (http://HOST:PORT/)."""
+    start_server(model_path, **options)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", "model_path", default=None, type=click.Path(dir_okay=False),
+              help="Serve this GGUF file instead of the bundled model.")
+@serve_options
+@click.option("--verify", is_flag=True, help="Re-hash the bundled weights against the manifest; say OK or what is "
+                                             "wrong, then exit.")
+@click.option("--version", is_flag=True, help="Show what this archive holds and was built for, then exit.")
+@friendly_errors
+def archive_main(model_path: str | None, verify: bool, version: bool, **options: Any) -> None:
+    """Serve the bundled model: an OpenAI-compatible API and a chat UI at http://HOST:PORT/.
+
+    Default arguments baked in at build time come first; the ones given here override them."""
+    from .bundle import BundleError, open_bundle, version_line
+    from .bundle import verify as verify_bundle
+
+    try:
+        bundle = open_bundle(sys.argv[0])
+    except BundleError as exc:
+        raise LlamapyzError(str(exc), hint=exc.hint) from None
+    if version:
+        click.echo(version_line(bundle))
+    elif verify:
+        sys.exit(0 if verify_bundle(bundle, say=click.echo) else 1)
+    elif model_path is not None:
+        start_server(model_path, **options)
+    else:
+        options["alias"] = options["alias"] or bundle.manifest["name"]
+        start_server(bundle.model_source, **options)
+
+
+def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
+                 queue_size: int, batch_size: int, cache_type: str, api_key: str | None, alias: str | None,
+                 chat_template: str | None, nobrowser: bool, n_gpu_layers: int, **sampling: Any) -> None:
     import socket
 
     from .server import ServeOptions
     from .server import serve as run_server
 
-    load_gguf(model_path).close()  # a missing or broken file is a clear error now, not a 503 later
+    say = functools.partial(click.echo, err=True)
+    load_gguf(model).close()  # a missing or broken file is a clear error now, not a 503 later
+    if n_gpu_layers != 0:
+        say(f"warning: {gpu_unavailable_reason()}; running all layers on the CPU")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -234,11 +296,20 @@ def serve(model_path: str, host: str, port: int, threads: int | None, n_ctx: int
         except OSError as exc:
             raise LlamapyzError(f"cannot listen on {host}:{port}: {exc.strerror}",
                                 hint="another server may be using that port; pick one with --port") from None
-    run_server(ServeOptions(model=model_path, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
+    run_server(ServeOptions(model=model, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
                             n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
-                            api_key=api_key, alias=alias, chat_template=chat_template,
-                            open_browser=not nobrowser),
-               say=lambda text: click.echo(text, err=True))
+                            api_key=api_key, alias=alias, chat_template=chat_template, open_browser=not nobrowser,
+                            sampling={k: v for k, v in sampling.items() if v is not None}),
+               say=say)
+
+
+def gpu_unavailable_reason() -> str:
+    """Why -ngl has no effect: this build has no GPU kernels, and most machines here have no GPU either."""
+    import os
+
+    if any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")):
+        return "GPU offload is not implemented in this build"
+    return "no GPU available"
 
 
 if __name__ == "__main__":

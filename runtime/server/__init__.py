@@ -9,11 +9,14 @@ background thread, then the engine thread starts and /health turns 200.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 import webbrowser
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -44,6 +47,7 @@ class ServeOptions:
     chat_template: str | None = None
     open_browser: bool = True
     webui: Path | None = DEFAULT_WEBUI
+    sampling: dict[str, Any] = field(default_factory=dict)  # defaults for requests that do not say
 
 
 def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
@@ -80,10 +84,19 @@ def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:
     """The app's shared state (no model yet: see `load_engine`) and the uvicorn server that will run it."""
     source = options.model[0] if isinstance(options.model, tuple) else options.model
     alias = options.alias or Path(str(source)).stem
-    state = ServerState(model_alias=alias, api_key=options.api_key, webui=load_webui(options.webui))
+    state = ServerState(model_alias=alias, api_key=options.api_key, webui=load_webui(options.webui),
+                        sampling_defaults=dict(options.sampling))
     config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)
     return state, uvicorn.Server(config)
+
+
+def has_display() -> bool:
+    """Whether a graphical browser can open. On Linux and the BSDs without X11 or Wayland, `webbrowser` would
+    start a text browser (lynx, w3m) that takes over the terminal the server logs to."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def serve(options: ServeOptions, say=print) -> None:
@@ -96,8 +109,10 @@ def serve(options: ServeOptions, say=print) -> None:
         loader.join()
         if state.engine is not None:
             say(f"llamapyz: serving {alias} at {url}  (OpenAI API at {url}v1, Ctrl+C to stop)")
-            if options.open_browser:
+            if options.open_browser and has_display():
                 webbrowser.open(url)
+            elif options.open_browser:
+                say("no display found: open the URL above in a browser")
 
     loader.start()
     threading.Thread(target=on_ready, daemon=True).start()

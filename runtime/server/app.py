@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,6 +48,7 @@ class ServerState:
     api_key: str | None = None
     engine: Engine | None = None
     load_error: str | None = None
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # the server's --temp etc.
     webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
     started: float = field(default_factory=time.time)
 
@@ -312,7 +314,7 @@ def sse(data: object) -> bytes:
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not."""
     state = ready_state(request)
-    fields = schema.validate(await read_json(request), schema.CHAT)
+    fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
     model = state.model
     prompt = chat_prompt(fields["messages"], model)
     logprobs = fields["top_logprobs"] if fields["logprobs"] else None
@@ -347,7 +349,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions, streaming or not."""
     state = ready_state(request)
-    fields = schema.validate(await read_json(request), schema.COMPLETION)
+    fields = schema.validate(await read_json(request), schema.COMPLETION, state.sampling_defaults)
     model = state.model
     prompt = completion_prompt(fields["prompt"], model)
     logprobs = fields["logprobs"]
@@ -499,7 +501,8 @@ async def props(request: Request) -> Response:
         "n_threads": model.n_threads, "eog_ids": sorted(model.tokenizer.eog_ids),
         "chat_template": model.chat_template.source,
         "chat_template_origin": model.chat_template.origin, "metadata": metadata,
-        "default_generation_settings": {f.name: f.default for f in schema.SAMPLING if f.default is not None},
+        "default_generation_settings": {**{f.name: f.default for f in schema.SAMPLING if f.default is not None},
+                                        **state.sampling_defaults},
     })
 
 
