@@ -90,8 +90,12 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
                 "args": baked,
             }
             write_metadata(archive, manifest, baked, build_id, built_at)
+            progress = copy_progress(say, "runtime and dependencies (compressing)")
+            total, done = sum(path.stat().st_size for _, path in files), 0
             for arcname, path in files:
                 archive.add_file(arcname, path)
+                done += path.stat().st_size
+                progress(done, total)
             n_entries = archive.n_entries
         make_executable(tmp)
         os.replace(tmp, out)
@@ -120,13 +124,13 @@ def validate_model(path: Path, say) -> str:
 
 def bake_args(args: list[str]) -> list[str]:
     """Check the default arguments against the archive's own command line now, not on the user's machine."""
-    from runtime.cli import archive_main
+    from runtime.cli import archive_command
 
     given = [a for a in args if a != USER_ARGS]
     if {"--version", "--verify", "-h", "--help"} & set(given):
         raise LlamapyzError("--args cannot include --version, --verify or --help")
     try:
-        archive_main.make_context("archive", list(given))
+        archive_command.make_context("archive", list(given))
     except click.UsageError as exc:
         raise LlamapyzError(f"--args: {exc.format_message()}", hint="see the options with: llamapyz serve --help") \
             from None

@@ -254,17 +254,14 @@ def serve(model_path: str, **options: Any) -> None:
                                              "wrong, then exit.")
 @click.option("--version", is_flag=True, help="Show what this archive holds and was built for, then exit.")
 @friendly_errors
-def archive_main(model_path: str | None, verify: bool, version: bool, **options: Any) -> None:
+def archive_command(model_path: str | None, verify: bool, version: bool, **options: Any) -> None:
     """Serve the bundled model: an OpenAI-compatible API and a chat UI at http://HOST:PORT/.
 
     Default arguments baked in at build time come first; the ones given here override them."""
-    from .bundle import BundleError, open_bundle, version_line
     from .bundle import verify as verify_bundle
+    from .bundle import version_line
 
-    try:
-        bundle = open_bundle(sys.argv[0])
-    except BundleError as exc:
-        raise LlamapyzError(str(exc), hint=exc.hint) from None
+    bundle = this_bundle()
     if version:
         click.echo(version_line(bundle))
     elif verify:
@@ -274,6 +271,24 @@ def archive_main(model_path: str | None, verify: bool, version: bool, **options:
     else:
         options["alias"] = options["alias"] or bundle.manifest["name"]
         start_server(bundle.model_source, **options)
+
+
+def archive_main() -> None:
+    """The archive's entry point (shiv's bootstrap calls it): its command line, baked-in arguments shown in
+    --help. `sys.argv` already holds them merged with the user's (`runtime/bundle.py`)."""
+    baked = [a for a in this_bundle().args if a != "..."]
+    archive_command.epilog = f"Baked in at build time: {' '.join(baked) or '(nothing)'}"
+    archive_command()
+
+
+@friendly_errors
+def this_bundle() -> Any:
+    from .bundle import BundleError, open_bundle
+
+    try:
+        return open_bundle(sys.argv[0])
+    except BundleError as exc:
+        raise LlamapyzError(str(exc), hint=exc.hint) from None
 
 
 def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,

@@ -62,21 +62,28 @@ class ServerThread:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, *args: str) -> None:
+    """`llamapyz serve -m MODEL ARGS…` in a child process, or `LAUNCHER ARGS…` (a `.pyz`) in `env`."""
+
+    def __init__(self, model: Path | None, *args: str, launcher: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "--port", str(self.port),
-                        "--nobrowser", *args]
+        self.command = [*(launcher or [sys.executable, "-m", "runtime.cli", "serve"]),
+                        *(["-m", str(model)] if model else []), "--port", str(self.port), "--nobrowser", *args]
+        self.env = env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process: subprocess.Popen | None = None
+        self.ready_s = 0.0  # from start to /health answering 200
 
     def __enter__(self) -> ServerProcess:
+        started = time.perf_counter()
         self.process = subprocess.Popen(self.command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        text=True, env=self.env)
         try:
             wait_healthy(self.url, 180, alive=lambda: self.process.poll() is None)
         except (RuntimeError, TimeoutError) as exc:
             self.__exit__()
             raise RuntimeError(f"{exc}; its output:\n{self.output}") from None
+        self.ready_s = time.perf_counter() - started
         return self
 
     def __exit__(self, *exc: object) -> None:

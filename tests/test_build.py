@@ -1,38 +1,171 @@
+"""`python build.py`: the default model's `.pyz`, built once, run the way a colleague runs it (a bare Python,
+an empty environment), and checked from outside."""
+
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
-from tests.synth import write_gguf
+import httpx
+import pytest
+
+from runtime.bundle import open_bundle
+from tests.live_server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
+EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every build here
+BAKED = "-c 1024 --temp 0.3 -np 2"
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
 
-def build(*args: str) -> subprocess.CompletedProcess[str]:
+def build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True,
-                          cwd=REPO)
+                          cwd=cwd, env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH}, timeout=900)
 
 
-def test_build_validates_a_local_model_and_prints_its_path(tmp_path):
-    from tests.test_tokenizer import bpe_metadata
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    path = tmp_path / "tiny.gguf"
-    md = bpe_metadata()
-    write_gguf(path, {"token_embd.weight": ("Q8_0", (4, 32))}, metadata={
-        "tokenizer.ggml.model": ("string", md["tokenizer.ggml.model"]),
-        "tokenizer.ggml.pre": ("string", md["tokenizer.ggml.pre"]),
-        "tokenizer.ggml.tokens": ("array", md["tokenizer.ggml.tokens"]),
-        "tokenizer.ggml.merges": ("array", md["tokenizer.ggml.merges"]),
-    })
-    result = build("--model", str(path))
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """The default model's archive, with baked-in arguments."""
+    out = tmp_path_factory.mktemp("build") / "smollm2.pyz"
+    result = build("-o", str(out), "--args", BAKED)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(path)
-    assert "gpt2 tokenizer" in result.stderr
+    assert result.stdout.strip() == str(out)
+    assert "[4/4]" in result.stderr and "weights: 94/94 MiB" in result.stderr  # stages and bytes copied
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory) -> dict[str, str]:
+    """An environment with nothing but a Python without site-packages, and an empty home (and cache)."""
+    root = tmp_path_factory.mktemp("bare")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    (root / "home").mkdir()
+    return {"HOME": str(root / "home"), "PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin"}
+
+
+def run(archive: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_archive_is_an_executable_zipapp_with_the_weights_stored_and_aligned(archive):
+    assert archive.read_bytes()[:23] == b"#!/usr/bin/env python3\n"
+    assert os.access(archive, os.X_OK)
+    bundle = open_bundle(archive)
+    assert bundle.model_offset % 65536 == 0
+    assert bundle.manifest["args"] == [*BAKED.split(), "..."]
+    assert bundle.manifest["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        assert names[0] == bundle.model_name and zf.getinfo(names[0]).compress_type == zipfile.ZIP_STORED
+        assert names[1:] == sorted(names[1:])
+        for needed in ("__main__.py", "_bootstrap/__init__.py", "environment.json", "site-packages/numba/__init__.py",
+                       "site-packages/runtime/cli.py", "site-packages/webui/index.html"):
+            assert needed in names
+        assert not [n for n in names if n.endswith(".pyc")]
+    wheels = {w["name"].lower(): w for w in bundle.manifest["wheels"]}
+    assert {"numpy", "numba", "llvmlite", "starlette", "uvicorn", "click", "jinja2"} <= wheels.keys()
+    assert all(w["tags"] for w in wheels.values())
+
+
+def test_the_same_inputs_build_the_same_bytes(archive, tmp_path):
+    again = tmp_path / archive.name
+    result = build("-o", str(again), "--args", BAKED)
+    assert result.returncode == 0, result.stderr
+    assert sha256(again) == sha256(archive)
+
+
+def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, bare):
+    from openai import OpenAI
+
+    bundle = open_bundle(archive)
+    env = {**bare, "PYTHONUNBUFFERED": "1"}
+    launcher = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive)]
+    with ServerProcess(None, "-t", "2", "--temp", "0.5", "-ngl", "99", launcher=launcher) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        reply = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0,
+                                               messages=[{"role": "user", "content": "What is 2 + 2?"}])
+        assert reply.choices[0].message.content.strip() and reply.model == "smollm2"
+        props = httpx.get(f"{server.url}/props").json()
+        assert props["n_ctx"] == 1024  # baked in
+        assert props["default_generation_settings"]["temperature"] == 0.5  # the command line overrides
+
+        pid = server_pid(server)
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        mapped = [line.split() for line in maps if line.endswith(str(archive))]
+        weights = [m for m in mapped if int(m[2], 16) == bundle.model_offset]
+        assert weights, "the weights are not mapped from the archive:\n" + "\n".join(maps)
+        start, end = (int(x, 16) for x in weights[0][0].split("-"))
+        assert end - start >= bundle.model_size and weights[0][1].startswith("r")
+
+        cache = Path(bare["HOME"]) / ".cache" / "llamapyz" / "pyz"
+        extracted = [p for p in cache.rglob("*") if p.is_file()]
+        assert any(p.name == "cli.py" and p.parent.name == "runtime" for p in extracted)
+        copies = [p for p in extracted if p.stat().st_size == bundle.model_size or p.read_bytes()[:4] == b"GGUF"]
+        assert not copies, f"weights copied into the cache: {copies}"
+    assert "first run of this archive: unpacking" in server.output
+    assert server.output.count("; running all layers on the CPU") == 1  # -ngl 99 on a machine without a GPU
+
+
+def server_pid(server: ServerProcess) -> int:
+    """`env` execs the archive, which execs nothing more: the child's pid is the server's."""
+    pid = server.process.pid
+    assert "python" in Path(f"/proc/{pid}/exe").resolve().name
+    return pid
+
+
+def test_version_is_fast_and_verify_catches_one_flipped_byte(archive, bare, tmp_path):
+    started = time.perf_counter()
+    result = run(archive, bare, "--version")
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0 and result.stdout.startswith("llamapyz ") and "smollm2" in result.stdout
+    assert elapsed < 1.0, f"--version took {elapsed:.2f} s"
+
+    result = run(archive, bare, "--verify")
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "OK", result.stdout + result.stderr
+
+    damaged = tmp_path / "damaged.pyz"
+    shutil.copy2(archive, damaged)
+    bundle = open_bundle(damaged)
+    with open(damaged, "r+b") as f:
+        f.seek(bundle.model_offset + 1234567)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x80]))
+    result = run(damaged, bare, "--verify")
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"FAILED {bundle.model_name}: sha256 ")
+
+
+def test_help_lists_the_options_and_the_baked_in_arguments(archive, bare):
+    result = run(archive, bare, "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--model", "-ngl", "--host", "--port", "--threads", "--ctx-size", "--parallel", "--api-key",
+                   "--nobrowser", "--verify", "--version"):
+        assert option in result.stdout
+    assert f"Baked in at build time: {BAKED}" in " ".join(result.stdout.split())
 
 
 def test_build_refuses_an_unknown_model_with_a_hint():
     result = build("--model", "no-such-model")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: 'no-such-model' is neither")
+    assert "\nerror: 'no-such-model' is neither a GGUF file nor a known model" in result.stderr
     assert "hint:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_build_checks_the_baked_in_arguments(tmp_path):
+    result = build("-o", str(tmp_path / "x.pyz"), "--args", "-c 4096 --tmep 0.7")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: --args: No such option: --tmep" in result.stderr and "'--temp'" in result.stderr
+    assert not (tmp_path / "x.pyz").exists()
