@@ -167,5 +167,6 @@ def test_build_refuses_an_unknown_model_with_a_hint():
 def test_build_checks_the_baked_in_arguments(tmp_path):
     result = build("-o", str(tmp_path / "x.pyz"), "--args", "-c 4096 --tmep 0.7")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "error: --args: No such option: --tmep" in result.stderr and "'--temp'" in result.stderr
+    assert "error: --args: No such option" in result.stderr and "--tmep" in result.stderr
+    assert "'--temp'" in result.stderr  # click's suggestion
     assert not (tmp_path / "x.pyz").exists()
