@@ -191,6 +191,20 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
                f"load {model.load_time_s:.2f} s, {model.n_threads} threads", err=True)
 
 
+# --- build (a checkout's command: the bundler is not inside archives) ------------------------------------------
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def build(ctx: click.Context) -> None:
+    """Build a self-running .pyz from a model (same as `python build.py`; --help for its options)."""
+    try:
+        from bundler.build import main as build_main
+    except ImportError:
+        click.echo("error: `llamapyz build` needs a llamapyz checkout (the bundler is not inside archives)", err=True)
+        sys.exit(1)
+    build_main(ctx.args, prog_name="llamapyz build")
+
+
 # --- serve, and the archive's own command line -------------------------------------------------------------
 
 SERVE_OPTIONS = [

@@ -157,6 +157,19 @@ def test_help_lists_the_options_and_the_baked_in_arguments(archive, bare):
     assert f"Baked in at build time: {BAKED}" in " ".join(result.stdout.split())
 
 
+def test_two_first_runs_at_once_share_one_extraction(archive, bare, tmp_path):
+    env = {**bare, "HOME": str(tmp_path)}  # an empty cache
+    command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive), "--help"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in runs:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0 and "--verify" in out, err
+    cache = tmp_path / ".cache" / "llamapyz" / "pyz"
+    assert [p.name.split("_")[0] for p in cache.iterdir() if not p.name.startswith(".")] == ["smollm2.pyz"]
+    later = run(archive, env, "--help")
+    assert later.returncode == 0 and "first run" not in later.stderr
+
+
 def test_build_refuses_an_unknown_model_with_a_hint():
     result = build("--model", "no-such-model")
     assert result.returncode == 1

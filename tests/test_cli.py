@@ -127,3 +127,9 @@ def test_serve_refuses_clearly(tmp_path):
         port = busy.getsockname()[1]
         taken = run("serve", "-m", str(model), "--port", str(port), "--nobrowser")
     assert taken.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.output and "--port" in taken.output
+
+
+def test_build_subcommand_is_build_py():
+    result = run("build", "--help")
+    assert result.exit_code == 0
+    assert "Usage: llamapyz build" in result.output and "--args" in result.output and "--model" in result.output

@@ -203,6 +203,19 @@ def test_api_key(tiny_path):
         assert httpx.get(live.url + "/").status_code == 200  # the UI's files are open; its requests carry the key
 
 
+def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_path):
+    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, sampling={"max_tokens": 3, "temperature": 0.0}) as live:
+        settings = httpx.get(live.url + "/props").json()["default_generation_settings"]
+        assert settings["temperature"] == 0.0 and settings["top_k"] == 40
+        texts = set()
+        for _ in range(2):
+            reply = post(live, "/v1/completions", {"prompt": "defaults"}).json()
+            assert reply["usage"]["completion_tokens"] == 3
+            texts.add(reply["choices"][0]["text"])
+        assert len(texts) == 1  # greedy by default
+        assert post(live, "/v1/completions", {"prompt": "x", "max_tokens": 5}).json()["usage"]["completion_tokens"] == 5
+
+
 def test_overloaded_is_503(tiny_path):
     from runtime import Model
 
