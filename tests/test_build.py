@@ -100,6 +100,8 @@ def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, 
         props = httpx.get(f"{server.url}/props").json()
         assert props["n_ctx"] == 1024  # baked in
         assert props["default_generation_settings"]["temperature"] == 0.5  # the command line overrides
+        page = httpx.get(f"{server.url}/")
+        assert page.status_code == 200 and 'id="new-chat"' in page.text  # the web UI travelled too
 
         pid = server_pid(server)
         maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
