@@ -61,7 +61,7 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
     architecture = validate_model(model_path, say)
     name = name or (model if model in REGISTRY else model_path.stem)
     out = Path(out or f"{name}.pyz")
-    baked = bake_args(args or [])
+    baked = bake_args(args or [], say)
     say(f"  sha256 of {model_path.stat().st_size / 2**20:.1f} MiB …")
     model_sha256 = sha256_file(model_path)
 
@@ -122,7 +122,7 @@ def validate_model(path: Path, say) -> str:
         return str(gguf.architecture)
 
 
-def bake_args(args: list[str]) -> list[str]:
+def bake_args(args: list[str], say=_say) -> list[str]:
     """Check the default arguments against the archive's own command line now, not on the user's machine."""
     from runtime.cli import archive_command
 
@@ -134,6 +134,8 @@ def bake_args(args: list[str]) -> list[str]:
     except click.UsageError as exc:
         raise LlamapyzError(f"--args: {exc.format_message()}", hint="see the options with: llamapyz serve --help") \
             from None
+    if any(a == "--api-key" or a.startswith("--api-key=") for a in given):
+        say("  warning: the baked-in API key can be read by anyone who has the archive (it is in .args)")
     return args if USER_ARGS in args else [*args, USER_ARGS]
 
 
