@@ -185,3 +185,14 @@ def test_build_checks_the_baked_in_arguments(tmp_path):
     assert "error: --args: No such option" in result.stderr and "--tmep" in result.stderr
     assert "'--temp'" in result.stderr  # click's suggestion
     assert not (tmp_path / "x.pyz").exists()
+
+
+def test_baked_arguments_get_the_user_slot_and_a_key_gets_a_warning():
+    from bundler.build import bake_args
+
+    lines: list[str] = []
+    assert bake_args(["-c", "4096"], say=lines.append) == ["-c", "4096", "..."]
+    assert bake_args(["...", "--nobrowser"], say=lines.append) == ["...", "--nobrowser"]
+    assert not lines
+    assert bake_args(["--api-key", "sesame"], say=lines.append)[-1] == "..."
+    assert len(lines) == 1 and "can be read by anyone" in lines[0]
