@@ -217,14 +217,15 @@ def main() -> None:
     sys.argv = [archive, *merge_args(bundle.args, user)]
 
     os.environ.setdefault("SHIV_ROOT", str(cache_root()))
+    import _bootstrap  # shiv's, at the archive's top level
+    from _bootstrap.environment import Environment
+
     with zipfile.ZipFile(bundle.path) as zf:
-        build_id = json.loads(zf.read("environment.json"))["build_id"]
-    target = Path(os.environ["SHIV_ROOT"]).expanduser() / f"{bundle.path.name}_{build_id}"
-    if not target.exists():
+        env = Environment.from_json(zf.read("environment.json").decode())
+        target = _bootstrap.cache_path(zf, env.root, env.build_id)  # where shiv will look
+    if not (target / "site-packages").exists():
         print(f"llamapyz: first run of this archive: unpacking its Python runtime into {target} (once)",
               file=sys.stderr)
-    import _bootstrap  # shiv's, at the archive's top level
-
     _bootstrap.bootstrap()
 
 
