@@ -267,15 +267,15 @@ def serve(model_path: str, **options: Any) -> None:
 @click.option("--verify", is_flag=True, help="Re-hash the bundled weights against the manifest; say OK or what is "
                                              "wrong, then exit.")
 @click.option("--version", is_flag=True, help="Show what this archive holds and was built for, then exit.")
+@click.pass_obj
 @friendly_errors
-def archive_command(model_path: str | None, verify: bool, version: bool, **options: Any) -> None:
+def archive_command(bundle: Any, model_path: str | None, verify: bool, version: bool, **options: Any) -> None:
     """Serve the bundled model: an OpenAI-compatible API and a chat UI at http://HOST:PORT/.
 
     Default arguments baked in at build time come first; the ones given here override them."""
     from .bundle import verify as verify_bundle
     from .bundle import version_line
 
-    bundle = this_bundle()
     if version:
         click.echo(version_line(bundle))
     elif verify:
@@ -290,13 +290,15 @@ def archive_command(model_path: str | None, verify: bool, version: bool, **optio
 def archive_main() -> None:
     """The archive's entry point (shiv's bootstrap calls it): its command line, baked-in arguments shown in
     --help. `sys.argv` already holds them merged with the user's (`runtime/bundle.py`)."""
-    baked = [a for a in this_bundle().args if a != "..."]
+    bundle = this_bundle()
+    baked = [a for a in bundle.args if a != "..."]
     archive_command.epilog = f"Baked in at build time: {' '.join(baked) or '(nothing)'}"
-    archive_command()
+    archive_command(obj=bundle)
 
 
 @friendly_errors
 def this_bundle() -> Any:
+    """The archive this process runs from (`runtime.bundle.Bundle`), opened once for the command line."""
     from .bundle import BundleError, open_bundle
 
     try:
