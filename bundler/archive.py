@@ -88,14 +88,6 @@ class ArchiveWriter:
             raise AssertionError(f"{name}: data landed at {data_offset}, not a multiple of {alignment}")
         return data_offset
 
-    def add_tree(self, prefix: str, root: Path, skip: Callable[[Path], bool] = lambda p: False) -> list[Path]:
-        """Every file under `root`, in sorted order, as `prefix/relative/path`; returns the files added."""
-        files = sorted((p for p in root.rglob("*") if p.is_file() and not skip(p.relative_to(root))),
-                       key=lambda p: p.relative_to(root).as_posix())
-        for path in files:
-            self.add_file(f"{prefix}/{path.relative_to(root).as_posix()}", path)
-        return files
-
 
 def padding_record(n_bytes: int, alignment: int) -> bytes:
     """An extra-field record of exactly `n_bytes` (0, or 6 up to 65535): id, size, alignment, zeros."""

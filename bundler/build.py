@@ -62,7 +62,8 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
     name = name or (model if model in REGISTRY else model_path.stem)
     out = Path(out or f"{name}.pyz")
     baked = bake_args(args or [], say)
-    say(f"  sha256 of {model_path.stat().st_size / 2**20:.1f} MiB …")
+    model_size = model_path.stat().st_size
+    say(f"  sha256 of {model_size / 2**20:.1f} MiB …")
     model_sha256 = sha256_file(model_path)
 
     say("[2/4] Python side")
@@ -83,7 +84,7 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
             say(f"  weights stored uncompressed at offset {offset} (a multiple of 64 KiB)")
             manifest = {
                 "format": 1, "name": name, "llamapyz_version": __version__, "built_at": built_at,
-                "model": {"file": model_path.name, "size": model_path.stat().st_size, "sha256": model_sha256,
+                "model": {"file": model_path.name, "size": model_size, "sha256": model_sha256,
                           "architecture": architecture, "offset": offset},
                 "platform": platform,
                 "wheels": [{"name": w.name, "version": w.version, "tags": list(w.tags)} for w in wheels],
@@ -101,7 +102,7 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    result = BuildResult(out, out.stat().st_size, model_path.stat().st_size, offset, n_entries,
+    result = BuildResult(out, out.stat().st_size, model_size, offset, n_entries,
                          time.perf_counter() - started)
     say(f"[4/4] {out}: {result.size / 2**20:.1f} MiB (weights {result.model_size / 2**20:.1f} MiB + runtime "
         f"{(result.size - result.model_size) / 2**20:.1f} MiB), {n_entries} entries, {result.seconds:.1f} s")

@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata as metadata
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,8 +102,6 @@ def site_packages(pins: list[str], say: Callable[[str], None]) -> Path:
 
 
 def _pip_install(args: list[str]) -> None:
-    import subprocess
-
     from shiv.pip import clean_pip_env
 
     with clean_pip_env():
