@@ -22,7 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.bundle import open_bundle  # noqa: E402
-from tests.live_server import ServerProcess  # noqa: E402
+from tests.live_server import ServerProcess, bare_python, in_env  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +39,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-        (root / "home").mkdir()
-        env = {"HOME": str(root / "home"), "PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin"}
-        launcher = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive)]
+        launcher = in_env(bare_python(root), str(archive))
 
         started = time.perf_counter()
         subprocess.run([*launcher, "--version"], check=True, capture_output=True)

@@ -41,6 +41,19 @@ def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
     raise TimeoutError(f"{url} did not become healthy in {timeout} s")
 
 
+def bare_python(root: Path) -> dict[str, str]:
+    """Under `root`, a Python without site-packages (not even pip) and an empty home: the whole environment
+    a colleague's machine is assumed to have. Returns the variables for `in_env`."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    (root / "home").mkdir()
+    return {"HOME": str(root / "home"), "PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin"}
+
+
+def in_env(env: dict[str, str], *command: str) -> list[str]:
+    """`command` run with exactly the variables `env` (`env -i`), nothing inherited."""
+    return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
+
+
 class ServerThread:
     def __init__(self, model: Path, **options) -> None:
         self.options = ServeOptions(model=model, port=free_port(), open_browser=False, **options)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from runtime.bundle import open_bundle
-from tests.live_server import ServerProcess
+from tests.live_server import ServerProcess, bare_python, in_env
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every build here
@@ -48,15 +48,11 @@ def archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory) -> dict[str, str]:
     """An environment with nothing but a Python without site-packages, and an empty home (and cache)."""
-    root = tmp_path_factory.mktemp("bare")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-    (root / "home").mkdir()
-    return {"HOME": str(root / "home"), "PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin"}
+    return bare_python(tmp_path_factory.mktemp("bare"))
 
 
 def run(archive: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive), *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(in_env(env, str(archive), *args), capture_output=True, text=True, timeout=600)
 
 
 def test_the_archive_is_an_executable_zipapp_with_the_weights_stored_and_aligned(archive):
@@ -91,8 +87,7 @@ def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, 
 
     bundle = open_bundle(archive)
     env = {**bare, "PYTHONUNBUFFERED": "1"}
-    launcher = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive)]
-    with ServerProcess(None, "-t", "2", "--temp", "0.5", "-ngl", "99", launcher=launcher) as server:
+    with ServerProcess(None, "-t", "2", "--temp", "0.5", "-ngl", "99", launcher=in_env(env, str(archive))) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
         reply = client.chat.completions.create(model="smollm2", max_tokens=12, temperature=0,
                                                messages=[{"role": "user", "content": "What is 2 + 2?"}])
@@ -161,7 +156,7 @@ def test_help_lists_the_options_and_the_baked_in_arguments(archive, bare):
 
 def test_two_first_runs_at_once_share_one_extraction(archive, bare, tmp_path):
     env = {**bare, "HOME": str(tmp_path)}  # an empty cache
-    command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(archive), "--help"]
+    command = in_env(env, str(archive), "--help")
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for process in runs:
         out, err = process.communicate(timeout=300)
