@@ -17,6 +17,7 @@ import pytest
 
 from runtime.bundle import open_bundle
 from tests.live_server import ServerProcess, bare_python, in_env
+from tests.synth import write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every build here
@@ -165,6 +166,23 @@ def test_two_first_runs_at_once_share_one_extraction(archive, bare, tmp_path):
     assert [p.name.split("_")[0] for p in cache.iterdir() if not p.name.startswith(".")] == ["smollm2.pyz"]
     later = run(archive, env, "--help")
     assert later.returncode == 0 and "first run" not in later.stderr
+
+
+def test_build_validates_and_bundles_a_local_model_under_its_own_name(tmp_path):
+    """A GGUF path instead of a registry name: validated with our tokenizer, archived as STEM.pyz here."""
+    from tests.test_tokenizer import bpe_metadata
+
+    path = tmp_path / "tiny.gguf"
+    md = bpe_metadata()
+    write_gguf(path, {"token_embd.weight": ("Q8_0", (4, 32))}, metadata={
+        key: (kind, md[key]) for key, kind in [("tokenizer.ggml.model", "string"), ("tokenizer.ggml.pre", "string"),
+                                               ("tokenizer.ggml.tokens", "array"), ("tokenizer.ggml.merges", "array")]})
+    result = build("--model", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "tiny.pyz" and "gpt2 tokenizer" in result.stderr
+    bundle = open_bundle(tmp_path / "tiny.pyz")
+    assert bundle.manifest["name"] == "tiny" and bundle.model_name == "tiny.gguf"
+    assert bundle.manifest["args"] == ["..."]
 
 
 def test_build_refuses_an_unknown_model_with_a_hint():
