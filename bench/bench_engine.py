@@ -3,6 +3,7 @@
     python bench/bench_engine.py smollm2 -t 2                  # registry name or a GGUF path
     python bench/bench_engine.py smollm2 -t 2 --vs-llama-cpp   # + llama-cpp-python on the same file
     python bench/bench_engine.py smollm2 --requantize Q8_0     # the same model re-encoded as Q8_0 first
+    python bench/bench_engine.py smollm2 --cpu-tier all         # once per CPU tier this machine runs
 
 Measured: prefill of a 512-token prompt; decode of 128 tokens after a 20-token prompt and after the
 512-token prompt; `Model.load` time; the compile time of a first run with an empty numba cache (a child
@@ -163,12 +164,26 @@ def main() -> None:
     parser.add_argument("--requantize", metavar="TYPE", help="re-encode the matrices first, e.g. Q8_0")
     parser.add_argument("--vs-llama-cpp", action="store_true", help="also measure llama-cpp-python")
     parser.add_argument("--no-compile-time", action="store_true", help="skip the cold-cache compile measurement")
+    parser.add_argument("--cpu-tier", metavar="TIER|all", help="kernels of this CPU tier (default: the best one); "
+                                                              "all: one run per tier this machine runs")
     args = parser.parse_args()
+    if args.cpu_tier == "all":
+        from runtime.cpu import detect, runnable
+
+        for target in runnable(detect()):
+            print(f"\n=== {target.name}", flush=True)
+            argv = [a for a in sys.argv[1:] if a not in ("all", "--cpu-tier")]
+            subprocess.run([sys.executable, __file__, *argv, "--cpu-tier", target.name], check=True)
+        return
+    if args.cpu_tier:
+        os.environ["LLAMAPYZ_CPU_TIER"] = args.cpu_tier
     path = Path(resolve_model(args.model))
     if args.requantize:
         path = requantize(path, args.requantize)
     ours = measure_llamapyz(path, args.threads, args.ctx_size)
-    print(f"model {path.name}  threads {args.threads}  n_ctx {args.ctx_size}")
+    from runtime.cpu import active
+
+    print(f"model {path.name}  threads {args.threads}  n_ctx {args.ctx_size}  CPU tier {active().name}")
     print(f"file {ours['file_mib']:.1f} MiB  KV cache {ours['kv_mib']:.1f} MiB  derived {ours['derived_mib']:.2f} MiB  "
           f"peak RSS {ours['peak_rss_mib']:.1f} MiB  load {ours['load_s']:.2f} s")
     if not args.no_compile_time:

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,12 +29,11 @@ from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
 from runtime.tokenizer import Tokenizer
 
-from . import deps
+from . import deps, kernels
 from .archive import ArchiveWriter, copy_progress, make_executable
 from .models import DEFAULT_MODEL, REGISTRY, resolve_model, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
-OUR_PACKAGES = ("runtime", "webui")  # copied from this checkout into site-packages/
 ENTRY_POINT = "runtime.cli:archive_main"
 SHEBANG = "/usr/bin/env python3"
 
@@ -53,8 +53,14 @@ class BuildResult:
 
 
 def build_archive(model: str, out: Path | None = None, name: str | None = None, args: list[str] | None = None,
-                  say=_say) -> BuildResult:
+                  cpu_tiers: str = "all", say=_say) -> BuildResult:
     """Build the archive for `model` (a path or registry name); see the module docstring."""
+    with tempfile.TemporaryDirectory(prefix="llamapyz-build-") as staging:
+        return _build(model, out, name, args, cpu_tiers, Path(staging), say)
+
+
+def _build(model: str, out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str, staging: Path,
+           say) -> BuildResult:
     started = time.perf_counter()
     say("[1/4] model")
     model_path = resolve_model(model, progress=say)
@@ -69,7 +75,11 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
     say("[2/4] Python side")
     site = deps.site_packages(deps.runtime_pins(), say)
     wheels = deps.installed_wheels(site)
-    files = python_side(site)
+    kernels.stage_runtime(REPO, staging)
+    targets = kernels.choose_targets(cpu_tiers)
+    say(f"  precompiling the kernels for {', '.join(t.name for t in targets) or 'no CPU tier (--cpu-tiers none)'}")
+    kernels.precompile(staging, site, model_path, targets, say)
+    files = python_side(site, staging)
     build_id = content_hash(files)
     platform = {**this_platform(), "glibc": deps.glibc_needed(wheels)}
     say(f"  {len(files)} files from {len(wheels)} wheels and this checkout, for {describe(platform)}")
@@ -89,6 +99,7 @@ def build_archive(model: str, out: Path | None = None, name: str | None = None, 
                 "platform": platform,
                 "wheels": [{"name": w.name, "version": w.version, "tags": list(w.tags)} for w in wheels],
                 "args": baked,
+                "kernels": [t.name for t in targets],
             }
             write_metadata(archive, manifest, baked, build_id, built_at)
             progress = copy_progress(say, "runtime and dependencies (compressing)")
@@ -140,10 +151,11 @@ def bake_args(args: list[str], say=_say) -> list[str]:
     return args if USER_ARGS in args else [*args, USER_ARGS]
 
 
-def python_side(site: Path) -> list[tuple[str, Path]]:
-    """(archive name, file) for everything under site-packages/, sorted by archive name."""
+def python_side(site: Path, staging: Path) -> list[tuple[str, Path]]:
+    """(archive name, file) for everything under site-packages/, sorted by archive name: the dependencies,
+    our staged `runtime/` (with its precompiled kernels) and the web UI."""
     files = {}
-    for root, prefix in [(site, ""), *((REPO / p, p + "/") for p in OUR_PACKAGES)]:
+    for root, prefix in [(site, ""), (staging, ""), (REPO / "webui", "webui/")]:
         for path in root.rglob("*"):
             relative = path.relative_to(root)
             if path.is_file() and not deps.should_skip(relative):
@@ -198,11 +210,14 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The archive to write (default: NAME.pyz in this folder).")
 @click.option("--name", default=None, help="Model name the API shows (default: the registry name or file stem).")
+@click.option("--cpu-tiers", default="all", show_default=True, metavar="all|none|TIER,…",
+              help="CPU tiers whose kernels are compiled into the archive (all: every one this machine runs); "
+                   "other tiers compile on the user's first run.")
 @click.option("--args", "args", default="", metavar="'ARGS'",
               help="Default arguments baked in, e.g. '-c 4096 --temp 0.7'; the user's command line overrides "
                    "them. A '...' marks where the user's arguments go (default: at the end).")
 @friendly_errors
-def main(model: str, out: Path | None, name: str | None, args: str) -> None:
+def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, args: str) -> None:
     """Build one self-running .pyz from MODEL: weights, runtime, dependencies and chat UI.
 
     Prints the archive's path on stdout; progress goes to stderr."""
@@ -210,7 +225,7 @@ def main(model: str, out: Path | None, name: str | None, args: str) -> None:
         baked = shlex.split(args)
     except ValueError as exc:
         raise LlamapyzError(f"--args: {exc}") from None
-    result = build_archive(model, out, name, baked)
+    result = build_archive(model, out, name, baked, cpu_tiers)
     click.echo(str(result.path))
 
 

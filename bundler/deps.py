@@ -147,5 +147,8 @@ def glibc_needed(wheels: list[Wheel]) -> str | None:
 
 
 def should_skip(relative: Path) -> bool:
-    """Files of a site-packages folder that never go into an archive."""
+    """Files of a site-packages folder that never go into an archive: bytecode, and caches other than our
+    precompiled kernels (numba's .nbi/.nbc and the warm markers, see bundler/kernels.py)."""
+    if relative.parts[:3] == ("runtime", "kernels", "__pycache__"):
+        return relative.suffix not in (".nbi", ".nbc") and not relative.name.startswith("warm-")
     return relative.suffix == ".pyc" or "__pycache__" in relative.parts

@@ -35,11 +35,21 @@ from .errors import (
     UnsupportedQuantError,
 )
 from .gguf import GGUFFile, Tensor, load_gguf
-from .model import Model
 from .quants import FORMATS, FORMATS_BY_NAME, QuantFormat
 from .tokenizer import StreamDecoder, Tokenizer
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`Model` is imported on first use: importing it compiles or loads the kernels for this CPU's tier,
+    which the command line must be able to choose first (`--cpu-tier`)."""
+    if name == "Model":
+        from .model import Model
+
+        return Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ContextOverflowError",

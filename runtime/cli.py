@@ -137,6 +137,23 @@ def tokenize(model: str, no_bos: bool, no_special: bool, text: str) -> None:
     click.echo(json.dumps(tokenizer.encode(text, add_special=not no_bos, parse_special=not no_special)))
 
 
+CPU_TIER_OPTION = click.option(
+    "--cpu-tier", default=None, envvar="LLAMAPYZ_CPU_TIER", metavar="TIER",
+    help="Use the kernels of this CPU tier instead of the best one this CPU runs: x86-64-avx512[+vnni], "
+         "x86-64-avx2[+vnni], x86-64-ssse3, aarch64-dotprod, aarch64-neon (also $LLAMAPYZ_CPU_TIER).")
+
+
+def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -> None:
+    """Detect the CPU and fix the kernels' target before anything is compiled: a CPU below every tier, or a
+    forced tier it cannot run, is one error line and exit code 1 (via `friendly_errors`)."""
+    from . import cpu
+
+    found = cpu.detect()
+    target = cpu.activate(cpu.choose(found, forced))
+    say = say or functools.partial(click.echo, err=True)
+    say(f"cpu: {target.describe()}{' (forced)' if forced else ''}; {cpu.describe(found)}")
+
+
 # --- run -----------------------------------------------------------------------------------------------
 
 
@@ -160,13 +177,15 @@ def tokenize(model: str, no_bos: bool, no_special: bool, text: str) -> None:
 @click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
               help="KV cache element type.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template as one user message.")
+@CPU_TIER_OPTION
 @friendly_errors
 def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float,
         repeat_penalty: float, seed: int | None, threads: int | None, n_ctx: int, batch_size: int, cache_type: str,
-        chat: bool) -> None:
+        chat: bool, cpu_tier: str | None) -> None:
     """Generate text from a prompt, streamed to stdout; timings go to stderr."""
     import time
 
+    use_cpu_tier(cpu_tier)
     from .model import Model
 
     model = Model.load(model_path, n_ctx=n_ctx, n_threads=threads, kv_type=cache_type, batch_size=batch_size)
@@ -228,6 +247,7 @@ SERVE_OPTIONS = [
     click.option("--chat-template", default=None,
                  help="Override the model's chat template: chatml, gemma, llama3, or a Jinja2 template text."),
     click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
+    CPU_TIER_OPTION,
     click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,
                  help="Layers to offload to a GPU (llama.cpp's option); this build runs every layer on the CPU."),
     # Defaults for requests that do not set them (llama.cpp's server options of the same names); unset, the
@@ -309,13 +329,15 @@ def this_bundle() -> Any:
 
 def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
                  queue_size: int, batch_size: int, cache_type: str, api_key: str | None, alias: str | None,
-                 chat_template: str | None, nobrowser: bool, n_gpu_layers: int, **sampling: Any) -> None:
+                 chat_template: str | None, nobrowser: bool, n_gpu_layers: int, cpu_tier: str | None,
+                 **sampling: Any) -> None:
     import socket
 
+    say = functools.partial(click.echo, err=True)
+    use_cpu_tier(cpu_tier, say)
     from .server import ServeOptions
     from .server import serve as run_server
 
-    say = functools.partial(click.echo, err=True)
     load_gguf(model).close()  # a missing or broken file is a clear error now, not a 503 later
     if n_gpu_layers != 0:
         say(f"warning: {gpu_unavailable_reason()}; running all layers on the CPU")

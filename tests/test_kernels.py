@@ -111,6 +111,38 @@ def test_f16_at():
     np.testing.assert_array_equal(np.array(got, np.float32), halves.astype(np.float32))
 
 
+def test_half_to_float_by_integer_operations_is_exact_for_every_half():
+    """The ssse3 tier's conversion (no F16C), here on any tier: all 65536 bit patterns, bit for bit
+    (NaNs keep their payload and sign, as vcvtph2ps and numpy keep them)."""
+    from numba import njit
+
+    @njit
+    def convert_all(raw, out):
+        for i in range(out.shape[0]):
+            out[i] = simd.f16_at_integer(raw, 2 * i)
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    out = np.empty(1 << 16, np.float32)
+    convert_all(bits.view(np.uint8), out)
+    np.testing.assert_array_equal(out.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [16, 64, 256])
+def test_dot_f32_is_its_lane_and_tree_order_exactly(n):
+    """Bit-equal to the same order in numpy: element j into lane j % 16 in turn, then pairwise halves."""
+    from numba import njit
+
+    a, b = (RNG.standard_normal(n).astype(np.float32) for _ in range(2))
+    lanes = np.zeros(16, np.float32)
+    for chunk in (a * b).reshape(-1, 16):
+        lanes = lanes + chunk
+    while len(lanes) > 1:
+        lanes = lanes[: len(lanes) // 2] + lanes[len(lanes) // 2:]
+    got = njit(lambda a, b, n: simd.dot_f32(a, b, n))(a, b, n)
+    assert np.float32(got).view(np.uint32) == lanes[0].view(np.uint32)
+    assert abs(got - float(a.astype(np.float64) @ b)) < 1e-4 * n
+
+
 def simd_f16(raw, offset):
     from numba import njit
 

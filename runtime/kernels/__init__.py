@@ -4,6 +4,11 @@
 (prefill tiles, and matrix-vector for formats without an integer kernel). Formats whose values are plain
 numbers (F32, F16, BF16, F64, integers) need neither: numpy casts them. `QuantMatrix` (linear.py) is
 the one place that picks among them.
+
+Importing this package fixes the CPU target the kernels are compiled for (`runtime/cpu.py`: the best tier
+this CPU runs, or the one forced by `--cpu-tier` / $LLAMAPYZ_CPU_TIER before this import). Where a tier
+needs a different kernel, the choice is made when the kernel is compiled (`simd._half_to_float`), and the
+target is part of every cache key, so each tier's machine code is cached apart.
 """
 
 from __future__ import annotations
@@ -11,7 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import dequant, matvec
+from ..cpu import active, check_numba
+
+TARGET = active()
+
+from . import cache  # noqa: E402  (numba must not compile anything before the target is set)
+
+cache.install()
+
+from . import dequant, matvec  # noqa: E402
+
+check_numba(TARGET)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """Numba versions of the transformer's small steps, for decode where numpy's per-call overhead (~5-20 us
 per operation, dozens per layer) would cost more than the arithmetic. Their numpy twins are the reference
 forward pass's functions (`tests/reference_model.py`); `tests/test_ops.py` compares them.
+
+Every CPU tier computes the same bits: no reassociation or fused multiply-add (fastmath only for the
+NaN/infinity/signed-zero assumptions, which do not change finite results), and the long dot products go
+through `simd.dot_f32`, whose vectorized order is fixed by hand.
 """
 
 from __future__ import annotations
@@ -10,16 +14,27 @@ import math
 import numpy as np
 from numba import njit, prange
 
-_OPTS = dict(fastmath=True, cache=True, nogil=True)
+from .simd import dot_f32
+
+_OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
+
+
+@njit(inline="always")
+def vector_dot(a, b):
+    """sum(a * b) for 1-d float32 arrays: `simd.dot_f32` (the same bits on every CPU tier) over the largest
+    multiple of 16 elements, then any tail in turn."""
+    n = a.shape[0] - a.shape[0] % 16
+    total = dot_f32(a, b, n)
+    for j in range(n, a.shape[0]):
+        total += a[j] * b[j]
+    return total
 
 
 @njit(**_OPTS)
 def rms_norm_rows(x, weight, eps, out):
     """out[i] = x[i] / rms(x[i]) * weight for each row of x (n, d)."""
     for i in range(x.shape[0]):
-        total = np.float32(0.0)
-        for j in range(x.shape[1]):
-            total += x[i, j] * x[i, j]
+        total = vector_dot(x[i], x[i])
         inv = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[1]) + np.float32(eps))
         for j in range(x.shape[1]):
             out[i, j] = x[i, j] * inv * weight[j]
@@ -74,10 +89,7 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, out):
         scores = np.empty(s, np.float32)
         best = np.float32(-np.inf)
         for t in range(s):
-            dot = np.float32(0.0)
-            for j in range(head_dim):
-                dot += q[i, h, j] * keys[skip + t, kv, j]
-            scores[t] = dot * scale
+            scores[t] = vector_dot(q[i, h], keys[skip + t, kv]) * scale
             best = max(best, scores[t])
         total = np.float32(0.0)
         for t in range(s):

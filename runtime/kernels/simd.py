@@ -17,6 +17,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ..cpu import active
+
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 
 
@@ -28,11 +30,11 @@ def _splat(element: ir.Type, n: int, value: int) -> ir.Constant:
     return ir.Constant(_vec(element, n), [value] * n)
 
 
-def _load(context, builder, array_type, array, offset, ty: ir.Type) -> ir.Value:
-    """Load a value of type `ty` from byte `offset` of a 1-d byte array (unaligned)."""
+def _load(context, builder, array_type, array, offset, ty: ir.Type, align: int = 1) -> ir.Value:
+    """Load a value of type `ty` from element `offset` of a 1-d array (a byte offset for byte arrays)."""
     data = context.make_array(array_type)(context, builder, array).data
     pointer = builder.gep(data, [offset])
-    return builder.load(builder.bitcast(pointer, ty.as_pointer()), align=1)
+    return builder.load(builder.bitcast(pointer, ty.as_pointer()), align=align)
 
 
 def _reduce_add(builder, vector: ir.Value) -> ir.Value:
@@ -41,10 +43,16 @@ def _reduce_add(builder, vector: ir.Value) -> ir.Value:
     return builder.call(fn, [vector])
 
 
-def _dot(builder, weights: ir.Value, weights_signed: bool, x: ir.Value) -> ir.Value:
-    """sum(weights * x) over n lanes, widened to int32 first (no overflow for 8-bit inputs)."""
+def _dot(builder, weights: ir.Value, weights_signed: bool, x: ir.Value, signed_dot: bool | None = None) -> ir.Value:
+    """sum(weights * x) over n lanes, widened to int32 first (no overflow for 8-bit inputs).
+
+    Unsigned weights (nibbles, 5-bit values: always below 128) are widened as the target's dot product
+    instruction wants (`Target.signed_dot`): x86's pmaddubsw/vpdpbusd multiply u8 by s8 and are matched
+    from zext x sext; Arm's sdot needs both signed, matched from sext x sext. Below 128 both give the
+    same number."""
     wide = _vec(I32, weights.type.count)
-    w = builder.sext(weights, wide) if weights_signed else builder.zext(weights, wide)
+    signed_dot = active().signed_dot if signed_dot is None else signed_dot
+    w = builder.sext(weights, wide) if weights_signed or signed_dot else builder.zext(weights, wide)
     return _reduce_add(builder, builder.mul(w, builder.sext(x, wide)))
 
 
@@ -60,16 +68,63 @@ def _concat(builder, a: ir.Value, b: ir.Value) -> ir.Value:
     return builder.shuffle_vector(a, b, ir.Constant(_vec(I32, 2 * n), list(range(2 * n))))
 
 
-@intrinsic
-def f16_at(typingctx, buf, offset):
-    """The IEEE half at byte `offset` of `buf`, as float32 (exact)."""
-    sig = types.float32(buf, offset)
+def _const(like: ir.Type, value: int) -> ir.Constant:
+    """`value` as an i32 constant, splat to a vector if `like` is one."""
+    return _splat(I32, like.count, value) if isinstance(like, ir.VectorType) else ir.Constant(I32, value)
 
-    def codegen(context, builder, signature, args):
-        bits = _load(context, builder, signature.args[0], args[0], args[1], I16)
-        return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
 
-    return sig, codegen
+def _half_to_float_native(builder, bits: ir.Value) -> ir.Value:
+    """i16 (or <n x i16>) IEEE half bits -> float: one instruction with F16C, NEON or better."""
+    if isinstance(bits.type, ir.VectorType):
+        n = bits.type.count
+        return builder.fpext(builder.bitcast(bits, _vec(ir.HalfType(), n)), _vec(ir.FloatType(), n))
+    return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+
+
+def _half_to_float_integer(builder, bits: ir.Value) -> ir.Value:
+    """The same conversion in integer operations (exact for every half, subnormals, infinities and NaNs
+    included): move exponent and mantissa into float position and rebias; an all-ones exponent is rebiased
+    once more to stay infinite/NaN; a zero exponent is renormalized by one float subtraction."""
+    vector = isinstance(bits.type, ir.VectorType)
+    i32 = _vec(I32, bits.type.count) if vector else I32
+    f32 = _vec(ir.FloatType(), bits.type.count) if vector else ir.FloatType()
+    h = builder.zext(bits, i32)
+    sign = builder.shl(builder.and_(h, _const(i32, 0x8000)), _const(i32, 16))
+    o = builder.shl(builder.and_(h, _const(i32, 0x7FFF)), _const(i32, 13))
+    exponent = builder.and_(o, _const(i32, 0x0F800000))
+    o = builder.add(o, _const(i32, 0x38000000))  # (127 - 15) << 23
+    o = builder.select(builder.icmp_unsigned("==", exponent, _const(i32, 0x0F800000)),
+                       builder.add(o, _const(i32, 0x38000000)), o)
+    subnormal = builder.fsub(builder.bitcast(builder.add(o, _const(i32, 1 << 23)), f32),
+                             builder.bitcast(_const(i32, 0x38800000), f32))  # - 2**-14
+    f = builder.select(builder.icmp_unsigned("==", exponent, _const(i32, 0)), subnormal, builder.bitcast(o, f32))
+    return builder.bitcast(builder.or_(builder.bitcast(f, i32), sign), f32)
+
+
+HALF_TO_FLOAT = {True: _half_to_float_native, False: _half_to_float_integer}  # by `Target.native_f16`
+
+
+def _half_to_float(builder, bits: ir.Value) -> ir.Value:
+    """The conversion the CPU target calls for: the tier's pick, made when a kernel is compiled."""
+    return HALF_TO_FLOAT[active().native_f16](builder, bits)
+
+
+def _f16_at(convert):
+    def typer(typingctx, buf, offset):
+        sig = types.float32(buf, offset)
+
+        def codegen(context, builder, signature, args):
+            return convert(builder, _load(context, builder, signature.args[0], args[0], args[1], I16))
+
+        return sig, codegen
+
+    return typer
+
+
+f16_at = intrinsic(_f16_at(_half_to_float))
+f16_at.__doc__ = "The IEEE half at byte `offset` of `buf`, as float32 (exact)."
+f16_at_integer = intrinsic(_f16_at(_half_to_float_integer))
+f16_at_integer.__doc__ = "f16_at by integer operations whatever the target (the ssse3 tier's; for its tests)."
 
 
 @intrinsic
@@ -202,10 +257,38 @@ def f16x16_to_f32(typingctx, src, so, dst, do):
         n = 16
         src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
         dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
-        src_pointer = builder.bitcast(builder.gep(src_data, [args[1]]), _vec(ir.HalfType(), n).as_pointer())
+        src_pointer = builder.bitcast(builder.gep(src_data, [args[1]]), _vec(I16, n).as_pointer())
         dst_pointer = builder.bitcast(builder.gep(dst_data, [args[3]]), _vec(ir.FloatType(), n).as_pointer())
-        halves = builder.load(src_pointer, align=2)
-        builder.store(builder.fpext(halves, _vec(ir.FloatType(), n)), dst_pointer, align=4)
+        bits = builder.load(src_pointer, align=2)
+        builder.store(_half_to_float(builder, bits), dst_pointer, align=4)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_f32(typingctx, a, b, n):
+    """sum(a[:n] * b[:n]) for float32 arrays, n a multiple of 16: lane-wise running sums of 16 (element j
+    goes to lane j % 16), then a fixed pairwise tree (16 -> 8 -> 4 -> 2 -> 1); no fused multiply-add. SSE,
+    AVX2 and AVX-512 code computes the very same float operations, so every CPU tier gets the same bits,
+    and no reassociation (fastmath) is needed to vectorize it."""
+    sig = types.float32(a, b, n)
+
+    def codegen(context, builder, signature, args):
+        lanes = 16
+        vector = _vec(ir.FloatType(), lanes)
+        total = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+        zero, step = ir.Constant(args[2].type, 0), ir.Constant(args[2].type, lanes)
+        with cgutils.for_range_slice(builder, zero, args[2], step, inc=True) as (j, _):
+            va = _load(context, builder, signature.args[0], args[0], j, vector, align=4)
+            vb = _load(context, builder, signature.args[1], args[1], j, vector, align=4)
+            builder.store(builder.fadd(builder.load(total), builder.fmul(va, vb)), total)
+        v = builder.load(total)
+        while lanes > 1:
+            lanes //= 2
+            low = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes))))
+            high = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes, 2 * lanes))))
+            v = builder.fadd(low, high)
+        return builder.extract_element(v, ir.Constant(I32, 0))
 
     return sig, codegen

@@ -20,8 +20,10 @@ from typing import Any
 
 import uvicorn
 
+from .. import cpu
 from ..errors import LlamapyzError
 from ..gguf import Source
+from ..kernels import cache as kernel_cache
 from ..model.model import Model
 from .app import ServerState, create_app, load_webui
 from .engine import Engine
@@ -59,7 +61,7 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
         if options.chat_template:
             model.set_chat_template(options.chat_template)
         model.chat_template.render([{"role": "user", "content": "hi"}])  # fail now, not on the first request
-        warm_up(model)
+        warm_up(model, say)
         engine = Engine(model, n_slots=options.n_slots, max_queue=options.max_queue).start()
     except (LlamapyzError, OSError, ValueError) as exc:
         state.load_error = f"the model could not be loaded: {exc}"
@@ -71,13 +73,26 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
     state.engine = engine
 
 
-def warm_up(model: Model) -> None:
-    """A short prefill and a batched decode step, so the first request does not wait for the kernels."""
+def warm_up(model: Model, say=None) -> None:
+    """A short prefill and a batched decode step, so the first request does not wait for the kernels.
+
+    On the first run for this CPU target (kernels neither precompiled into the archive nor cached by an
+    earlier run) that compiles them, which takes a while: say so."""
+    target = cpu.active().name
+    formats = sorted({t.type_name for t in model.gguf.tensors.values()})
+    fresh = not kernel_cache.is_warm(target, formats)
+    started = time.perf_counter()
+    if fresh and say:
+        say(f"compiling the kernels for {target} (first run on this CPU tier; later runs load them) …")
     contexts = [model.new_context(), model.new_context()]
     tokens = model.tokenize("Hello, world. Hello again.")
     for ctx in contexts:
         model.prefill(tokens, ctx)
     model.decode_batch([tokens[-1]] * 2, contexts)
+    if fresh:
+        kernel_cache.mark_warm(target, formats)
+        if say:
+            say(f"kernels compiled in {time.perf_counter() - started:.1f} s")
 
 
 def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import __version__
+from .. import __version__, cpu
 from ..chat import ChatTemplateError
 from ..generation import Generation, Step
 from ..json_constraint import JsonConstraint
@@ -498,7 +498,7 @@ async def props(request: Request) -> Response:
         "model_alias": state.model_alias, "model_path": str(model.gguf.path), "build_info": f"llamapyz {__version__}",
         "n_ctx": model.n_ctx, "total_slots": len(engine.slots), "n_vocab": model.n_vocab, "n_embd": model.n_embd,
         "n_layer": model.config.n_layer, "architecture": model.config.arch, "file_bytes": model.file_bytes,
-        "n_threads": model.n_threads, "eog_ids": sorted(model.tokenizer.eog_ids),
+        "n_threads": model.n_threads, "cpu_tier": cpu.active().name, "eog_ids": sorted(model.tokenizer.eog_ids),
         "chat_template": model.chat_template.source,
         "chat_template_origin": model.chat_template.origin, "metadata": metadata,
         "default_generation_settings": {**{f.name: f.default for f in schema.SAMPLING if f.default is not None},

@@ -1,0 +1,68 @@
+"""Precompiled kernels for the archive: numba's caches for each CPU target, built in the archive's own runtime.
+
+A user's first run would otherwise spend ~10 s compiling. Here, for every target this machine can run
+(`runtime.cpu.runnable`: each tier with and without its extras), a child process imports the staged
+`runtime/` on the archive's own site-packages, forced to that target, loads the model and runs the
+server's warm-up, which compiles every kernel the model needs with the argument types serving uses.
+numba writes the results beside the staged sources (`runtime/kernels/__pycache__/`), keyed by target and
+stamped by the kernels' source hash (`runtime/kernels/cache.py`); they ship in site-packages/ and load on
+the user's machine as if compiled there. Targets this machine cannot run (other tiers, other
+architectures) compile on the user's first run and are cached in the extracted runtime.
+
+The children run one after another: numba's cache index for a function is one file shared by all targets,
+rewritten whole on each save, so concurrent writers would lose entries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime import cpu
+from runtime.errors import LlamapyzError
+
+WARM_UP = """
+import sys
+from runtime import Model
+from runtime.server import warm_up
+warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=1))
+"""
+
+
+def choose_targets(spec: str) -> list[cpu.Target]:
+    """`all` (every target this CPU runs), `none`, or a comma-separated list of target names."""
+    here = cpu.detect()
+    if spec == "all":
+        return cpu.runnable(here)
+    if spec == "none":
+        return []
+    return [cpu.choose(here, name.strip()) for name in spec.split(",") if name.strip()]
+
+
+def stage_runtime(repo: Path, staging: Path) -> Path:
+    """A clean copy of `runtime/` (no bytecode, no developer caches) under `staging`; returns it."""
+    target = staging / "runtime"
+    shutil.copytree(repo / "runtime", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def precompile(staging: Path, site: Path, model: Path, targets: list[cpu.Target], say: Callable[[str], None]) -> int:
+    """Compile the kernels `model` needs for each target into `staging/runtime/kernels/__pycache__/`;
+    returns the number of cache files written."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "LLAMAPYZ_", "PYTHON"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(staging), str(site)]), PYTHONDONTWRITEBYTECODE="1",
+               PYTHONNOUSERSITE="1")
+    for n, target in enumerate(targets, 1):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-S", "-c", WARM_UP, str(model)], capture_output=True, text=True,
+                              env={**env, cpu.ENV_TIER: target.name}, cwd=staging)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise LlamapyzError(f"compiling the kernels for {target.name} failed: {last}")
+        say(f"  kernels for {target.name} ({n}/{len(targets)}) in {time.perf_counter() - started:.1f} s")
+    return len(list((staging / "runtime" / "kernels" / "__pycache__").glob("*.nb[ic]"))) if targets else 0

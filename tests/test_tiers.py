@@ -1,0 +1,142 @@
+"""The kernels of every CPU tier: their machine code, and their results on this machine.
+
+- Each target's code is compiled here for its ISA (both architectures: LLVM carries both backends) and
+  checked for the instructions the tier exists for, and for nothing above it.
+- Each target this CPU can run passes the kernel, op and synthetic-model tests (against their numpy
+  twins) in a child process forced to it, and gives the same greedy SmolLM2 text as every other target.
+- A tier the CPU lacks, and a CPU below every tier, are refused with one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import llvmlite.binding as llvm
+import pytest
+from llvmlite import ir
+
+from runtime.cpu import LLVM_NAMES, TIERS_BY_NAME, CpuInfo, all_names, choose, detect, machine, runnable
+from runtime.kernels import TARGET, simd
+from tests.conftest import REPO, golden
+
+TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
+HERE = [t.name for t in runnable(detect())] if machine() in TRIPLES else []
+# (instructions that must appear, that must not) in a Q4 block dot product and a half -> float conversion
+EXPECTED = {
+    "x86-64-ssse3": ({"pmaddwd"}, {"ymm", "zmm", "vpdpbusd", "vcvtph2ps", "call"}),
+    "x86-64-avx2": ({"ymm", "vcvtph2ps"}, {"zmm", "vpdpbusd"}),
+    "x86-64-avx2+vnni": ({"vpdpbusd", "vcvtph2ps"}, {"zmm"}),
+    "x86-64-avx512": ({"zmm", "vcvtph2ps"}, {"vpdpbusd"}),
+    "x86-64-avx512+vnni": ({"vpdpbusd", "vcvtph2ps"}, set()),
+    "aarch64-neon": ({"fcvt"}, {"sdot", "udot"}),
+    "aarch64-dotprod": ({"sdot", "fcvt"}, set()),
+}
+
+
+def target_named(name: str):
+    arch = TIERS_BY_NAME[name.split("+")[0]].arch
+    return choose(CpuInfo(arch, frozenset(LLVM_NAMES.values()), "test"), name)
+
+
+def probe_assembly(name: str) -> str:
+    """Our IR for a Q4_0/Q4_1 block dot product and a half -> float, as `name`'s machine code."""
+    target = target_named(name)
+    module = ir.Module("probe")
+    dot = ir.Function(module, ir.FunctionType(simd.I32, [simd.I8.as_pointer()] * 2), "dot_u4x32")
+    b = ir.IRBuilder(dot.append_basic_block())
+    packed = b.load(b.bitcast(dot.args[0], simd._vec(simd.I8, 16).as_pointer()), align=1)
+    q = simd._concat(b, simd._nibbles(b, packed, False), simd._nibbles(b, packed, True))
+    x = b.load(b.bitcast(dot.args[1], simd._vec(simd.I8, 32).as_pointer()), align=1)
+    b.ret(simd._dot(b, q, False, x, target.signed_dot))
+    half = ir.Function(module, ir.FunctionType(ir.FloatType(), [simd.I16]), "half_to_float")
+    b = ir.IRBuilder(half.append_basic_block())
+    b.ret(simd.HALF_TO_FLOAT[target.native_f16](b, half.args[0]))
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    triple = TRIPLES[target.tier.arch]
+    parsed = llvm.parse_assembly(str(module))
+    parsed.triple = triple
+    machine_ = llvm.Target.from_triple(triple).create_target_machine(target.llvm_cpu, target.llvm_features, opt=3)
+    return machine_.emit_assembly(parsed)
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_each_target_uses_its_isa_and_nothing_above_it(name):
+    assembly = probe_assembly(name)
+    found = {word for word in set.union(*EXPECTED[name]) if re.search(rf"\b{word}", assembly)}
+    must, must_not = EXPECTED[name]
+    assert must <= found, must - found
+    assert not (must_not & found), must_not & found
+
+
+def test_this_process_runs_the_best_target_or_the_forced_one():
+    expected = os.environ.get("LLAMAPYZ_CPU_TIER") or choose(detect()).name
+    assert TARGET.name == expected
+    from numba.core.registry import cpu_target
+
+    _, cpu_name, features = cpu_target.target_context.codegen().magic_tuple()
+    assert (cpu_name, features) == (TARGET.llvm_cpu, TARGET.llvm_features)
+
+
+def run_forced(name: str, *args: str, env: dict[str, str] | None = None, timeout: int = 900):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "LLAMAPYZ_CPU_TIER": name, **(env or {})})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HERE)
+def test_every_runnable_target_matches_the_numpy_twins(name):
+    """The kernel, op and synthetic-model tests, in a process whose kernels are compiled for `name`."""
+    tests = ["tests/test_kernels.py", "tests/test_ops.py", "tests/test_model.py", "tests/test_tiers.py::"
+             "test_this_process_runs_the_best_target_or_the_forced_one"]
+    done = run_forced(name, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert re.search(r"\d+ passed", done.stdout) and " failed" not in done.stdout
+
+
+@pytest.fixture(scope="module")
+def greedy_texts(smollm2_path) -> dict[str, str]:
+    """SmolLM2's greedy continuation of each golden prompt, per target runnable here."""
+    prompts = [case["prompt"] for case in golden("smollm2")["greedy"][:3]]
+    texts = {}
+    for name in HERE:
+        outputs = []
+        for prompt in prompts:
+            done = run_forced(name, "-m", "runtime.cli", "run", "-m", str(smollm2_path), "-p", prompt, "-n", "24",
+                              "--temp", "0", "-t", "2")
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert f"cpu: {target_named(name).describe()} (forced)" in done.stderr
+            outputs.append(done.stdout)
+        texts[name] = outputs
+    return texts
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_every_runnable_target_gives_the_same_greedy_smollm2_text(greedy_texts):
+    first, *others = HERE
+    for name in others:
+        assert greedy_texts[name] == greedy_texts[first], name
+    assert "Paris" in greedy_texts[first][0]
+
+
+def test_a_tier_this_cpu_lacks_is_refused_in_one_line(tmp_path):
+    lacking = "aarch64-neon" if machine() == "x86_64" else "x86-64-ssse3"
+    done = run_forced(lacking, "-m", "runtime.cli", "run", "-m", str(tmp_path / "none.gguf"), "-p", "hi",
+                      timeout=60)
+    assert done.returncode != 0
+    done = run_forced("", "-m", "runtime.cli", "serve", "-m", "x.gguf", "--cpu-tier", lacking, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: CPU tier {lacking} is for ")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(machine() != "x86_64", reason="the SSSE3 floor is x86-64's")
+def test_an_x86_cpu_without_ssse3_gets_one_fatal_line(smollm2_path):
+    done = run_forced("", "-m", "runtime.cli", "serve", "-m", str(smollm2_path), "--port", "0",
+                      env={"LLAMAPYZ_CPU_FEATURES": "popcnt"}, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "error: this CPU lacks SSSE3, which llamapyz needs on x86_64\n"
