@@ -29,7 +29,7 @@ from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
 from runtime.tokenizer import Tokenizer
 
-from . import deps, kernels
+from . import bytecode, deps, kernels
 from .archive import ArchiveWriter, copy_progress, make_executable
 from .models import DEFAULT_MODEL, REGISTRY, resolve_model, sha256_file
 
@@ -82,7 +82,9 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
     files = python_side(site, staging)
     build_id = content_hash(files)
     platform = {**this_platform(), "glibc": deps.glibc_needed(wheels)}
-    say(f"  {len(files)} files from {len(wheels)} wheels and this checkout, for {describe(platform)}")
+    n_pyc = sum(name.endswith(".pyc") for name, _, _ in files)
+    say(f"  {len(files) - n_pyc} files from {len(wheels)} wheels and this checkout, and bytecode for {n_pyc} "
+        f"modules, for {describe(platform)}")
 
     epoch = source_date_epoch()
     built_at = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -103,10 +105,10 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
             }
             write_metadata(archive, manifest, baked, build_id, built_at)
             progress = copy_progress(say, "runtime and dependencies (compressing)")
-            total, done = sum(path.stat().st_size for _, path in files), 0
-            for arcname, path in files:
-                archive.add_file(arcname, path)
-                done += path.stat().st_size
+            total, done = sum(len(data) for _, data, _ in files), 0
+            for arcname, data, mode in files:
+                archive.add_bytes(arcname, data, mode)
+                done += len(data)
                 progress(done, total)
             n_entries = archive.n_entries
         make_executable(tmp)
@@ -151,24 +153,29 @@ def bake_args(args: list[str], say=_say) -> list[str]:
     return args if USER_ARGS in args else [*args, USER_ARGS]
 
 
-def python_side(site: Path, staging: Path) -> list[tuple[str, Path]]:
-    """(archive name, file) for everything under site-packages/, sorted by archive name: the dependencies,
-    our staged `runtime/` (with its precompiled kernels) and the web UI."""
-    files = {}
+def python_side(site: Path, staging: Path) -> list[tuple[str, bytes, int]]:
+    """(archive name, bytes, mode) for everything under site-packages/, sorted by archive name: the dependencies,
+    our staged `runtime/` (with its precompiled kernels), the web UI, and bytecode for every module.
+    About 240 MB, held in memory while the archive is written."""
+    files: dict[str, tuple[bytes, int]] = {}
     for root, prefix in [(site, ""), (staging, ""), (REPO / "webui", "webui/")]:
         for path in root.rglob("*"):
             relative = path.relative_to(root)
             if path.is_file() and not deps.should_skip(relative):
-                files[f"site-packages/{prefix}{relative.as_posix()}"] = path
-    return sorted(files.items())
+                arcname = f"site-packages/{prefix}{relative.as_posix()}"
+                data = path.read_bytes()
+                files[arcname] = (data, 0o755 if path.stat().st_mode & 0o111 else 0o644)
+                if path.suffix == ".py" and (pyc := bytecode.compile_source(arcname, data)) is not None:
+                    files[bytecode.pyc_name(arcname)] = (pyc, 0o644)
+    return [(name, data, mode) for name, (data, mode) in sorted(files.items())]
 
 
-def content_hash(files: list[tuple[str, Path]]) -> str:
+def content_hash(files: list[tuple[str, bytes, int]]) -> str:
     """shiv's build id: names and bytes of everything extracted; it keys the user's extraction cache."""
     digest = hashlib.sha256()
-    for arcname, path in files:
+    for arcname, data, _ in files:
         digest.update(arcname.encode())
-        digest.update(path.read_bytes())
+        digest.update(data)
     return digest.hexdigest()
 
 

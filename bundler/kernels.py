@@ -45,9 +45,14 @@ def choose_targets(spec: str) -> list[cpu.Target]:
 
 
 def stage_runtime(repo: Path, staging: Path) -> Path:
-    """A clean copy of `runtime/` (no bytecode, no developer caches) under `staging`; returns it."""
+    """A clean copy of `runtime/` (no bytecode, no developer caches) under `staging`, with the tokenizer's
+    Unicode classes computed once here instead of on every start (`pretokenize.CLASSES_FILE`); returns it."""
+    from runtime.tokenizer.pretokenize import CLASSES_FILE, save_category_classes
+
     target = staging / "runtime"
-    shutil.copytree(repo / "runtime", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(repo / "runtime", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
+                                                                          CLASSES_FILE.name))
+    save_category_classes(target / "tokenizer" / CLASSES_FILE.name)
     return target
 
 

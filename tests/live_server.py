@@ -37,7 +37,7 @@ def wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise TimeoutError(f"{url} did not become healthy in {timeout} s")
 
 

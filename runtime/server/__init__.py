@@ -84,11 +84,10 @@ def warm_up(model: Model, say=None) -> None:
     started = time.perf_counter()
     if fresh and say:
         say(f"compiling the kernels for {target} (first run on this CPU tier; later runs load them) …")
-    contexts = [model.new_context(), model.new_context()]
-    tokens = model.tokenize("Hello, world. Hello again.")
-    for ctx in contexts:
-        model.prefill(tokens, ctx)
-    model.decode_batch([tokens[-1]] * 2, contexts)
+    context = model.new_context()  # one is enough: kernels take the same types for any number of sequences
+    tokens = model.tokenize("Hello, world.")
+    model.prefill(tokens, context)
+    model.decode_batch([tokens[-1]], [context])
     if fresh:
         kernel_cache.mark_warm(target, formats)
         if say:

@@ -5,14 +5,19 @@ each splitting every piece left by the previous one (text between matches stays 
 regexes use Unicode classes (\\p{L}, \\p{N}, \\p{P}) that Python's `re` lacks, so the classes are built from
 `unicodedata` once and written into the patterns as explicit ranges. Whitespace is Unicode's White_Space
 set (as llama.cpp has it), not Python's `\\s`, which also takes the separators U+001C..U+001F.
+
+Scanning Unicode for the classes takes ~0.2 s, so archives carry the result (`CLASSES_FILE`, written by
+the bundler for the Python it targets), used when its Unicode version is this Python's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import unicodedata
 from functools import cache
+from pathlib import Path
 
 from ..errors import TokenizerError
 
@@ -27,9 +32,27 @@ def _ranges_to_class(ranges: list[tuple[int, int]]) -> str:
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
 
 
+CLASSES_FILE = Path(__file__).with_name("unicode_classes.json")
+
+
 @cache
 def _category_classes() -> dict[str, str]:
     """Character-class bodies (without brackets) for the general categories L, N, P and unassigned Cn."""
+    try:
+        saved = json.loads(CLASSES_FILE.read_text())
+        if saved["unidata_version"] == unicodedata.unidata_version:
+            return saved["classes"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return _scan_categories()
+
+
+def save_category_classes(path: Path = CLASSES_FILE) -> None:
+    """Write the classes of this Python's Unicode version for `_category_classes` to read (the bundler)."""
+    path.write_text(json.dumps({"unidata_version": unicodedata.unidata_version, "classes": _scan_categories()}))
+
+
+def _scan_categories() -> dict[str, str]:
     ranges: dict[str, list[tuple[int, int]]] = {"L": [], "N": [], "P": [], "Cn": []}
     category = unicodedata.category
     current, start = None, 0
