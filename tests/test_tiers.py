@@ -140,3 +140,27 @@ def test_an_x86_cpu_without_ssse3_gets_one_fatal_line(smollm2_path):
                       env={"LLAMAPYZ_CPU_FEATURES": "popcnt"}, timeout=60)
     assert done.returncode == 1
     assert done.stderr == "error: this CPU lacks SSSE3, which llamapyz needs on x86_64\n"
+
+
+LOGITS_DIGEST = """
+import hashlib, sys
+from runtime import Model
+model = Model.load(sys.argv[1], n_ctx=256, n_threads=2)
+steps = [model.prefill(model.tokenize("The capital of France is"))]
+for _ in range(6):
+    steps.append(model.decode(int(steps[-1].argmax())))
+print(hashlib.sha256(b"".join(s.tobytes() for s in steps)).hexdigest())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_freshly_compiled_and_cache_loaded_kernels_give_the_same_bits(smollm2_path, tmp_path):
+    """An empty kernel cache (compiled in the process), then the same cache loaded by a second process."""
+    digests = []
+    for _ in range(2):
+        done = run_forced("", "-c", LOGITS_DIGEST, str(smollm2_path), env={"NUMBA_CACHE_DIR": str(tmp_path)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(done.stdout.strip())
+    assert any(tmp_path.glob("llamapyz-kernels/*.nbc"))  # the first run wrote the cache the second one read
+    assert digests[0] == digests[1] and len(digests[0]) == 64
