@@ -164,3 +164,24 @@ def test_freshly_compiled_and_cache_loaded_kernels_give_the_same_bits(smollm2_pa
         digests.append(done.stdout.strip())
     assert any(tmp_path.glob("llamapyz-kernels/*.nbc"))  # the first run wrote the cache the second one read
     assert digests[0] == digests[1] and len(digests[0]) == 64
+
+
+WARM_UP = """
+import sys
+from runtime import Model
+from runtime.server import warm_up
+warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=2), say=print)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_tier_without_cached_kernels_says_it_compiles_them_once(smollm2_path, tmp_path):
+    """What a CPU tier the archive has no kernels for (aarch64) meets: one line on the first run, none later."""
+    runs = [run_forced("", "-c", WARM_UP, str(smollm2_path), env={"NUMBA_CACHE_DIR": str(tmp_path)})
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    target = choose(detect()).name
+    assert f"compiling the kernels for {target} (first run on this CPU tier" in runs[0].stdout
+    assert re.search(r"kernels compiled in \d+\.\d s", runs[0].stdout)
+    assert runs[1].stdout == ""
