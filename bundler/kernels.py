@@ -30,8 +30,8 @@ WARM_UP = """
 import sys
 from runtime import Model
 from runtime.server import warm_up
-warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=1))
-"""
+warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=1), say=print)
+"""  # argv[1]: a GGUF; prints what the server would say about compiling (tests/test_tiers.py reads it)
 
 
 def choose_targets(spec: str) -> list[cpu.Target]:
@@ -44,24 +44,21 @@ def choose_targets(spec: str) -> list[cpu.Target]:
     return [cpu.choose(here, name.strip()) for name in spec.split(",") if name.strip()]
 
 
-def stage_runtime(repo: Path, staging: Path) -> Path:
+def stage_runtime(repo: Path, staging: Path) -> None:
     """A clean copy of `runtime/` (no bytecode, no developer caches) under `staging`, with the tokenizer's
-    Unicode classes computed once here instead of on every start (`pretokenize.CLASSES_FILE`); returns it."""
+    Unicode classes computed once here instead of on every start (`pretokenize.CLASSES_FILE`)."""
     from runtime.tokenizer.pretokenize import CLASSES_FILE, save_category_classes
 
     target = staging / "runtime"
     shutil.copytree(repo / "runtime", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
                                                                           CLASSES_FILE.name))
     save_category_classes(target / "tokenizer" / CLASSES_FILE.name)
-    return target
 
 
-def precompile(staging: Path, site: Path, model: Path, targets: list[cpu.Target], say: Callable[[str], None]) -> int:
-    """Compile the kernels `model` needs for each target into `staging/runtime/kernels/__pycache__/`;
-    returns the number of cache files written."""
+def precompile(staging: Path, site: Path, model: Path, targets: list[cpu.Target], say: Callable[[str], None]) -> None:
+    """Compile the kernels `model` needs for each target into `staging/runtime/kernels/__pycache__/`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "LLAMAPYZ_", "PYTHON"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(staging), str(site)]), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONNOUSERSITE="1")
+    env.update(PYTHONPATH=os.pathsep.join([str(staging), str(site)]), PYTHONDONTWRITEBYTECODE="1")  # -S: no site
     for n, target in enumerate(targets, 1):
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-S", "-c", WARM_UP, str(model)], capture_output=True, text=True,
@@ -70,4 +67,3 @@ def precompile(staging: Path, site: Path, model: Path, targets: list[cpu.Target]
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise LlamapyzError(f"compiling the kernels for {target.name} failed: {last}")
         say(f"  kernels for {target.name} ({n}/{len(targets)}) in {time.perf_counter() - started:.1f} s")
-    return len(list((staging / "runtime" / "kernels" / "__pycache__").glob("*.nb[ic]"))) if targets else 0

@@ -50,6 +50,7 @@ LLVM_NAMES = {"ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "popcnt"
               "avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
               "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni",
               "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp"}
+TO_LLVM = {ours: llvm for llvm, ours in LLVM_NAMES.items()}
 
 
 class UnsupportedCpuError(LlamapyzError):
@@ -115,8 +116,7 @@ class Target:
 
     @property
     def llvm_features(self) -> str | None:
-        ours = {v: k for k, v in LLVM_NAMES.items()}
-        return ",".join(f"+{ours[f]}" for f in self.features) if self.llvm_cpu else None
+        return ",".join(f"+{TO_LLVM[f]}" for f in self.features) if self.llvm_cpu else None
 
     @property
     def native_f16(self) -> bool:
@@ -213,7 +213,7 @@ def choose(cpu: CpuInfo, forced: str | None = None) -> Target:
     (`x86-64-avx2` without extras, `x86-64-avx2+vnni` with); a CPU below every tier is refused."""
     own = [t for t in TIERS if t.arch == cpu.arch]
     if forced:
-        return _forced(cpu, forced, own)
+        return _forced(cpu, forced)
     if not own:
         return Target(GENERIC)
     for tier in own:
@@ -224,7 +224,7 @@ def choose(cpu: CpuInfo, forced: str | None = None) -> Target:
                               f"which llamapyz needs on {cpu.arch}")  # one line, as llamafile says it
 
 
-def _forced(cpu: CpuInfo, forced: str, own: list[Tier]) -> Target:
+def _forced(cpu: CpuInfo, forced: str) -> Target:
     tier_name, *extra_names = forced.strip().split("+")
     tier = TIERS_BY_NAME.get(tier_name)
     extras = {e.name: e for e in tier.extras} if tier else {}

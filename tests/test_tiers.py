@@ -18,6 +18,7 @@ import llvmlite.binding as llvm
 import pytest
 from llvmlite import ir
 
+from bundler.kernels import WARM_UP
 from runtime.cpu import LLVM_NAMES, TIERS_BY_NAME, CpuInfo, all_names, choose, detect, machine, runnable
 from runtime.kernels import TARGET, simd
 from tests.conftest import REPO, golden
@@ -164,14 +165,6 @@ def test_freshly_compiled_and_cache_loaded_kernels_give_the_same_bits(smollm2_pa
         digests.append(done.stdout.strip())
     assert any(tmp_path.glob("llamapyz-kernels/*.nbc"))  # the first run wrote the cache the second one read
     assert digests[0] == digests[1] and len(digests[0]) == 64
-
-
-WARM_UP = """
-import sys
-from runtime import Model
-from runtime.server import warm_up
-warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=2), say=print)
-"""
 
 
 @pytest.mark.slow

@@ -29,14 +29,18 @@ def package_stamp() -> str:
     return digest.hexdigest()
 
 
+def cache_folder() -> Path:
+    """`__pycache__/` beside the kernels, or `llamapyz-kernels/` in $NUMBA_CACHE_DIR when that is set."""
+    return Path(config.CACHE_DIR, "llamapyz-kernels") if config.CACHE_DIR else PACKAGE / "__pycache__"
+
+
 class KernelCacheLocator(InTreeCacheLocator):
-    """numba's in-tree locator for the files of this package, stamped by the whole package's sources; with
-    $NUMBA_CACHE_DIR set, the entries go to its `llamapyz-kernels/` instead."""
+    """numba's in-tree locator for the files of this package, stamped by the whole package's sources, its
+    entries in `cache_folder()`."""
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
-        if config.CACHE_DIR:
-            self._cache_path = os.path.join(config.CACHE_DIR, "llamapyz-kernels")
+        self._cache_path = str(cache_folder())
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -58,8 +62,7 @@ def install() -> None:
 
 def _marker(target_name: str, formats: list[str]) -> Path:
     key = hashlib.sha256(f"{target_name}|{package_stamp()}|{','.join(sorted(formats))}".encode()).hexdigest()
-    folder = Path(config.CACHE_DIR, "llamapyz-kernels") if config.CACHE_DIR else PACKAGE / "__pycache__"
-    return folder / f"warm-{target_name}-{key[:16]}"
+    return cache_folder() / f"warm-{target_name}-{key[:16]}"
 
 
 def is_warm(target_name: str, formats: list[str]) -> bool:

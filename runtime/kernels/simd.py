@@ -73,21 +73,21 @@ def _const(like: ir.Type, value: int) -> ir.Constant:
     return _splat(I32, like.count, value) if isinstance(like, ir.VectorType) else ir.Constant(I32, value)
 
 
+def _shaped(like: ir.Value, element: ir.Type) -> ir.Type:
+    """`element`, or a vector of it as long as `like` if that is a vector."""
+    return _vec(element, like.type.count) if isinstance(like.type, ir.VectorType) else element
+
+
 def _half_to_float_native(builder, bits: ir.Value) -> ir.Value:
     """i16 (or <n x i16>) IEEE half bits -> float: one instruction with F16C, NEON or better."""
-    if isinstance(bits.type, ir.VectorType):
-        n = bits.type.count
-        return builder.fpext(builder.bitcast(bits, _vec(ir.HalfType(), n)), _vec(ir.FloatType(), n))
-    return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+    return builder.fpext(builder.bitcast(bits, _shaped(bits, ir.HalfType())), _shaped(bits, ir.FloatType()))
 
 
 def _half_to_float_integer(builder, bits: ir.Value) -> ir.Value:
     """The same conversion in integer operations (exact for every half, subnormals, infinities and NaNs
     included): move exponent and mantissa into float position and rebias; an all-ones exponent is rebiased
     once more to stay infinite/NaN; a zero exponent is renormalized by one float subtraction."""
-    vector = isinstance(bits.type, ir.VectorType)
-    i32 = _vec(I32, bits.type.count) if vector else I32
-    f32 = _vec(ir.FloatType(), bits.type.count) if vector else ir.FloatType()
+    i32, f32 = _shaped(bits, I32), _shaped(bits, ir.FloatType())
     h = builder.zext(bits, i32)
     sign = builder.shl(builder.and_(h, _const(i32, 0x8000)), _const(i32, 16))
     o = builder.shl(builder.and_(h, _const(i32, 0x7FFF)), _const(i32, 13))
@@ -255,11 +255,9 @@ def f16x16_to_f32(typingctx, src, so, dst, do):
 
     def codegen(context, builder, signature, args):
         n = 16
-        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        bits = _load(context, builder, signature.args[0], args[0], args[1], _vec(I16, n), align=2)
         dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
-        src_pointer = builder.bitcast(builder.gep(src_data, [args[1]]), _vec(I16, n).as_pointer())
         dst_pointer = builder.bitcast(builder.gep(dst_data, [args[3]]), _vec(ir.FloatType(), n).as_pointer())
-        bits = builder.load(src_pointer, align=2)
         builder.store(_half_to_float(builder, bits), dst_pointer, align=4)
         return context.get_dummy_value()
 

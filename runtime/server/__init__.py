@@ -79,7 +79,7 @@ def warm_up(model: Model, say=None) -> None:
     On the first run for this CPU target (kernels neither precompiled into the archive nor cached by an
     earlier run) that compiles them, which takes a while: say so."""
     target = cpu.active().name
-    formats = sorted({t.type_name for t in model.gguf.tensors.values()})
+    formats = list({t.type_name for t in model.gguf.tensors.values()})
     fresh = not kernel_cache.is_warm(target, formats)
     started = time.perf_counter()
     if fresh and say:
