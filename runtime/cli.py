@@ -194,8 +194,10 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
         click.echo(prompt, nl=False)
     started = time.perf_counter()
     first_token_at, n_generated = None, 0
+    end_of_turn = model.chat_template.end_of_turn if chat else None  # the template's markup ends the reply
     for step in model.generate(tokens, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                               top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty):
+                               top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                               stop=[end_of_turn] if end_of_turn else []):
         if first_token_at is None:
             first_token_at = time.perf_counter()
         n_generated += 1
@@ -245,7 +247,7 @@ SERVE_OPTIONS = [
                  help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY)."),
     click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name)."),
     click.option("--chat-template", default=None,
-                 help="Override the model's chat template: chatml, gemma, llama3, or a Jinja2 template text."),
+                 help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
     click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
     CPU_TIER_OPTION,
     click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,

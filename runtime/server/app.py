@@ -155,7 +155,9 @@ def check_prompt_fits(prompt: list[int], model: Model, param: str) -> None:
                        n_prompt_tokens=len(prompt), n_ctx=model.n_ctx)
 
 
-def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int | None, param: str) -> Job:
+def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int | None, param: str,
+             end_of_turn: str | None = None) -> Job:
+    """A job for the engine; `end_of_turn` (chat only: the template's markup) stops it besides `stop`."""
     model = state.model
     check_prompt_fits(prompt, model, param)
     room = model.n_ctx - len(prompt)
@@ -164,7 +166,8 @@ def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int 
     if response_format(fields["response_format"]):
         constraint = JsonConstraint(model.tokenizer.token_bytes, model.tokenizer.eog_ids)
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
-                            stop=stop_strings(fields["stop"]), logprobs=logprobs, constraint=constraint)
+                            stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
+                            logprobs=logprobs, constraint=constraint)
     return Job(prompt=prompt, generation=generation, loop=asyncio.get_running_loop())
 
 
@@ -318,7 +321,7 @@ async def chat_completions(request: Request) -> Response:
     model = state.model
     prompt = chat_prompt(fields["messages"], model)
     logprobs = fields["top_logprobs"] if fields["logprobs"] else None
-    job = make_job(state, fields, prompt, logprobs, "messages")
+    job = make_job(state, fields, prompt, logprobs, "messages", model.chat_template.end_of_turn)
     await run_job(state, job)
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": state.model_alias,
