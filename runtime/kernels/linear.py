@@ -1,13 +1,19 @@
 """`QuantMatrix`: a 2-d weight kept in its GGUF encoding, multiplied without ever decoding it whole.
 
-- `matvec(x)` (decode: one token of each of a few sequences): the format's integer kernel on the raw
-  blocks, or, for formats without one, row tiles decoded to float32 and multiplied by BLAS.
-- `matmul(X)` (prefill, many tokens): row tiles decoded to float32 (at most `TILE_ELEMENTS` at a time)
-  and multiplied by BLAS: one pass over the weights for the whole batch.
+- `matvec(x)` (every projection, prefill and decode alike): the format's integer kernel on the raw
+  blocks and x quantized to int8 blocks, or, for formats without one, `matmul`.
+- `matmul(X)`: row tiles decoded to float32 (at most `TILE_ELEMENTS` at a time) and multiplied in a
+  fixed order by our own kernel: one pass over the weights for the whole batch.
 - `rows(ids)`: selected rows decoded (token embeddings).
+- `slice_rows(start, stop)`: a block of rows as a matrix of its own, zero copy (the parts of a fused
+  tensor, one expert of a 3-d expert tensor).
+
+A matrix may carry a float32 `bias` (n_rows,), which the forward pass adds after the product.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -16,6 +22,7 @@ from ..gguf import Tensor
 from ..quants import dequantize
 from . import KERNELS
 from .matvec import QK, quantize_q8
+from .ops import dot_rows
 
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
 
@@ -34,23 +41,35 @@ class QuantizedRows:
 
 
 class QuantMatrix:
-    """Tensor of numpy shape (n_rows, n_cols): y = W @ x maps n_cols inputs to n_rows outputs."""
+    """Tensor of numpy shape (n_rows, n_cols): y = W @ x maps n_cols inputs to n_rows outputs. A tensor of
+    more dimensions (experts, n_rows, n_cols) is taken as its rows stacked; `slice_rows` parts it."""
 
-    def __init__(self, tensor: Tensor) -> None:
-        if len(tensor.shape) != 2:
+    def __init__(self, tensor: Tensor, bias: np.ndarray | None = None) -> None:
+        if len(tensor.shape) < 2:
             raise UnsupportedQuantError(f"tensor {tensor.name!r}: expected a matrix, got shape {tensor.shape}")
         if not tensor.format.supported:
             dequantize(tensor.raw[:1], tensor.format, (1, -1), tensor=tensor.name)  # raises the clear error
         self.name = tensor.name
         self.format = tensor.format
-        self.n_rows, self.n_cols = tensor.shape
+        self.n_cols = tensor.shape[-1]
         self.raw = tensor.raw  # (n_rows, row_bytes) uint8
+        self.n_rows = self.raw.shape[0]
+        self.bias = bias
         kernels = KERNELS.get(self.format.name)
         self._matvec = kernels.matvec if kernels else None
         self._dequant = kernels.dequant if kernels else None
         if self._matvec is not None and self.n_cols % QK:
             self._matvec = None
         self.tile_rows = max(1, TILE_ELEMENTS // self.n_cols)
+
+    def slice_rows(self, start: int, stop: int, name: str | None = None) -> QuantMatrix:
+        """Rows [start, stop) as a matrix sharing this one's bytes (and the matching part of its bias)."""
+        part = copy.copy(self)
+        part.name = name or f"{self.name}[{start}:{stop}]"
+        part.raw = self.raw[start:stop]
+        part.n_rows = stop - start
+        part.bias = None if self.bias is None else self.bias[start:stop]
+        return part
 
     @property
     def integer_kernel(self) -> bool:
@@ -74,31 +93,27 @@ class QuantMatrix:
         return out
 
     def matvec(self, x: QuantizedRows, out: np.ndarray | None = None) -> np.ndarray:
-        """out (n, n_rows) = x @ W.T, one integer matrix-vector product per row of x."""
+        """out (n, n_rows) = x @ W.T: the format's integer kernel on x's int8 blocks, else `matmul` on x's
+        float original. Either way each output is one fixed-order computation on its own row of x."""
         if out is None:
             out = np.empty((x.x.shape[0], self.n_rows), np.float32)
         if self._matvec is not None:
             self._matvec(self.raw, x.xq, x.xd, x.xs, x.xqs, out)
             return out
-        return self.matmul(x.x, out, row_by_row=True)
+        return self.matmul(x.x, out)
 
-    def matmul(self, x: np.ndarray, out: np.ndarray | None = None, row_by_row: bool = False) -> np.ndarray:
-        """out (n, n_rows) = x (n, n_cols) @ W.T, one decoded tile of rows at a time.
-
-        row_by_row: one BLAS product per row of x (each tile still decoded once), so that a row's result
-        does not depend on the other rows (BLAS takes other code paths for other shapes): batched decode.
-        """
+    def matmul(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """out (n, n_rows) = x (n, n_cols) @ W.T in float32, one decoded tile of rows at a time, each output
+        a `dot_rows` dot product in a fixed order: it depends on its two rows only, never on the number of
+        rows, the threads or the CPU (no BLAS, whose kernels differ per shape and CPU)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if out is None:
             out = np.empty((x.shape[0], self.n_rows), np.float32)
-        groups = [slice(i, i + 1) for i in range(x.shape[0])] if row_by_row else [slice(None)]
         if self.format.name == "F32":
-            for rows in groups:
-                np.matmul(x[rows], self.raw.view(np.float32).T, out=out[rows])
+            dot_rows(self.raw.view(np.float32), x, out, 0)
             return out
         tile = np.empty((min(self.tile_rows, self.n_rows), self.n_cols), np.float32)
         for start in range(0, self.n_rows, self.tile_rows):
             stop = min(start + self.tile_rows, self.n_rows)
-            decoded = self.dequantize_rows(start, stop, tile[: stop - start])
-            for rows in groups:
-                np.matmul(x[rows], decoded.T, out=out[rows, start:stop])
+            dot_rows(self.dequantize_rows(start, stop, tile[: stop - start]), x, out, start)
         return out

@@ -30,6 +30,16 @@ def vector_dot(a, b):
     return total
 
 
+@njit(parallel=True, **_OPTS)
+def dot_rows(w, x, out, col0):
+    """out[t, col0 + r] = sum(w[r] * x[t]) for each row r of w (m, k) and row t of x (n, k): the float
+    matrix product of formats without an integer kernel. Each output is one `vector_dot`, so it depends
+    only on its two rows, never on n, m, the threads or the CPU tier."""
+    for r in prange(w.shape[0]):
+        for t in range(x.shape[0]):
+            out[t, col0 + r] = vector_dot(w[r], x[t])
+
+
 @njit(**_OPTS)
 def rms_norm_rows(x, weight, eps, out):
     """out[i] = x[i] / rms(x[i]) * weight for each row of x (n, d)."""
@@ -68,9 +78,10 @@ def gated_activation(gate, up, gelu, out):
 
 
 @njit(parallel=True, **_OPTS)
-def attention_rows(q, keys, values, pos0, key_pos0, window, scale, out):
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
     """Causal attention, one (query, head) pair per task: q (n, n_head, hd) at positions pos0..;
-    keys/values (s, n_kv, hd) at positions key_pos0..; out (n, n_head, hd).
+    keys/values (s, n_kv, hd) at positions key_pos0..; out (n, n_head, hd). softcap > 0: each scaled
+    score s becomes softcap * tanh(s / softcap) (gemma2's attention-logit soft-capping).
 
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). Each
     row is computed by the same loop, in the same order, however many queries share the call, so a
@@ -89,8 +100,11 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, out):
         scores = np.empty(s, np.float32)
         best = np.float32(-np.inf)
         for t in range(s):
-            scores[t] = vector_dot(q[i, h], keys[skip + t, kv]) * scale
-            best = max(best, scores[t])
+            score = vector_dot(q[i, h], keys[skip + t, kv]) * scale
+            if softcap > 0:
+                score = softcap * np.tanh(score / softcap)
+            scores[t] = score
+            best = max(best, score)
         total = np.float32(0.0)
         for t in range(s):
             scores[t] = np.exp(scores[t] - best)

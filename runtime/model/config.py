@@ -1,13 +1,16 @@
 """Model hyper-parameters read straight from GGUF keys, plus the named options that tell architectures apart.
 
-One forward pass serves every architecture here; what differs is data (`ArchOptions`). Adding a llama-like
-family is a new entry in `ARCHITECTURES`, not a new forward pass.
+One forward pass serves every architecture here; what differs is data: `ArchOptions` says what an
+architecture does (rope style, norms, activation, sliding windows, soft-capping, which tensor layouts it
+accepts), and the file says the rest (a bias is used because its tensor is there, experts because
+`expert_count` is set). Adding a llama-like family is a new entry in `ARCHITECTURES`, not a new forward
+pass. Where an architecture's behaviour is llama.cpp's choice rather than the paper's, the option says so.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedModelError
@@ -17,15 +20,40 @@ from ..errors import UnsupportedModelError
 class ArchOptions:
     rope_neox: bool = False  # rotate halves (i, i + n_rot/2) instead of interleaved pairs (2i, 2i+1)
     scale_embeddings: bool = False  # token embeddings * sqrt(n_embd)
-    qk_norm: bool = False  # per-head RMSNorm of q and k (attn_q_norm, attn_k_norm)
+    qk_norm: bool = False  # per-head RMSNorm of q and k (attn_q_norm, attn_k_norm), required
     post_norms: bool = False  # RMSNorm of the attention and FFN outputs before each residual add
     ffn_activation: str = "silu"  # gate activation: silu or gelu_tanh
-    sliding_window_pattern: int = 0  # every Nth layer is global, the others use the sliding window; 0: none
-    local_rope_base: float | None = None  # rope base of the sliding-window layers
+    fused_ffn: bool = False  # ffn_up holds [gate; up] (2 n_ff rows) and there is no ffn_gate (phi3)
+    experts: str = "no"  # mixture of experts: "no", "optional" (when expert_count is set) or "required"
+    rope_factors: str = "none"  # per-frequency rope factors: "none", "freqs" (rope_freqs) or "longrope"
+    # sliding windows, as llama.cpp's n_pattern: layer il slides when il % N < N - 1 (N = 0: every layer);
+    # None: the architecture has none (phi3 files carry a window that llama.cpp ignores, see pull 13676)
+    sliding_window_pattern: int | None = None
+    default_sliding_window: int = 0  # tokens, when the file names none
+    local_rope_base: float | None = None  # rope base of sliding layers unless rope.freq_base_swa; None: global's
+    attn_softcap: float = 0.0  # default attention-logit soft-capping (file key attn_logit_softcapping wins)
+    final_softcap: float = 0.0  # default final-logit soft-capping (file key final_logit_softcapping wins)
+    wide_attention_scale_layers: int = 0  # llama.cpp scales the 27B gemmas (known by layer count) by
+    # 1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim)
 
 
 ARCHITECTURES: dict[str, ArchOptions] = {
-    "llama": ArchOptions(),
+    "llama": ArchOptions(experts="optional", rope_factors="freqs"),
+    "qwen2": ArchOptions(rope_neox=True),
+    "qwen3": ArchOptions(rope_neox=True, qk_norm=True),
+    "qwen3moe": ArchOptions(rope_neox=True, qk_norm=True, experts="required"),
+    "phi3": ArchOptions(rope_neox=True, fused_ffn=True, rope_factors="longrope"),
+    "gemma2": ArchOptions(
+        rope_neox=True,
+        scale_embeddings=True,
+        post_norms=True,
+        ffn_activation="gelu_tanh",
+        sliding_window_pattern=2,
+        default_sliding_window=4096,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+        wide_attention_scale_layers=46,
+    ),
     "gemma3": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,
@@ -34,8 +62,11 @@ ARCHITECTURES: dict[str, ArchOptions] = {
         ffn_activation="gelu_tanh",
         sliding_window_pattern=6,
         local_rope_base=10000.0,
+        wide_attention_scale_layers=62,
     ),
 }
+
+ROPE_SCALING = ("none", "linear", "longrope")  # rope.scaling.type values we apply (yarn is refused)
 
 
 @dataclass(frozen=True)
@@ -50,8 +81,19 @@ class ModelConfig:
     n_ctx_train: int
     rms_eps: float
     rope_base: float
+    local_rope_base: float  # rope base of the sliding-window layers
+    rope_freq_scale: float  # positions are multiplied by it (linear rope scaling: 1 / factor)
+    rope_attn_factor: float  # cos and sin are multiplied by it (rope.scaling.attn_factor)
+    rope_scaling: str  # rope.scaling.type: none, linear or longrope
+    rope_original_ctx: int  # LongRoPE: contexts longer than this use the long factors
     n_rot: int
     sliding_window: int  # tokens; 0: every layer sees the whole context
+    attn_softcap: float  # 0: none
+    final_softcap: float  # 0: none
+    n_expert: int  # 0: a dense FFN
+    n_expert_used: int
+    expert_weights_scale: float
+    sliding_layers: tuple[bool, ...] = field(default=())  # per layer: uses the sliding window
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> ModelConfig:
@@ -69,33 +111,59 @@ class ModelConfig:
                 raise UnsupportedModelError(f"{arch} model is missing metadata key {arch}.{name}")
             return value
 
+        n_layer = int(key("block_count"))
         n_embd = int(key("embedding_length"))
         n_head = int(key("attention.head_count"))
         head_dim = int(key("attention.key_length", n_embd // n_head))
+        if int(key("attention.value_length", head_dim)) != head_dim:
+            raise UnsupportedModelError(f"{arch} model: value heads of another size than key heads are not supported")
+        rope_base = float(key("rope.freq_base", 10000.0))
+        scaling = str(key("rope.scaling.type", "linear"))
+        if scaling not in ROPE_SCALING:
+            raise UnsupportedModelError(f"{arch} model: rope scaling {scaling!r} is not supported",
+                                        hint=f"llamapyz applies these: {', '.join(ROPE_SCALING)}")
+        factor = float(key("rope.scaling.factor", 0.0))
+        n_expert = int(key("expert_count", 0))
+        if options.experts == "no" and n_expert:
+            raise UnsupportedModelError(f"{arch} model: experts (expert_count = {n_expert}) are not supported "
+                                        f"for this architecture")
+        if options.experts == "required" and not n_expert:
+            raise UnsupportedModelError(f"{arch} model is missing metadata key {arch}.expert_count")
+        pattern = options.sliding_window_pattern
+        window = int(key("attention.sliding_window", options.default_sliding_window)) if pattern is not None else 0
         return cls(
             arch=arch,
             options=options,
-            n_layer=int(key("block_count")),
+            n_layer=n_layer,
             n_embd=n_embd,
             n_head=n_head,
             n_head_kv=int(key("attention.head_count_kv", n_head)),
             head_dim=head_dim,
             n_ctx_train=int(key("context_length", 4096)),
             rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_base=float(key("rope.freq_base", 10000.0)),
+            rope_base=rope_base,
+            local_rope_base=float(key("rope.freq_base_swa", options.local_rope_base or rope_base)),
+            rope_freq_scale=1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor,
+            rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
+            rope_scaling=scaling,
+            rope_original_ctx=int(key("rope.scaling.original_context_length", key("context_length", 4096))),
             n_rot=int(key("rope.dimension_count", head_dim)),
-            sliding_window=int(md.get(f"{arch}.attention.sliding_window", 0)) if options.sliding_window_pattern else 0,
+            sliding_window=window,
+            attn_softcap=float(key("attn_logit_softcapping", options.attn_softcap)) if options.attn_softcap else 0.0,
+            final_softcap=float(key("final_logit_softcapping", options.final_softcap)),
+            n_expert=n_expert,
+            n_expert_used=int(key("expert_used_count", 0)) if n_expert else 0,
+            expert_weights_scale=float(key("expert_weights_scale", 0.0)),
+            sliding_layers=_sliding_layers(md.get(f"{arch}.attention.sliding_window_pattern", pattern), n_layer,
+                                           window),
         )
 
     def is_global(self, layer: int) -> bool:
         """Whether the layer attends to the whole context (always, unless the model has sliding windows)."""
-        pattern = self.options.sliding_window_pattern
-        return not (pattern and self.sliding_window) or (layer + 1) % pattern == 0
+        return not self.sliding_layers[layer]
 
     def rope_base_of(self, layer: int) -> float:
-        if self.is_global(layer) or self.options.local_rope_base is None:
-            return self.rope_base
-        return self.options.local_rope_base
+        return self.rope_base if self.is_global(layer) else self.local_rope_base
 
     @property
     def kv_dim(self) -> int:
@@ -103,4 +171,19 @@ class ModelConfig:
 
     @property
     def attention_scale(self) -> float:
+        if self.n_layer == self.options.wide_attention_scale_layers:
+            return 1.0 / math.sqrt(self.n_embd // self.n_head)
         return 1.0 / math.sqrt(self.head_dim)
+
+
+def _sliding_layers(pattern: Any, n_layer: int, window: int) -> tuple[bool, ...]:
+    """Which layers slide: none without a window; else the file's per-layer list (sliding_window_pattern
+    as an array of bools), or llama.cpp's n_pattern rule (il % N < N - 1; N = 0: every layer)."""
+    if pattern is None or not window:
+        return (False,) * n_layer
+    if isinstance(pattern, list):
+        if len(pattern) < n_layer:
+            raise UnsupportedModelError(f"sliding_window_pattern has {len(pattern)} entries for {n_layer} layers")
+        return tuple(bool(p) for p in pattern[:n_layer])
+    n = int(pattern)
+    return tuple(n == 0 or il % n < n - 1 for il in range(n_layer))

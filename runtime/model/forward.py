@@ -2,13 +2,14 @@
 architecture in `config.ARCHITECTURES`.
 
 A call processes chunks of prompt tokens (prefill: one sequence, or several in the server), or one new
-token of each of several sequences (decode), each sequence against its own KV cache. Decode projections
-are integer matrix-vector kernels on the quantized weights; prefill projections are decoded-tile matrix
-products through BLAS, one pass over the weights for every row of the call.
+token of each of several sequences (decode), each sequence against its own KV cache. Both take one
+numeric path: projections are our integer kernels on the quantized weights (activations quantized to
+int8 blocks, as llama.cpp does), or our fixed-order float kernel for float formats; attention is computed
+row by row. No BLAS: its kernels differ per matrix shape, thread count and CPU.
 
-Each row's result depends only on its own sequence, never on how the rows were batched or chunked: that
-is what lets the server batch requests and reuse cached prompts and still give every request the output
-it would get alone.
+Each row's result therefore depends only on its own sequence, never on how the rows were batched or
+chunked, on any CPU: that is what lets the server batch requests and reuse cached prompts and still give
+every request the output it would get alone, and it makes prefill and token-by-token decode bit-identical.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from ..kernels.linear import QuantizedRows, QuantMatrix
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .ops import Rope, attention, gated_ffn_input, rms_norm
+from .moe import moe_ffn
+from .ops import Rope, attention, gated_ffn_input, rms_norm, softcap
 from .weights import Weights
 
 
@@ -30,12 +32,25 @@ class Transformer:
         self.weights = weights
         self.n_ctx = n_ctx
         c = config
+        self.rope_factors = self.choose_rope_factors(config, weights, n_ctx)
         ropes: dict[float, Rope] = {}
         for layer in range(c.n_layer):
             base = c.rope_base_of(layer)
             if base not in ropes:
-                ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox)
+                ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox, weights.rope_factors.get(
+                    self.rope_factors), c.rope_freq_scale, c.rope_attn_factor)
         self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
+
+    @staticmethod
+    def choose_rope_factors(config: ModelConfig, weights: Weights, n_ctx: int) -> str | None:
+        """Which of the file's rope factors apply: rope_freqs always; LongRoPE's long set when the context
+        is longer than the original one, else the short set (llama.cpp decides by n_ctx, not by position)."""
+        factors = weights.rope_factors
+        if "freqs" in factors:
+            return "freqs"
+        if factors:
+            return "long" if n_ctx > config.rope_original_ctx else "short"
+        return None
 
     @property
     def derived_bytes(self) -> int:
@@ -44,21 +59,16 @@ class Transformer:
         return self.weights.derived_bytes + sum(tables.values())
 
     @staticmethod
-    def project(x: np.ndarray, decode: bool, *matrices: QuantMatrix) -> list[np.ndarray]:
-        """x (n, n_in) @ W.T for each W. decode: integer kernels, one quantization of x serving every W;
-        otherwise decoded weight tiles times BLAS, one pass over the weights for all n rows.
-
-        BLAS gives a row the same result whatever the number of rows, except for a single row (a
-        different code path): a lone row is multiplied together with a zero row so that it is not.
-        """
-        if not decode:
-            if x.shape[0] == 1:
-                padded = np.zeros((2, x.shape[1]), np.float32)
-                padded[0] = x[0]
-                return [m.matmul(padded)[:1] for m in matrices]
-            return [m.matmul(x) for m in matrices]
+    def project(x: np.ndarray, *matrices: QuantMatrix) -> list[np.ndarray]:
+        """x (n, n_in) @ W.T (+ bias) for each W, x quantized once for all of them. Prefill and decode take
+        this same path, so a token's result is the same bits whether it came in a chunk of many, alone, or
+        batched with other sequences (see `QuantMatrix.matvec`)."""
         rows = QuantizedRows(x)
-        return [m.matvec(rows) for m in matrices]
+        outs = [m.matvec(rows) for m in matrices]
+        for m, y in zip(matrices, outs, strict=True):
+            if m.bias is not None:
+                y += m.bias
+        return outs
 
     def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
         """Run tokens (n,) of one sequence at positions pos0.. through the model (prefill), filling its cache.
@@ -66,13 +76,13 @@ class Transformer:
         output: "last" -> logits of the last token (1, n_vocab); "all" -> logits (n, n_vocab);
         "hidden" -> final normalized hidden states (n, n_embd); "none" -> nothing (only the cache is filled).
         """
-        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output, decode=False)
+        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output)
 
     def prefill_batch(self, chunks: list[tuple[np.ndarray, int, KVCache]]) -> None:
         """Prefill chunks of several sequences (tokens, pos0, cache) in one pass over the weights. A chunk's
         keys and values are the same as when it is prefilled alone."""
         tokens = np.concatenate([np.asarray(ids) for ids, _, _ in chunks])
-        self._run(tokens, [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks], "none", decode=False)
+        self._run(tokens, [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks], "none")
 
     def decode_batch(self, tokens: np.ndarray, positions: list[int], caches: list[KVCache]) -> np.ndarray:
         """One token for each of several sequences (token i at positions[i] of caches[i]): logits (n, n_vocab).
@@ -81,9 +91,9 @@ class Transformer:
         so its logits do not depend on the company it keeps (batch invariance).
         """
         segments = [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
-        return self._run(np.asarray(tokens), segments, "all", decode=True)
+        return self._run(np.asarray(tokens), segments, "all")
 
-    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str, decode: bool) -> np.ndarray | None:
+    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
         c, w, opt = self.config, self.weights, self.config.options
         n = len(tokens)
         x = w.token_embd.rows(tokens)  # (n, n_embd)
@@ -92,7 +102,7 @@ class Transformer:
         for il, layer in enumerate(w.layers):
             # attention
             h = rms_norm(x, layer.attn_norm, c.rms_eps)
-            q, k, v = self.project(h, decode, layer.attn_q, layer.attn_k, layer.attn_v)
+            q, k, v = self.project(h, layer.attn_q, layer.attn_k, layer.attn_v)
             q = q.reshape(n, c.n_head, c.head_dim)
             k = k.reshape(n, c.n_head_kv, c.head_dim)
             if opt.qk_norm:
@@ -111,16 +121,19 @@ class Transformer:
                 keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
                 heads.append(attention(q[rows], keys.reshape(-1, c.n_head_kv, c.head_dim),
                                        values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, window,
-                                       c.attention_scale))
+                                       c.attention_scale, c.attn_softcap))
             attn = heads[0] if len(heads) == 1 else np.concatenate(heads)
-            (attn,) = self.project(attn, decode, layer.attn_output)
+            (attn,) = self.project(attn, layer.attn_output)
             if opt.post_norms:
                 attn = rms_norm(attn, layer.post_attention_norm, c.rms_eps)
             x += attn
             # feed-forward
             h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-            gate, up = self.project(h, decode, layer.ffn_gate, layer.ffn_up)
-            (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), decode, layer.ffn_down)
+            if layer.experts is not None:
+                ffn = moe_ffn(h, layer.experts, c, lambda x, *m: self.project(x, *m))
+            else:
+                gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
+                (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
             if opt.post_norms:
                 ffn = rms_norm(ffn, layer.post_ffw_norm, c.rms_eps)
             x += ffn
@@ -131,8 +144,8 @@ class Transformer:
         x = rms_norm(x, w.output_norm, c.rms_eps)
         if output == "hidden":
             return x
-        (logits,) = self.project(x, decode, w.output)
-        return logits
+        (logits,) = self.project(x, w.output)
+        return softcap(logits, c.final_softcap) if c.final_softcap else logits
 
 
 @dataclass

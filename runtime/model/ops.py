@@ -27,15 +27,31 @@ def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str) -> np.nda
     return out
 
 
-class Rope:
-    """Rotary position embedding with cos/sin tables precomputed for n_ctx positions (float64 angles)."""
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap), in place: gemma2's final-logit soft-capping."""
+    x /= np.float32(cap)
+    np.tanh(x, out=x)
+    x *= np.float32(cap)
+    return x
 
-    def __init__(self, base: float, n_rot: int, n_ctx: int, neox: bool) -> None:
+
+class Rope:
+    """Rotary position embedding with cos/sin tables precomputed for n_ctx positions (float64 angles).
+
+    The angle of frequency i at position p is p * freq_scale * base^(-2i / n_rot) / factors[i] (factors:
+    Llama 3.1's rope_freqs or LongRoPE's; freq_scale: linear rope scaling), and cos and sin are multiplied
+    by attn_factor, as ggml's rope does.
+    """
+
+    def __init__(self, base: float, n_rot: int, n_ctx: int, neox: bool, factors: np.ndarray | None = None,
+                 freq_scale: float = 1.0, attn_factor: float = 1.0) -> None:
         half = n_rot // 2
-        inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot)
+        inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot) * freq_scale
+        if factors is not None:
+            inv_freq = inv_freq / factors.astype(np.float64)
         angle = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
-        self.cos = np.cos(angle).astype(np.float32)  # (n_ctx, n_rot/2)
-        self.sin = np.sin(angle).astype(np.float32)
+        self.cos = (np.cos(angle) * attn_factor).astype(np.float32)  # (n_ctx, n_rot/2)
+        self.sin = (np.sin(angle) * attn_factor).astype(np.float32)
         self.n_rot = n_rot
         self.neox = neox
 
@@ -45,8 +61,8 @@ class Rope:
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
-              scale: float) -> np.ndarray:
-    """Causal grouped-query attention.
+              scale: float, softcap: float = 0.0) -> np.ndarray:
+    """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap).
 
     q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
     key_pos0..key_pos0+s-1. A key is visible to a query at p when key <= p and, with a window,
@@ -55,12 +71,13 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
     """
     n, n_head, head_dim = q.shape
     out = np.empty((n, n_head, head_dim), np.float32)
-    kernels.attention_rows(np.ascontiguousarray(q), keys, values, pos0, key_pos0, window, np.float32(scale), out)
+    kernels.attention_rows(np.ascontiguousarray(q), keys, values, pos0, key_pos0, window, np.float32(scale),
+                           np.float32(softcap), out)
     return out.reshape(n, n_head * head_dim)
 
 
 def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
-                    scale: float) -> np.ndarray:
+                    scale: float, softcap: float = 0.0) -> np.ndarray:
     """Numpy attention (BLAS products): any number of queries, masks applied."""
     n, n_head, head_dim = q.shape
     s, n_kv = keys.shape[0], keys.shape[1]
@@ -68,6 +85,8 @@ def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: i
     # (n_kv, n * group, head_dim): the queries sharing a kv head side by side
     grouped = q.reshape(n, n_kv, group, head_dim).transpose(1, 0, 2, 3).reshape(n_kv, n * group, head_dim)
     scores = np.matmul(grouped, keys.transpose(1, 2, 0)) * np.float32(scale)  # (n_kv, n * group, s)
+    if softcap:
+        scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
     scores = scores.reshape(n_kv, n, group, s)
     query_pos = np.arange(pos0, pos0 + n)[:, None]
     key_pos = np.arange(key_pos0, key_pos0 + s)[None, :]
