@@ -64,14 +64,20 @@ model_file = click.Path(exists=True, dir_okay=False, readable=True)
 @friendly_errors
 def inspect(file: str, as_json: bool, full_arrays: bool) -> None:
     """Show the metadata and tensor table of a GGUF FILE (like gguf-dump)."""
+    from .model.weights import support  # imports numba: only where needed
+
     with load_gguf(file) as gguf:
         report = _describe(gguf, full_arrays)
+        problem = support(gguf)
+    arch = gguf.metadata.get("general.architecture")
+    report["architecture"] = {"name": arch, "supported": problem is None, "problem": problem}
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     click.echo(f"{file}: GGUF v{report['version']}, {len(report['metadata'])} metadata entries, "
                f"{len(report['tensors'])} tensors, alignment {report['alignment']}, "
                f"data at offset {report['data_offset']}")
+    click.echo(f"architecture: {arch}: " + ("supported" if problem is None else f"not supported: {problem}"))
     click.echo("\nmetadata:")
     width = max((len(k) for k in report["metadata"]), default=0)
     for key, entry in report["metadata"].items():

@@ -133,3 +133,16 @@ def test_build_subcommand_is_build_py():
     result = run("build", "--help")
     assert result.exit_code == 0
     assert "Usage: llamapyz build" in result.output and "--args" in result.output and "--model" in result.output
+
+
+def test_inspect_shows_whether_the_architecture_is_supported(tmp_path):
+    good, extra = tmp_path / "good.gguf", tmp_path / "extra.gguf"
+    write_model(good, "qwen2")
+    write_model(extra, "llama", extra=("blk.0.foo.weight",))
+    assert "architecture: qwen2: supported" in run("inspect", str(good)).output
+    result = run("inspect", str(extra))
+    assert result.exit_code == 0
+    assert "architecture: llama: not supported: blk.0.foo.weight is not used by architecture llama" in result.output
+    report = json.loads(run("inspect", "--json", str(extra)).output)["architecture"]
+    assert report == {"name": "llama", "supported": False,
+                      "problem": "blk.0.foo.weight is not used by architecture llama"}

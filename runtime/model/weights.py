@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import LlamapyzError, UnsupportedModelError
 from ..gguf import GGUFFile, Tensor
 from ..kernels.linear import QuantMatrix
 from .config import ModelConfig
@@ -185,3 +185,13 @@ def _rope_factors(t: _Tensors, c: ModelConfig) -> dict[str, np.ndarray]:
         return {"long": t.vector("rope_factors_long.weight", half),
                 "short": t.vector("rope_factors_short.weight", half)}
     return {}
+
+
+def support(gguf: GGUFFile) -> str | None:
+    """None when llamapyz runs this file's architecture and tensors, else why not (the first problem met):
+    the same checks as loading, without building anything else."""
+    try:
+        load_weights(gguf, ModelConfig.from_metadata(gguf.metadata))
+    except LlamapyzError as exc:
+        return str(exc)
+    return None
