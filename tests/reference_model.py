@@ -1,68 +1,38 @@
-"""A plain numpy forward pass: slow, readable, float32, weights dequantized up front.
+"""A plain float32 numpy forward pass for every architecture the engine runs: weights dequantized whole,
+textbook attention over the full sequence, no caches, no chunks, no kernels. The engine's output is
+checked against it (tests/test_model.py, tests/test_architectures.py), and it against llama.cpp's golden
+outputs (tests/test_reference_model.py).
 
-This is the yardstick the fast engine is tested against (and that is tested against llama.cpp's golden
-outputs). It is deliberately naive: no KV cache, every position recomputed, one architecture option per
-`if`. Config keys and tensor names are the GGUF ones (`{arch}.attention.head_count`, `blk.{i}.attn_q`).
+It is keyed on the same named options as the product (`runtime.model.config`: rope style, qk norm, post
+norms, sliding layers, soft-capping, experts ...), never on architecture names, and reads the tensor
+layouts straight from the file (fused `attn_qkv` / `ffn_up`, biases, 3-d expert tensors, rope factors).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.gguf import load_gguf
-
-
-@dataclass(frozen=True)
-class Config:
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    rms_eps: float
-    rope_base: float
-    rope_base_local: float  # gemma3: local (sliding-window) layers use another base
-    n_rot: int
-    sliding_window: int  # 0: none
-    global_every: int  # gemma3: every 6th layer is global
-
-    @classmethod
-    def from_metadata(cls, md: dict) -> Config:
-        arch = md["general.architecture"]
-        n_embd = md[f"{arch}.embedding_length"]
-        n_head = md[f"{arch}.attention.head_count"]
-        head_dim = md.get(f"{arch}.attention.key_length", n_embd // n_head)
-        return cls(
-            arch=arch,
-            n_layer=md[f"{arch}.block_count"],
-            n_embd=n_embd,
-            n_head=n_head,
-            n_head_kv=md.get(f"{arch}.attention.head_count_kv", n_head),
-            head_dim=head_dim,
-            rms_eps=md[f"{arch}.attention.layer_norm_rms_epsilon"],
-            rope_base=md.get(f"{arch}.rope.freq_base", 10000.0),
-            rope_base_local=10000.0,
-            n_rot=md.get(f"{arch}.rope.dimension_count", head_dim),
-            sliding_window=md.get(f"{arch}.attention.sliding_window", 0) if arch == "gemma3" else 0,
-            global_every=6 if arch == "gemma3" else 1,
-        )
+from runtime.model.config import ModelConfig
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, base: float, n_rot: int, neox: bool) -> np.ndarray:
-    """Rotate (n_tokens, n_heads, head_dim) by position. llama: pairs (2i, 2i+1); NEOX: (i, i + n_rot/2)."""
+def rope(x: np.ndarray, positions: np.ndarray, base: float, n_rot: int, neox: bool,
+         factors: np.ndarray | None = None, freq_scale: float = 1.0, attn_factor: float = 1.0) -> np.ndarray:
+    """Rotate (n_tokens, n_heads, head_dim) by position. llama: pairs (2i, 2i+1); NEOX: (i, i + n_rot/2).
+    Dimensions past n_rot stay. Frequency i turns by p * freq_scale * base^(-2i/n_rot) / factors[i]."""
     half = n_rot // 2
-    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot)
+    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot) * freq_scale
+    if factors is not None:
+        inv_freq = inv_freq / factors
     angle = positions[:, None].astype(np.float64) * inv_freq[None, :]  # (n_tokens, half)
-    cos = np.cos(angle).astype(np.float32)[:, None, :]
-    sin = np.sin(angle).astype(np.float32)[:, None, :]
+    cos = (np.cos(angle) * attn_factor).astype(np.float32)[:, None, :]
+    sin = (np.sin(angle) * attn_factor).astype(np.float32)[:, None, :]
     out = x.copy()
     if neox:
         a, b = x[..., :half], x[..., half:n_rot]
@@ -84,60 +54,105 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 class ReferenceModel:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, n_ctx: int | None = None) -> None:
         with load_gguf(path) as gguf:
-            self.config = Config.from_metadata(gguf.metadata)
-            if self.config.arch not in ("llama", "gemma3"):
-                raise ValueError(f"reference model: unknown architecture {self.config.arch!r}")
+            self.config = ModelConfig.from_metadata(gguf.metadata)
             self.w = {name: t.dequantize() for name, t in gguf.tensors.items()}  # numpy shapes (out, in)
         self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+        c = self.config
+        n_ctx = n_ctx or min(4096, c.n_ctx_train)  # LongRoPE: long factors when the context is the longer
+        self.rope_factors = self.w.get("rope_freqs.weight")
+        if "rope_factors_long.weight" in self.w:
+            self.rope_factors = self.w["rope_factors_long.weight" if n_ctx > c.rope_original_ctx
+                                       else "rope_factors_short.weight"]
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        y = x @ self.w[name + ".weight"].T
+        return y + self.w[name + ".bias"] if name + ".bias" in self.w else y
+
+    def qkv(self, h: np.ndarray, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.config
+        if p + "attn_qkv.weight" not in self.w:
+            return self.linear(h, p + "attn_q"), self.linear(h, p + "attn_k"), self.linear(h, p + "attn_v")
+        fused = self.linear(h, p + "attn_qkv")
+        q_dim = c.n_head * c.head_dim
+        return fused[:, :q_dim], fused[:, q_dim:q_dim + c.kv_dim], fused[:, q_dim + c.kv_dim:]
+
+    def ffn(self, h: np.ndarray, p: str) -> np.ndarray:
+        c = self.config
+        act = gelu_tanh if c.options.ffn_activation == "gelu_tanh" else silu
+        if c.n_expert:
+            return self.moe(h, p, act)
+        if c.options.fused_ffn:
+            gate_up = self.linear(h, p + "ffn_up")
+            gate, up = np.split(gate_up, 2, axis=-1)
+        else:
+            gate, up = self.linear(h, p + "ffn_gate"), self.linear(h, p + "ffn_up")
+        return self.linear(act(gate) * up, p + "ffn_down")
+
+    def moe(self, h: np.ndarray, p: str, act) -> np.ndarray:
+        """Softmax router, top-k experts, weights renormalized, summed best first (llama.cpp's order)."""
+        c = self.config
+        logits = h @ self.w[p + "ffn_gate_inp.weight"].T  # (n, n_expert)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.zeros_like(h)
+        gate, up, down = (self.w[p + f"ffn_{k}_exps.weight"] for k in ("gate", "up", "down"))
+        for i in range(len(h)):
+            chosen = np.argsort(-probs[i], kind="stable")[:c.n_expert_used]
+            weights = probs[i, chosen] / probs[i, chosen].sum()
+            if c.expert_weights_scale not in (0.0, 1.0):
+                weights = weights * c.expert_weights_scale
+            for e, weight in zip(chosen, weights, strict=True):
+                out[i] += weight * (down[e] @ (act(gate[e] @ h[i]) * (up[e] @ h[i])))
+        return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """(n_tokens, n_vocab) float32 for every position of a fresh context."""
-        c, w = self.config, self.w
-        gemma = c.arch == "gemma3"
+        c, w, opt = self.config, self.w, self.config.options
         n = len(tokens)
         positions = np.arange(n)
         x = w["token_embd.weight"][tokens]  # (n, n_embd)
-        if gemma:
+        if opt.scale_embeddings:
             x = x * np.float32(np.sqrt(c.n_embd))
         causal = positions[None, :] <= positions[:, None]  # (query, key)
         for il in range(c.n_layer):
             p = f"blk.{il}."
-            is_global = (il + 1) % c.global_every == 0
             # attention
             h = rms_norm(x, w[p + "attn_norm.weight"], c.rms_eps)
-            q = (h @ w[p + "attn_q.weight"].T).reshape(n, c.n_head, c.head_dim)
-            k = (h @ w[p + "attn_k.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-            v = (h @ w[p + "attn_v.weight"].T).reshape(n, c.n_head_kv, c.head_dim)
-            if gemma:
+            q, k, v = self.qkv(h, p)
+            q, k = q.reshape(n, c.n_head, c.head_dim), k.reshape(n, c.n_head_kv, c.head_dim)
+            v = v.reshape(n, c.n_head_kv, c.head_dim)
+            if opt.qk_norm:
                 q = rms_norm(q, w[p + "attn_q_norm.weight"], c.rms_eps)
                 k = rms_norm(k, w[p + "attn_k_norm.weight"], c.rms_eps)
-            base = c.rope_base if (is_global or not gemma) else c.rope_base_local
-            q = rope(q, positions, base, c.n_rot, neox=gemma)
-            k = rope(k, positions, base, c.n_rot, neox=gemma)
+            turn = dict(base=c.rope_base_of(il), n_rot=c.n_rot, neox=opt.rope_neox, factors=self.rope_factors,
+                        freq_scale=c.rope_freq_scale, attn_factor=c.rope_attn_factor)
+            q, k = rope(q, positions, **turn), rope(k, positions, **turn)
             mask = causal
-            if c.sliding_window and not is_global:
+            if not c.is_global(il):
                 mask = causal & (positions[:, None] - positions[None, :] < c.sliding_window)
             group = c.n_head // c.n_head_kv
             heads = []
             for hd in range(c.n_head):
-                scores = q[:, hd] @ k[:, hd // group].T / np.float32(np.sqrt(c.head_dim))
+                scores = q[:, hd] @ k[:, hd // group].T * np.float32(c.attention_scale)
+                if c.attn_softcap:
+                    scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
                 scores = np.where(mask, scores, -np.inf)
                 probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
                 probs /= probs.sum(axis=-1, keepdims=True)
                 heads.append(probs @ v[:, hd // group])
-            attn = np.concatenate(heads, axis=-1) @ w[p + "attn_output.weight"].T
-            if gemma:
+            attn = self.linear(np.concatenate(heads, axis=-1), p + "attn_output")
+            if opt.post_norms:
                 attn = rms_norm(attn, w[p + "post_attention_norm.weight"], c.rms_eps)
             x = x + attn
             # feed-forward
-            h = rms_norm(x, w[p + "ffn_norm.weight"], c.rms_eps)
-            gate = h @ w[p + "ffn_gate.weight"].T
-            act = gelu_tanh(gate) if gemma else silu(gate)
-            ffn = (act * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
-            if gemma:
+            ffn = self.ffn(rms_norm(x, w[p + "ffn_norm.weight"], c.rms_eps), p)
+            if opt.post_norms:
                 ffn = rms_norm(ffn, w[p + "post_ffw_norm.weight"], c.rms_eps)
             x = x + ffn
         x = rms_norm(x, w["output_norm.weight"], c.rms_eps)
-        return (x @ self.output.T).astype(np.float32)
+        logits = x @ self.output.T
+        if c.final_softcap:
+            logits = c.final_softcap * np.tanh(logits / c.final_softcap)
+        return logits.astype(np.float32)

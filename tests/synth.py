@@ -23,7 +23,7 @@ METADATA: dict[str, tuple[str, Any]] = {
     "test.i32": ("int32", -2_000_000_000),
     "test.u64": ("uint64", 2**63 + 5),
     "test.i64": ("int64", -(2**62)),
-    "test.f32": ("float32", 0.5),
+    "test.f32": ("float32", 1.0),
     "test.f64": ("float64", 1e300),
     "test.bool": ("bool", True),
     "test.string": ("string", "héllo ✓ 🦙"),
@@ -99,10 +99,27 @@ def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:
     }
 
 
+# What each architecture's tiny model carries beyond llama's tensors (see runtime/model/config.py).
+ARCH_FEATURES = {
+    "llama": set(),
+    "qwen2": {"qkv_bias"},
+    "qwen3": {"qk_norm"},
+    "qwen3moe": {"qk_norm", "experts"},
+    "phi3": {"fused", "longrope"},
+    "gemma2": {"post_norms", "window", "softcap"},
+    "gemma3": {"qk_norm", "post_norms", "window"},
+}
+
+
 def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
-                n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = ()) -> None:
-    """A tiny random model of `arch` (llama or gemma3) with its matrices in `weight_type`, less `omit`."""
+                n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = (), extra: tuple[str, ...] = (),
+                experts: bool = False, rope_freqs: bool = False) -> None:
+    """A tiny random model of `arch` (an `ARCH_FEATURES` key) with its matrices in `weight_type`, less `omit`,
+    plus `extra` F32 vectors (tensors no architecture uses). `experts`: llama as a Mixtral-style MoE (4
+    experts, 2 used); `rope_freqs`: llama with Llama 3.1-style per-frequency rope factors."""
     n_embd, n_ff, n_head, n_head_kv, head_dim = 256, 512, 4, 2, 64
+    features = ARCH_FEATURES[arch] | ({"experts"} if experts else set())
+    n_expert, n_ff_expert = 4, 256
     rng = np.random.default_rng(seed)
     tokenizer = byte_level_tokenizer()
     n_vocab = len(tokenizer["tokenizer.ggml.tokens"][1])
@@ -114,45 +131,82 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
         f"{a}.attention.head_count": ("uint32", n_head), f"{a}.attention.head_count_kv": ("uint32", n_head_kv),
         f"{a}.attention.layer_norm_rms_epsilon": ("float32", 1e-6), f"{a}.rope.freq_base": ("float32", 10000.0),
     }
-    if arch == "gemma3":
+    if arch in ("gemma2", "gemma3", "qwen3", "qwen3moe"):
         metadata.update({f"{a}.attention.key_length": ("uint32", head_dim),
-                         f"{a}.attention.value_length": ("uint32", head_dim),
-                         f"{a}.attention.sliding_window": ("uint32", 8),
-                         f"{a}.rope.freq_base": ("float32", 1e6)})
+                         f"{a}.attention.value_length": ("uint32", head_dim)})
+    if "window" in features:
+        metadata[f"{a}.attention.sliding_window"] = ("uint32", 8)
+    if arch == "gemma3":
+        metadata[f"{a}.rope.freq_base"] = ("float32", 1e6)
+    if "softcap" in features:  # small caps, so that they bite on a tiny random model
+        metadata.update({f"{a}.attn_logit_softcapping": ("float32", 1.0),
+                         f"{a}.final_logit_softcapping": ("float32", 3.0)})
+    if "experts" in features:
+        metadata.update({f"{a}.expert_count": ("uint32", n_expert), f"{a}.expert_used_count": ("uint32", 2),
+                         f"{a}.expert_feed_forward_length": ("uint32", n_ff_expert)})
+    if "longrope" in features:  # partial rotary, LongRoPE factors; contexts over 32 use the long ones
+        metadata.update({f"{a}.rope.dimension_count": ("uint32", 48),
+                         f"{a}.rope.scaling.original_context_length": ("uint32", 32),
+                         f"{a}.rope.scaling.attn_factor": ("float32", 1.2)})
     writer = gguf.GGUFWriter(str(path), arch)
     for key, (kind, value) in metadata.items():
         getattr(writer, f"add_{kind}")(key, value)
 
-    def matrix(name: str, n_out: int, n_in: int, type_name: str = weight_type) -> None:
+    def matrix(name: str, *shape: int, type_name: str = weight_type) -> None:
         fmt = FORMATS_BY_NAME[type_name]
-        raw = random_blocks(type_name, n_out * n_in // fmt.block_size, rng, WEIGHT_SCALE.get(type_name, 0.01))
+        raw = random_blocks(type_name, int(np.prod(shape)) // fmt.block_size, rng, WEIGHT_SCALE.get(type_name, 0.01))
         if name not in omit:
-            writer.add_tensor(name, raw.reshape(n_out, -1), raw_dtype=gguf.GGMLQuantizationType[type_name])
+            writer.add_tensor(name, raw.reshape(*shape[:-1], -1), raw_dtype=gguf.GGMLQuantizationType[type_name])
 
-    def norm(name: str, n: int) -> None:
+    def norm(name: str, n: int, mean: float = 1.0, std: float = 0.1) -> None:
         if name not in omit:
-            writer.add_tensor(name, rng.normal(1.0, 0.1, n).astype(np.float32))
+            writer.add_tensor(name, rng.normal(mean, std, n).astype(np.float32))
 
-    matrix("token_embd.weight", n_vocab, n_embd, "Q8_0" if tied else weight_type)
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+    matrix("token_embd.weight", n_vocab, n_embd, type_name="Q8_0" if tied else weight_type)
     for i in range(n_layer):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", n_embd)
-        matrix(p + "attn_q.weight", n_head * head_dim, n_embd)
-        matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd)
-        matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd)
-        matrix(p + "attn_output.weight", n_embd, n_head * head_dim)
+        if "fused" in features:
+            matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
+        else:
+            matrix(p + "attn_q.weight", q_dim, n_embd)
+            matrix(p + "attn_k.weight", kv_dim, n_embd)
+            matrix(p + "attn_v.weight", kv_dim, n_embd)
+        matrix(p + "attn_output.weight", n_embd, q_dim)
         norm(p + "ffn_norm.weight", n_embd)
-        matrix(p + "ffn_gate.weight", n_ff, n_embd)
-        matrix(p + "ffn_up.weight", n_ff, n_embd)
-        matrix(p + "ffn_down.weight", n_embd, n_ff)
-        if arch == "gemma3":
+        if "experts" in features:
+            writer.add_tensor(p + "ffn_gate_inp.weight", rng.normal(0, 0.2, (n_expert, n_embd)).astype(np.float32))
+            matrix(p + "ffn_gate_exps.weight", n_expert, n_ff_expert, n_embd)
+            matrix(p + "ffn_up_exps.weight", n_expert, n_ff_expert, n_embd)
+            matrix(p + "ffn_down_exps.weight", n_expert, n_embd, n_ff_expert)
+        elif "fused" in features:
+            matrix(p + "ffn_up.weight", 2 * n_ff, n_embd)
+            matrix(p + "ffn_down.weight", n_embd, n_ff)
+        else:
+            matrix(p + "ffn_gate.weight", n_ff, n_embd)
+            matrix(p + "ffn_up.weight", n_ff, n_embd)
+            matrix(p + "ffn_down.weight", n_embd, n_ff)
+        if "qk_norm" in features:
             norm(p + "attn_q_norm.weight", head_dim)
             norm(p + "attn_k_norm.weight", head_dim)
+        if "post_norms" in features:
             norm(p + "post_attention_norm.weight", n_embd)
             norm(p + "post_ffw_norm.weight", n_embd)
+        if "qkv_bias" in features:
+            norm(p + "attn_q.bias", q_dim, 0.0, 0.5)
+            norm(p + "attn_k.bias", kv_dim, 0.0, 0.5)
+            norm(p + "attn_v.bias", kv_dim, 0.0, 0.5)
     norm("output_norm.weight", n_embd)
     if not tied:
         matrix("output.weight", n_vocab, n_embd)
+    if rope_freqs:
+        writer.add_tensor("rope_freqs.weight", rng.uniform(1.0, 8.0, head_dim // 2).astype(np.float32))
+    if "longrope" in features:
+        writer.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 16.0, 24).astype(np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, 24).astype(np.float32))
+    for name in extra:
+        norm(name, n_embd)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -16,7 +16,9 @@ Every kernel has the same signature, `(w, xq, xd, xs, xqs, out)`, for n vectors:
     w    (n_rows, row_bytes) uint8   the tensor's raw bytes, a view into the mmap
     xq   (n, n_cols) int8            x quantized per 32-block
     xd   (n, n_cols/32) float32      the scale of each x block: x ~= xd * xq
-    xs   (n, n_cols/32) float32      the exact float sum of each x block (for the formats' min/offset terms)
+    xs   (n, n_cols/32) float32      xd * xqs: the sum of each x block as quantized (for the formats'
+                                     min/offset terms; the exact float sum would break the cancellation
+                                     of a centred block's offset: up to 1.8 logits off llama.cpp on SmolLM2)
     xqs  (n, n_cols/32) int32        the sum of xq over each block (for Q4_0/Q5_0's fixed offsets)
     out  (n, n_rows) float32
 Block layouts are the quant table's (`runtime/quants.py`); byte offsets below name its fields.
@@ -36,14 +38,15 @@ _OPTS = dict(parallel=True, cache=True, nogil=True)
 
 @njit(cache=True, nogil=True)
 def quantize_q8(x, xq, xd, xs, xqs):
-    """x (n, n_cols) float32 -> int8 blocks of 32 with one scale each: round(x / d), d = max|x| / 127."""
+    """x (n, n_cols) float32 -> int8 blocks of 32 with one scale each: round(x / d), d = max|x| / 127.
+
+    xs is the block's sum as quantized (d * sum(q)), as llama.cpp's q8_1/q8_K carry it: every term of a
+    dot product then sees the same x, so a block's offset (Q4_1's m, the K-quants' mins) cancels exactly."""
     for t in range(x.shape[0]):
         for b in range(x.shape[1] // QK):
             amax = np.float32(0.0)
-            total = np.float32(0.0)
             for j in range(b * QK, b * QK + QK):
                 amax = max(amax, abs(x[t, j]))
-                total += x[t, j]
             d = amax / np.float32(127.0)
             inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
             qsum = 0
@@ -52,7 +55,7 @@ def quantize_q8(x, xq, xd, xs, xqs):
                 xq[t, j] = q
                 qsum += q
             xd[t, b] = d
-            xs[t, b] = total
+            xs[t, b] = d * np.float32(qsum)
             xqs[t, b] = qsum
 
 
