@@ -36,22 +36,45 @@ def test_dequant_kernel_is_bit_exact(type_name, seed):
     np.testing.assert_array_equal(out, expected)
 
 
-def quantized_twin(x: np.ndarray) -> np.ndarray:
-    """Numpy twin of quantize_q8: what the integer kernels see of x."""
-    blocks = x.reshape(-1, 32)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
-    q = np.rint(blocks * np.where(d > 0, 1 / np.where(d > 0, d, 1), 0).astype(np.float32))
-    return (q * d).reshape(-1).astype(np.float32)
+def quantized_twin(x: np.ndarray, kind: str = "q8_0") -> np.ndarray:
+    """Numpy twin of quantize_q8 / quantize_q8_k (llama.cpp's q8_0 and q8_K): what the integer kernels see
+    of x (1-d)."""
+    if kind == "q8_0":
+        blocks = x.reshape(-1, 32)
+        amax = np.abs(blocks).max(axis=1, keepdims=True)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+        d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)  # the scale is kept as float16
+        return (np.rint(blocks * inv) * d).reshape(-1).astype(np.float32)
+    blocks = x.reshape(-1, 256)
+    top = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)][:, None]  # first largest magnitude
+    iscale = np.where(top != 0, np.float32(-127) / np.where(top != 0, top, 1), 0).astype(np.float32)
+    d = np.where(top != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0).astype(np.float32)
+    return (np.minimum(127, np.rint(blocks * iscale)) * d).reshape(-1).astype(np.float32)
 
 
-def test_quantize_q8_matches_twin():
-    x = np.random.default_rng(3).standard_normal(256).astype(np.float32)
+@pytest.mark.parametrize("kind", ["q8_0", "q8_K"])
+def test_quantize_q8_matches_twin(kind):
+    x = np.random.default_rng(3).standard_normal(512).astype(np.float32)
     x[:32] = 0  # an all-zero block has scale 0
-    v = QuantizedRows(x[None, :])
-    np.testing.assert_allclose(v.xq[0].astype(np.float32) * np.repeat(v.xd[0], 32), quantized_twin(x), atol=1e-6)
-    np.testing.assert_array_equal(v.xs[0], v.xd[0] * v.xqs[0].astype(np.float32))  # the sum as quantized
-    assert (v.xqs[0] == v.xq[0].reshape(-1, 32).astype(np.int32).sum(axis=1)).all()
-    assert np.abs(x - quantized_twin(x)).max() <= np.abs(x).max() / 254 + 1e-7
+    x[256:512] *= 1e-6  # small scales: float16's subnormal range
+    xq, xd, xs, xqs = QuantizedRows(x[None, :]).form(kind)
+    np.testing.assert_array_equal(xq[0].astype(np.float32) * np.repeat(xd[0], 32), quantized_twin(x, kind))
+    assert (xqs[0] == xq[0].reshape(-1, 32).astype(np.int32).sum(axis=1)).all()
+    sums = xd[0] * xqs[0].astype(np.float32)  # the block sums as quantized
+    if kind == "q8_0":  # llama.cpp's q8_1 keeps d * sum(q) as float16
+        d = np.abs(x.reshape(-1, 32)).max(axis=1) / np.float32(127)
+        sums = (d * xqs[0].astype(np.float32)).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(xs[0], sums)
+    assert np.abs(x - quantized_twin(x, kind)).max() <= np.abs(x).max() / 254 * 1.001 + 1e-7
+
+
+def test_float16_rounding_is_exact():
+    from runtime.kernels.matvec import round_to_f16
+
+    values = np.concatenate([np.random.default_rng(4).standard_normal(2000) * 10.0 ** np.arange(-7, 3).repeat(200),
+                             [0.0, 6.1e-5, 5.96e-8, 1e-9, 65504.0]]).astype(np.float32)
+    expected = values.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(np.array([round_to_f16(v) for v in values], np.float32), expected)
 
 
 @pytest.mark.parametrize("type_name", sorted(name for name, k in KERNELS.items() if k.matvec))
@@ -61,18 +84,21 @@ def test_matvec_kernel_matches_numpy(type_name, seed):
     raw = random_matrix(type_name, n_cols, seed)
     w = dequantize(raw, FORMATS_BY_NAME[type_name], (N_ROWS, n_cols))
     xs = np.random.default_rng(seed + 10).standard_normal((3, n_cols)).astype(np.float32)
-    kernel = KERNELS[type_name].matvec
-    v = QuantizedRows(xs)
+    kernel, kind = KERNELS[type_name].matvec, KERNELS[type_name].activation
     batched = np.zeros((3, N_ROWS), np.float32)
-    kernel(raw, v.xq, v.xd, v.xs, v.xqs, batched)
+    kernel(raw, *QuantizedRows(xs).form(kind), batched)
     for i, x in enumerate(xs):
-        alone = QuantizedRows(x[None, :])
         out = np.zeros((1, N_ROWS), np.float32)
-        kernel(raw, alone.xq, alone.xd, alone.xs, alone.xqs, out)
+        kernel(raw, *QuantizedRows(x[None, :]).form(kind), out)
         np.testing.assert_array_equal(batched[i], out[0])  # batch invariance: bit for bit
         scale = np.abs(w) @ np.abs(x)
-        exact_twin = w.astype(np.float64) @ quantized_twin(x).astype(np.float64)
-        assert np.abs(out[0] - exact_twin).max() <= 1e-4 * scale.max()
+        exact_twin = w.astype(np.float64) @ quantized_twin(x, kind).astype(np.float64)
+        # Q4_1/Q5_1 take the block sums as float16 (as llama.cpp's q8_1): allow that rounding of the offsets
+        slack = 0.0
+        if type_name in ("Q4_1", "Q5_1"):
+            sums = np.abs(quantized_twin(x, kind).reshape(-1, 32).sum(axis=1))
+            slack = (np.abs(w).reshape(N_ROWS, -1, 32).max(axis=2) @ (sums * 2.0 ** -11)).max()
+        assert np.abs(out[0] - exact_twin).max() <= 1e-4 * scale.max() + slack
         assert np.abs(out[0] - w @ x).max() <= 0.02 * scale.max()
 
 

@@ -31,8 +31,9 @@ check_numba(TARGET)
 
 @dataclass(frozen=True)
 class FormatKernels:
-    matvec: Callable | None  # (w, xq, xd, xs, xqs, out); None: dequantize rows and use BLAS
+    matvec: Callable | None  # (w, xq, xd, xs, xqs, out); None: dequantize rows, fixed-order float kernel
     dequant: Callable  # (w, out)
+    activation: str = "q8_0"  # the int8 form of x the kernel takes (linear.QuantizedRows), as llama.cpp pairs them
 
 
 KERNELS: dict[str, FormatKernels] = {
@@ -43,7 +44,7 @@ KERNELS: dict[str, FormatKernels] = {
     "Q8_0": FormatKernels(matvec.matvec_q8_0, dequant.dequant_q8_0),
     "Q2_K": FormatKernels(None, dequant.dequant_q2_k),
     "Q3_K": FormatKernels(None, dequant.dequant_q3_k),
-    "Q4_K": FormatKernels(matvec.matvec_q4_k, dequant.dequant_q4_k),
-    "Q5_K": FormatKernels(matvec.matvec_q5_k, dequant.dequant_q5_k),
-    "Q6_K": FormatKernels(matvec.matvec_q6_k, dequant.dequant_q6_k),
+    "Q4_K": FormatKernels(matvec.matvec_q4_k, dequant.dequant_q4_k, "q8_K"),
+    "Q5_K": FormatKernels(matvec.matvec_q5_k, dequant.dequant_q5_k, "q8_K"),
+    "Q6_K": FormatKernels(matvec.matvec_q6_k, dequant.dequant_q6_k, "q8_K"),
 }

@@ -21,23 +21,32 @@ from ..errors import UnsupportedQuantError
 from ..gguf import Tensor
 from ..quants import dequantize
 from . import KERNELS
-from .matvec import QK, quantize_q8
+from .matvec import QK, quantize_q8, quantize_q8_k
 from .ops import dot_rows
 
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
 
 
 class QuantizedRows:
-    """x (n, n_cols) quantized to int8 blocks of 32 (see matvec.py)."""
+    """x (n, n_cols) and its int8 block forms (see matvec.py), each made the first time a kernel asks:
+    "q8_0" (blocks of 32, llama.cpp's q8_0/q8_1) or "q8_K" (super-blocks of 256, for the K-quants)."""
+
+    QUANTIZERS = {"q8_0": quantize_q8, "q8_K": quantize_q8_k}
 
     def __init__(self, x: np.ndarray) -> None:
-        self.x = np.ascontiguousarray(x, dtype=np.float32)  # the float original, for the BLAS fallback
-        n, n_cols = self.x.shape
-        self.xq = np.empty((n, n_cols), np.int8)
-        self.xd = np.empty((n, n_cols // QK), np.float32)
-        self.xs = np.empty((n, n_cols // QK), np.float32)
-        self.xqs = np.empty((n, n_cols // QK), np.int32)
-        quantize_q8(self.x, self.xq, self.xd, self.xs, self.xqs)
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # the float original, for the float kernel
+        self._forms: dict[str, tuple[np.ndarray, ...]] = {}
+
+    def form(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(xq, xd, xs, xqs) of the `kind` quantization."""
+        if kind not in self._forms:
+            n, n_cols = self.x.shape
+            xq = np.empty((n, n_cols), np.int8)
+            xd, xs = np.empty((n, n_cols // QK), np.float32), np.empty((n, n_cols // QK), np.float32)
+            xqs = np.empty((n, n_cols // QK), np.int32)
+            self.QUANTIZERS[kind](self.x, xq, xd, xs, xqs)
+            self._forms[kind] = (xq, xd, xs, xqs)
+        return self._forms[kind]
 
 
 class QuantMatrix:
@@ -57,6 +66,7 @@ class QuantMatrix:
         self.bias = bias
         kernels = KERNELS.get(self.format.name)
         self._matvec = kernels.matvec if kernels else None
+        self._activation = kernels.activation if kernels else ""
         self._dequant = kernels.dequant if kernels else None
         if self._matvec is not None and self.n_cols % QK:
             self._matvec = None
@@ -98,7 +108,7 @@ class QuantMatrix:
         if out is None:
             out = np.empty((x.x.shape[0], self.n_rows), np.float32)
         if self._matvec is not None:
-            self._matvec(self.raw, x.xq, x.xd, x.xs, x.xqs, out)
+            self._matvec(self.raw, *x.form(self._activation), out)
             return out
         return self.matmul(x.x, out)
 

@@ -26,6 +26,8 @@ Block layouts are the quant table's (`runtime/quants.py`); byte offsets below na
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -37,26 +39,67 @@ _OPTS = dict(parallel=True, cache=True, nogil=True)
 
 
 @njit(cache=True, nogil=True)
-def quantize_q8(x, xq, xd, xs, xqs):
-    """x (n, n_cols) float32 -> int8 blocks of 32 with one scale each: round(x / d), d = max|x| / 127.
+def round_to_f16(v):
+    """float32 v rounded to the nearest float16 value (ties to even), as a float32; without a float16 type
+    (numba cannot link the conversion on every tier): keep 11 significant bits, or 2^-24 steps below
+    float16's normal range."""
+    if v == 0:
+        return np.float32(0.0)
+    _, e = math.frexp(np.float64(v))  # 2^(e-1) <= |v| < 2^e
+    k = max(e - 11, -24)
+    return np.float32(math.ldexp(np.rint(math.ldexp(np.float64(v), -k)), k))
 
-    xs is the block's sum as quantized (d * sum(q)), as llama.cpp's q8_1/q8_K carry it: every term of a
-    dot product then sees the same x, so a block's offset (Q4_1's m, the K-quants' mins) cancels exactly."""
+
+@njit(cache=True, nogil=True)
+def quantize_q8(x, xq, xd, xs, xqs):
+    """x (n, n_cols) float32 -> int8 blocks of 32, exactly as llama.cpp's x86 q8_0/q8_1 quantizers:
+    q = rint(x * 127 / max|x|), scale d = max|x| / 127 kept as float16, block sum s = d * sum(q) as float16.
+
+    The kernels use xs, the block's sum as quantized, for the formats' offsets (Q4_1's m): every term of a
+    dot product then sees the same x, so a centred block's offset cancels as in llama.cpp (the exact float
+    sum put SmolLM2's first-step logits 1.8 away from llama.cpp's, 0.6 this way)."""
     for t in range(x.shape[0]):
         for b in range(x.shape[1] // QK):
             amax = np.float32(0.0)
             for j in range(b * QK, b * QK + QK):
                 amax = max(amax, abs(x[t, j]))
             d = amax / np.float32(127.0)
-            inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
             qsum = 0
             for j in range(b * QK, b * QK + QK):
                 q = np.int8(np.rint(x[t, j] * inv))
                 xq[t, j] = q
                 qsum += q
-            xd[t, b] = d
-            xs[t, b] = d * np.float32(qsum)
+            xd[t, b] = round_to_f16(d)
+            xs[t, b] = round_to_f16(d * np.float32(qsum))
             xqs[t, b] = qsum
+
+
+@njit(cache=True, nogil=True)
+def quantize_q8_k(x, xq, xd, xs, xqs):
+    """x (n, n_cols) float32 -> int8 in super-blocks of 256 sharing one float32 scale, exactly as llama.cpp's
+    q8_K (what its K-quant dot products take): with m the first element of largest magnitude,
+    q = min(127, rint(x * -127 / m)), d = 1 / (-127 / m). xd, xs, xqs are per block of 32 as for
+    `quantize_q8` (xd repeats the super-block's d), so the kernels read both layouts alike."""
+    for t in range(x.shape[0]):
+        for sb in range(x.shape[1] // (8 * QK)):
+            start = sb * 8 * QK
+            amax = np.float32(0.0)
+            top = np.float32(0.0)
+            for j in range(start, start + 8 * QK):
+                if abs(x[t, j]) > amax:
+                    amax, top = abs(x[t, j]), x[t, j]
+            iscale = np.float32(-127.0) / top if amax > 0 else np.float32(0.0)
+            d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+            for b in range(sb * 8, sb * 8 + 8):
+                qsum = 0
+                for j in range(b * QK, b * QK + QK):
+                    q = min(127, int(np.rint(iscale * x[t, j])))
+                    xq[t, j] = q
+                    qsum += q
+                xd[t, b] = d
+                xs[t, b] = d * np.float32(qsum)
+                xqs[t, b] = qsum
 
 
 @njit(**_OPTS)
