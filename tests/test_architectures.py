@@ -18,10 +18,11 @@ PROMPT = "the cat in the hat, there and here; the end of it all, and then some m
 # Largest logit error allowed, as a fraction of the reference's logit range. F16 has no integer kernel:
 # float rounding only (measured <= 2.8e-3, gemma2's soft-capped range being the smallest), so F16 holds each
 # architecture's arithmetic tightly. The integer formats quantize activations to int8 blocks (as llama.cpp
-# does; see tests/test_model.py), whose error these random tiny models amplify: measured <= 1.0e-2 for Q8_0
-# and <= 5.9e-2 for Q4_K (qwen3/qwen3moe: q/k norms make attention sharp); their kernels are held to 1e-4
-# against exact twins in tests/test_kernels.py.
-TOLERANCE = {"F16": 5e-3, "Q8_0": 0.02, "Q4_K": 0.08}
+# does; see tests/test_model.py), whose error these random tiny models amplify: measured <= 1.0e-2 for Q8_0;
+# Q4_K takes llama.cpp's coarser q8_K (one scale per 256): <= 5.8e-2, and 0.116 for qwen3moe, where the
+# noise tips an expert choice of the random router. Their kernels are held to 1e-4 against exact twins in
+# tests/test_kernels.py, and prefill against decode bit for bit below.
+TOLERANCE = {"F16": 5e-3, "Q8_0": 0.02, "Q4_K": 0.15}
 
 VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "qwen2": ("qwen2", {}, 64),
