@@ -3,7 +3,8 @@ activations, batched over tokens.
 
 RMSNorm, rope and the FFN activation run as the numba kernels of `kernels/ops.py`, whose numpy twins are
 the plain reference forward pass's functions (`tests/reference_model.py`; `tests/test_ops.py` compares
-them). Attention is numpy (BLAS products) for prefill chunks and a numba kernel for one query.
+them). Attention is a numba kernel computing each query row on its own (`attention_numpy`, with BLAS
+products, is its batched twin for the tests), and `softcap` is gemma2's final-logit soft-capping.
 """
 
 from __future__ import annotations
