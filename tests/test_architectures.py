@@ -145,6 +145,15 @@ def test_a_tensor_of_another_layout_is_refused(tmp_path):
         Model.load(path)
 
 
+def test_per_layer_head_counts_are_refused_clearly():
+    from runtime.model.config import ModelConfig
+
+    metadata = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
+                "llama.attention.head_count": [4, 8]}
+    with pytest.raises(UnsupportedModelError, match="llama.attention.head_count = .* is not supported"):
+        ModelConfig.from_metadata(metadata)
+
+
 def test_yarn_is_refused_not_ignored(tmp_path):
     import gguf
 

@@ -109,6 +109,9 @@ class ModelConfig:
             value = md.get(f"{arch}.{name}", default)
             if value is None:
                 raise UnsupportedModelError(f"{arch} model is missing metadata key {arch}.{name}")
+            if not isinstance(value, (int, float, str)):  # e.g. per-layer head counts (OpenELM-style)
+                raise UnsupportedModelError(f"{arch} model: {arch}.{name} = {str(value)[:40]} is not supported "
+                                            "(a single value is)")
             return value
 
         n_layer = int(key("block_count"))
