@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 
-# Two thread pools share the cores: numba's (OpenMP) for the kernels and OpenBLAS's for prefill matrix
-# products. Each busy-waits after its work by default, starving the other (prefill ran at half speed).
-# Short spins keep decode's back-to-back kernel launches fast without stealing from BLAS. Read when the
-# libraries load, so this must run before numpy is imported.
+# Two thread pools can share the cores: numba's (OpenMP) for the kernels and OpenBLAS's for whatever numpy
+# hands it (the engine's projections and attention no longer use BLAS; numpy's small ops may). Each
+# busy-waits after its work by default, starving the other. Short spins keep decode's back-to-back kernel
+# launches fast without stealing from the other pool. Read when the libraries load, so this must run before
+# numpy is imported.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 

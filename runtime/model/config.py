@@ -10,7 +10,7 @@ pass. Where an architecture's behaviour is llama.cpp's choice rather than the pa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedModelError
@@ -93,7 +93,7 @@ class ModelConfig:
     n_expert: int  # 0: a dense FFN
     n_expert_used: int
     expert_weights_scale: float
-    sliding_layers: tuple[bool, ...] = field(default=())  # per layer: uses the sliding window
+    sliding_layers: tuple[bool, ...]  # per layer: uses the sliding window
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> ModelConfig:
