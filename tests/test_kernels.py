@@ -1,10 +1,9 @@
 """Every numba kernel against its plain numpy twin.
 
 - Dequantization kernels: bit-exact with `runtime/quants.py` (itself bit-exact with gguf-py).
-- Integer matrix-vector kernels: x is quantized to int8 blocks, so the exact twin is
-  `dequantized W @ dequantized xq` (relative error <= 1e-4: float32 summation order only); against the
-  float x the error is the quantization's (<= 2% of |W| @ |x|, measured well under 1%).
-- SIMD building blocks (`simd.py`): exact integer results against numpy.
+- The int8 quantizers of x (llama.cpp's q8_0/q8_1 and q8_K) against their twin; the integer row kernels
+  have their own file (tests/test_blockdot.py). `QuantMatrix` against dequantized products.
+- SIMD building blocks (`simd.py`): exact results against numpy.
 """
 
 from __future__ import annotations
@@ -77,31 +76,6 @@ def test_float16_rounding_is_exact():
     np.testing.assert_array_equal(np.array([round_to_f16(v) for v in values], np.float32), expected)
 
 
-@pytest.mark.parametrize("type_name", sorted(name for name, k in KERNELS.items() if k.matvec))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_matvec_kernel_matches_numpy(type_name, seed):
-    n_cols = 512
-    raw = random_matrix(type_name, n_cols, seed)
-    w = dequantize(raw, FORMATS_BY_NAME[type_name], (N_ROWS, n_cols))
-    xs = np.random.default_rng(seed + 10).standard_normal((3, n_cols)).astype(np.float32)
-    kernel, kind = KERNELS[type_name].matvec, KERNELS[type_name].activation
-    batched = np.zeros((3, N_ROWS), np.float32)
-    kernel(raw, *QuantizedRows(xs).form(kind), batched)
-    for i, x in enumerate(xs):
-        out = np.zeros((1, N_ROWS), np.float32)
-        kernel(raw, *QuantizedRows(x[None, :]).form(kind), out)
-        np.testing.assert_array_equal(batched[i], out[0])  # batch invariance: bit for bit
-        scale = np.abs(w) @ np.abs(x)
-        exact_twin = w.astype(np.float64) @ quantized_twin(x, kind).astype(np.float64)
-        # Q4_1/Q5_1 take the block sums as float16 (as llama.cpp's q8_1): allow that rounding of the offsets
-        slack = 0.0
-        if type_name in ("Q4_1", "Q5_1"):
-            sums = np.abs(quantized_twin(x, kind).reshape(-1, 32).sum(axis=1))
-            slack = (np.abs(w).reshape(N_ROWS, -1, 32).max(axis=2) @ (sums * 2.0 ** -11)).max()
-        assert np.abs(out[0] - exact_twin).max() <= 1e-4 * scale.max() + slack
-        assert np.abs(out[0] - w @ x).max() <= 0.02 * scale.max()
-
-
 @pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q4_1", "Q3_K", "Q6_K"])
 def test_quant_matrix_matvec_and_matmul(type_name, monkeypatch):
     monkeypatch.setattr("runtime.kernels.linear.TILE_ELEMENTS", 512 * 8)  # several tiles
@@ -167,49 +141,3 @@ def simd_f16(raw, offset):
     from numba import njit
 
     return njit(lambda b, o: simd.f16_at(b, o))(raw, offset)
-
-
-def _call(fn, *args):
-    from numba import njit
-
-    names = ", ".join(f"a{i}" for i in range(len(args)))
-    namespace = {"fn": fn}
-    exec(f"def wrapper({names}):\n    return fn({names})", namespace)
-    return int(njit(namespace["wrapper"])(*args))
-
-
-def test_dot_i8x32():
-    w = BYTES.view(np.int8)
-    assert _call(simd.dot_i8x32, BYTES, 3, X8, 5) == int(w[3:35].astype(int) @ X8[5:37].astype(int))
-
-
-def test_dot_nibbles():
-    packed = BYTES[3:19].astype(int)
-    q = np.concatenate([packed & 15, packed >> 4])
-    assert _call(simd.dot_u4x32, BYTES, 3, X8, 1) == int(q @ X8[1:33].astype(int))
-    b32 = BYTES[7:39].astype(int)
-    assert _call(simd.dot_lo4x32, BYTES, 7, X8, 2) == int((b32 & 15) @ X8[2:34].astype(int))
-    assert _call(simd.dot_hi4x32, BYTES, 7, X8, 2) == int((b32 >> 4) @ X8[2:34].astype(int))
-
-
-def test_dot_q5x32():
-    packed = BYTES[3:19].astype(int)
-    bits = np.unpackbits(BYTES[30:34], bitorder="little").astype(int)
-    q = np.concatenate([packed & 15, packed >> 4]) | (bits << 4)
-    assert _call(simd.dot_q5x32, BYTES, 3, 30, X8, 4) == int(q @ X8[4:36].astype(int))
-
-
-def test_dot_k5x32():
-    for shift, bit in [(0, 0), (4, 5), (4, 7)]:
-        q = ((BYTES[2:34].astype(int) >> shift) & 15) | (((BYTES[40:72].astype(int) >> bit) & 1) << 4)
-        assert _call(simd.dot_k5x32, BYTES, 2, shift, 40, bit, X8, 6) == int(q @ X8[6:38].astype(int))
-
-
-def test_dot_q6x32():
-    scales = BYTES.view(np.int8)[70:72].astype(int)
-    for ql_shift, qh_shift in [(0, 0), (4, 2), (0, 4), (4, 6)]:
-        low = (BYTES[5:37].astype(int) >> ql_shift) & 15
-        high = (BYTES[38:70].astype(int) >> qh_shift) & 3
-        q = ((low | (high << 4)) - 32) * np.repeat(scales, 16)
-        got = _call(simd.dot_q6x32, BYTES, 5, ql_shift, 38, qh_shift, 70, X8, 3)
-        assert got == int(q @ X8[3:35].astype(int))

@@ -20,18 +20,19 @@ from llvmlite import ir
 
 from bundler.kernels import WARM_UP
 from runtime.cpu import LLVM_NAMES, TIERS_BY_NAME, CpuInfo, all_names, choose, detect, machine, runnable
-from runtime.kernels import TARGET, simd
+from runtime.kernels import TARGET, blockdot, simd
 from tests.conftest import REPO, golden
 
 TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
 HERE = [t.name for t in runnable(detect())] if machine() in TRIPLES else []
-# (instructions that must appear, that must not) in a Q4 block dot product and a half -> float conversion
+# (instructions that must appear, that must not) in a Q4 block dot product, a half -> float conversion and
+# a 16-float addition
 EXPECTED = {
-    "x86-64-ssse3": ({"pmaddwd"}, {"ymm", "zmm", "vpdpbusd", "vcvtph2ps", "call"}),
-    "x86-64-avx2": ({"ymm", "vcvtph2ps"}, {"zmm", "vpdpbusd"}),
+    "x86-64-ssse3": ({"pmaddubsw"}, {"ymm", "zmm", "vpdpbusd", "vcvtph2ps", "call"}),
+    "x86-64-avx2": ({"ymm", "vpmaddubsw", "vcvtph2ps"}, {"zmm", "vpdpbusd"}),
     "x86-64-avx2+vnni": ({"vpdpbusd", "vcvtph2ps"}, {"zmm"}),
-    "x86-64-avx512": ({"zmm", "vcvtph2ps"}, {"vpdpbusd"}),
-    "x86-64-avx512+vnni": ({"vpdpbusd", "vcvtph2ps"}, set()),
+    "x86-64-avx512": ({"zmm", "vpmaddubsw", "vcvtph2ps"}, {"vpdpbusd"}),
+    "x86-64-avx512+vnni": ({"zmm", "vpdpbusd", "vcvtph2ps"}, set()),
     "aarch64-neon": ({"fcvt"}, {"sdot", "udot"}),
     "aarch64-dotprod": ({"sdot", "fcvt"}, set()),
 }
@@ -43,18 +44,23 @@ def target_named(name: str):
 
 
 def probe_assembly(name: str) -> str:
-    """Our IR for a Q4_0/Q4_1 block dot product and a half -> float, as `name`'s machine code."""
+    """Our IR for a Q4_1 block dot product, a half -> float and a 16-float add, as `name`'s machine code."""
     target = target_named(name)
     module = ir.Module("probe")
-    dot = ir.Function(module, ir.FunctionType(simd.I32, [simd.I8.as_pointer()] * 2), "dot_u4x32")
+    v32, v8 = simd._vec(simd.I8, 32), simd._vec(simd.I32, 8)
+    dot = ir.Function(module, ir.FunctionType(v8, [simd.I8.as_pointer()] * 2), "dot4u")
     b = ir.IRBuilder(dot.append_basic_block())
-    packed = b.load(b.bitcast(dot.args[0], simd._vec(simd.I8, 16).as_pointer()), align=1)
-    q = simd._concat(b, simd._nibbles(b, packed, False), simd._nibbles(b, packed, True))
-    x = b.load(b.bitcast(dot.args[1], simd._vec(simd.I8, 32).as_pointer()), align=1)
-    b.ret(simd._dot(b, q, False, x, target.signed_dot))
+    q = b.and_(b.load(b.bitcast(dot.args[0], v32.as_pointer()), align=1), simd._splat(simd.I8, 32, 15))
+    x = b.load(b.bitcast(dot.args[1], v32.as_pointer()), align=1)
+    b.ret(blockdot.dot4u(b, q, x, target))
     half = ir.Function(module, ir.FunctionType(ir.FloatType(), [simd.I16]), "half_to_float")
     b = ir.IRBuilder(half.append_basic_block())
     b.ret(simd.HALF_TO_FLOAT[target.native_f16](b, half.args[0]))
+    v16 = simd._vec(ir.FloatType(), 16)
+    add = ir.Function(module, ir.FunctionType(ir.VoidType(), [v16.as_pointer()] * 2), "add16")
+    b = ir.IRBuilder(add.append_basic_block())
+    b.store(b.fadd(b.load(add.args[0]), b.load(add.args[1])), add.args[0])
+    b.ret_void()
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
     triple = TRIPLES[target.tier.arch]

@@ -1,7 +1,8 @@
 """Numba kernels, one set per quant format, looked up by the format's name.
 
-`KERNELS[name]` gives the format's integer matrix-vector kernel (decode) and its row dequantizer
-(prefill tiles, and matrix-vector for formats without an integer kernel). Formats whose values are plain
+`KERNELS[name]` gives the format's row kernel in `matvec.matmul_table` (the integer matrix product of
+prefill and decode) and its row dequantizer (token embeddings, and the products of formats without an
+integer kernel). Formats whose values are plain
 numbers (F32, F16, BF16, F64, integers) need neither: numpy casts them. `QuantMatrix` (linear.py) is
 the one place that picks among them.
 
@@ -31,20 +32,21 @@ check_numba(TARGET)
 
 @dataclass(frozen=True)
 class FormatKernels:
-    matvec: Callable | None  # (w, xq, xd, xs, xqs, out); None: dequantize rows, fixed-order float kernel
+    format_id: int | None  # the format's row kernel in `matvec.matmul_table`; None: dequantized rows and the
+    # fixed-order float kernel
     dequant: Callable  # (w, out)
     activation: str = "q8_0"  # the int8 form of x the kernel takes (linear.QuantizedRows), as llama.cpp pairs them
 
 
 KERNELS: dict[str, FormatKernels] = {
-    "Q4_0": FormatKernels(matvec.matvec_q4_0, dequant.dequant_q4_0),
-    "Q4_1": FormatKernels(matvec.matvec_q4_1, dequant.dequant_q4_1),
-    "Q5_0": FormatKernels(matvec.matvec_q5_0, dequant.dequant_q5_0),
-    "Q5_1": FormatKernels(matvec.matvec_q5_1, dequant.dequant_q5_1),
-    "Q8_0": FormatKernels(matvec.matvec_q8_0, dequant.dequant_q8_0),
+    "Q4_0": FormatKernels(matvec.FORMAT_IDS["Q4_0"], dequant.dequant_q4_0),
+    "Q4_1": FormatKernels(matvec.FORMAT_IDS["Q4_1"], dequant.dequant_q4_1),
+    "Q5_0": FormatKernels(matvec.FORMAT_IDS["Q5_0"], dequant.dequant_q5_0),
+    "Q5_1": FormatKernels(matvec.FORMAT_IDS["Q5_1"], dequant.dequant_q5_1),
+    "Q8_0": FormatKernels(matvec.FORMAT_IDS["Q8_0"], dequant.dequant_q8_0),
     "Q2_K": FormatKernels(None, dequant.dequant_q2_k),
     "Q3_K": FormatKernels(None, dequant.dequant_q3_k),
-    "Q4_K": FormatKernels(matvec.matvec_q4_k, dequant.dequant_q4_k, "q8_K"),
-    "Q5_K": FormatKernels(matvec.matvec_q5_k, dequant.dequant_q5_k, "q8_K"),
-    "Q6_K": FormatKernels(matvec.matvec_q6_k, dequant.dequant_q6_k, "q8_K"),
+    "Q4_K": FormatKernels(matvec.FORMAT_IDS["Q4_K"], dequant.dequant_q4_k, "q8_K"),
+    "Q5_K": FormatKernels(matvec.FORMAT_IDS["Q5_K"], dequant.dequant_q5_k, "q8_K"),
+    "Q6_K": FormatKernels(matvec.FORMAT_IDS["Q6_K"], dequant.dequant_q6_k, "q8_K"),
 }

@@ -1,7 +1,8 @@
 """`QuantMatrix`: a 2-d weight kept in its GGUF encoding, multiplied without ever decoding it whole.
 
-- `matvec(x)` (every projection, prefill and decode alike): the format's integer kernel on the raw
-  blocks and x quantized to int8 blocks, or, for formats without one, `matmul`.
+- `matvec(x)` (every projection, prefill and decode alike): the format's integer row kernel on the raw
+  blocks and x quantized to int8 blocks, or, for formats without one, `matmul`. `MatrixGroup` does
+  several matrices that share an input (q, k, v) in one parallel pass.
 - `matmul(X)`: row tiles decoded to float32 (at most `TILE_ELEMENTS` at a time) and multiplied in a
   fixed order by our own kernel: one pass over the weights for the whole batch.
 - `rows(ids)`: selected rows decoded (token embeddings).
@@ -21,7 +22,7 @@ from ..errors import UnsupportedQuantError
 from ..gguf import Tensor
 from ..quants import dequantize
 from . import KERNELS
-from .matvec import QK, quantize_q8, quantize_q8_k
+from .matvec import QK, matmul_table, quantize_q8, quantize_q8_k
 from .ops import dot_rows
 
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
@@ -65,11 +66,11 @@ class QuantMatrix:
         self.n_rows = self.raw.shape[0]
         self.bias = bias
         kernels = KERNELS.get(self.format.name)
-        self._matvec = kernels.matvec if kernels else None
-        self._activation = kernels.activation if kernels else ""
+        self.format_id = kernels.format_id if kernels and self.n_cols % QK == 0 else None
+        self.activation = kernels.activation if kernels else ""
         self._dequant = kernels.dequant if kernels else None
-        if self._matvec is not None and self.n_cols % QK:
-            self._matvec = None
+        self.buffer, self.offset = _buffer_of(self.raw)
+        self._table = np.array([self.table_row(0)], np.int64) if self.integer_kernel else None
         self.tile_rows = max(1, TILE_ELEMENTS // self.n_cols)
 
     def slice_rows(self, start: int, stop: int, name: str | None = None) -> QuantMatrix:
@@ -77,13 +78,19 @@ class QuantMatrix:
         part = copy.copy(self)
         part.name = name or f"{self.name}[{start}:{stop}]"
         part.raw = self.raw[start:stop]
+        part.offset = self.offset + start * self.raw.strides[0]
         part.n_rows = stop - start
+        part._table = np.array([part.table_row(0)], np.int64) if part.integer_kernel else None
         part.bias = None if self.bias is None else self.bias[start:stop]
         return part
 
     @property
     def integer_kernel(self) -> bool:
-        return self._matvec is not None
+        return self.format_id is not None
+
+    def table_row(self, col0: int) -> list[int]:
+        """This matrix's row of a `matmul_table` table, its outputs starting at column col0."""
+        return [self.format_id, self.offset, self.raw.strides[0], col0]
 
     def dequantize_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start, n_cols)."""
@@ -107,8 +114,8 @@ class QuantMatrix:
         float original. Either way each output is one fixed-order computation on its own row of x."""
         if out is None:
             out = np.empty((x.x.shape[0], self.n_rows), np.float32)
-        if self._matvec is not None:
-            self._matvec(self.raw, *x.form(self._activation), out)
+        if self.format_id is not None:
+            matmul_table(self.buffer, self._table, *x.form(self.activation), out)
             return out
         return self.matmul(x.x, out)
 
@@ -127,3 +134,39 @@ class QuantMatrix:
             stop = min(start + self.tile_rows, self.n_rows)
             dot_rows(self.dequantize_rows(start, stop, tile[: stop - start]), x, out, start)
         return out
+
+
+def _buffer_of(raw: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 1-d uint8 array that raw's bytes live in (the mmapped file, for a model's tensors), and the byte
+    offset of raw's first row in it: the integer kernels address every matrix of a file through one array."""
+    root = raw
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.flags.c_contiguous and root.dtype == np.uint8 and raw.strides[-1] == 1:
+        return root.reshape(-1), raw.ctypes.data - root.ctypes.data
+    copy = np.ascontiguousarray(raw)
+    return copy.reshape(-1), 0
+
+
+class MatrixGroup:
+    """Matrices that take the same input (q, k and v; gate and up): x @ W.T for each, in one parallel pass
+    over all their rows when they can share it (integer kernels, one weights buffer, one activation form),
+    else one after the other. Each result is the same bits as `W.matvec(x)`."""
+
+    def __init__(self, matrices: tuple[QuantMatrix, ...]) -> None:
+        self.matrices = matrices
+        first = matrices[0]
+        shared = (first.buffer.ctypes.data, first.buffer.size, first.activation)
+        cols = np.cumsum([0] + [m.n_rows for m in matrices])
+        self.bounds = list(zip(cols[:-1].tolist(), cols[1:].tolist(), strict=True))
+        self.table = None
+        if all(m.integer_kernel and (m.buffer.ctypes.data, m.buffer.size, m.activation) == shared for m in matrices):
+            self.table = np.array([m.table_row(c) for m, (c, _) in zip(matrices, self.bounds, strict=True)], np.int64)
+
+    def __call__(self, x: QuantizedRows) -> list[np.ndarray]:
+        if self.table is None:
+            return [m.matvec(x) for m in self.matrices]
+        first = self.matrices[0]
+        out = np.empty((x.x.shape[0], self.bounds[-1][1]), np.float32)
+        matmul_table(first.buffer, self.table, *x.form(first.activation), out)
+        return [out[:, a:b] for a, b in self.bounds]

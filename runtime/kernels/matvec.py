@@ -1,27 +1,26 @@
-"""Matrix-vector kernels that read quantized blocks in place: y = W x for each of a few tokens (decode).
+"""Quantized matrix products, prefill and decode alike: y = W x for every token of x, reading W's blocks in place.
 
 The activations x are first quantized to int8 in blocks of 32 (`quantize_q8`, as llama.cpp does with
-q8_0/q8_1), so each weight block meets its slice of x in one integer dot product (`simd.py`) and one
-float multiply-add by the two scales. Rows are split across threads with `prange`.
+q8_0/q8_1; `quantize_q8_k` for the K-quants), then each weight row meets every token in one row kernel
+(`blockdot.py`): integer dot products per block, float accumulation in vector lanes, one reduction per
+output, tokens four at a time so that each weight block is unpacked once per four tokens. Rows are split
+across threads with `prange`; each weight row is read from memory once per call, for all tokens.
 
-Decode of several sequences at once (the server's continuous batching) passes one x per sequence: each
-weight row is read once, while it is in cache, for all of them. Each output is computed by the very same
-instructions in the same order whatever the number of vectors, so a sequence's result does not depend on
-what it is batched with (tests/test_kernels.py checks this bit for bit). Nor does it depend on the CPU
-tier: the integer dot products are exact, and the float arithmetic is compiled without fastmath (no
-reassociation, no fused multiply-add), so SSSE3, AVX2 and AVX-512 code give the same bits; costs nothing
-measurable here, since the work is in the integer dot products.
+Each output is computed by the very same operations in the same order whatever the number of tokens, the
+threads or the CPU tier (the order is fixed in `blockdot.py`, integer sums are exact, and no fastmath),
+so a token's result does not depend on its chunk or on what it is batched with:
+tests/test_blockdot.py compares every format with its numpy twin bit for bit.
 
-Every kernel has the same signature, `(w, xq, xd, xs, xqs, out)`, for n vectors:
-    w    (n_rows, row_bytes) uint8   the tensor's raw bytes, a view into the mmap
+The arrays, for n tokens:
+    w    uint8                       the weights' bytes (the mmap), rows found through `table`
     xq   (n, n_cols) int8            x quantized per 32-block
     xd   (n, n_cols/32) float32      the scale of each x block: x ~= xd * xq
-    xs   (n, n_cols/32) float32      xd * xqs: the sum of each x block as quantized (for the formats'
-                                     min/offset terms; the exact float sum would break the cancellation
-                                     of a centred block's offset: up to 1.8 logits off llama.cpp on SmolLM2)
-    xqs  (n, n_cols/32) int32        the sum of xq over each block (for Q4_0/Q5_0's fixed offsets)
-    out  (n, n_rows) float32
-Block layouts are the quant table's (`runtime/quants.py`); byte offsets below name its fields.
+    xs   (n, n_cols/32) float32      xd * xqs: the sum of each x block as quantized (Q4_1/Q5_1's offsets,
+                                     as float16 like llama.cpp's q8_1: the exact float sum would break the
+                                     cancellation of a centred block's offset)
+    xqs  (n, n_cols/32) int32        the sum of xq over each block (the K-quants' mins)
+    out  (n, n_out) float32
+Block layouts are the quant table's (`runtime/quants.py`).
 """
 
 from __future__ import annotations
@@ -31,11 +30,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .dequant import k4_scale_min
-from .simd import dot_hi4x32, dot_i8x32, dot_k5x32, dot_lo4x32, dot_q5x32, dot_q6x32, dot_u4x32, f16_at
+from .blockdot import ROW_DOTS
 
 QK = 32  # elements per x block
 _OPTS = dict(parallel=True, cache=True, nogil=True)
+FORMAT_IDS = {name: i for i, name in enumerate(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"))}
+row_dot_q4_0, row_dot_q4_1, row_dot_q5_0, row_dot_q5_1, row_dot_q8_0, row_dot_q4_k, row_dot_q5_k, row_dot_q6_k = (
+    ROW_DOTS[name] for name in FORMAT_IDS)
 
 
 @njit(cache=True, nogil=True)
@@ -103,137 +104,32 @@ def quantize_q8_k(x, xq, xd, xs, xqs):
 
 
 @njit(**_OPTS)
-def matvec_q4_0(w, xq, xd, xs, xqs, out):
-    # block (18 bytes): d f16 | qs 16 bytes; value = d * (nibble - 8)
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for b in range(xd.shape[1]):
-                o = b * 18
-                acc += f16_at(row, o) * xd[t, b] * np.float32(dot_u4x32(row, o + 2, xt, b * QK) - 8 * xqs[t, b])
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q4_1(w, xq, xd, xs, xqs, out):
-    # block (20 bytes): d f16 | m f16 | qs 16 bytes; value = d * nibble + m
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for b in range(xd.shape[1]):
-                o = b * 20
-                q = dot_u4x32(row, o + 4, xt, b * QK)
-                acc += f16_at(row, o) * xd[t, b] * np.float32(q) + f16_at(row, o + 2) * xs[t, b]
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q5_0(w, xq, xd, xs, xqs, out):
-    # block (22 bytes): d f16 | qh 4 bytes (fifth bits) | qs 16 bytes; value = d * (q5 - 16)
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for b in range(xd.shape[1]):
-                o = b * 22
-                q = dot_q5x32(row, o + 6, o + 2, xt, b * QK) - 16 * xqs[t, b]
-                acc += f16_at(row, o) * xd[t, b] * np.float32(q)
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q5_1(w, xq, xd, xs, xqs, out):
-    # block (24 bytes): d f16 | m f16 | qh 4 bytes | qs 16 bytes; value = d * q5 + m
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for b in range(xd.shape[1]):
-                o = b * 24
-                q = dot_q5x32(row, o + 8, o + 4, xt, b * QK)
-                acc += f16_at(row, o) * xd[t, b] * np.float32(q) + f16_at(row, o + 2) * xs[t, b]
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q8_0(w, xq, xd, xs, xqs, out):
-    # block (34 bytes): d f16 | qs 32 int8
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for b in range(xd.shape[1]):
-                o = b * 34
-                acc += f16_at(row, o) * xd[t, b] * np.float32(dot_i8x32(row, o + 2, xt, b * QK))
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q4_k(w, xq, xd, xs, xqs, out):
-    # super-block (144 bytes): d f16 | dmin f16 | scales 12 | qs 128; 8 sub-blocks of 32:
-    # sub-block j uses the low (even j) or high (odd j) nibbles of qs[32*(j//2) : 32*(j//2)+32]
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for sb in range(xd.shape[1] // 8):
-                o = sb * 144
-                d, dmin = f16_at(row, o), f16_at(row, o + 2)
-                for j in range(8):
-                    xb = sb * 8 + j
-                    qo = o + 16 + 32 * (j // 2)
-                    q = dot_hi4x32(row, qo, xt, xb * QK) if j & 1 else dot_lo4x32(row, qo, xt, xb * QK)
-                    sc, mn = k4_scale_min(row, o + 4, j)
-                    acc += d * np.float32(sc) * xd[t, xb] * np.float32(q) - dmin * np.float32(mn) * xs[t, xb]
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q5_k(w, xq, xd, xs, xqs, out):
-    # super-block (176 bytes): d | dmin | scales 12 | qh 32 | qs 128; as Q4_K plus bit j of qh[l] as fifth bit
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for sb in range(xd.shape[1] // 8):
-                o = sb * 176
-                d, dmin = f16_at(row, o), f16_at(row, o + 2)
-                for j in range(8):
-                    xb = sb * 8 + j
-                    qo = o + 48 + 32 * (j // 2)
-                    q = dot_k5x32(row, qo, 4 * (j & 1), o + 16, j, xt, xb * QK)
-                    sc, mn = k4_scale_min(row, o + 4, j)
-                    acc += d * np.float32(sc) * xd[t, xb] * np.float32(q) - dmin * np.float32(mn) * xs[t, xb]
-            out[t, r] = acc
-
-
-@njit(**_OPTS)
-def matvec_q6_k(w, xq, xd, xs, xqs, out):
-    # super-block (210 bytes): ql 128 | qh 64 | scales 16 int8 | d f16; two halves of 128 values, each
-    # four quarters k of 32 (low/high nibbles of ql[0:32] / ql[32:64], bits 2k..2k+1 of qh), 16 per scale;
-    # the int8 scales are folded into the integer dot product
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(xd.shape[0]):
-            xt = xq[t]
-            acc = np.float32(0.0)
-            for sb in range(xd.shape[1] // 8):
-                o = sb * 210
-                d = f16_at(row, o + 208)
-                for half in range(2):
-                    for k in range(4):
-                        xb = sb * 8 + half * 4 + k
-                        ql_o = o + half * 64 + (k & 1) * 32
-                        qh_o = o + 128 + half * 32
-                        q = dot_q6x32(row, ql_o, 4 * (k >> 1), qh_o, 2 * k, o + 192 + half * 8 + 2 * k, xt, xb * QK)
-                        acc += d * xd[t, xb] * np.float32(q)
-            out[t, r] = acc
+def matmul_table(w, table, xq, xd, xs, xqs, out):
+    """out (n, n_out) = x @ W.T for several matrices at once (q, k and v; gate and up): one parallel pass.
+    Matrix m fills columns table[m, 3].. of out, up to the next matrix's (the last: to n_out); its row c
+    starts at byte table[m, 1] + c * table[m, 2] of w (the weights' buffer) and has format table[m, 0]
+    (`FORMAT_IDS`). Rows of any matrix are spread over the threads alike."""
+    n_mats = table.shape[0]
+    for col in prange(out.shape[1]):
+        m = 0
+        while m + 1 < n_mats and table[m + 1, 3] <= col:
+            m += 1
+        wo = table[m, 1] + (col - table[m, 3]) * table[m, 2]
+        f = table[m, 0]
+        # numba cannot pick a function by a runtime value: one branch per format, in FORMAT_IDS order
+        if f == 0:
+            row_dot_q4_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 1:
+            row_dot_q4_1(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 2:
+            row_dot_q5_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 3:
+            row_dot_q5_1(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 4:
+            row_dot_q8_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 5:
+            row_dot_q4_k(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 6:
+            row_dot_q5_k(w, wo, xq, xd, xs, xqs, out, col)
+        else:
+            row_dot_q6_k(w, wo, xq, xd, xs, xqs, out, col)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.linear import QuantizedRows, QuantMatrix
+from ..kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
@@ -40,6 +40,7 @@ class Transformer:
                 ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox, weights.rope_factors.get(
                     self.rope_factors), c.rope_freq_scale, c.rope_attn_factor)
         self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
+        self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)
 
     @staticmethod
     def choose_rope_factors(config: ModelConfig, weights: Weights, n_ctx: int) -> str | None:
@@ -58,13 +59,15 @@ class Transformer:
         tables = {id(r): r.cos.nbytes + r.sin.nbytes for r in self.rope_of_layer}
         return self.weights.derived_bytes + sum(tables.values())
 
-    @staticmethod
-    def project(x: np.ndarray, *matrices: QuantMatrix) -> list[np.ndarray]:
-        """x (n, n_in) @ W.T (+ bias) for each W, x quantized once for all of them. Prefill and decode take
-        this same path, so a token's result is the same bits whether it came in a chunk of many, alone, or
-        batched with other sequences (see `QuantMatrix.matvec`)."""
-        rows = QuantizedRows(x)
-        outs = [m.matvec(rows) for m in matrices]
+    def project(self, x: np.ndarray, *matrices: QuantMatrix) -> list[np.ndarray]:
+        """x (n, n_in) @ W.T (+ bias) for each W, x quantized once for all of them (in one pass where they
+        can share it: `MatrixGroup`). Prefill and decode take this same path, so a token's result is the
+        same bits whether it came in a chunk of many, alone, or batched with other sequences."""
+        key = tuple(map(id, matrices))
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = MatrixGroup(matrices)
+        outs = group(QuantizedRows(x))
         for m, y in zip(matrices, outs, strict=True):
             if m.bias is not None:
                 y += m.bias

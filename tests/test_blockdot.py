@@ -1,0 +1,168 @@
+"""The row kernels (`runtime/kernels/blockdot.py`) against their numpy twin, bit for bit.
+
+The twin unpacks each format's integer values from the raw blocks and repeats the kernels' arithmetic
+operation for operation: 8 int32 lanes per block (lane j: elements 4j..4j+3), the K-quants' sub-block
+scales applied in integers, acc = fma(float(lanes), d_w * d_x, acc) in float32, offsets in a float32 `off`,
+the lanes summed 8 -> 4 -> 2 -> 1, then + off. Equality with it, for any number of tokens, is what makes
+every output independent of the batch and the CPU tier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.kernels import KERNELS
+from runtime.kernels.blockdot import FORMATS
+from runtime.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
+from runtime.kernels.matvec import matmul_table
+from runtime.quants import FORMATS_BY_NAME, dequantize
+from tests.synth import random_blocks
+
+F32 = np.float32
+N_ROWS, N_COLS = 37, 512
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 a * b + c rounded once (llvm.fma). In float64 a * b is exact and s = a * b + c is off by at
+    most half a float64 ulp (e, by TwoSum); that only changes the float32 rounding when s is exactly a
+    float32 midpoint (every such midpoint is a float64), where e's sign decides."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = np.broadcast_to(c, p.shape).astype(np.float64)
+    s = p + c
+    v = s - p
+    e = (p - (s - v)) + (c - v)
+    r = s.astype(F32)
+    other = np.nextafter(r, np.where(s > r, np.inf, -np.inf).astype(F32))
+    tie = (s == (r.astype(np.float64) + other.astype(np.float64)) / 2) & (e != 0)
+    upper, lower = np.maximum(r, other), np.minimum(r, other)
+    return np.where(tie, np.where(e > 0, upper, lower), r).astype(F32)
+
+
+def _half(raw: np.ndarray, at: int) -> np.ndarray:
+    return raw[..., at:at + 2].copy().view(np.float16)[..., 0].astype(F32)
+
+
+def _nibbles16(qs: np.ndarray) -> np.ndarray:
+    q = qs.astype(np.int64)
+    return np.concatenate([q & 15, q >> 4], axis=-1)
+
+
+def _fifth(qh: np.ndarray) -> np.ndarray:
+    return np.unpackbits(qh, axis=-1, bitorder="little").astype(np.int64) << 4
+
+
+def _k4_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = s.astype(np.int64)
+    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | ((s[..., 0:4] >> 6) << 4)], axis=-1)
+    mn = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)], axis=-1)
+    return sc, mn
+
+
+def unpack(name: str, raw: np.ndarray) -> dict:
+    """Per step (block or super-block) of each row: "q" (n_rows, steps, 8 sub-blocks, 32) integers, "d",
+    and what the format adds: "m" (an offset per block), "sc"/"mn" (sub-block scales/mins), "lane_scale"
+    (Q6_K: a scale per lane)."""
+    _, step_bytes, blocks = FORMATS[name]
+    b = raw.reshape(raw.shape[0], -1, step_bytes)
+    if name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        if name == "Q8_0":
+            q = b[..., 2:34].view(np.int8).astype(np.int64)
+        elif name in ("Q4_0", "Q4_1"):
+            q = _nibbles16(b[..., -16:]) - (8 if name == "Q4_0" else 0)
+        else:
+            qh = b[..., 2:6] if name == "Q5_0" else b[..., 4:8]
+            q = (_nibbles16(b[..., -16:]) | _fifth(qh)) - (16 if name == "Q5_0" else 0)
+        out = {"q": q[:, :, None, :], "d": _half(b, 0)}
+        if name in ("Q4_1", "Q5_1"):
+            out["m"] = _half(b, 2)
+        return out
+    if name in ("Q4_K", "Q5_K"):
+        qs = b[..., 16:144] if name == "Q4_K" else b[..., 48:176]
+        q = np.stack([(qs[..., 32 * (j // 2):32 * (j // 2) + 32].astype(np.int64) >> (4 * (j & 1))) & 15
+                      for j in range(8)], axis=2)
+        if name == "Q5_K":
+            q |= np.stack([((b[..., 16:48].astype(np.int64) >> j) & 1) << 4 for j in range(8)], axis=2)
+        sc, mn = _k4_scales(b[..., 4:16])
+        return {"q": q, "d": _half(b, 0), "dmin": _half(b, 2), "sc": sc, "mn": mn}
+    # Q6_K
+    subs, scales = [], []
+    for half in range(2):
+        for k in range(4):
+            low = (b[..., half * 64 + (k & 1) * 32:][..., :32].astype(np.int64) >> (4 * (k >> 1))) & 15
+            high = (b[..., 128 + half * 32:][..., :32].astype(np.int64) >> (2 * k)) & 3
+            subs.append((low | (high << 4)) - 32)
+            pair = b[..., 192 + half * 8 + 2 * k:][..., :2].view(np.int8).astype(np.int64)
+            scales.append(np.repeat(pair, 4, axis=-1))
+    return {"q": np.stack(subs, axis=2), "d": _half(b, 208), "lane_scale": np.stack(scales, axis=2)}
+
+
+def row_dots_twin(name: str, raw: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray,
+                  xqs: np.ndarray) -> np.ndarray:
+    """out (n_tokens, n_rows), operation for operation as the kernel."""
+    parts = unpack(name, raw)
+    q = parts["q"]  # (n_rows, steps, subs, 32)
+    n_rows, steps, subs, _ = q.shape
+    out = np.empty((xq.shape[0], n_rows), F32)
+    for t in range(xq.shape[0]):
+        x = xq[t].astype(np.int64).reshape(steps, subs, 32)
+        lanes = (q * x).reshape(n_rows, steps, subs, 8, 4).sum(axis=-1)  # (n_rows, steps, subs, 8)
+        if "sc" in parts:
+            lanes = lanes * parts["sc"][..., None]
+        if "lane_scale" in parts:
+            lanes = lanes * parts["lane_scale"]
+        lanes = lanes.sum(axis=2)  # the sub-blocks' integer sum
+        acc, off = np.zeros((n_rows, 8), F32), np.zeros(n_rows, F32)
+        for s in range(steps):
+            xb = s * subs
+            acc = fma32(lanes[:, s].astype(F32), (parts["d"][:, s] * xd[t, xb])[:, None], acc)
+            if "m" in parts:
+                off = off + parts["m"][:, s] * xs[t, xb]
+            if "mn" in parts:
+                mins = (parts["mn"][:, s] * xqs[t, xb:xb + subs]).sum(axis=-1)
+                off = off + (F32(0) - (parts["dmin"][:, s] * xd[t, xb]) * mins.astype(F32))
+        v = acc[:, :4] + acc[:, 4:]
+        v = v[:, :2] + v[:, 2:]
+        out[t] = (v[:, 0] + v[:, 1]) + off
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("n_tokens", [1, 6])
+def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
+    fmt = FORMATS_BY_NAME[name]
+    raw = random_blocks(name, N_ROWS * N_COLS // fmt.block_size, np.random.default_rng(7)).reshape(N_ROWS, -1)
+    x = np.random.default_rng(8).standard_normal((n_tokens, N_COLS)).astype(F32)
+    x[0, :64] *= 1e-3  # small blocks beside large ones
+    kernels = KERNELS[name]
+    form = QuantizedRows(x).form(kernels.activation)
+    out = np.full((n_tokens, N_ROWS), np.nan, F32)
+    table = np.array([[kernels.format_id, 0, raw.shape[1], 0]], np.int64)
+    matmul_table(raw.reshape(-1), table, *form, out)
+    np.testing.assert_array_equal(out, row_dots_twin(name, raw, *form))
+    # and the twin is a dot product of the dequantized weights with the quantized x
+    w = dequantize(raw, fmt, (N_ROWS, N_COLS)).astype(np.float64)
+    xq, xd = form[0].astype(np.float64), np.repeat(form[1], 32, axis=1).astype(np.float64)
+    exact = (xq * xd) @ w.T
+    scale = np.abs(xq * xd) @ np.abs(w).T
+    slack = 2.0 ** -10 if name in ("Q4_1", "Q5_1") else 1e-5  # their block sums are float16 (llama.cpp's q8_1)
+    assert np.abs(out - exact).max() <= slack * scale.max()
+
+
+def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():
+    rng = np.random.default_rng(9)
+    names = ("Q4_K", "Q6_K")  # both take x as q8_K
+    blobs = [random_blocks(n, 16 * N_COLS // FORMATS_BY_NAME[n].block_size, rng) for n in names]
+    buffer = np.concatenate([b.reshape(-1) for b in blobs])  # one buffer, as a file's tensors share the mmap
+    starts = np.cumsum([0] + [b.size for b in blobs])
+    matrices = [QuantMatrix(type("T", (), dict(name=n, shape=(16, N_COLS), format=FORMATS_BY_NAME[n],
+                                               raw=buffer[a:b].reshape(16, -1))))
+                for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)]
+    parts = (matrices[0].slice_rows(3, 11), matrices[1], matrices[0].slice_rows(0, 5))
+    assert MatrixGroup(parts).table is not None  # one buffer, one activation form: one pass
+    x = QuantizedRows(rng.standard_normal((5, N_COLS)).astype(F32))
+    for fused, alone in zip(MatrixGroup(parts)(x), [m.matvec(x) for m in parts], strict=True):
+        np.testing.assert_array_equal(fused, alone)
+    np.testing.assert_array_equal(parts[0].matvec(x), matrices[0].matvec(x)[:, 3:11])
+    w = dequantize(matrices[1].raw, FORMATS_BY_NAME["Q6_K"], (16, N_COLS))
+    assert np.abs(matrices[1].matvec(x) - x.x @ w.T).max() <= 0.02 * (np.abs(x.x) @ np.abs(w).T).max()
