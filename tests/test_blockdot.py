@@ -128,7 +128,7 @@ def row_dots_twin(name: str, raw: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
-@pytest.mark.parametrize("n_tokens", [1, 6])
+@pytest.mark.parametrize("n_tokens", [1, 3, 6])
 def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
     fmt = FORMATS_BY_NAME[name]
     raw = random_blocks(name, N_ROWS * N_COLS // fmt.block_size, np.random.default_rng(7)).reshape(N_ROWS, -1)
@@ -137,7 +137,7 @@ def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
     kernels = KERNELS[name]
     form = QuantizedRows(x).form(kernels.activation)
     out = np.full((n_tokens, N_ROWS), np.nan, F32)
-    table = np.array([[kernels.format_id, 0, raw.shape[1], 0]], np.int64)
+    table = np.array([[kernels.format_id, 0, raw.shape[1], 0, N_ROWS]], np.int64)
     matmul_table(raw.reshape(-1), table, *form, out)
     np.testing.assert_array_equal(out, row_dots_twin(name, raw, *form))
     # and the twin is a dot product of the dequantized weights with the quantized x

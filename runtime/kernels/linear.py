@@ -90,7 +90,7 @@ class QuantMatrix:
 
     def table_row(self, col0: int) -> list[int]:
         """This matrix's row of a `matmul_table` table, its outputs starting at column col0."""
-        return [self.format_id, self.offset, self.raw.strides[0], col0]
+        return [self.format_id, self.offset, self.raw.strides[0], col0, self.n_rows]
 
     def dequantize_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start, n_cols)."""
