@@ -50,3 +50,38 @@ def test_attention_rows_do_not_depend_on_the_chunk():
     whole = ops.attention(q, keys, values, 0, 0, 0, 0.2)
     tail = ops.attention(q[7:], keys, values, 7, 0, 0, 0.2)  # the last 5 queries as their own chunk
     np.testing.assert_array_equal(tail, whole[7:])
+
+
+@pytest.mark.parametrize("n, pos0, key_pos0, window, softcap, head_dim", [
+    (1, 8, 0, 0, 0.0, 32), (6, 10, 0, 0, 0.0, 64), (6, 10, 3, 5, 0.0, 32), (1, 12, 4, 9, 0.0, 32),
+    (5, 9, 0, 0, 2.0, 64), (4, 20, 6, 7, 2.0, 48), (3, 7, 0, 0, 0.0, 40), (2, 30, 10, 0, 0.0, 8)])
+def test_attention_reads_float16_keys_as_their_float32_copy(n, pos0, key_pos0, window, softcap, head_dim):
+    """An f16 KV cache read in place (rows widened inside the kernel; head_dim 40 and 8: a tail of halves
+    after the 16-wide conversions) gives the very bits of its float32 copy, and the numpy twin's values."""
+    q = RNG.standard_normal((n, 6, head_dim)).astype(np.float32)
+    s = pos0 + n - key_pos0
+    keys, values = (RNG.standard_normal((2, s, 3, head_dim)) * 2).astype(np.float16)
+    got = ops.attention(q, keys, values, pos0, key_pos0, window, 0.2, softcap)
+    widened = ops.attention(q, keys.astype(np.float32), values.astype(np.float32), pos0, key_pos0, window, 0.2,
+                            softcap)
+    np.testing.assert_array_equal(got.view(np.uint32), widened.view(np.uint32))
+    expected = ops.attention_numpy(q, keys, values, pos0, key_pos0, window, 0.2, softcap)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_reads_a_float16_cache_slice_in_place():
+    """What the forward pass hands over: a window of one layer of the cache, reshaped to heads; the rows of
+    a chunk equal those of the whole prompt."""
+    from runtime.model.kv_cache import KVCache
+
+    cache = KVCache(2, 32, 3 * 32, "f16")
+    k, v = RNG.standard_normal((2, 20, 3 * 32)).astype(np.float32)
+    cache.store(1, 0, k, v)
+    keys, values = cache.read(1, 4, 20)
+    assert keys.dtype == np.float16 and np.shares_memory(keys, cache.keys)
+    q = RNG.standard_normal((8, 6, 32)).astype(np.float32)
+    whole = ops.attention(q, keys.reshape(-1, 3, 32), values.reshape(-1, 3, 32), 12, 4, 6, 0.2)
+    tail = ops.attention(q[5:], keys.reshape(-1, 3, 32), values.reshape(-1, 3, 32), 17, 4, 6, 0.2)
+    np.testing.assert_array_equal(tail, whole[5:])
+    widened = [a.astype(np.float32).reshape(-1, 3, 32) for a in (keys, values)]
+    np.testing.assert_array_equal(whole, ops.attention(q, *widened, 12, 4, 6, 0.2))

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .half import f32_row
 from .simd import dot_f32
 
 _OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
@@ -80,8 +81,10 @@ def gated_activation(gate, up, gelu, out):
 @njit(parallel=True, **_OPTS)
 def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
     """Causal attention, one (query, head) pair per task: q (n, n_head, hd) at positions pos0..;
-    keys/values (s, n_kv, hd) at positions key_pos0..; out (n, n_head, hd). softcap > 0: each scaled
-    score s becomes softcap * tanh(s / softcap) (gemma2's attention-logit soft-capping).
+    keys/values (s, n_kv, hd) at positions key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache
+    read in place: each row is widened as it is used, exactly, so both give the same bits); out (n, n_head,
+    hd). softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) (gemma2's attention-logit
+    soft-capping).
 
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). Each
     row is computed by the same loop, in the same order, however many queries share the call, so a
@@ -98,9 +101,10 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, out)
         skip = first - key_pos0  # keys before the window
         s = pos - first + 1
         scores = np.empty(s, np.float32)
+        row = np.empty(head_dim, np.float32)  # a key or value row widened from halves (unused for float32)
         best = np.float32(-np.inf)
         for t in range(s):
-            score = vector_dot(q[i, h], keys[skip + t, kv]) * scale
+            score = vector_dot(q[i, h], f32_row(keys[skip + t, kv], row)) * scale
             if softcap > 0:
                 score = softcap * np.tanh(score / softcap)
             scores[t] = score
@@ -113,7 +117,8 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, out)
         acc = np.zeros(head_dim, np.float32)
         for t in range(s):
             p = scores[t] * inv
+            v = f32_row(values[skip + t, kv], row)
             for j in range(head_dim):
-                acc[j] += p * values[skip + t, kv, j]
+                acc[j] += p * v[j]
         for j in range(head_dim):
             out[i, h, j] = acc[j]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.convert import f16_to_f32
-
 KV_TYPES = {"f16": np.float16, "f32": np.float32}
 
 
@@ -18,8 +16,6 @@ class KVCache:
         self.kv_type = kv_type
         self.keys = np.zeros((n_layer, n_ctx, kv_dim), dtype)  # (n_layer, n_ctx, kv_dim)
         self.values = np.zeros((n_layer, n_ctx, kv_dim), dtype)
-        # float32 staging for one layer's f16 slice (shared by all layers, touched only as far as used)
-        self._staging = (np.empty((n_ctx, kv_dim), np.float32), np.empty((n_ctx, kv_dim), np.float32))
 
     @property
     def n_bytes(self) -> int:
@@ -31,9 +27,6 @@ class KVCache:
         self.values[layer, pos0:pos0 + len(values)] = values
 
     def read(self, layer: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 keys and values (stop - start, kv_dim) of positions start..stop-1."""
-        keys, values = self.keys[layer, start:stop], self.values[layer, start:stop]
-        if self.kv_type == "f32":
-            return keys, values
-        n = stop - start
-        return f16_to_f32(keys, self._staging[0][:n]), f16_to_f32(values, self._staging[1][:n])
+        """The stored keys and values (stop - start, kv_dim) of positions start..stop-1: views in the cache's
+        own type (float16 or float32), which attention reads as they are."""
+        return self.keys[layer, start:stop], self.values[layer, start:stop]

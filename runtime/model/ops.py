@@ -66,20 +66,28 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
     """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap).
 
     q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
-    key_pos0..key_pos0+s-1. A key is visible to a query at p when key <= p and, with a window,
-    p - key < window. Returns (n, n_head * head_dim). Every query row is computed on its own (see
-    `kernels.attention_rows`); `attention_numpy` is the batched numpy twin.
+    key_pos0..key_pos0+s-1, float32 or float16 (the KV cache as stored: the kernel widens each row as it
+    reads it, to the same bits a float32 copy would give). A key is visible to a query at p when key <= p
+    and, with a window, p - key < window. Returns (n, n_head * head_dim). Every query row is computed on its
+    own (see `kernels.attention_rows`); `attention_numpy` is the batched numpy twin.
     """
     n, n_head, head_dim = q.shape
     out = np.empty((n, n_head, head_dim), np.float32)
-    kernels.attention_rows(np.ascontiguousarray(q), keys, values, pos0, key_pos0, window, np.float32(scale),
-                           np.float32(softcap), out)
+    kernels.attention_rows(np.ascontiguousarray(q), _kernel_view(keys), _kernel_view(values), pos0, key_pos0,
+                           window, np.float32(scale), np.float32(softcap), out)
     return out.reshape(n, n_head * head_dim)
+
+
+def _kernel_view(a: np.ndarray) -> np.ndarray:
+    """float16 as its uint16 bits (numba has no float16 arrays; `kernels.half` reads them), else as is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
                     scale: float, softcap: float = 0.0) -> np.ndarray:
-    """Numpy attention (BLAS products): any number of queries, masks applied."""
+    """Numpy attention (BLAS products): any number of queries, masks applied; float16 keys/values are
+    widened to float32 first."""
+    keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
     n, n_head, head_dim = q.shape
     s, n_kv = keys.shape[0], keys.shape[1]
     group = n_head // n_kv
