@@ -26,6 +26,7 @@ from .matvec import QK, matmul_table, quantize_q8, quantize_q8_k
 from .ops import dot_rows
 
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
+REUSED_TOKENS = 8  # MatrixGroup.project calls of up to this many tokens (decode) reuse their buffers
 
 
 class QuantizedRows:
@@ -162,6 +163,33 @@ class MatrixGroup:
         self.table = None
         if all(m.integer_kernel and (m.buffer.ctypes.data, m.buffer.size, m.activation) == shared for m in matrices):
             self.table = np.array([m.table_row(c) for m, (c, _) in zip(matrices, self.bounds, strict=True)], np.int64)
+        self._buffers: dict[int, tuple] = {}  # n -> (xq, xd, xs, xqs, out, views): decode's, made once
+
+    def project(self, x: np.ndarray, keep: bool = False) -> list[np.ndarray]:
+        """[x @ W.T + bias for W in matrices], x (n, n_in) float32. Unless `keep`, calls of up to
+        `REUSED_TOKENS` tokens (decode) write into buffers of this group made once, so their results are
+        valid until its next call (the forward pass uses them before); `keep` for results handed out."""
+        n = x.shape[0]
+        if self.table is None or keep or n > REUSED_TOKENS:
+            outs = self(QuantizedRows(x))
+        else:
+            buffers = self._buffers.get(n) or self._make_buffers(n, x.shape[1])
+            *form, out, outs = buffers
+            QuantizedRows.QUANTIZERS[self.matrices[0].activation](np.ascontiguousarray(x, np.float32), *form)
+            matmul_table(self.matrices[0].buffer, self.table, *form, out)
+        for m, y in zip(self.matrices, outs, strict=True):
+            if m.bias is not None:
+                y += m.bias
+        return outs
+
+    def _make_buffers(self, n: int, n_cols: int) -> tuple:
+        out = np.empty((n, self.bounds[-1][1]), np.float32)
+        blocks = n_cols // QK
+        buffers = (np.empty((n, n_cols), np.int8), np.empty((n, blocks), np.float32),
+                   np.empty((n, blocks), np.float32), np.empty((n, blocks), np.int32), out,
+                   [out[:, a:b] for a, b in self.bounds])
+        self._buffers[n] = buffers
+        return buffers
 
     def __call__(self, x: QuantizedRows) -> list[np.ndarray]:
         if self.table is None:

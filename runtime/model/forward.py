@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
+from ..kernels.linear import MatrixGroup, QuantMatrix
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
@@ -59,19 +59,16 @@ class Transformer:
         tables = {id(r): r.cos.nbytes + r.sin.nbytes for r in self.rope_of_layer}
         return self.weights.derived_bytes + sum(tables.values())
 
-    def project(self, x: np.ndarray, *matrices: QuantMatrix) -> list[np.ndarray]:
+    def project(self, x: np.ndarray, *matrices: QuantMatrix, keep: bool = False) -> list[np.ndarray]:
         """x (n, n_in) @ W.T (+ bias) for each W, x quantized once for all of them (in one pass where they
         can share it: `MatrixGroup`). Prefill and decode take this same path, so a token's result is the
-        same bits whether it came in a chunk of many, alone, or batched with other sequences."""
+        same bits whether it came in a chunk of many, alone, or batched with other sequences. Decode's
+        results are valid until the same matrices are used again, unless `keep`."""
         key = tuple(map(id, matrices))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = MatrixGroup(matrices)
-        outs = group(QuantizedRows(x))
-        for m, y in zip(matrices, outs, strict=True):
-            if m.bias is not None:
-                y += m.bias
-        return outs
+        return group.project(x, keep)
 
     def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
         """Run tokens (n,) of one sequence at positions pos0.. through the model (prefill), filling its cache.
@@ -147,7 +144,7 @@ class Transformer:
         x = rms_norm(x, w.output_norm, c.rms_eps)
         if output == "hidden":
             return x
-        (logits,) = self.project(x, w.output)
+        (logits,) = self.project(x, w.output, keep=True)
         return softcap(logits, c.final_softcap) if c.final_softcap else logits
 
 
