@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bundler.models import fetch_model
-from tests.synth import SMALL_TENSORS, write_gguf
+from tests.synth import SMALL_TENSORS, write_gguf, write_model
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("LLAMAPYZ_GOLDEN", REPO.parent / "shared" / "golden"))
@@ -46,6 +47,24 @@ def small_gguf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """A small synthetic GGUF with every metadata type and SMALL_TENSORS: (path, raw bytes of each tensor)."""
     path = tmp_path / "small.gguf"
     return path, write_gguf(path, SMALL_TENSORS)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Tiny random models (tests/synth.py `write_model`), each written once per session:
+    `tiny_models(arch, weight_type, **write_model_options)` -> its path. gemma3 gets 6 layers unless told
+    otherwise (five sliding-window layers and one global one with its own rope base), the others 2."""
+    paths: dict[tuple, Path] = {}
+
+    def get(arch: str = "llama", weight_type: str = "Q8_0", **options) -> Path:
+        options.setdefault("n_layer", 6 if arch == "gemma3" else 2)
+        key = (arch, weight_type, tuple(sorted(options.items())))
+        if key not in paths:
+            paths[key] = tmp_path_factory.mktemp("models") / f"{arch}-{weight_type}.gguf"
+            write_model(paths[key], arch, weight_type, **options)
+        return paths[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,9 @@
 
 - Each target's code is compiled here for its ISA (both architectures: LLVM carries both backends) and
   checked for the instructions the tier exists for, and for nothing above it.
-- Each target this CPU can run passes the kernel, op and synthetic-model tests (against their numpy
-  twins) in a child process forced to it, and gives the same greedy SmolLM2 text as every other target.
+- Each target this CPU can run passes the kernel, op, synthetic-model and exactness tests in a child
+  process forced to it, gives the same greedy SmolLM2 text as every other target, and the same logits and
+  KV cache bits on synthetic models (that comparison is tests/test_exactness.py's).
 - A tier the CPU lacks, and a CPU below every tier, are refused with one line and exit code 1.
 """
 
@@ -96,9 +97,9 @@ def run_forced(name: str, *args: str, env: dict[str, str] | None = None, timeout
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HERE)
 def test_every_runnable_target_matches_the_numpy_twins(name):
-    """The kernel, op and synthetic-model tests, in a process whose kernels are compiled for `name`."""
-    tests = ["tests/test_kernels.py", "tests/test_ops.py", "tests/test_model.py", "tests/test_tiers.py::"
-             "test_this_process_runs_the_best_target_or_the_forced_one"]
+    """The kernel, op, synthetic-model and exactness tests, in a process whose kernels are compiled for `name`."""
+    tests = ["tests/test_kernels.py", "tests/test_ops.py", "tests/test_model.py", "tests/test_exactness.py",
+             "tests/test_tiers.py::test_this_process_runs_the_best_target_or_the_forced_one"]
     done = run_forced(name, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert re.search(r"\d+ passed", done.stdout) and " failed" not in done.stdout
