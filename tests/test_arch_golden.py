@@ -15,9 +15,12 @@ where llama.cpp's top-1 margin is >= 0.5 (the golden README's gate, ../shared/go
 
 One documented exception, `SENSITIVE`: gemma2's derived model is a poor language model (q/k norms folded
 into the weights; its greedy text repeats "the the"), and its int8 variants magnify rounding differences:
-measured 98.5% agreement (128 of 130 sure positions) and first-step gaps up to 1.58 short / 1.70 long for
-Q4_K_M, 100% and 0.75 / 1.30 for Q8_0, while its F16 file meets the tight bounds (gaps <= 0.12, 100%),
-which is what checks the architecture. A better-conditioned gemma2 derivation should retire the exception.
+first-step gaps up to 1.58 short / 1.70 long for Q4_K_M (0.75 / 1.30 for Q8_0), so a position whose
+top-1 margin is below that noise is no sure position there: for these two files "sure" means a margin of
+at least 1.75 (98 positions of Q4_K_M's 160, 78 of Q8_0's) and the usual 99% must agree. (With the 0.5
+margin, flips at margins 0.56-1.3 came and went with every change of our kernels' float rounding: 128, then
+127 of 130.) Its F16 file meets the tight bounds (gaps <= 0.12, 100%), which is what checks the
+architecture. A better-conditioned gemma2 derivation should retire the exception.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from runtime.cli import main
 from tests.dress import FAMILIES, QUANTS, derived_path
 
 DATA = Path(__file__).resolve().parent / "data" / "arch"
-SENSITIVE = {("gemma2", "Q8_0"), ("gemma2", "Q4_K_M")}  # see the module docstring: (agreement, short, long)
-SENSITIVE_BOUNDS = (0.98, 1.75, 1.75)
+SENSITIVE = {("gemma2", "Q8_0"), ("gemma2", "Q4_K_M")}  # see the module docstring: (sure margin, short, long)
+SENSITIVE_BOUNDS = (1.75, 1.75, 1.75)
 SURE_MARGIN = 0.5
 LONG_PROMPT = 512
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -64,6 +67,7 @@ def test_agrees_with_llama_cpp(derived, family, quant):
     path, cases = derived(family, quant), golden(family, quant)["cases"]
     models: dict[int, Model] = {}
     agree = sure = 0
+    sure_margin, short, long = SENSITIVE_BOUNDS if (family, quant) in SENSITIVE else (SURE_MARGIN, 1.0, 1.25)
     for case in cases:
         n_ctx = case["n_ctx"]
         if n_ctx not in models:
@@ -71,16 +75,15 @@ def test_agrees_with_llama_cpp(derived, family, quant):
         prompt, expected = case["prompt_tokens"], case["tokens"]
         logits = models[n_ctx].logits(prompt + expected)
         predicted = logits[len(prompt) - 1:len(prompt) - 1 + len(expected)].argmax(axis=-1)
-        mask = np.array(case["top1_margin"]) >= SURE_MARGIN
+        mask = np.array(case["top1_margin"]) >= sure_margin
         agree += int((predicted == np.array(expected))[mask].sum())
         sure += int(mask.sum())
         first = logits[len(prompt) - 1]
         gap = max(abs(first[token] - logit) for token, logit in case["top20_logits_first_step"])
-        least_agreement, short, long = SENSITIVE_BOUNDS if (family, quant) in SENSITIVE else (0.99, 1.0, 1.25)
         bound = 0.25 if quant == "F16" else long if len(prompt) > LONG_PROMPT else short
         assert gap <= bound, (case["prompt"][:40], n_ctx, gap)
     assert sure >= 40  # enough sure positions for the rate to mean something
-    assert agree / sure >= least_agreement, (agree, sure)
+    assert agree / sure >= 0.99, (agree, sure)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
