@@ -1,11 +1,9 @@
 """Row kernels: one weight row in its GGUF encoding against the int8 blocks of every token, as one LLVM loop.
 
-`ROW_DOTS[format](w, wo, stride, xq, xd, xs, xqs, out, col)` computes out[t, col] for every token t from
-the row that starts at byte `wo` of w (uint8: the weights' bytes) and x's int8 blocks from `quantize_q8`
-/ `quantize_q8_k` (matvec.py; C-contiguous, as out), tokens four at a time (each weight block is unpacked
-once for all four: prefill). `ROWS4_DOTS[format]` does four rows (wo, wo + stride, ...: columns col..col+3)
-for one token at a time (decode: four independent accumulator chains instead of one that waits on each
-fused multiply-add). Both compute each output by the same operations.
+`ROW_DOTS[format](w, wo, xq, xd, xs, xqs, out, col)` computes out[t, col] for every token t from the row
+that starts at byte `wo` of w (uint8: the weights' bytes) and x's int8 blocks from `quantize_q8` /
+`quantize_q8_k` (matvec.py; C-contiguous, as out). Tokens go four at a time (each weight block is
+unpacked once for all four), then one at a time.
 
 Why a hand-written loop: each output keeps its partial sums in vector registers for the whole row and
 reduces them once, where a block-at-a-time dot product pays a horizontal reduction per 32 values. The
@@ -37,8 +35,7 @@ from ..cpu import Target, active
 from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
 
 LANES = 8  # float/int32 lanes of one accumulator
-TILE = 4  # tokens per pass over a row (prefill)
-ROWS = 4  # rows per pass (decode: independent accumulator chains)
+TILE = 4  # tokens per pass over a row
 F32 = ir.FloatType()
 V8I32, V8F32, V32I8 = _vec(I32, LANES), _vec(F32, LANES), _vec(I8, 32)
 
@@ -162,7 +159,7 @@ class Tokens:
     def __init__(self, context, builder, sig, args, t0: ir.Value, count: int) -> None:
         self.b = builder
         arrays = {}
-        for name, ty, value in zip(("xq", "xd", "xs", "xqs"), sig.args[3:7], args[3:7], strict=True):
+        for name, ty, value in zip(("xq", "xd", "xs", "xqs"), sig.args[2:6], args[2:6], strict=True):
             arrays[name] = context.make_array(ty)(context, builder, value)
         self.n_cols = cgutils.unpack_tuple(builder, arrays["xq"].shape)[1]
         self.n_blocks = cgutils.unpack_tuple(builder, arrays["xd"].shape)[1]
@@ -345,52 +342,46 @@ FORMATS = {
 }
 
 
-def _pass(context, builder, sig, args, n_rows: int, t0: ir.Value, count: int, fmt: tuple) -> None:
-    """out[t0:t0+count, col:col+n_rows] for n_rows rows, stride bytes apart: the loop over the rows' blocks,
-    each row with its own accumulators (independent chains the CPU overlaps), then the stores."""
-    step, step_bytes, blocks = fmt
-    w = context.make_array(sig.args[0])(context, builder, args[0]).data
-    rows = [builder.gep(w, [builder.add(args[1], builder.mul(args[2], ir.Constant(args[2].type, r)))])
-            for r in range(n_rows)]
-    toks = [Tokens(context, builder, sig, args, t0, count) for _ in rows]
-    n_steps = builder.udiv(toks[0].n_blocks, ir.Constant(toks[0].n_blocks.type, blocks))
+def _pass(context, builder, sig, args, t0: ir.Value, count: int, step, step_bytes: int, blocks: int) -> None:
+    """out[t0:t0+count, r] for one row: the loop over the row's blocks, then the stores."""
+    row = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
+    toks = Tokens(context, builder, sig, args, t0, count)
+    n_steps = builder.udiv(toks.n_blocks, ir.Constant(toks.n_blocks.type, blocks))
     with cgutils.for_range(builder, n_steps) as loop:
         i = loop.index
-        offset, xb = builder.mul(i, ir.Constant(i.type, step_bytes)), builder.mul(i, ir.Constant(i.type, blocks))
-        for row, row_toks in zip(rows, toks, strict=True):
-            step(Block(builder, builder.gep(row, [offset])), row_toks, xb)
-    out = context.make_array(sig.args[7])(context, builder, args[7])
-    width = cgutils.unpack_tuple(builder, out.shape)[1]
-    for r, row_toks in enumerate(toks):
-        col = builder.add(args[8], ir.Constant(args[8].type, r))
-        for t in range(count):
-            index = builder.add(builder.mul(row_toks.rows[t], width), col)
-            builder.store(row_toks.total(t), builder.gep(out.data, [index]))
+        p = builder.gep(row, [builder.mul(i, ir.Constant(i.type, step_bytes))])
+        step(Block(builder, p), toks, builder.mul(i, ir.Constant(i.type, blocks)))
+    out = context.make_array(sig.args[6])(context, builder, args[6])
+    n_rows = cgutils.unpack_tuple(builder, out.shape)[1]
+    for t in range(count):
+        index = builder.add(builder.mul(toks.rows[t], n_rows), args[7])
+        builder.store(toks.total(t), builder.gep(out.data, [index]))
 
 
-def _row_dot(name: str, n_rows: int):
-    def typer(typingctx, w, wo, stride, xq, xd, xs, xqs, out, col):
-        sig = types.void(w, wo, stride, xq, xd, xs, xqs, out, col)
+def _row_dot(name: str):
+    step, step_bytes, blocks = FORMATS[name]
+
+    def typer(typingctx, w, wo, xq, xd, xs, xqs, out, col):
+        sig = types.void(w, wo, xq, xd, xs, xqs, out, col)
 
         def codegen(context, builder, signature, args):
-            n = cgutils.unpack_tuple(builder, context.make_array(signature.args[3])(context, builder, args[3]).shape)[0]
-            tile = TILE if n_rows == 1 else 1
-            tiles = builder.udiv(n, ir.Constant(n.type, tile))
+            xq_shape = cgutils.unpack_tuple(builder, context.make_array(signature.args[2])(
+                context, builder, args[2]).shape)
+            n = xq_shape[0]
+            tiles = builder.udiv(n, ir.Constant(n.type, TILE))
             with cgutils.for_range(builder, tiles) as loop:
-                t0 = builder.mul(loop.index, ir.Constant(n.type, tile))
-                _pass(context, builder, signature, args, n_rows, t0, tile, FORMATS[name])
-            with cgutils.for_range_slice(builder, builder.mul(tiles, ir.Constant(n.type, tile)), n,
+                t0 = builder.mul(loop.index, ir.Constant(n.type, TILE))
+                _pass(context, builder, signature, args, t0, TILE, step, step_bytes, blocks)
+            with cgutils.for_range_slice(builder, builder.mul(tiles, ir.Constant(n.type, TILE)), n,
                                          ir.Constant(n.type, 1), inc=True) as (t, _):
-                _pass(context, builder, signature, args, n_rows, t, 1, FORMATS[name])
+                _pass(context, builder, signature, args, t, 1, step, step_bytes, blocks)
             return context.get_dummy_value()
 
         return sig, codegen
 
     kernel = intrinsic(typer)
-    kernel.__doc__ = (f"out[:, col:col+{n_rows}] = x @ the {n_rows} {name} row(s) at bytes wo, wo + stride, ... "
-                      "of w (see the module docstring).")
+    kernel.__doc__ = f"out[:, col] = x @ the {name} row at byte wo of w (see the module docstring)."
     return kernel
 
 
-ROW_DOTS = {name: _row_dot(name, 1) for name in FORMATS}  # tokens four at a time (prefill)
-ROWS4_DOTS = {name: _row_dot(name, ROWS) for name in FORMATS}  # four rows, tokens one at a time (decode)
+ROW_DOTS = {name: _row_dot(name) for name in FORMATS}

@@ -30,14 +30,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .blockdot import ROW_DOTS, ROWS, ROWS4_DOTS, TILE
+from .blockdot import ROW_DOTS
 
 QK = 32  # elements per x block
 _OPTS = dict(parallel=True, cache=True, nogil=True)
 FORMAT_IDS = {name: i for i, name in enumerate(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"))}
 row_q4_0, row_q4_1, row_q5_0, row_q5_1, row_q8_0, row_q4_k, row_q5_k, row_q6_k = (ROW_DOTS[f] for f in FORMAT_IDS)
-rows4_q4_0, rows4_q4_1, rows4_q5_0, rows4_q5_1, rows4_q8_0, rows4_q4_k, rows4_q5_k, rows4_q6_k = (
-    ROWS4_DOTS[f] for f in FORMAT_IDS)
 
 
 @njit(cache=True, nogil=True)
@@ -109,65 +107,32 @@ def matmul_table(w, table, xq, xd, xs, xqs, out):
     """out (n, n_out) = x @ W.T for several matrices at once (q, k and v; gate and up): one parallel pass.
     table (n_mats, 5) int64: matrix m has format table[m, 0] (`FORMAT_IDS`), its row c starts at byte
     table[m, 1] + c * table[m, 2] of w (the weights' buffer), it fills columns table[m, 3].. of out, and it
-    has table[m, 4] rows. Tasks are groups of rows: four rows for one token at a time when there are fewer
-    than four tokens (decode), else one row for four tokens at a time (prefill); a row's outputs are the
-    same bits either way."""
+    has table[m, 4] rows. One task per row, for every token (four at a time).
+
+    (Four rows per task, for four independent accumulator chains in decode, was measured: 20-30% faster on
+    matrices that sit in L2, no faster on a step's matrices streamed from memory, and 2.4x slower on a
+    28 MiB output matrix, the four interleaved row streams defeating the prefetcher.)"""
     n_mats = table.shape[0]
-    rows = ROWS if xq.shape[0] < TILE else 1
-    first = np.zeros(n_mats + 1, np.int64)  # each matrix's first task
-    for m in range(n_mats):
-        first[m + 1] = first[m] + (table[m, 4] + rows - 1) // rows
-    for task in prange(first[n_mats]):
+    for col in prange(out.shape[1]):
         m = 0
-        while first[m + 1] <= task:
+        while m + 1 < n_mats and table[m + 1, 3] <= col:
             m += 1
-        r0 = (task - first[m]) * rows
-        f, stride = table[m, 0], table[m, 2]
-        wo, col = table[m, 1] + r0 * stride, table[m, 3] + r0
-        if rows == ROWS and r0 + ROWS <= table[m, 4]:
-            _rows4(f, w, wo, stride, xq, xd, xs, xqs, out, col)
+        wo = table[m, 1] + (col - table[m, 3]) * table[m, 2]
+        f = table[m, 0]
+        # numba cannot pick a function by a runtime value: one branch per format, in FORMAT_IDS order
+        if f == 0:
+            row_q4_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 1:
+            row_q4_1(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 2:
+            row_q5_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 3:
+            row_q5_1(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 4:
+            row_q8_0(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 5:
+            row_q4_k(w, wo, xq, xd, xs, xqs, out, col)
+        elif f == 6:
+            row_q5_k(w, wo, xq, xd, xs, xqs, out, col)
         else:
-            for r in range(min(rows, table[m, 4] - r0)):
-                _row1(f, w, wo + r * stride, stride, xq, xd, xs, xqs, out, col + r)
-
-
-# numba cannot pick a function by a runtime value: one branch per format, in FORMAT_IDS order
-
-@njit(inline="always")
-def _row1(f, w, wo, stride, xq, xd, xs, xqs, out, col):
-    if f == 0:
-        row_q4_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 1:
-        row_q4_1(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 2:
-        row_q5_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 3:
-        row_q5_1(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 4:
-        row_q8_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 5:
-        row_q4_k(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 6:
-        row_q5_k(w, wo, stride, xq, xd, xs, xqs, out, col)
-    else:
-        row_q6_k(w, wo, stride, xq, xd, xs, xqs, out, col)
-
-
-@njit(inline="always")
-def _rows4(f, w, wo, stride, xq, xd, xs, xqs, out, col):
-    if f == 0:
-        rows4_q4_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 1:
-        rows4_q4_1(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 2:
-        rows4_q5_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 3:
-        rows4_q5_1(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 4:
-        rows4_q8_0(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 5:
-        rows4_q4_k(w, wo, stride, xq, xd, xs, xqs, out, col)
-    elif f == 6:
-        rows4_q5_k(w, wo, stride, xq, xd, xs, xqs, out, col)
-    else:
-        rows4_q6_k(w, wo, stride, xq, xd, xs, xqs, out, col)
+            row_q6_k(w, wo, xq, xd, xs, xqs, out, col)
