@@ -85,3 +85,21 @@ def test_attention_reads_a_float16_cache_slice_in_place():
     np.testing.assert_array_equal(tail, whole[5:])
     widened = [a.astype(np.float32).reshape(-1, 3, 32) for a in (keys, values)]
     np.testing.assert_array_equal(whole, ops.attention(q, *widened, 12, 4, 6, 0.2))
+
+
+@pytest.mark.parametrize("keys_dtype", [np.float32, np.float16])
+def test_attention_rows_do_not_depend_on_how_heads_are_split(keys_dtype):
+    """n_parts (how many tasks share one query's heads, chosen from the thread count) changes nothing."""
+    from runtime.kernels.ops import attention_rows
+
+    q = RNG.standard_normal((3, 9, 32)).astype(np.float32)
+    keys, values = (RNG.standard_normal((2, 11, 3, 32)) * 2).astype(keys_dtype)
+    if keys_dtype == np.float16:
+        keys, values = keys.view(np.uint16), values.view(np.uint16)
+    outs = []
+    for n_parts in (1, 2, 4, 9):
+        out = np.empty((3, 9, 32), np.float32)
+        attention_rows(q, keys, values, 8, 0, 6, np.float32(0.2), np.float32(1.5), n_parts, out)
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])

@@ -14,20 +14,19 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .half import f32_row
-from .simd import dot_f32
+from . import half
 
 _OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
 
 
 @njit(inline="always")
 def vector_dot(a, b):
-    """sum(a * b) for 1-d float32 arrays: `simd.dot_f32` (the same bits on every CPU tier) over the largest
-    multiple of 16 elements, then any tail in turn."""
+    """sum(a * b) for 1-d float32 `a` and float32 or half (uint16, see `half`) `b`: `simd.dot_f32` (the same
+    bits on every CPU tier) over the largest multiple of 16 elements, then any tail in turn."""
     n = a.shape[0] - a.shape[0] % 16
-    total = dot_f32(a, b, n)
+    total = half.dot(a, b, n)
     for j in range(n, a.shape[0]):
-        total += a[j] * b[j]
+        total += a[j] * half.at(b, j)
     return total
 
 
@@ -79,46 +78,54 @@ def gated_activation(gate, up, gelu, out):
 
 
 @njit(parallel=True, **_OPTS)
-def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
-    """Causal attention, one (query, head) pair per task: q (n, n_head, hd) at positions pos0..;
-    keys/values (s, n_kv, hd) at positions key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache
-    read in place: each row is widened as it is used, exactly, so both give the same bits); out (n, n_head,
-    hd). softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) (gemma2's attention-logit
-    soft-capping).
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_parts, out):
+    """Causal attention: q (n, n_head, hd) at positions pos0..; keys/values (s, n_kv, hd) at positions
+    key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache read in place, widened in registers: the
+    same bits as its float32 copy); out (n, n_head, hd). softcap > 0: each scaled score s becomes
+    softcap * tanh(s / softcap) (gemma2's attention-logit soft-capping).
 
-    Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). Each
-    row is computed by the same loop, in the same order, however many queries share the call, so a
-    prompt's keys and values do not depend on how it was split into chunks (or what was cached before).
+    Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). One
+    task per query and part of its heads (n_parts per query: more than one only when there are fewer
+    queries than threads), which walks its window once, key by key, for all its heads: each key and value
+    row is read from memory once, in address order, and used by every head that shares it. Every (query,
+    head) pair is still computed by the same loop in the same order (scores, max, exponentials summed in key
+    order, values accumulated in key order), so its row does not depend on n_parts, on how a prompt was
+    split into chunks, or on what was cached before.
     """
     n, n_head, head_dim = q.shape
     n_kv = keys.shape[1]
     group = n_head // n_kv
-    for task in prange(n * n_head):
-        i, h = task // n_head, task % n_head
-        kv = h // group
+    for task in prange(n * n_parts):
+        k, part = task // n_parts, task % n_parts
+        # queries in the order 0, n-1, 1, n-2, ...: prange gives each thread a contiguous run of tasks, and
+        # this way each run holds short and long causal windows alike
+        i = k // 2 if k % 2 == 0 else n - 1 - k // 2
+        h0, h1 = part * n_head // n_parts, (part + 1) * n_head // n_parts
         pos = pos0 + i
         first = max(key_pos0, pos - window + 1) if window > 0 else key_pos0
         skip = first - key_pos0  # keys before the window
         s = pos - first + 1
-        scores = np.empty(s, np.float32)
-        row = np.empty(head_dim, np.float32)  # a key or value row widened from halves (unused for float32)
-        best = np.float32(-np.inf)
+        scores = np.empty((h1 - h0, s), np.float32)  # (heads of this part, keys)
         for t in range(s):
-            score = vector_dot(q[i, h], f32_row(keys[skip + t, kv], row)) * scale
-            if softcap > 0:
-                score = softcap * np.tanh(score / softcap)
-            scores[t] = score
-            best = max(best, score)
-        total = np.float32(0.0)
+            for h in range(h0, h1):
+                score = vector_dot(q[i, h], keys[skip + t, h // group]) * scale
+                if softcap > 0:
+                    score = softcap * np.tanh(score / softcap)
+                scores[h - h0, t] = score
+        inv = np.empty(h1 - h0, np.float32)  # 1 / the sum of each head's exponentials
+        for r in range(h1 - h0):
+            best = np.float32(-np.inf)
+            for t in range(s):
+                best = max(best, scores[r, t])
+            total = np.float32(0.0)
+            for t in range(s):
+                scores[r, t] = np.exp(scores[r, t] - best)
+                total += scores[r, t]
+            inv[r] = np.float32(1.0) / total
+        acc = np.zeros((h1 - h0, head_dim), np.float32)
         for t in range(s):
-            scores[t] = np.exp(scores[t] - best)
-            total += scores[t]
-        inv = np.float32(1.0) / total
-        acc = np.zeros(head_dim, np.float32)
-        for t in range(s):
-            p = scores[t] * inv
-            v = f32_row(values[skip + t, kv], row)
+            for h in range(h0, h1):
+                half.add_scaled(acc[h - h0], scores[h - h0, t] * inv[h - h0], values[skip + t, h // group])
+        for h in range(h0, h1):
             for j in range(head_dim):
-                acc[j] += p * v[j]
-        for j in range(head_dim):
-            out[i, h, j] = acc[j]
+                out[i, h, j] = acc[h - h0, j]

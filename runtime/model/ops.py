@@ -9,6 +9,7 @@ products, is its batched twin for the tests), and `softcap` is gemma2's final-lo
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..kernels import ops as kernels
@@ -73,8 +74,9 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
     """
     n, n_head, head_dim = q.shape
     out = np.empty((n, n_head, head_dim), np.float32)
+    n_parts = min(n_head, -(-numba.get_num_threads() // n))  # split each query's heads only to fill the threads
     kernels.attention_rows(np.ascontiguousarray(q), _kernel_view(keys), _kernel_view(values), pos0, key_pos0,
-                           window, np.float32(scale), np.float32(softcap), out)
+                           window, np.float32(scale), np.float32(softcap), n_parts, out)
     return out.reshape(n, n_head * head_dim)
 
 
