@@ -18,7 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .simd import I16, I32, _half_to_float, _load, _vec, dot_f32, f16_at
+from .simd import I16, I32, _half_to_float, _load, _vec, dot_f32, f16_at, fixed_order_dot
 
 LANES = 16
 
@@ -32,24 +32,13 @@ def _halves(context, builder, array_type, array, offset) -> ir.Value:
 def dot_f32_f16(typingctx, a, b, n):
     """sum(a[:n] * float32(b[:n])) for float32 `a` and uint16 `b` holding halves, n a multiple of 16, in
     `simd.dot_f32`'s order (lane-wise running sums of 16, the pairwise tree 16 -> 8 -> 4 -> 2 -> 1, no fused
-    multiply-add), repeated here with the conversion in b's load: the bits of dot_f32 on b's float32 copy."""
+    multiply-add; the same code, `simd.fixed_order_dot`) with the conversion in b's load: the bits of dot_f32 on
+    b's float32 copy."""
     sig = types.float32(a, b, n)
 
     def codegen(context, builder, signature, args):
-        vector = _vec(ir.FloatType(), LANES)
-        total = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * LANES))
-        zero, step = ir.Constant(args[2].type, 0), ir.Constant(args[2].type, LANES)
-        with cgutils.for_range_slice(builder, zero, args[2], step, inc=True) as (j, _):
-            va = _load(context, builder, signature.args[0], args[0], j, vector, align=4)
-            vb = _halves(context, builder, signature.args[1], args[1], j)
-            builder.store(builder.fadd(builder.load(total), builder.fmul(va, vb)), total)
-        v, lanes = builder.load(total), LANES
-        while lanes > 1:
-            lanes //= 2
-            low = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes))))
-            high = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes, 2 * lanes))))
-            v = builder.fadd(low, high)
-        return builder.extract_element(v, ir.Constant(I32, 0))
+        return fixed_order_dot(context, builder, signature, args,
+                               lambda j: _halves(context, builder, signature.args[1], args[1], j))
 
     return sig, codegen
 

@@ -113,6 +113,25 @@ def f16x16_to_f32(typingctx, src, so, dst, do):
     return sig, codegen
 
 
+def fixed_order_dot(context, builder, signature, args, load_b) -> ir.Value:
+    """`dot_f32`'s code for (a, b, n): b's 16 elements at j come from load_b(j) as <16 x float> (`half.py`
+    widens halves there), so every variant keeps the one order."""
+    lanes = 16
+    vector = _vec(ir.FloatType(), lanes)
+    total = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+    zero, step = ir.Constant(args[2].type, 0), ir.Constant(args[2].type, lanes)
+    with cgutils.for_range_slice(builder, zero, args[2], step, inc=True) as (j, _):
+        va = _load(context, builder, signature.args[0], args[0], j, vector, align=4)
+        builder.store(builder.fadd(builder.load(total), builder.fmul(va, load_b(j))), total)
+    v = builder.load(total)
+    while lanes > 1:
+        lanes //= 2
+        low = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes))))
+        high = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes, 2 * lanes))))
+        v = builder.fadd(low, high)
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
 @intrinsic
 def dot_f32(typingctx, a, b, n):
     """sum(a[:n] * b[:n]) for float32 arrays, n a multiple of 16: lane-wise running sums of 16 (element j
@@ -122,20 +141,8 @@ def dot_f32(typingctx, a, b, n):
     sig = types.float32(a, b, n)
 
     def codegen(context, builder, signature, args):
-        lanes = 16
-        vector = _vec(ir.FloatType(), lanes)
-        total = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
-        zero, step = ir.Constant(args[2].type, 0), ir.Constant(args[2].type, lanes)
-        with cgutils.for_range_slice(builder, zero, args[2], step, inc=True) as (j, _):
-            va = _load(context, builder, signature.args[0], args[0], j, vector, align=4)
-            vb = _load(context, builder, signature.args[1], args[1], j, vector, align=4)
-            builder.store(builder.fadd(builder.load(total), builder.fmul(va, vb)), total)
-        v = builder.load(total)
-        while lanes > 1:
-            lanes //= 2
-            low = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes))))
-            high = builder.shuffle_vector(v, v, ir.Constant(_vec(I32, lanes), list(range(lanes, 2 * lanes))))
-            v = builder.fadd(low, high)
-        return builder.extract_element(v, ir.Constant(I32, 0))
+        vector = _vec(ir.FloatType(), 16)
+        return fixed_order_dot(context, builder, signature, args,
+                               lambda j: _load(context, builder, signature.args[1], args[1], j, vector, align=4))
 
     return sig, codegen
