@@ -39,12 +39,12 @@ def chat(server, question: str, max_tokens: int = 40) -> str:
 
 def test_chat_sync_and_streaming(smollm2_server):
     c = client(smollm2_server)
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    # a question whose first greedy token leads by 1.56 logits ("What is the capital of France?" alone is a
+    # near-tie that llama.cpp answers "L'..." by 0.35, and any rounding change may flip it)
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     result = c.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=24)
     text = result.choices[0].message.content
-    # not compared with Model.generate in this process: kernels compiled fresh and kernels loaded from numba's
-    # cache differ in low-order bits, enough to flip this prompt's first greedy token (see the issue note)
-    assert "France" in text and result.choices[0].finish_reason in ("stop", "length")
+    assert "Paris" in text and result.choices[0].finish_reason in ("stop", "length")
     assert result.usage.completion_tokens >= 1 and result.usage.prompt_tokens > 10
     chunks = list(c.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=24,
                                             stream=True, stream_options={"include_usage": True}))
