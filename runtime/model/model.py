@@ -144,14 +144,18 @@ class Model:
     def prefill(self, tokens: Sequence[int], ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after the last token, reusing the cached prefix shared with earlier calls.
 
-        All but the last token go through batched prefill (cache only); the last one through `decode`, so
-        the logits that the first sampled token depends on are computed the same way whatever was cached:
-        the same request gives the same output. `ctx`: which context (default: the model's own).
+        The last chunk and the last token go in one forward pass (one pass over the weights for a short
+        prompt); its logits are the same bits as decoding that token after the rest, whatever was cached
+        (one numeric path: tests/test_exactness.py), so the same request gives the same output.
+        `ctx`: which context (default: the model's own).
         """
         prompt = self.start_prompt(tokens, ctx)
-        while prompt.remaining:
+        while prompt.remaining >= self.batch_size:
             self.prefill_chunks([prompt])
-        return self.decode(prompt.last_token, prompt.ctx)
+        start = len(prompt.ctx.tokens)
+        logits = self.transformer.forward(prompt.ids[start:], start, prompt.ctx.cache, output="last")
+        prompt.ctx.tokens = prompt.ids.tolist()
+        return logits[0]
 
     def start_prompt(self, tokens: Sequence[int], ctx: Context | None = None) -> Prompt:
         """Check a prompt and trim the context to the prefix it shares with it; `prefill_chunks` then
