@@ -7,8 +7,8 @@
 A tier's machine code uses only the features the tier requires (numba's target is a generic CPU plus
 those features, never the host), so kernels compiled on one machine run on every CPU of the tier: that
 is what lets the bundler ship precompiled kernels. An extra is an optional extension within a tier whose
-instructions change the kernels (VNNI: LLVM turns the int8 dot products into vpdpbusd); a target is a
-tier and the extras in use, named like `x86-64-avx512+vnni`.
+instructions change the kernels (VNNI: the int8 dot products use vpdpbusd, `kernels/blockdot.py`); a
+target is a tier and the extras in use, named like `x86-64-avx512+vnni`.
 
 Sources, first that answers: `$LLAMAPYZ_CPU_FEATURES` (comma-separated names below; for tests and for
 pretending to be a smaller CPU), `/proc/cpuinfo` on Linux, `sysctl` on macOS, then LLVM's host detection
@@ -123,12 +123,6 @@ class Target:
         """Whether half -> float is one instruction; without F16C LLVM would call a libgcc routine that
         numba's JIT cannot link, so the ssse3 tier takes the integer conversion (see simd.py)."""
         return self.tier.arch != "x86_64" or "f16c" in self.features
-
-    @property
-    def signed_dot(self) -> bool:
-        """Whether int8 dot products should be written signed x signed (Arm's sdot) rather than unsigned x
-        signed (x86's pmaddubsw, vpdpbusd): see simd._dot."""
-        return self.tier.arch == "aarch64"
 
     def describe(self) -> str:
         return self.tier.name + "".join(f" with {e.title}" for e in self.extras)

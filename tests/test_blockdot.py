@@ -159,10 +159,12 @@ def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():
                                                raw=buffer[a:b].reshape(16, -1))))
                 for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)]
     parts = (matrices[0].slice_rows(3, 11), matrices[1], matrices[0].slice_rows(0, 5))
-    assert MatrixGroup(parts).table is not None  # one buffer, one activation form: one pass
+    group = MatrixGroup(parts)
+    assert group.table is not None  # one buffer, one activation form: one pass
     x = QuantizedRows(rng.standard_normal((5, N_COLS)).astype(F32))
-    for fused, alone in zip(MatrixGroup(parts)(x), [m.matvec(x) for m in parts], strict=True):
-        np.testing.assert_array_equal(fused, alone)
+    for keep in (True, False):  # fresh arrays, or decode's buffers
+        for fused, alone in zip(group.project(x.x, keep), [m.matvec(x) for m in parts], strict=True):
+            np.testing.assert_array_equal(fused, alone)
     np.testing.assert_array_equal(parts[0].matvec(x), matrices[0].matvec(x)[:, 3:11])
     w = dequantize(matrices[1].raw, FORMATS_BY_NAME["Q6_K"], (16, N_COLS))
     assert np.abs(matrices[1].matvec(x) - x.x @ w.T).max() <= 0.02 * (np.abs(x.x) @ np.abs(w).T).max()

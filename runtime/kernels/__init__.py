@@ -2,14 +2,14 @@
 
 `KERNELS[name]` gives the format's row kernel in `matvec.matmul_table` (the integer matrix product of
 prefill and decode) and its row dequantizer (token embeddings, and the products of formats without an
-integer kernel). Formats whose values are plain
-numbers (F32, F16, BF16, F64, integers) need neither: numpy casts them. `QuantMatrix` (linear.py) is
+integer kernel). Formats whose values are plain numbers (F32, F16, BF16, F64, integers) need neither:
+numpy casts them. `QuantMatrix` (linear.py) is
 the one place that picks among them.
 
 Importing this package fixes the CPU target the kernels are compiled for (`runtime/cpu.py`: the best tier
 this CPU runs, or the one forced by `--cpu-tier` / $LLAMAPYZ_CPU_TIER before this import). Where a tier
-needs a different kernel, the choice is made when the kernel is compiled (`simd._half_to_float`), and the
-target is part of every cache key, so each tier's machine code is cached apart.
+needs a different kernel, the choice is made when the kernel is compiled (`simd._half_to_float`,
+`blockdot.dot4u`), and the target is part of every cache key, so each tier's machine code is cached apart.
 """
 
 from __future__ import annotations

@@ -10,17 +10,18 @@ reduces them once, where a block-at-a-time dot product pays a horizontal reducti
 order of every operation is fixed here, not left to a compiler or a library:
 
 - integer part: each block's products go to 8 int32 lanes, lane j summing the products of elements
-  4j..4j+3 (x86: pmaddubsw + pmaddwd, or vpdpbusd with VNNI; elsewhere plain vector arithmetic; integer
-  sums are exact, so every instruction choice gives the same lanes). pmaddubsw cannot saturate here:
+  4j..4j+3 (x86: pmaddubsw + pmaddwd, or vpdpbusd with VNNI; Arm dotprod: sdot; elsewhere plain vector
+  arithmetic; integer sums are exact, so every instruction choice gives the same lanes). pmaddubsw cannot saturate here:
   weights are below 64 (or |w| <= 128 for signed weights, whose sign moves onto x) and |x| <= 127.
 - float part, per block (per super-block for the K-quants, whose sub-block scales are applied in
-  integers first, as in llama.cpp): acc += float(lanes) * (d_w * d_x), 8 float lanes, no fused
-  multiply-add; offset terms (Q4_1's m, the K-quants' mins) in one float `off` per token.
+  integers first, as in llama.cpp): acc = fma(float(lanes), d_w * d_x, acc) in 8 float lanes (llvm.fma:
+  fused on every target, a library call where the CPU has no FMA, as llama.cpp's x86 code accumulates);
+  offset terms (Q4_1's m, the K-quants' mins) in one float `off` per token, no fused multiply-add.
 - the end: lanes summed as a fixed tree (8 -> 4 -> 2 -> 1), then + off.
 
 So a token's result depends on nothing but its own row of x: not on how many tokens share the call, nor
 on the CPU tier (SSSE3 splits each 8-lane vector in two, AVX-512 does not, the float operations are the
-same). `tests/test_kernels.py` holds the numpy twin of every format, operation for operation.
+same). `tests/test_blockdot.py` holds the numpy twin of every format, operation for operation.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class Tokens:
         return self.b.load(self._element(name, t, block, self.n_blocks))
 
     def add_lanes(self, t: int, lanes: ir.Value, scale: ir.Value) -> None:
-        """acc += float(lanes) * scale."""
+        """acc = fma(float(lanes), scale, acc): rounded once."""
         acc = _call(self.b, "llvm.fma.v8f32", V8F32, self.b.sitofp(lanes, V8F32), _broadcast(self.b, scale, V8F32),
                     self.b.load(self.acc[t]))
         self.b.store(acc, self.acc[t])

@@ -71,7 +71,6 @@ class QuantMatrix:
         self.activation = kernels.activation if kernels else ""
         self._dequant = kernels.dequant if kernels else None
         self.buffer, self.offset = _buffer_of(self.raw)
-        self._table = np.array([self.table_row(0)], np.int64) if self.integer_kernel else None
         self.tile_rows = max(1, TILE_ELEMENTS // self.n_cols)
 
     def slice_rows(self, start: int, stop: int, name: str | None = None) -> QuantMatrix:
@@ -81,7 +80,6 @@ class QuantMatrix:
         part.raw = self.raw[start:stop]
         part.offset = self.offset + start * self.raw.strides[0]
         part.n_rows = stop - start
-        part._table = np.array([part.table_row(0)], np.int64) if part.integer_kernel else None
         part.bias = None if self.bias is None else self.bias[start:stop]
         return part
 
@@ -116,7 +114,8 @@ class QuantMatrix:
         if out is None:
             out = np.empty((x.x.shape[0], self.n_rows), np.float32)
         if self.format_id is not None:
-            matmul_table(self.buffer, self._table, *x.form(self.activation), out)
+            table = np.array([self.table_row(0)], np.int64)  # the engine's products go through MatrixGroup
+            matmul_table(self.buffer, table, *x.form(self.activation), out)
             return out
         return self.matmul(x.x, out)
 
@@ -169,14 +168,19 @@ class MatrixGroup:
         """[x @ W.T + bias for W in matrices], x (n, n_in) float32. Unless `keep`, calls of up to
         `REUSED_TOKENS` tokens (decode) write into buffers of this group made once, so their results are
         valid until its next call (the forward pass uses them before); `keep` for results handed out."""
-        n = x.shape[0]
-        if self.table is None or keep or n > REUSED_TOKENS:
-            outs = self(QuantizedRows(x))
+        n, first = x.shape[0], self.matrices[0]
+        if self.table is None:
+            rows = QuantizedRows(x)
+            outs = [m.matvec(rows) for m in self.matrices]
         else:
-            buffers = self._buffers.get(n) or self._make_buffers(n, x.shape[1])
-            *form, out, outs = buffers
-            QuantizedRows.QUANTIZERS[self.matrices[0].activation](np.ascontiguousarray(x, np.float32), *form)
-            matmul_table(self.matrices[0].buffer, self.table, *form, out)
+            if keep or n > REUSED_TOKENS:
+                form = QuantizedRows(x).form(first.activation)
+                out = np.empty((n, self.bounds[-1][1]), np.float32)
+                outs = [out[:, a:b] for a, b in self.bounds]
+            else:
+                *form, out, outs = self._buffers.get(n) or self._make_buffers(n, x.shape[1])
+                QuantizedRows.QUANTIZERS[first.activation](np.ascontiguousarray(x, np.float32), *form)
+            matmul_table(first.buffer, self.table, *form, out)
         for m, y in zip(self.matrices, outs, strict=True):
             if m.bias is not None:
                 y += m.bias
@@ -190,11 +194,3 @@ class MatrixGroup:
                    [out[:, a:b] for a, b in self.bounds])
         self._buffers[n] = buffers
         return buffers
-
-    def __call__(self, x: QuantizedRows) -> list[np.ndarray]:
-        if self.table is None:
-            return [m.matvec(x) for m in self.matrices]
-        first = self.matrices[0]
-        out = np.empty((x.x.shape[0], self.bounds[-1][1]), np.float32)
-        matmul_table(first.buffer, self.table, *x.form(first.activation), out)
-        return [out[:, a:b] for a, b in self.bounds]

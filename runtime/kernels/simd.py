@@ -97,22 +97,6 @@ f16_at_integer = intrinsic(_f16_at(_half_to_float_integer))
 f16_at_integer.__doc__ = "f16_at by integer operations whatever the target (the ssse3 tier's; for its tests)."
 
 
-@intrinsic
-def f16x16_to_f32(typingctx, src, so, dst, do):
-    """dst[do:do+16] = float32(src[so:so+16]) for uint16 arrays holding IEEE halves (vcvtph2ps on x86)."""
-    sig = types.void(src, so, dst, do)
-
-    def codegen(context, builder, signature, args):
-        n = 16
-        bits = _load(context, builder, signature.args[0], args[0], args[1], _vec(I16, n), align=2)
-        dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
-        dst_pointer = builder.bitcast(builder.gep(dst_data, [args[3]]), _vec(ir.FloatType(), n).as_pointer())
-        builder.store(_half_to_float(builder, bits), dst_pointer, align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def fixed_order_dot(context, builder, signature, args, load_b) -> ir.Value:
     """`dot_f32`'s code for (a, b, n): b's 16 elements at j come from load_b(j) as <16 x float> (`half.py`
     widens halves there), so every variant keeps the one order."""
