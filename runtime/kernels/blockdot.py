@@ -41,6 +41,7 @@ PREFETCH = 1024  # bytes ahead of the block in use: decode streams a step's weig
 # on the 2-core EPYC, one thread: a step's matrix products 20-25% faster than with the hardware prefetcher
 # alone; 2048 no better)
 F32 = ir.FloatType()
+_VMOVD_F16C = active().tier.arch == "x86_64" and "f16c" in active().features  # see Block.halves
 V8I32, V8F32, V32I8 = _vec(I32, LANES), _vec(F32, LANES), _vec(I8, 32)
 
 
@@ -137,8 +138,21 @@ class Block:
         pointer = self.b.gep(self.p, [ir.Constant(I32, offset)])
         return self.b.load(self.b.bitcast(pointer, ty.as_pointer()), align=1)
 
-    def half(self, offset: int) -> ir.Value:
-        return _half_to_float(self.b, self.at(offset, I16))
+    # Scale fields: a single half converted on its own compiles to vpinsrw, which merges into whatever
+    # register the allocator picks; when that held a loop accumulator, each block waited for the one before
+    # (decode 2x slower). So a block's halves are read in pairs, or broadcast (vpbroadcastw writes the
+    # whole register): LLVM narrows a pair whose second half goes unused back to the one half.
+
+    def halves(self, offset: int) -> tuple[ir.Value, ir.Value]:
+        """The IEEE halves at offset and offset + 2, as floats (one 4-byte vector load and conversion)."""
+        pair = _half_to_float(self.b, self.at(offset, _vec(I16, 2)))
+        return tuple(self.b.extract_element(pair, ir.Constant(I32, i)) for i in (0, 1))
+
+    def half_splat(self, offset: int) -> ir.Value:
+        """The IEEE half at offset in all 8 lanes of a float vector."""
+        h = self.b.insert_element(ir.Constant(_vec(I16, LANES), None), self.at(offset, I16), ir.Constant(I32, 0))
+        h = self.b.shuffle_vector(h, h, ir.Constant(_vec(I32, LANES), [0] * LANES))
+        return _half_to_float(self.b, h)
 
     def byte(self, offset: int) -> ir.Value:
         return self.b.zext(self.at(offset, I8), I32)
@@ -185,10 +199,14 @@ class Tokens:
     def scalar(self, name: str, t: int, block: ir.Value) -> ir.Value:
         return self.b.load(self._element(name, t, block, self.n_blocks))
 
+    def splat(self, name: str, t: int, block: ir.Value) -> ir.Value:
+        return _broadcast(self.b, self.scalar(name, t, block), V8F32)
+
     def add_lanes(self, t: int, lanes: ir.Value, scale: ir.Value) -> None:
-        """acc = fma(float(lanes), scale, acc): rounded once."""
-        acc = _call(self.b, "llvm.fma.v8f32", V8F32, self.b.sitofp(lanes, V8F32), _broadcast(self.b, scale, V8F32),
-                    self.b.load(self.acc[t]))
+        """acc = fma(float(lanes), scale, acc): rounded once (scale a float, or the same float in 8 lanes)."""
+        if not isinstance(scale.type, ir.VectorType):
+            scale = _broadcast(self.b, scale, V8F32)
+        acc = _call(self.b, "llvm.fma.v8f32", V8F32, self.b.sitofp(lanes, V8F32), scale, self.b.load(self.acc[t]))
         self.b.store(acc, self.acc[t])
 
     def add_offset(self, t: int, value: ir.Value) -> None:
@@ -213,15 +231,15 @@ def _broadcast(b, scalar: ir.Value, ty: ir.VectorType = V8I32) -> ir.Value:
 def _q4_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qs 16 bytes; value = d * (nibble - 8)
     b = blk.b
-    d, q = blk.half(0), b.sub(blk.nibbles16(2), _splat(I8, 32, 8))
+    d, q = blk.half_splat(0), b.sub(blk.nibbles16(2), _splat(I8, 32, 8))
     for t in range(len(toks.rows)):
-        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
 def _q4_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | m f16 | qs 16 bytes; value = d * nibble + m
     b = blk.b
-    d, m, q = blk.half(0), blk.half(2), blk.nibbles16(4)
+    (d, m), q = blk.halves(0), blk.nibbles16(4)
     for t in range(len(toks.rows)):
         toks.add_lanes(t, dot4u(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
         toks.add_offset(t, b.fmul(m, toks.scalar("xs", t, xb)))
@@ -240,15 +258,15 @@ def _q5(blk: Block, qh: int, qs: int) -> ir.Value:
 def _q5_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qh 4 bytes (fifth bits) | qs 16 bytes; value = d * (q5 - 16)
     b = blk.b
-    d, q = blk.half(0), b.sub(_q5(blk, 2, 6), _splat(I8, 32, 16))
+    d, q = blk.half_splat(0), b.sub(_q5(blk, 2, 6), _splat(I8, 32, 16))
     for t in range(len(toks.rows)):
-        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
 def _q5_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | m f16 | qh 4 bytes | qs 16 bytes; value = d * q5 + m
     b = blk.b
-    d, m, q = blk.half(0), blk.half(2), _q5(blk, 4, 8)
+    (d, m), q = blk.halves(0), _q5(blk, 4, 8)
     for t in range(len(toks.rows)):
         toks.add_lanes(t, dot4u(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
         toks.add_offset(t, b.fmul(m, toks.scalar("xs", t, xb)))
@@ -257,9 +275,9 @@ def _q5_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
 def _q8_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qs 32 int8
     b = blk.b
-    d, q = blk.half(0), blk.at(2, V32I8)
+    d, q = blk.half_splat(0), blk.at(2, V32I8)
     for t in range(len(toks.rows)):
-        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
 def _k4_scales(blk: Block, o: int) -> list[tuple[ir.Value, ir.Value]]:
@@ -282,7 +300,7 @@ def _k_quant(blk: Block, toks: Tokens, xb: ir.Value, values: list[ir.Value]) -> 
     """Q4_K/Q5_K super-block: d | dmin | scales 12 at 4; `values` the 8 sub-blocks' 32 unsigned values.
     Integer sums sum_j sc_j * lanes_j and sum_j mn_j * xqs_j first, then d and dmin (as llama.cpp)."""
     b = blk.b
-    d, dmin = blk.half(0), blk.half(2)
+    d, dmin = blk.halves(0)
     scales = _k4_scales(blk, 4)
     for t in range(len(toks.rows)):
         lanes, mins = None, None
@@ -314,7 +332,7 @@ def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # ql 128 | qh 64 | scales 16 int8 | d f16; halves of 128, quarters k of 32: nibble of ql[64h+32(k&1)],
     # bits 2k..2k+1 of qh[128+32h], value q - 32; scales per 16 values, applied in integers
     b = blk.b
-    d = blk.half(208)
+    d = blk.half_splat(208)
     subs = []
     for half in range(2):
         for k in range(4):
@@ -330,7 +348,7 @@ def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         for j, (q, scale) in enumerate(subs):
             part = b.mul(dot4s(b, q, toks.x(t, b.add(xb, ir.Constant(xb.type, j)))), scale)
             lanes = part if lanes is None else b.add(lanes, part)
-        toks.add_lanes(t, lanes, b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
 
 
 # (block function, bytes per step, 32-blocks per step)
