@@ -15,7 +15,7 @@ import pytest
 from runtime.kernels import KERNELS
 from runtime.kernels.blockdot import FORMATS
 from runtime.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
-from runtime.kernels.matvec import matmul_table
+from runtime.kernels.matvec import ACTIVATIONS, matmul_table
 from runtime.quants import FORMATS_BY_NAME, dequantize
 from tests.synth import random_blocks
 
@@ -135,10 +135,11 @@ def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
     x = np.random.default_rng(8).standard_normal((n_tokens, N_COLS)).astype(F32)
     x[0, :64] *= 1e-3  # small blocks beside large ones
     kernels = KERNELS[name]
-    form = QuantizedRows(x).form(kernels.activation)
+    rows = QuantizedRows(x)
+    form = rows.form(kernels.activation)
     out = np.full((n_tokens, N_ROWS), np.nan, F32)
-    table = np.array([[kernels.format_id, 0, raw.shape[1], 0, N_ROWS]], np.int64)
-    matmul_table(raw.reshape(-1), table, *form, out)
+    table = np.array([[kernels.format_id, 0, raw.shape[1], 0, N_ROWS, ACTIVATIONS.index(kernels.activation), 0]])
+    matmul_table(raw.reshape(-1), table, rows.forms({kernels.activation}), out)
     np.testing.assert_array_equal(out, row_dots_twin(name, raw, *form))
     # and the twin is a dot product of the dequantized weights with the quantized x
     w = dequantize(raw, fmt, (N_ROWS, N_COLS)).astype(np.float64)
@@ -151,20 +152,22 @@ def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
 
 def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():
     rng = np.random.default_rng(9)
-    names = ("Q4_K", "Q6_K")  # both take x as q8_K
+    names = ("Q4_K", "Q6_K", "Q8_0")  # x as q8_K for the first two, as q8_0 for the third: both in one pass
     blobs = [random_blocks(n, 16 * N_COLS // FORMATS_BY_NAME[n].block_size, rng) for n in names]
     buffer = np.concatenate([b.reshape(-1) for b in blobs])  # one buffer, as a file's tensors share the mmap
     starts = np.cumsum([0] + [b.size for b in blobs])
+    biases = [None, None, rng.standard_normal(16).astype(F32)]
     matrices = [QuantMatrix(type("T", (), dict(name=n, shape=(16, N_COLS), format=FORMATS_BY_NAME[n],
-                                               raw=buffer[a:b].reshape(16, -1))))
-                for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)]
-    parts = (matrices[0].slice_rows(3, 11), matrices[1], matrices[0].slice_rows(0, 5))
+                                               raw=buffer[a:b].reshape(16, -1))), bias)
+                for n, a, b, bias in zip(names, starts[:-1], starts[1:], biases, strict=True)]
+    parts = (matrices[0].slice_rows(3, 11), matrices[2], matrices[1], matrices[0].slice_rows(0, 5))
     group = MatrixGroup(parts)
-    assert group.table is not None  # one buffer, one activation form: one pass
+    assert group.table is not None  # one buffer: one pass
     x = QuantizedRows(rng.standard_normal((5, N_COLS)).astype(F32))
+    alone = [m.matvec(x) + (0 if m.bias is None else m.bias) for m in parts]
     for keep in (True, False):  # fresh arrays, or decode's buffers
-        for fused, alone in zip(group.project(x.x, keep), [m.matvec(x) for m in parts], strict=True):
-            np.testing.assert_array_equal(fused, alone)
+        for fused, expected in zip(group.project(x.x, keep), alone, strict=True):
+            np.testing.assert_array_equal(fused, expected)
     np.testing.assert_array_equal(parts[0].matvec(x), matrices[0].matvec(x)[:, 3:11])
     w = dequantize(matrices[1].raw, FORMATS_BY_NAME["Q6_K"], (16, N_COLS))
     assert np.abs(matrices[1].matvec(x) - x.x @ w.T).max() <= 0.02 * (np.abs(x.x) @ np.abs(w).T).max()

@@ -22,7 +22,7 @@ from ..errors import UnsupportedQuantError
 from ..gguf import Tensor
 from ..quants import dequantize
 from . import KERNELS
-from .matvec import QK, matmul_table, quantize_q8, quantize_q8_k
+from .matvec import ACTIVATIONS, QK, matmul_table, product, quantize_q8, quantize_q8_k
 from .ops import dot_rows
 
 TILE_ELEMENTS = 1 << 21  # 8 MiB of float32 per decoded tile
@@ -49,6 +49,22 @@ class QuantizedRows:
             self.QUANTIZERS[kind](self.x, xq, xd, xs, xqs)
             self._forms[kind] = (xq, xd, xs, xqs)
         return self._forms[kind]
+
+    def forms(self, activations: set[str]) -> tuple:
+        """The (q8_0, q8_K) pair `matmul_table` takes, with the forms in `activations` made, others empty."""
+        return tuple(self.form(kind) if kind in activations else EMPTY_FORM for kind in ACTIVATIONS)
+
+
+EMPTY_FORM = (np.empty((0, 0), np.int8), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32),
+              np.empty((0, 0), np.int32))
+
+
+def form_buffers(n: int, n_cols: int, activations: set[str]) -> tuple:
+    """Buffers for x (n, n_cols) in the int8 forms of `activations` (the pair `product` takes; others empty)."""
+    blocks = n_cols // QK
+    return tuple((np.empty((n, n_cols), np.int8), np.empty((n, blocks), np.float32),
+                  np.empty((n, blocks), np.float32), np.empty((n, blocks), np.int32))
+                 if kind in activations else EMPTY_FORM for kind in ACTIVATIONS)
 
 
 class QuantMatrix:
@@ -89,7 +105,8 @@ class QuantMatrix:
 
     def table_row(self, col0: int) -> list[int]:
         """This matrix's row of a `matmul_table` table, its outputs starting at column col0."""
-        return [self.format_id, self.offset, self.raw.strides[0], col0, self.n_rows]
+        return [self.format_id, self.offset, self.raw.strides[0], col0, self.n_rows,
+                ACTIVATIONS.index(self.activation), self.bias is not None]
 
     def dequantize_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start, n_cols)."""
@@ -115,7 +132,7 @@ class QuantMatrix:
             out = np.empty((x.x.shape[0], self.n_rows), np.float32)
         if self.format_id is not None:
             table = np.array([self.table_row(0)], np.int64)  # the engine's products go through MatrixGroup
-            matmul_table(self.buffer, table, *x.form(self.activation), out)
+            matmul_table(self.buffer, table, x.forms({self.activation}), out)
             return out
         return self.matmul(x.x, out)
 
@@ -149,48 +166,50 @@ def _buffer_of(raw: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class MatrixGroup:
-    """Matrices that take the same input (q, k and v; gate and up): x @ W.T for each, in one parallel pass
-    over all their rows when they can share it (integer kernels, one weights buffer, one activation form),
-    else one after the other. Each result is the same bits as `W.matvec(x)`."""
+    """Matrices that take the same input (q, k and v; gate and up): x @ W.T (+ bias) for each, in one parallel
+    pass over all their rows when they can share it (integer kernels, one weights buffer), else one after
+    the other. Each result is the same bits as `W.matvec(x)` (+ bias)."""
 
     def __init__(self, matrices: tuple[QuantMatrix, ...]) -> None:
         self.matrices = matrices
         first = matrices[0]
-        shared = (first.buffer.ctypes.data, first.buffer.size, first.activation)
         cols = np.cumsum([0] + [m.n_rows for m in matrices])
         self.bounds = list(zip(cols[:-1].tolist(), cols[1:].tolist(), strict=True))
-        self.table = None
-        if all(m.integer_kernel and (m.buffer.ctypes.data, m.buffer.size, m.activation) == shared for m in matrices):
+        self.n_out = int(cols[-1])
+        self.activations = {m.activation for m in matrices}
+        self.table = None  # (n_mats, TABLE_COLUMNS): see matvec.matmul_table
+        same_buffer = lambda m: (m.buffer.ctypes.data, m.buffer.size) == (first.buffer.ctypes.data, first.buffer.size)  # noqa: E731
+        if all(m.integer_kernel and same_buffer(m) for m in matrices):
             self.table = np.array([m.table_row(c) for m, (c, _) in zip(matrices, self.bounds, strict=True)], np.int64)
-        self._buffers: dict[int, tuple] = {}  # n -> (xq, xd, xs, xqs, out, views): decode's, made once
+            self.bias = np.zeros(self.n_out, np.float32)  # (n_out,): the matrices' biases, zeros for those without
+            for m, (a, b) in zip(matrices, self.bounds, strict=True):
+                if m.bias is not None:
+                    self.bias[a:b] = m.bias
+        self._buffers: dict[int, tuple] = {}  # n -> (forms, out, views): decode's, made once
+
+    @property
+    def buffer(self) -> np.ndarray:
+        return self.matrices[0].buffer
 
     def project(self, x: np.ndarray, keep: bool = False) -> list[np.ndarray]:
         """[x @ W.T + bias for W in matrices], x (n, n_in) float32. Unless `keep`, calls of up to
         `REUSED_TOKENS` tokens (decode) write into buffers of this group made once, so their results are
         valid until its next call (the forward pass uses them before); `keep` for results handed out."""
-        n, first = x.shape[0], self.matrices[0]
+        n = x.shape[0]
         if self.table is None:
             rows = QuantizedRows(x)
             outs = [m.matvec(rows) for m in self.matrices]
+            for m, y in zip(self.matrices, outs, strict=True):
+                if m.bias is not None:
+                    y += m.bias
+            return outs
+        if keep or n > REUSED_TOKENS:
+            forms, out, outs = self._make_buffers(n, x.shape[1])
         else:
-            if keep or n > REUSED_TOKENS:
-                form = QuantizedRows(x).form(first.activation)
-                out = np.empty((n, self.bounds[-1][1]), np.float32)
-                outs = [out[:, a:b] for a, b in self.bounds]
-            else:
-                *form, out, outs = self._buffers.get(n) or self._make_buffers(n, x.shape[1])
-                QuantizedRows.QUANTIZERS[first.activation](np.ascontiguousarray(x, np.float32), *form)
-            matmul_table(first.buffer, self.table, *form, out)
-        for m, y in zip(self.matrices, outs, strict=True):
-            if m.bias is not None:
-                y += m.bias
+            forms, out, outs = self._buffers.get(n) or self._buffers.setdefault(n, self._make_buffers(n, x.shape[1]))
+        product(np.ascontiguousarray(x, np.float32), self.buffer, self.table, self.bias, forms, out)
         return outs
 
     def _make_buffers(self, n: int, n_cols: int) -> tuple:
-        out = np.empty((n, self.bounds[-1][1]), np.float32)
-        blocks = n_cols // QK
-        buffers = (np.empty((n, n_cols), np.int8), np.empty((n, blocks), np.float32),
-                   np.empty((n, blocks), np.float32), np.empty((n, blocks), np.int32), out,
-                   [out[:, a:b] for a, b in self.bounds])
-        self._buffers[n] = buffers
-        return buffers
+        out = np.empty((n, self.n_out), np.float32)
+        return form_buffers(n, n_cols, self.activations), out, [out[:, a:b] for a, b in self.bounds]

@@ -34,6 +34,8 @@ from .blockdot import ROW_DOTS
 
 QK = 32  # elements per x block
 _OPTS = dict(parallel=True, cache=True, nogil=True)
+ACTIVATIONS = ("q8_0", "q8_K")  # the int8 forms of x: `quantize_q8`, `quantize_q8_k`; a table row names its by index
+TABLE_COLUMNS = 7  # format, byte offset, row bytes, first output column, rows, activation, has a bias
 FORMAT_IDS = {name: i for i, name in enumerate(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"))}
 row_q4_0, row_q4_1, row_q5_0, row_q5_1, row_q8_0, row_q4_k, row_q5_k, row_q6_k = (ROW_DOTS[f] for f in FORMAT_IDS)
 
@@ -103,22 +105,28 @@ def quantize_q8_k(x, xq, xd, xs, xqs):
 
 
 @njit(**_OPTS)
-def matmul_table(w, table, xq, xd, xs, xqs, out):
+def matmul_table(w, table, forms, out):
     """out (n, n_out) = x @ W.T for several matrices at once (q, k and v; gate and up): one parallel pass.
-    table (n_mats, 5) int64: matrix m has format table[m, 0] (`FORMAT_IDS`), its row c starts at byte
-    table[m, 1] + c * table[m, 2] of w (the weights' buffer), it fills columns table[m, 3].. of out, and it
-    has table[m, 4] rows. One task per row, for every token (four at a time).
+    table (n_mats, TABLE_COLUMNS) int64: matrix m has format table[m, 0] (`FORMAT_IDS`), its row c starts at
+    byte table[m, 1] + c * table[m, 2] of w (the weights' buffer), it fills columns table[m, 3].. of out, it
+    has table[m, 4] rows and takes x in the form forms[table[m, 5]] (`ACTIVATIONS`: (xq, xd, xs, xqs) each).
+    One task per row, for every token (four at a time).
 
     (Four rows per task, for four independent accumulator chains in decode, was measured: 20-30% faster on
     matrices that sit in L2, no faster on a step's matrices streamed from memory, and 2.4x slower on a
     28 MiB output matrix, the four interleaved row streams defeating the prefetcher.)"""
     n_mats = table.shape[0]
+    (xq0, xd0, xs0, xqs0), (xq1, xd1, xs1, xqs1) = forms  # (a parallel loop cannot take tuples of arrays)
     for col in prange(out.shape[1]):
         m = 0
         while m + 1 < n_mats and table[m + 1, 3] <= col:
             m += 1
         wo = table[m, 1] + (col - table[m, 3]) * table[m, 2]
         f = table[m, 0]
+        if table[m, 5] == 0:
+            xq, xd, xs, xqs = xq0, xd0, xs0, xqs0
+        else:
+            xq, xd, xs, xqs = xq1, xd1, xs1, xqs1
         # numba cannot pick a function by a runtime value: one branch per format, in FORMAT_IDS order
         if f == 0:
             row_q4_0(w, wo, xq, xd, xs, xqs, out, col)
@@ -136,3 +144,30 @@ def matmul_table(w, table, xq, xd, xs, xqs, out):
             row_q5_k(w, wo, xq, xd, xs, xqs, out, col)
         else:
             row_q6_k(w, wo, xq, xd, xs, xqs, out, col)
+
+
+@njit(cache=True, nogil=True)
+def product(x, w, table, bias, forms, out):
+    """out = x @ W.T + bias for the matrices of `table` (see `matmul_table`; its column 6 says whether a
+    matrix has a bias, in bias[its columns]): x (n, n_cols) float32 quantized into each form the table
+    reads (forms: buffers of n rows; a form no matrix reads may be empty), then one `matmul_table` pass.
+    Every product of the forward pass comes here, from Python (`linear.MatrixGroup`) or from the layer
+    kernels (`layer.py`)."""
+    if _reads(table, 0):
+        quantize_q8(x, *forms[0])
+    if _reads(table, 1):
+        quantize_q8_k(x, *forms[1])
+    matmul_table(w, table, forms, out)
+    for m in range(table.shape[0]):
+        if table[m, 6]:
+            for t in range(x.shape[0]):
+                for c in range(table[m, 3], table[m, 3] + table[m, 4]):
+                    out[t, c] += bias[c]
+
+
+@njit(cache=True, nogil=True)
+def _reads(table, activation):
+    for m in range(table.shape[0]):
+        if table[m, 5] == activation:
+            return True
+    return False
