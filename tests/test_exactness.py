@@ -16,6 +16,7 @@ The server's batching and prompt cache, and `llamapyz run` giving everyone the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from runtime import Model
-from runtime.kernels import TARGET
+from runtime.kernels import KERNELS, TARGET
 from runtime.model.model import Context
 from runtime.threads import set_threads
 from tests.test_architectures import VARIANTS
@@ -163,6 +164,33 @@ def test_batching_does_not_change_the_bits(model_path, name, kv_type):
                 what = f"sequence {i} with {len(group) - 1} others, budget {budget}"
                 assert_bits(row, alone[i][0], f"{what}: logits")
                 assert_same_kv(ctx, alone[i][1], what)
+
+
+# every model whose weights have integer kernels: its layers run as the fused numba steps
+FUSED = [name for name in sorted(MODELS) if getattr(KERNELS.get(MODELS[name][1]), "format_id", None) is not None]
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_the_layer_kernels_give_the_python_steps_bits(model_path, name):
+    """A layer whose products allow runs each step as one numba call (kernels/layer.py); the Python steps
+    that other layers take (float formats, experts) must give the same bits, prefill and batched decode."""
+    fused, steps = load(model_path, name), load(model_path, name)
+    assert all(f.qkv is not None and f.o is not None for f in fused.transformer.fused)
+    steps.transformer.fused = [dataclasses.replace(f, qkv=None, o=None, gate_up=None, down=None)
+                               for f in steps.transformer.fused]
+    pairs = sequences(fused.n_vocab)[:3]
+    results = []
+    for model in (fused, steps):
+        whole = model.logits(model.tokenize(PROMPT)[:model.n_ctx])
+        logits, contexts = run_together(model, pairs, budget=10)
+        results.append((whole, kv(model.context), logits, [kv(ctx) for ctx in contexts]))
+    (whole, whole_kv, logits, kvs), (want_whole, want_kv, want_logits, want_kvs) = results
+    assert_bits(whole, want_whole, "one pass: logits")
+    assert_bits(whole_kv[0], want_kv[0], "one pass: keys")
+    assert_bits(logits, want_logits, "three sequences decoded together: logits")
+    for got, want in zip(kvs, want_kvs, strict=True):
+        assert_bits(got[0], want[0], "batched: keys")
+        assert_bits(got[1], want[1], "batched: values")
 
 
 # --- threads and CPU tiers: a fingerprint of each model ---------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runtime.kernels import ops as kernels
 from runtime.model import ops
 from tests import reference_model as ref
 
@@ -29,9 +30,21 @@ def test_gated_activation(activation):
 def test_rope(neox):
     x = RNG.standard_normal((5, 3, 64)).astype(np.float32)
     rotated = x.copy()
-    ops.Rope(10000.0, 48, 32, neox)(rotated, 7)  # partial rotation: the last 16 dimensions stay
-    expected = ref.rope(x, np.arange(7, 12), 10000.0, 48, neox)
+    positions = np.array([7, 8, 9, 30, 2])  # each row its own position (rows of several sequences)
+    ops.Rope(10000.0, 48, 32, neox)(rotated.reshape(5, -1), 3, positions)  # partial: the last 16 dims stay
+    expected = ref.rope(x, positions, 10000.0, 48, neox)
     np.testing.assert_allclose(rotated, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_qk_norm_heads_in_place_match_rms_norm_of_each_head():
+    rng = np.random.default_rng(1)  # its own: the module's RNG feeds the tests below
+    x = rng.standard_normal((4, 5 * 32)).astype(np.float32)
+    weight = rng.standard_normal(32).astype(np.float32)
+    normed = x.copy()
+    kernels.rms_norm_heads(normed, 64, 3, 32, weight, 1e-6)  # heads 2..4
+    expected = ops.rms_norm(x[:, 64:].reshape(4, 3, 32), weight, 1e-6).reshape(4, -1)
+    np.testing.assert_array_equal(normed[:, 64:], expected)
+    np.testing.assert_array_equal(normed[:, :64], x[:, :64])
 
 
 @pytest.mark.parametrize("n, pos0, key_pos0, window", [(1, 8, 0, 0), (6, 10, 0, 0), (6, 10, 3, 5), (1, 12, 4, 9)])

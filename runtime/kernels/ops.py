@@ -42,7 +42,7 @@ def dot_rows(w, x, out, col0):
 
 @njit(**_OPTS)
 def rms_norm_rows(x, weight, eps, out):
-    """out[i] = x[i] / rms(x[i]) * weight for each row of x (n, d)."""
+    """out[i] = x[i] / rms(x[i]) * weight for each row of x (n, d); out may be x."""
     for i in range(x.shape[0]):
         total = vector_dot(x[i], x[i])
         inv = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[1]) + np.float32(eps))
@@ -51,17 +51,34 @@ def rms_norm_rows(x, weight, eps, out):
 
 
 @njit(**_OPTS)
-def rope_rows(x, cos, sin, pos0, n_rot, neox):
-    """Rotate x (n, n_heads, head_dim) in place; token i at position pos0 + i (see model/ops.py Rope)."""
+def rms_norm_heads(x, c0, n_heads, head_dim, weight, eps):
+    """`rms_norm_rows` in place on each head of each row of x (n, ...): the head_dim columns from
+    c0 + h * head_dim (qk-norm)."""
+    for i in range(x.shape[0]):
+        for h in range(n_heads):
+            a = c0 + h * head_dim
+            row = x[i, a:a + head_dim]
+            total = vector_dot(row, row)
+            inv = np.float32(1.0) / np.sqrt(total / np.float32(head_dim) + np.float32(eps))
+            for j in range(head_dim):
+                row[j] = row[j] * inv * weight[j]
+
+
+@njit(**_OPTS)
+def rope_rows(x, c0, n_heads, head_dim, cos, sin, positions, n_rot, neox):
+    """Rotate in place the heads of x (n, ...) at columns c0 + h * head_dim; row i is at positions[i] (see
+    model/ops.py Rope)."""
     half = n_rot // 2
     for i in range(x.shape[0]):
-        for h in range(x.shape[1]):
+        p = positions[i]
+        for h in range(n_heads):
+            a0 = c0 + h * head_dim
             for j in range(half):
-                a_at, b_at = (j, j + half) if neox else (2 * j, 2 * j + 1)
-                c, s = cos[pos0 + i, j], sin[pos0 + i, j]
-                a, b = x[i, h, a_at], x[i, h, b_at]
-                x[i, h, a_at] = a * c - b * s
-                x[i, h, b_at] = a * s + b * c
+                a_at, b_at = (a0 + j, a0 + j + half) if neox else (a0 + 2 * j, a0 + 2 * j + 1)
+                c, s = cos[p, j], sin[p, j]
+                a, b = x[i, a_at], x[i, b_at]
+                x[i, a_at] = a * c - b * s
+                x[i, b_at] = a * s + b * c
 
 
 @njit(**_OPTS)

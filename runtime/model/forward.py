@@ -18,12 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels import layer as fused_kernels
 from ..kernels.linear import MatrixGroup, QuantMatrix
+from ..kernels.ops import rms_norm_heads
 from .config import ModelConfig
+from .fused import NONE, FusedLayer, Scratch, ScratchPool
 from .kv_cache import KVCache
 from .moe import moe_ffn
 from .ops import Rope, attention, gated_ffn_input, rms_norm, softcap
-from .weights import Weights
+from .weights import LayerWeights, Weights
 
 
 class Transformer:
@@ -41,6 +44,8 @@ class Transformer:
                     self.rope_factors), c.rope_freq_scale, c.rope_attn_factor)
         self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
         self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)
+        self.fused = [FusedLayer.of(layer, self.group) for layer in weights.layers]
+        self.scratch = ScratchPool(config, self.fused)
 
     @staticmethod
     def choose_rope_factors(config: ModelConfig, weights: Weights, n_ctx: int) -> str | None:
@@ -64,11 +69,14 @@ class Transformer:
         can share it: `MatrixGroup`). Prefill and decode take this same path, so a token's result is the
         same bits whether it came in a chunk of many, alone, or batched with other sequences. Decode's
         results are valid until the same matrices are used again, unless `keep`."""
+        return self.group(*matrices).project(x, keep)
+
+    def group(self, *matrices: QuantMatrix) -> MatrixGroup:
         key = tuple(map(id, matrices))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = MatrixGroup(matrices)
-        return group.project(x, keep)
+        return group
 
     def forward(self, tokens: np.ndarray, pos0: int, cache: KVCache, output: str = "last") -> np.ndarray | None:
         """Run tokens (n,) of one sequence at positions pos0.. through the model (prefill), filling its cache.
@@ -96,47 +104,16 @@ class Transformer:
     def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
         c, w, opt = self.config, self.weights, self.config.options
         n = len(tokens)
+        positions = np.concatenate([np.arange(s.pos0, s.pos0 + s.n) for s in segments])  # (n,) of each row
+        scratch = self.scratch.get(n)
         x = w.token_embd.rows(tokens)  # (n, n_embd)
         if opt.scale_embeddings:
             x *= np.float32(np.sqrt(c.n_embd))
         for il, layer in enumerate(w.layers):
-            # attention
-            h = rms_norm(x, layer.attn_norm, c.rms_eps)
-            q, k, v = self.project(h, layer.attn_q, layer.attn_k, layer.attn_v)
-            q = q.reshape(n, c.n_head, c.head_dim)
-            k = k.reshape(n, c.n_head_kv, c.head_dim)
-            if opt.qk_norm:
-                q = rms_norm(q, layer.attn_q_norm, c.rms_eps)
-                k = rms_norm(k, layer.attn_k_norm, c.rms_eps)
-            window = 0 if c.is_global(il) else c.sliding_window
-            heads = []
-            row = 0
-            for seg in segments:
-                rows = slice(row, row + seg.n)
-                row += seg.n
-                self.rope_of_layer[il](q[rows], seg.pos0)
-                self.rope_of_layer[il](k[rows], seg.pos0)
-                seg.cache.store(il, seg.pos0, k[rows].reshape(seg.n, c.kv_dim), v[rows])
-                key_start = max(0, seg.pos0 - window + 1) if window else 0
-                keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
-                heads.append(attention(q[rows], keys.reshape(-1, c.n_head_kv, c.head_dim),
-                                       values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, window,
-                                       c.attention_scale, c.attn_softcap))
-            attn = heads[0] if len(heads) == 1 else np.concatenate(heads)
-            (attn,) = self.project(attn, layer.attn_output)
-            if opt.post_norms:
-                attn = rms_norm(attn, layer.post_attention_norm, c.rms_eps)
-            x += attn
-            # feed-forward
-            h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-            if layer.experts is not None:
-                ffn = moe_ffn(h, layer.experts, c, lambda x, *m: self.project(x, *m))
-            else:
-                gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
-                (ffn,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
-            if opt.post_norms:
-                ffn = rms_norm(ffn, layer.post_ffw_norm, c.rms_eps)
-            x += ffn
+            q, k, v = self.attention_input(il, layer, x, positions, scratch)
+            attn = self.attend(il, q, k, v, segments)
+            self.add_attention_output(il, layer, x, attn, scratch)
+            self.add_ffn(il, layer, x, scratch)
         if output == "none":
             return None
         if output == "last":
@@ -146,6 +123,82 @@ class Transformer:
             return x
         (logits,) = self.project(x, w.output, keep=True)
         return softcap(logits, c.final_softcap) if c.final_softcap else logits
+
+    # The layer's steps. Each runs as one numba call (`kernels/layer.py`) where the layer's products allow
+    # (`fused.FusedLayer`), else as the Python steps below it: the same kernels in the same order.
+
+    def attention_input(self, il: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray,
+                        scratch: Scratch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """rms_norm, then q, k, v (n, dim) each; q and k normed per head (qk_norm) and rotated."""
+        c, fused, rope = self.config, self.fused[il], self.rope_of_layer[il]
+        q_dim = c.n_head * c.head_dim
+        if fused.qkv is not None:
+            qkv = scratch.qkv
+            fused_kernels.attention_input(
+                x, fused.buffer, layer.attn_norm, c.rms_eps, fused.qkv, scratch.embd_forms, scratch.h, qkv,
+                NONE if layer.attn_q_norm is None else layer.attn_q_norm,
+                NONE if layer.attn_k_norm is None else layer.attn_k_norm,
+                (c.n_head, c.n_head_kv, c.head_dim), rope.tables, positions)
+            return qkv[:, :q_dim], qkv[:, q_dim:q_dim + c.kv_dim], qkv[:, q_dim + c.kv_dim:]
+        h = rms_norm(x, layer.attn_norm, c.rms_eps)
+        q, k, v = self.project(h, layer.attn_q, layer.attn_k, layer.attn_v)
+        if c.options.qk_norm:
+            rms_norm_heads(q, 0, c.n_head, c.head_dim, layer.attn_q_norm, c.rms_eps)
+            rms_norm_heads(k, 0, c.n_head_kv, c.head_dim, layer.attn_k_norm, c.rms_eps)
+        rope(q, c.n_head, positions)
+        rope(k, c.n_head_kv, positions)
+        return q, k, v
+
+    def attend(self, il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, segments: list[Segment]) -> np.ndarray:
+        """Store each sequence's keys and values in its cache, then its queries' attention (n, q_dim)."""
+        c = self.config
+        window = 0 if c.is_global(il) else c.sliding_window
+        heads = []
+        row = 0
+        for seg in segments:
+            rows = slice(row, row + seg.n)
+            row += seg.n
+            seg.cache.store(il, seg.pos0, k[rows], v[rows])
+            key_start = max(0, seg.pos0 - window + 1) if window else 0
+            keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
+            heads.append(attention(q[rows].reshape(seg.n, c.n_head, c.head_dim),
+                                   keys.reshape(-1, c.n_head_kv, c.head_dim),
+                                   values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, window,
+                                   c.attention_scale, c.attn_softcap))
+        return heads[0] if len(heads) == 1 else np.concatenate(heads)
+
+    def add_attention_output(self, il: int, layer: LayerWeights, x: np.ndarray, attn: np.ndarray,
+                             scratch: Scratch) -> None:
+        """x += post_norm(attn @ attn_output.T)."""
+        c, fused = self.config, self.fused[il]
+        if fused.o is not None:
+            fused_kernels.add_attention_output(
+                x, fused.buffer, attn, fused.o, scratch.q_forms, scratch.out,
+                NONE if layer.post_attention_norm is None else layer.post_attention_norm, c.rms_eps)
+            return
+        (out,) = self.project(attn, layer.attn_output)
+        if c.options.post_norms:
+            out = rms_norm(out, layer.post_attention_norm, c.rms_eps)
+        x += out
+
+    def add_ffn(self, il: int, layer: LayerWeights, x: np.ndarray, scratch: Scratch) -> None:
+        """x += post_norm(ffn(rms_norm(x))): the gated FFN, or the experts'."""
+        c, opt, fused = self.config, self.config.options, self.fused[il]
+        if fused.gate_up is not None:
+            fused_kernels.add_ffn(
+                x, fused.buffer, layer.ffn_norm, c.rms_eps, fused.gate_up, scratch.embd_forms, scratch.h,
+                scratch.gu, opt.ffn_activation == "gelu_tanh", scratch.act, fused.down, scratch.ff_forms,
+                scratch.out, NONE if layer.post_ffw_norm is None else layer.post_ffw_norm)
+            return
+        h = rms_norm(x, layer.ffn_norm, c.rms_eps)
+        if layer.experts is not None:
+            out = moe_ffn(h, layer.experts, c, lambda x, *m: self.project(x, *m))
+        else:
+            gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
+            (out,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
+        if opt.post_norms:
+            out = rms_norm(out, layer.post_ffw_norm, c.rms_eps)
+        x += out
 
 
 @dataclass

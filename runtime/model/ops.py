@@ -57,9 +57,16 @@ class Rope:
         self.n_rot = n_rot
         self.neox = neox
 
-    def __call__(self, x: np.ndarray, pos0: int) -> None:
-        """Rotate x (n_tokens, n_heads, head_dim) in place; token i is at position pos0 + i."""
-        kernels.rope_rows(x, self.cos, self.sin, pos0, self.n_rot, self.neox)
+    def __call__(self, x: np.ndarray, n_heads: int, positions: np.ndarray) -> None:
+        """Rotate in place the n_heads heads of each row of x (n_tokens, n_heads * head_dim); row i is at
+        positions[i]."""
+        kernels.rope_rows(x, 0, n_heads, x.shape[1] // n_heads, self.cos, self.sin, positions, self.n_rot,
+                          self.neox)
+
+    @property
+    def tables(self) -> tuple:
+        """(cos, sin, n_rot, neox): what the layer kernels take."""
+        return self.cos, self.sin, self.n_rot, self.neox
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
