@@ -104,7 +104,8 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_pa
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). One
     task per query and part of its heads (n_parts per query: more than one only when there are fewer
     queries than threads), which walks its window once, key by key, for all its heads: each key and value
-    row is read from memory once, in address order, and used by every head that shares it. Every (query,
+    row is read from memory once, in address order, and used by every head that shares it (looked up once
+    per kv head: an integer division per head and key cost a fifth of decode's attention). Every (query,
     head) pair is still computed by the same loop in the same order (scores, max, exponentials summed in key
     order, values accumulated in key order), so its row does not depend on n_parts, on how a prompt was
     split into chunks, or on what was cached before.
@@ -123,12 +124,15 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_pa
         skip = first - key_pos0  # keys before the window
         s = pos - first + 1
         scores = np.empty((h1 - h0, s), np.float32)  # (heads of this part, keys)
+        g0, g1 = h0 // group, (h1 - 1) // group + 1  # the kv heads of this part's heads
         for t in range(s):
-            for h in range(h0, h1):
-                score = vector_dot(q[i, h], keys[skip + t, h // group]) * scale
-                if softcap > 0:
-                    score = softcap * np.tanh(score / softcap)
-                scores[h - h0, t] = score
+            for g in range(g0, g1):
+                key = keys[skip + t, g]
+                for h in range(max(h0, g * group), min(h1, g * group + group)):
+                    score = vector_dot(q[i, h], key) * scale
+                    if softcap > 0:
+                        score = softcap * np.tanh(score / softcap)
+                    scores[h - h0, t] = score
         inv = np.empty(h1 - h0, np.float32)  # 1 / the sum of each head's exponentials
         for r in range(h1 - h0):
             best = np.float32(-np.inf)
@@ -141,8 +145,10 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_pa
             inv[r] = np.float32(1.0) / total
         acc = np.zeros((h1 - h0, head_dim), np.float32)
         for t in range(s):
-            for h in range(h0, h1):
-                half.add_scaled(acc[h - h0], scores[h - h0, t] * inv[h - h0], values[skip + t, h // group])
+            for g in range(g0, g1):
+                value = values[skip + t, g]
+                for h in range(max(h0, g * group), min(h1, g * group + group)):
+                    half.add_scaled(acc[h - h0], scores[h - h0, t] * inv[h - h0], value)
         for h in range(h0, h1):
             for j in range(head_dim):
                 out[i, h, j] = acc[h - h0, j]
