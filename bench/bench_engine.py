@@ -54,11 +54,13 @@ args = json.loads(sys.argv[1])
 sys.path.insert(0, args["root"])
 from runtime import Model
 from runtime.cpu import active
+from runtime.model.model import settle
 def timed(fn, *fn_args):
     t = time.perf_counter(); fn(*fn_args); return time.perf_counter() - t
 t = time.perf_counter()
 model = Model.load(args["path"], n_ctx=args["n_ctx"], n_threads=args["threads"])
 load = time.perf_counter() - t
+settle()  # as the server and `run` do after loading
 text = open(args["text"]).read() * 20
 prompt = model.tokenize(text)[:args["n_prompt"]]
 decode = model.tokenize(text, add_special=False)[1000:1000 + args["n_decode"]]

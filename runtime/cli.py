@@ -45,7 +45,36 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _UsageErrors:
+    """click's usage errors (an unknown option, a bad value, a missing file) in our `error:` / `hint:` form
+    with exit code 1, like every other error; click itself prints its usage text and exits 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        extra.pop("standalone_mode", None)
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[misc]
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else prog_name or "llamapyz"
+            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(f"hint: `{command} --help` lists the options", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(1)
+
+
+class FriendlyGroup(_UsageErrors, click.Group):
+    pass
+
+
+class FriendlyCommand(_UsageErrors, click.Command):
+    pass
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llamapyz")
 def main() -> None:
     """llamapyz: one GGUF model, one self-running Python file."""
@@ -193,8 +222,10 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
 
     use_cpu_tier(cpu_tier)
     from .model import Model
+    from .model.model import settle
 
     model = Model.load(model_path, n_ctx=n_ctx, n_threads=threads, kv_type=cache_type, batch_size=batch_size)
+    settle()
     tokens = model.chat_tokens([{"role": "user", "content": prompt}]) if chat else model.tokenize(prompt)
     if not chat:
         click.echo(prompt, nl=False)
@@ -288,7 +319,7 @@ def serve(model_path: str, **options: Any) -> None:
     start_server(model_path, **options)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=FriendlyCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", "model_path", default=None, type=click.Path(dir_okay=False),
               help="Serve this GGUF file instead of the bundled model.")
 @serve_options

@@ -6,6 +6,7 @@ min-p -> temperature -> draw. Temperature 0 is greedy (argmax after bias and pen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        numbers = (self.temperature, self.top_p, self.min_p, self.repeat_penalty, self.presence_penalty,
+                   self.frequency_penalty, *self.logit_bias.values())
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError("sampling parameters and logit biases must be finite numbers")
         checks = [
             (self.temperature >= 0, "temperature must be >= 0"),
             (self.top_k >= 0, "top_k must be >= 0"),
@@ -52,9 +57,10 @@ def apply_penalties(logits: np.ndarray, recent: Sequence[int], params: SamplingP
     tokens, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
     values = logits[tokens]
     if params.repeat_penalty != 1.0:
-        values = np.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
+        with np.errstate(divide="ignore", over="ignore"):  # a tiny penalty: inf here, saturated below
+            values = np.where(values > 0, values / params.repeat_penalty, values * params.repeat_penalty)
     values = values - counts * params.frequency_penalty - params.presence_penalty
-    logits[tokens] = values
+    logits[tokens] = np.clip(values, -FLOAT32_MAX, FLOAT32_MAX)  # an extreme penalty saturates, never inf/NaN
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,6 +68,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 NEGLIGIBLE_LOGIT_GAP = 30.0  # tokens this far below the best one (p < 1e-13 of it) never matter to top-p/min-p
 
 
@@ -87,5 +94,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if params.temperature == 0.0:
         return int(np.argmax(logits))
     ids, _ = candidates(logits, params)
-    tempered = np.exp(log_softmax(logits[ids] / params.temperature))
+    # the best logit first subtracted, so a tiny temperature leaves 0 for the best and -inf (never NaN) for
+    # the rest: it samples greedily, as llama.cpp does
+    scaled = (logits[ids].astype(np.float64) - logits[ids[0]]) / params.temperature
+    tempered = np.exp(log_softmax(scaled))
     return int(ids[rng.choice(len(ids), p=tempered / tempered.sum())])

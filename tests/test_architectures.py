@@ -6,6 +6,8 @@ The real check against llama.cpp, on models derived from real weights, is tests/
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,31 @@ def test_per_layer_head_counts_are_refused_clearly():
                 "llama.attention.head_count": [4, 8]}
     with pytest.raises(UnsupportedModelError, match="llama.attention.head_count = .* is not supported"):
         ModelConfig.from_metadata(metadata)
+
+
+GOOD = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
+        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2}
+
+
+@pytest.mark.parametrize("key, value, rule", [
+    ("attention.head_count", 0, "from 1"),  # was a ZeroDivisionError
+    ("attention.head_count_kv", 3, "a divisor of head_count"),
+    ("rope.dimension_count", 32, "up to the head size"),  # was memory corruption (SIGSEGV) in rope
+    ("rope.dimension_count", 7, "an even number"),
+    ("attention.layer_norm_rms_epsilon", 0.0, "> 0"),
+    ("attention.layer_norm_rms_epsilon", float("nan"), "finite"),
+    ("rope.freq_base", -1.0, "> 0"),
+    ("rope.freq_base", float("inf"), "finite"),
+    ("block_count", 2**40, "to 2^31 - 1"),
+    ("context_length", "many", "an integer"),
+    ("embedding_length", 64.5, "an integer"),
+])
+def test_hyper_parameters_the_forward_pass_cannot_use_are_refused_naming_the_key(key, value, rule):
+    from runtime.model.config import ModelConfig
+
+    assert ModelConfig.from_metadata(GOOD).head_dim == 16  # the good file loads
+    with pytest.raises(UnsupportedModelError, match=f"llama.{key} = .* must be .*{re.escape(rule)}"):
+        ModelConfig.from_metadata(GOOD | {f"llama.{key}": value})
 
 
 def test_yarn_is_refused_not_ignored(tmp_path):

@@ -62,9 +62,16 @@ def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_path):
     assert "Traceback" not in result.stderr
 
 
-def test_missing_file_is_a_usage_error(tmp_path):
-    result = run("inspect", str(tmp_path / "nope.gguf"))
-    assert result.exit_code == 2 and "does not exist" in result.output
+def test_option_errors_are_one_error_line_and_a_hint(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(tmp_path / "nope.gguf")],
+                             capture_output=True, text=True)
+    unknown = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "-m", "x.gguf", "--no-such-flag"],
+                             capture_output=True, text=True)
+    for result, what in ((missing, "does not exist"), (unknown, "No such option '--no-such-flag'")):
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines[0].startswith("error: ") and what in lines[0] and lines[1].startswith("hint: ")
+        assert "Usage:" not in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.real_model
@@ -127,6 +134,20 @@ def test_serve_refuses_clearly(tmp_path):
         port = busy.getsockname()[1]
         taken = run("serve", "-m", str(model), "--port", str(port), "--nobrowser")
     assert taken.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.output and "--port" in taken.output
+
+
+def test_serve_ends_with_the_error_when_the_model_cannot_load(tmp_path):
+    """A loading failure used to leave /health saying "loading model" forever (the loader thread died);
+    a context the machine cannot hold was a MemoryError there. Now: one error line, a hint, exit 1."""
+    from tests.live_server import free_port
+
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "-c", "999999999",
+                             "--nobrowser", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "error: the model could not be loaded: a context of 999999999 tokens needs" in result.stderr
+    assert "hint: use a smaller context (-c N)" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_build_subcommand_is_build_py():

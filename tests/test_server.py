@@ -196,11 +196,16 @@ def test_api_key(tiny_path):
         assert httpx.get(live.url + "/health").status_code == 200  # stays open
         missing = post(live, "/v1/completions", body)
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        assert missing.headers["WWW-Authenticate"].startswith("Bearer")
         assert post(live, "/v1/completions", body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        for near in ("Bearer  sesame", "Bearer sesam", "Bearer sesamee"):  # taken as sent (HTTP itself trims ends)
+            assert post(live, "/v1/completions", body, headers={"Authorization": near}).status_code == 401, near
         assert httpx.get(live.url + "/v1/models").status_code == 401
         assert post(live, "/v1/completions", body, headers={"Authorization": "Bearer sesame"}).status_code == 200
         assert post(live, "/completions", body, headers={"X-Api-Key": "sesame"}).status_code == 200
         assert httpx.get(live.url + "/").status_code == 200  # the UI's files are open; its requests carry the key
+        wrong_method = httpx.delete(live.url + "/v1/models", headers={"Authorization": "Bearer sesame"})
+        assert wrong_method.status_code == 405 and "GET" in wrong_method.headers["Allow"]
 
 
 def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_path):
@@ -245,3 +250,73 @@ def test_health_is_503_while_loading():
     health, completion = asyncio.run(scenario())
     assert health.status_code == 503 and completion.status_code == 503
     assert completion.json()["error"]["code"] == "loading"
+
+
+def test_numerically_extreme_sampling_works_and_disturbs_no_one(server):
+    """temperature / repeat_penalty 1e-300 (allowed) once made NaN probabilities whose error ended every
+    concurrent request: now a tiny temperature samples greedily (as llama.cpp) and a neighbour's stream is
+    what it is alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    normal = {"prompt": "the cat", "temperature": 0, "max_tokens": 12}
+    extreme = {"prompt": "a dog", "temperature": 1e-300, "max_tokens": 12, "seed": 1}
+    penalty = {"prompt": "a bird", "temperature": 0.8, "repeat_penalty": 1e-300, "max_tokens": 12, "seed": 1}
+    text = lambda response: response.json()["choices"][0]["text"]  # noqa: E731
+    alone = text(post(server, "/v1/completions", normal))
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda body: post(server, "/v1/completions", body), [normal, extreme, penalty]))
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert responses[2].json()["usage"]["completion_tokens"] > 0
+    assert text(responses[0]) == alone
+    assert text(responses[1]) == text(post(server, "/v1/completions", {**extreme, "temperature": 0}))
+    assert post(server, "/v1/completions", {**normal, "temperature": float("inf")}).status_code == 400
+
+
+@pytest.mark.parametrize("body", [
+    '{"prompt": "x", "max_tokens": ' + "9" * 5000 + "}",  # int() refuses 4,300+ digits: was a 500
+    '{"prompt": ' + "[" * 5000 + "]" * 5000 + "}",  # nesting past the recursion limit: was a 500
+    '{"prompt": "\\ud800 lone surrogate"}',
+])
+def test_hostile_json_is_a_400(server, body):
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_seed_minus_one_means_random(server):
+    body = {"prompt": "the", "temperature": 1.0, "max_tokens": 8, "seed": -1}
+    assert post(server, "/v1/completions", body).status_code == 200
+
+
+def test_a_request_whose_sampling_fails_ends_alone(tiny_path):
+    from runtime import Model
+    from runtime.generation import Generation
+    from runtime.sampling import SamplingParams
+
+    model = Model.load(tiny_path, n_ctx=N_CTX)
+    engine = Engine(model, n_slots=2).start()
+
+    class Failing(Generation):
+        def step(self, logits):
+            raise RuntimeError("this request's sampler broke")
+
+    async def scenario() -> tuple[list, list]:
+        loop = asyncio.get_running_loop()
+        made = [cls(model.tokenizer, [1, 2, 3], 8, SamplingParams(), N_CTX) for cls in (Generation, Failing)]
+        jobs = [Job(prompt=[1, 2, 3], generation=g, loop=loop) for g in made]
+        for job in jobs:
+            engine.submit(job)
+        kinds = []
+        for job in jobs:
+            events = []
+            while not events or events[-1][0] not in ("done", "error"):
+                events.append(await asyncio.wait_for(job.events.get(), 30))
+            kinds.append([kind for kind, _ in events])
+        return kinds
+
+    try:
+        good, bad = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert good == ["step"] * 8 + ["done"]
+    assert bad == ["error"]

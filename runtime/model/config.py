@@ -114,49 +114,73 @@ class ModelConfig:
                                             "(a single value is)")
             return value
 
-        n_layer = int(key("block_count"))
-        n_embd = int(key("embedding_length"))
-        n_head = int(key("attention.head_count"))
-        head_dim = int(key("attention.key_length", n_embd // n_head))
-        if int(key("attention.value_length", head_dim)) != head_dim:
+        def integer(name: str, default: Any = None, least: int = 0) -> int:
+            value = key(name, default)
+            whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+            if isinstance(value, bool) or not whole or not least <= value < 2**31:
+                raise _corrupt(arch, name, value, f"an integer from {least} to 2^31 - 1")
+            return int(value)
+
+        def real(name: str, default: Any = None, zero: bool = False) -> float:
+            value = key(name, default)
+            if isinstance(value, (bool, str)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+                raise _corrupt(arch, name, value, "a finite number " + (">= 0" if zero else "> 0"))
+            return float(value)
+
+        n_layer = integer("block_count", least=1)
+        n_embd = integer("embedding_length", least=1)
+        n_head = integer("attention.head_count", least=1)
+        n_head_kv = integer("attention.head_count_kv", n_head, least=1)
+        if n_head % n_head_kv:
+            raise _corrupt(arch, "attention.head_count_kv", n_head_kv, f"a divisor of head_count ({n_head})")
+        head_dim = integer("attention.key_length", max(1, n_embd // n_head), least=1)
+        if integer("attention.value_length", head_dim) != head_dim:
             raise UnsupportedModelError(f"{arch} model: value heads of another size than key heads are not supported")
-        rope_base = float(key("rope.freq_base", 10000.0))
+        n_rot = integer("rope.dimension_count", head_dim, least=2)
+        if n_rot > head_dim or n_rot % 2:
+            raise _corrupt(arch, "rope.dimension_count", n_rot, f"an even number up to the head size ({head_dim})")
+        rope_base = real("rope.freq_base", 10000.0)
         scaling = str(key("rope.scaling.type", "linear"))
         if scaling not in ROPE_SCALING:
             raise UnsupportedModelError(f"{arch} model: rope scaling {scaling!r} is not supported",
                                         hint=f"llamapyz applies these: {', '.join(ROPE_SCALING)}")
-        factor = float(key("rope.scaling.factor", 0.0))
-        n_expert = int(key("expert_count", 0))
+        factor = real("rope.scaling.factor", 0.0, zero=True)
+        n_expert = integer("expert_count", 0)
         if options.experts == "no" and n_expert:
             raise UnsupportedModelError(f"{arch} model: experts (expert_count = {n_expert}) are not supported "
                                         f"for this architecture")
         if options.experts == "required" and not n_expert:
             raise UnsupportedModelError(f"{arch} model is missing metadata key {arch}.expert_count")
+        n_expert_used = integer("expert_used_count", 0, least=1) if n_expert else 0
+        if n_expert_used > n_expert:
+            raise _corrupt(arch, "expert_used_count", n_expert_used, f"at most expert_count ({n_expert})")
         pattern = options.sliding_window_pattern
-        window = int(key("attention.sliding_window", options.default_sliding_window)) if pattern is not None else 0
+        window = integer("attention.sliding_window", options.default_sliding_window) if pattern is not None else 0
+        n_ctx_train = integer("context_length", 4096, least=1)
         return cls(
             arch=arch,
             options=options,
             n_layer=n_layer,
             n_embd=n_embd,
             n_head=n_head,
-            n_head_kv=int(key("attention.head_count_kv", n_head)),
+            n_head_kv=n_head_kv,
             head_dim=head_dim,
-            n_ctx_train=int(key("context_length", 4096)),
-            rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+            n_ctx_train=n_ctx_train,
+            rms_eps=real("attention.layer_norm_rms_epsilon", 1e-5),
             rope_base=rope_base,
-            local_rope_base=float(key("rope.freq_base_swa", options.local_rope_base or rope_base)),
+            local_rope_base=real("rope.freq_base_swa", options.local_rope_base or rope_base),
             rope_freq_scale=1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor,
-            rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
+            rope_attn_factor=real("rope.scaling.attn_factor", 1.0),
             rope_scaling=scaling,
-            rope_original_ctx=int(key("rope.scaling.original_context_length", key("context_length", 4096))),
-            n_rot=int(key("rope.dimension_count", head_dim)),
+            rope_original_ctx=integer("rope.scaling.original_context_length", n_ctx_train, least=1),
+            n_rot=n_rot,
             sliding_window=window,
-            attn_softcap=float(key("attn_logit_softcapping", options.attn_softcap)) if options.attn_softcap else 0.0,
-            final_softcap=float(key("final_logit_softcapping", options.final_softcap)),
+            attn_softcap=(real("attn_logit_softcapping", options.attn_softcap, zero=True) if options.attn_softcap
+                          else 0.0),
+            final_softcap=real("final_logit_softcapping", options.final_softcap, zero=True),
             n_expert=n_expert,
-            n_expert_used=int(key("expert_used_count", 0)) if n_expert else 0,
-            expert_weights_scale=float(key("expert_weights_scale", 0.0)),
+            n_expert_used=n_expert_used,
+            expert_weights_scale=real("expert_weights_scale", 0.0, zero=True),
             sliding_layers=_sliding_layers(md.get(f"{arch}.attention.sliding_window_pattern", pattern), n_layer,
                                            window),
         )
@@ -179,14 +203,26 @@ class ModelConfig:
         return 1.0 / math.sqrt(self.head_dim)
 
 
+def _corrupt(arch: str, name: str, value: Any, rule: str) -> UnsupportedModelError:
+    """The error for a hyper-parameter the forward pass cannot use (a corrupt or hostile file): checked at
+    load, so no kernel ever indexes or divides by it."""
+    return UnsupportedModelError(f"{arch} model: {arch}.{name} = {repr(value)[:60]} must be {rule}",
+                                 hint="the file's metadata is corrupt, or not for this architecture")
+
+
 def _sliding_layers(pattern: Any, n_layer: int, window: int) -> tuple[bool, ...]:
     """Which layers slide: none without a window; else the file's per-layer list (sliding_window_pattern
     as an array of bools), or llama.cpp's n_pattern rule (il % N < N - 1; N = 0: every layer)."""
     if pattern is None or not window:
         return (False,) * n_layer
+    if hasattr(pattern, "tolist"):  # a numpy array from the reader
+        pattern = pattern.tolist()
     if isinstance(pattern, list):
         if len(pattern) < n_layer:
             raise UnsupportedModelError(f"sliding_window_pattern has {len(pattern)} entries for {n_layer} layers")
         return tuple(bool(p) for p in pattern[:n_layer])
-    n = int(pattern)
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or not 0 <= pattern < 2**31:
+        raise UnsupportedModelError(f"sliding_window_pattern = {str(pattern)[:40]} must be an integer >= 0 or a "
+                                    "list of booleans")
+    n = pattern
     return tuple(n == 0 or il % n < n - 1 for il in range(n_layer))

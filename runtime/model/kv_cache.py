@@ -17,6 +17,12 @@ class KVCache:
         self.keys = np.zeros((n_layer, n_ctx, kv_dim), dtype)  # (n_layer, n_ctx, kv_dim)
         self.values = np.zeros((n_layer, n_ctx, kv_dim), dtype)
 
+    @staticmethod
+    def n_bytes_for(n_layer: int, n_ctx: int, kv_dim: int, kv_type: str = "f16") -> int:
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
+        return 2 * n_layer * n_ctx * kv_dim * np.dtype(KV_TYPES[kv_type]).itemsize
+
     @property
     def n_bytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

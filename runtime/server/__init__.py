@@ -24,7 +24,7 @@ from .. import cpu
 from ..errors import LlamapyzError
 from ..gguf import Source
 from ..kernels import cache as kernel_cache
-from ..model.model import Model
+from ..model.model import Model, check_memory, settle
 from .app import ServerState, create_app, load_webui
 from .engine import Engine
 
@@ -58,14 +58,21 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
     try:
         model = Model.load(options.model, n_ctx=options.n_ctx, n_threads=options.n_threads,
                            kv_type=options.kv_type, batch_size=options.batch_size)
+        check_memory(model.context_bytes * options.n_slots, f"{options.n_slots} slots of {model.n_ctx} tokens")
+        if model.n_ctx > model.config.n_ctx_train:
+            say(f"warning: a context of {model.n_ctx} tokens is longer than the {model.config.n_ctx_train} the "
+                "model was trained on: expect worse answers past that")
         if options.chat_template:
             model.set_chat_template(options.chat_template)
         model.chat_template.render([{"role": "user", "content": "hi"}])  # fail now, not on the first request
         warm_up(model, say)
+        settle()
         engine = Engine(model, n_slots=options.n_slots, max_queue=options.max_queue).start()
-    except (LlamapyzError, OSError, ValueError) as exc:
+    except Exception as exc:  # whatever it is, the server must say so and end, never wait "loading" forever
+        if not isinstance(exc, (LlamapyzError, OSError, ValueError)):
+            log.exception("loading the model failed")
         state.load_error = f"the model could not be loaded: {exc}"
-        say(f"error: {state.load_error}")
+        state.load_hint = getattr(exc, "hint", None)
         return
     kv_mib = model.cache.n_bytes * options.n_slots / 2**20
     say(f"model loaded in {time.perf_counter() - started:.1f} s: n_ctx {model.n_ctx}, {options.n_slots} slots "
@@ -121,6 +128,9 @@ def serve(options: ServeOptions, say=print) -> None:
 
     def on_ready() -> None:
         loader.join()
+        if state.engine is None:  # /health has said 503 with the error meanwhile; the process ends with it
+            server.should_exit = True
+            return
         if state.engine is not None:
             say(f"llamapyz: serving {alias} at {url}  (OpenAI API at {url}v1, Ctrl+C to stop)")
             if options.open_browser and has_display():
@@ -135,3 +145,5 @@ def serve(options: ServeOptions, say=print) -> None:
     finally:
         if state.engine is not None:
             state.engine.stop()
+    if state.load_error:
+        raise LlamapyzError(state.load_error, hint=state.load_hint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import logging
 import mimetypes
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from .. import __version__, cpu
 from ..chat import ChatTemplateError
+from ..errors import ContextOverflowError
 from ..generation import Generation, Step
 from ..json_constraint import JsonConstraint
 from ..model.model import Model
@@ -48,6 +50,7 @@ class ServerState:
     api_key: str | None = None
     engine: Engine | None = None
     load_error: str | None = None
+    load_hint: str | None = None
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # the server's --temp etc.
     webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
     started: float = field(default_factory=time.time)
@@ -80,9 +83,15 @@ def error_response(exc: ApiError) -> JSONResponse:
 async def read_json(request: Request) -> object:
     body = await request.body()
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, integers of 5,000 digits, nesting 1,000 deep
+        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    try:  # a lone surrogate ("\ud800") parses, but is no character: no text of ours may hold one
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                            "text") from None
+    return value
 
 
 def ready_state(request: Request) -> ServerState:
@@ -127,7 +136,7 @@ def sampling_params(fields: dict, model: Model) -> SamplingParams:
                               min_p=fields["min_p"], repeat_penalty=fields["repeat_penalty"],
                               presence_penalty=fields["presence_penalty"],
                               frequency_penalty=fields["frequency_penalty"], repeat_last_n=fields["repeat_last_n"],
-                              logit_bias=bias, seed=fields["seed"])
+                              logit_bias=bias, seed=None if (fields["seed"] or 0) < 0 else fields["seed"])
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -243,7 +252,13 @@ async def events(job: Job, request: Request, state: ServerState) -> AsyncIterato
 
 
 def engine_error(exc: object) -> ApiError:
-    return ApiError(500, f"generation failed: {exc}") if not isinstance(exc, ApiError) else exc
+    """A job's error as an API error, by type: what the request asked for (a prompt over the context, a
+    parameter the sampler refused) is the client's 400; anything else is ours, a 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (ContextOverflowError, ValueError)):
+        return ApiError(400, str(exc))
+    return ApiError(500, f"generation failed: {exc}")
 
 
 async def collect_steps(job: Job, request: Request, state: ServerState) -> list[Step]:
@@ -611,12 +626,14 @@ class ApiKeyMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("authorization", "")
-        given = given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-api-key", "")
-        if given == self.state.api_key:
+        given = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")  # as sent: no strip
+        # constant time: the comparison must not tell how much of a guess was right
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.state.api_key.encode()):
             await self.app(scope, receive, send)
             return
         message = "invalid API key" if given else "an API key is required (Authorization: Bearer KEY)"
         response = error_response(ApiError(401, message, code="invalid_api_key"))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="llamapyz"'
         await response(scope, receive, send)
 
     def _protected(self, path: str) -> bool:
@@ -640,6 +657,10 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
-                                   type="invalid_request_error"))
+    response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
+                                       type="invalid_request_error"))
+    allowed = getattr(exc, "headers", None) or {}
+    if "Allow" in allowed or "allow" in allowed:
+        response.headers["Allow"] = allowed.get("Allow") or allowed.get("allow")
+    return response
 

@@ -211,7 +211,12 @@ class Engine:
     def _advance(self, slot: Slot, logits: np.ndarray) -> None:
         """Sample one token for the slot's job from its logits and hand it over."""
         job = slot.job
-        step: Step = job.generation.step(logits)
+        try:
+            step: Step = job.generation.step(logits)
+        except Exception as exc:  # this request's own sampling (its parameters, its constraint): it alone ends
+            log.exception("sampling failed for one request")
+            self._finish(slot, error=exc)
+            return
         job.timings.predicted_n += 1
         self.stats["generated_tokens"] += 1
         job.emit("step", step)

@@ -131,7 +131,7 @@ SAMPLING = [
     Field("repeat_penalty", "number", "llama.cpp's repetition penalty (1 = off).", default=1.0, minimum=0),
     Field("repeat_last_n", "integer", "How many recent tokens the penalties look at (-1 = all).", default=64,
           minimum=-1),
-    Field("seed", "integer", "Same seed and request = same output."),
+    Field("seed", "integer", "Same seed and request = same output; -1 (any negative): a random seed."),
     Field("stop", ("string", "array"), "Up to 16 strings; generation stops before them.", items="string"),
     Field("logit_bias", "object", "Token id (as a string) -> bias added to its logit, -100..100."),
     Field("n", "integer", "Number of choices; only 1 is supported.", default=1, minimum=1, maximum=1),
