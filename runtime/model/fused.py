@@ -19,8 +19,11 @@ from .weights import LayerWeights
 NONE = np.empty(0, np.float32)  # an absent norm weight, for the kernels
 
 
-def _product(group: MatrixGroup) -> tuple[np.ndarray, np.ndarray] | None:
-    return None if group.table is None else (group.table, group.bias)
+def _product(group: MatrixGroup, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(table, bias) for the layer kernels, which address every product of a layer through one buffer; None
+    when the group has no table or its table addresses another buffer (a matrix copied out of the file)."""
+    same = (group.buffer.ctypes.data, group.buffer.size) == (buffer.ctypes.data, buffer.size)
+    return (group.table, group.bias) if group.table is not None and same else None
 
 
 @dataclass
@@ -48,9 +51,11 @@ class FusedLayer:
             gate_up, down = groups(layer.ffn_gate, layer.ffn_up), groups(layer.ffn_down)
             activations["embd"] |= gate_up.activations
             activations["ff"] = set(down.activations)
-        fused_ffn = gate_up is not None and gate_up.table is not None and down.table is not None
-        return cls(qkv.buffer, _product(qkv), _product(o), _product(gate_up) if fused_ffn else None,
-                   _product(down) if fused_ffn else None, activations, n_ff)
+        buffer = qkv.buffer
+        ffn = (_product(gate_up, buffer), _product(down, buffer)) if gate_up is not None else (None, None)
+        if None in ffn:
+            ffn = (None, None)
+        return cls(buffer, _product(qkv, buffer), _product(o, buffer), *ffn, activations, n_ff)
 
 
 class Scratch:
