@@ -282,6 +282,10 @@ SERVE_OPTIONS = [
                  help="KV cache element type."),
     click.option("--api-key", default=None, envvar="LLAMAPYZ_API_KEY",
                  help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY)."),
+    click.option("--api-key-file", default=None, type=click.Path(dir_okay=False),
+                 help="Read the API key from this file's first line (keeps it off the command line)."),
+    click.option("--max-body-mib", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
+                 help="Largest request body; a bigger one is answered 413."),
     click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name)."),
     click.option("--chat-template", default=None,
                  help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
@@ -367,12 +371,14 @@ def this_bundle() -> Any:
 
 
 def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
-                 queue_size: int, batch_size: int, cache_type: str, api_key: str | None, alias: str | None,
-                 chat_template: str | None, nobrowser: bool, n_gpu_layers: int, cpu_tier: str | None,
-                 **sampling: Any) -> None:
+                 queue_size: int, batch_size: int, cache_type: str, api_key: str | None, api_key_file: str | None,
+                 max_body_mib: float, alias: str | None, chat_template: str | None, nobrowser: bool,
+                 n_gpu_layers: int, cpu_tier: str | None, **sampling: Any) -> None:
     import socket
 
     say = functools.partial(click.echo, err=True)
+    if api_key_file is not None:
+        api_key = read_api_key(api_key_file, given=api_key)
     use_cpu_tier(cpu_tier, say)
     from .server import ServeOptions
     from .server import serve as run_server
@@ -390,9 +396,24 @@ def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx
                                 hint="another server may be using that port; pick one with --port") from None
     run_server(ServeOptions(model=model, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
                             n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
-                            api_key=api_key, alias=alias, chat_template=chat_template, open_browser=not nobrowser,
+                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), alias=alias,
+                            chat_template=chat_template, open_browser=not nobrowser,
                             sampling={k: v for k, v in sampling.items() if v is not None}),
                say=say)
+
+
+def read_api_key(path: str, given: str | None) -> str:
+    """The key in the first line of `path` (its line ending dropped, nothing else)."""
+    if given is not None:
+        raise LlamapyzError("both --api-key and --api-key-file are given", hint="use one of them")
+    try:
+        with open(path, encoding="utf-8") as file:
+            key = file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlamapyzError(f"cannot read the API key file {path}: {exc}") from None
+    if not key:
+        raise LlamapyzError(f"the API key file {path} is empty", hint="put the key on its first line")
+    return key
 
 
 def gpu_unavailable_reason() -> str:

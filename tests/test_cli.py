@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from runtime.cli import main
+from runtime.errors import LlamapyzError
 from tests.conftest import golden
 from tests.synth import write_gguf, write_model
 
@@ -148,6 +149,19 @@ def test_serve_ends_with_the_error_when_the_model_cannot_load(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "error: the model could not be loaded: a context of 999999999 tokens needs" in result.stderr
     assert "hint: use a smaller context (-c N)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_api_key_file_is_read_and_checked(tmp_path):
+    from runtime.cli import read_api_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret  with spaces\nsecond line\n")
+    assert read_api_key(str(key_file), given=None) == "s3cret  with spaces"  # the line ending only
+    (tmp_path / "empty").write_text("\n")
+    for path, given, what in ((key_file, "other", "both --api-key and --api-key-file"),
+                              (tmp_path / "empty", None, "is empty"), (tmp_path / "none", None, "cannot read")):
+        with pytest.raises(LlamapyzError, match=what):
+            read_api_key(str(path), given=given)
 
 
 def test_build_subcommand_is_build_py():

@@ -320,3 +320,20 @@ def test_a_request_whose_sampling_fails_ends_alone(tiny_path):
         engine.stop()
     assert good == ["step"] * 8 + ["done"]
     assert bad == ["error"]
+
+
+def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_path):
+    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, max_body_bytes=1000) as live:
+        small = post(live, "/v1/completions", {"prompt": "a", "max_tokens": 1})
+        big = post(live, "/v1/completions", {"prompt": "a" * 2000, "max_tokens": 1})
+
+        def chunks():
+            yield b'{"prompt": "'
+            for _ in range(20):
+                yield b"a" * 100
+            yield b'", "max_tokens": 1}'
+
+        chunked = httpx.post(live.url + "/v1/completions", content=chunks(), timeout=30)  # no Content-Length
+    assert small.status_code == 200
+    for response in (big, chunked):
+        assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"

@@ -45,6 +45,7 @@ class ServeOptions:
     batch_size: int = 512
     kv_type: str = "f16"
     api_key: str | None = None
+    max_body_bytes: int = 16 << 20
     alias: str | None = None
     chat_template: str | None = None
     open_browser: bool = True
@@ -105,7 +106,8 @@ def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:
     """The app's shared state (no model yet: see `load_engine`) and the uvicorn server that will run it."""
     source = options.model[0] if isinstance(options.model, tuple) else options.model
     alias = options.alias or Path(str(source)).stem
-    state = ServerState(model_alias=alias, api_key=options.api_key, webui=load_webui(options.webui),
+    state = ServerState(model_alias=alias, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
+                        webui=load_webui(options.webui),
                         sampling_defaults=dict(options.sampling))
     config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)

@@ -51,6 +51,7 @@ class ServerState:
     engine: Engine | None = None
     load_error: str | None = None
     load_hint: str | None = None
+    max_body_bytes: int = 16 << 20  # a request body above it is a 413
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # the server's --temp etc.
     webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
     started: float = field(default_factory=time.time)
@@ -81,7 +82,19 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 async def read_json(request: Request) -> object:
-    body = await request.body()
+    limit = request.app.state.llamapyz.max_body_bytes
+    too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large",
+                       type="invalid_request_error")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no length to check up front
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, integers of 5,000 digits, nesting 1,000 deep
