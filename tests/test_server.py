@@ -337,3 +337,26 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_path):
     assert small.status_code == 200
     for response in (big, chunked):
         assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_request_tokenizing_runs_off_the_event_loop(tiny_path):
+    """CPU-heavy request work (tokenizing, chat templates) runs in a worker thread, so a 10 MB text cannot
+    stall /health and every other request (it used to run on the event loop's thread)."""
+    import threading
+
+    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1) as live:
+        model, seen = live.state.model, []
+        def spy(real):
+            def recorded(*args, **kwargs):
+                seen.append(threading.current_thread())
+                return real(*args, **kwargs)
+            return recorded
+
+        for name in ("tokenize", "chat_tokens", "detokenize"):
+            setattr(model, name, spy(getattr(model, name)))
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        for path, body in (("/tokenize", {"content": "hello"}), ("/detokenize", {"tokens": [5, 6]}),
+                           ("/v1/completions", {"prompt": "hello", "max_tokens": 1}), ("/v1/chat/completions", chat),
+                           ("/v1/embeddings", {"input": "hello"})):
+            assert post(live, path, body).status_code == 200, path
+    assert len(seen) >= 5 and live.thread not in seen

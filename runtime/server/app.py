@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -347,7 +348,7 @@ async def chat_completions(request: Request) -> Response:
     state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
     model = state.model
-    prompt = chat_prompt(fields["messages"], model)
+    prompt = await run_in_threadpool(chat_prompt, fields["messages"], model)  # CPU work: off the event loop
     logprobs = fields["top_logprobs"] if fields["logprobs"] else None
     job = make_job(state, fields, prompt, logprobs, "messages", model.chat_template.end_of_turn)
     await run_job(state, job)
@@ -382,7 +383,7 @@ async def completions(request: Request) -> Response:
     state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.COMPLETION, state.sampling_defaults)
     model = state.model
-    prompt = completion_prompt(fields["prompt"], model)
+    prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
     logprobs = fields["logprobs"]
     job = make_job(state, fields, prompt, logprobs, "prompt")
     await run_job(state, job)
@@ -440,7 +441,7 @@ async def embeddings(request: Request) -> Response:
     inputs = []
     for item in raw:
         if isinstance(item, str):
-            tokens = model.tokenize(item)
+            tokens = await run_in_threadpool(model.tokenize, item)
         elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
             tokens = item
             if min(tokens) < 0 or max(tokens) >= model.n_vocab:
@@ -501,7 +502,7 @@ async def tokenize(request: Request) -> Response:
     """Text to token ids (llama.cpp's /tokenize)."""
     state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.TOKENIZE)
-    tokens = state.model.tokenize(fields["content"], add_special=fields["add_special"])
+    tokens = await run_in_threadpool(state.model.tokenize, fields["content"], add_special=fields["add_special"])
     if fields["with_pieces"]:
         return JSONResponse({"tokens": [{"id": t, "piece": token_text(state.model, t)} for t in tokens]})
     return JSONResponse({"tokens": tokens})
@@ -515,7 +516,7 @@ async def detokenize(request: Request) -> Response:
     tokens = fields["tokens"]
     if tokens and (min(tokens) < 0 or max(tokens) >= state.model.n_vocab):
         raise ApiError(400, f"token ids must be in [0, {state.model.n_vocab})", param="tokens")
-    return JSONResponse({"content": state.model.detokenize(tokens)})
+    return JSONResponse({"content": await run_in_threadpool(state.model.detokenize, tokens)})
 
 
 @endpoint
