@@ -41,7 +41,6 @@ PREFETCH = 1024  # bytes ahead of the block in use: decode streams a step's weig
 # on the 2-core EPYC, one thread: a step's matrix products 20-25% faster than with the hardware prefetcher
 # alone; 2048 no better)
 F32 = ir.FloatType()
-_VMOVD_F16C = active().tier.arch == "x86_64" and "f16c" in active().features  # see Block.halves
 V8I32, V8F32, V32I8 = _vec(I32, LANES), _vec(F32, LANES), _vec(I8, 32)
 
 

@@ -42,12 +42,8 @@ class QuantizedRows:
     def form(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(xq, xd, xs, xqs) of the `kind` quantization."""
         if kind not in self._forms:
-            n, n_cols = self.x.shape
-            xq = np.empty((n, n_cols), np.int8)
-            xd, xs = np.empty((n, n_cols // QK), np.float32), np.empty((n, n_cols // QK), np.float32)
-            xqs = np.empty((n, n_cols // QK), np.int32)
-            self.QUANTIZERS[kind](self.x, xq, xd, xs, xqs)
-            self._forms[kind] = (xq, xd, xs, xqs)
+            self._forms[kind] = _form_arrays(*self.x.shape)
+            self.QUANTIZERS[kind](self.x, *self._forms[kind])
         return self._forms[kind]
 
     def forms(self, activations: set[str]) -> tuple:
@@ -59,12 +55,16 @@ EMPTY_FORM = (np.empty((0, 0), np.int8), np.empty((0, 0), np.float32), np.empty(
               np.empty((0, 0), np.int32))
 
 
+def _form_arrays(n: int, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Empty (xq, xd, xs, xqs) for x (n, n_cols): see matvec.py."""
+    blocks = n_cols // QK
+    return (np.empty((n, n_cols), np.int8), np.empty((n, blocks), np.float32), np.empty((n, blocks), np.float32),
+            np.empty((n, blocks), np.int32))
+
+
 def form_buffers(n: int, n_cols: int, activations: set[str]) -> tuple:
     """Buffers for x (n, n_cols) in the int8 forms of `activations` (the pair `product` takes; others empty)."""
-    blocks = n_cols // QK
-    return tuple((np.empty((n, n_cols), np.int8), np.empty((n, blocks), np.float32),
-                  np.empty((n, blocks), np.float32), np.empty((n, blocks), np.int32))
-                 if kind in activations else EMPTY_FORM for kind in ACTIVATIONS)
+    return tuple(_form_arrays(n, n_cols) if kind in activations else EMPTY_FORM for kind in ACTIVATIONS)
 
 
 class QuantMatrix:

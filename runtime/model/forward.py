@@ -136,8 +136,8 @@ class Transformer:
             qkv = scratch.qkv
             fused_kernels.attention_input(
                 x, fused.buffer, layer.attn_norm, c.rms_eps, fused.qkv, scratch.embd_forms, scratch.h, qkv,
-                NONE if layer.attn_q_norm is None else layer.attn_q_norm,
-                NONE if layer.attn_k_norm is None else layer.attn_k_norm,
+                _or_none(layer.attn_q_norm),
+                _or_none(layer.attn_k_norm),
                 (c.n_head, c.n_head_kv, c.head_dim), rope.tables, positions)
             return qkv[:, :q_dim], qkv[:, q_dim:q_dim + c.kv_dim], qkv[:, q_dim + c.kv_dim:]
         h = rms_norm(x, layer.attn_norm, c.rms_eps)
@@ -174,7 +174,7 @@ class Transformer:
         if fused.o is not None:
             fused_kernels.add_attention_output(
                 x, fused.buffer, attn, fused.o, scratch.q_forms, scratch.out,
-                NONE if layer.post_attention_norm is None else layer.post_attention_norm, c.rms_eps)
+                _or_none(layer.post_attention_norm), c.rms_eps)
             return
         (out,) = self.project(attn, layer.attn_output)
         if c.options.post_norms:
@@ -188,7 +188,7 @@ class Transformer:
             fused_kernels.add_ffn(
                 x, fused.buffer, layer.ffn_norm, c.rms_eps, fused.gate_up, scratch.embd_forms, scratch.h,
                 scratch.gu, opt.ffn_activation == "gelu_tanh", scratch.act, fused.down, scratch.ff_forms,
-                scratch.out, NONE if layer.post_ffw_norm is None else layer.post_ffw_norm)
+                scratch.out, _or_none(layer.post_ffw_norm))
             return
         h = rms_norm(x, layer.ffn_norm, c.rms_eps)
         if layer.experts is not None:
@@ -208,3 +208,8 @@ class Segment:
     cache: KVCache
     pos0: int
     n: int
+
+
+def _or_none(weight: np.ndarray | None) -> np.ndarray:
+    """A norm weight for the layer kernels: an absent one as the empty array they read as "no norm"."""
+    return NONE if weight is None else weight

@@ -673,8 +673,8 @@ async def not_found(request: Request, exc: Exception) -> Response:
 async def not_allowed(request: Request, exc: Exception) -> Response:
     response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
                                        type="invalid_request_error"))
-    allowed = getattr(exc, "headers", None) or {}
-    if "Allow" in allowed or "allow" in allowed:
-        response.headers["Allow"] = allowed.get("Allow") or allowed.get("allow")
+    allow = (getattr(exc, "headers", None) or {}).get("Allow")  # Starlette's 405 names the route's methods
+    if allow:
+        response.headers["Allow"] = allow
     return response
 
