@@ -1,0 +1,45 @@
+"""What the server's handlers share: the engine (once loaded), settings, the web UI's files."""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..model.model import Model
+from .engine import Engine
+
+
+@dataclass
+class ServerState:
+    """What the handlers share. `engine` is None while the model is loading (then /health says 503)."""
+
+    model_alias: str
+    api_key: str | None = None
+    engine: Engine | None = None
+    load_error: str | None = None
+    load_hint: str | None = None
+    max_body_bytes: int = 16 << 20  # a request body above it is a 413
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # the server's --temp etc.
+    webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def model(self) -> Model:
+        return self.engine.model
+
+
+def load_webui(directory: Path | None) -> dict[str, tuple[bytes, str]]:
+    """The static UI's files, read once into memory (works the same from a directory or an archive)."""
+    files: dict[str, tuple[bytes, str]] = {}
+    if directory is None or not directory.is_dir():
+        return files
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.suffix in (".html", ".css", ".js", ".svg", ".ico", ".png", ".json"):
+            media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if media.startswith("text/") or media == "application/javascript":
+                media += "; charset=utf-8"
+            files[path.relative_to(directory).as_posix()] = (path.read_bytes(), media)
+    return files
