@@ -16,14 +16,16 @@ the new tokens. The server makes one `Context` per slot (`new_context`) and deco
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..chat import ChatTemplate
+from ..chat import ChatTemplate, SpecialTexts, max_chars_for
 from ..errors import ContextOverflowError, LlamapyzError
 from ..generation import Step, generate
 from ..gguf import GGUFFile, Source, load_gguf
@@ -132,13 +134,24 @@ class Model:
         """Use a built-in template by name (`chat.BUILTIN`) or a Jinja2 source instead of the model's."""
         self._chat_template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.vocab.tokens, override)
 
-    def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
-        """The prompt tokens for a conversation, through the model's chat template."""
-        tokens = self.tokenize(self.chat_template.render(messages))
+    def chat_tokens(self, messages: Sequence[dict], **context: Any) -> list[int]:
+        """The prompt tokens for a conversation, through the model's chat template; `context`: further
+        template variables (tools=[…]). The template's markup is tokenized with special tokens parsed, the
+        client's strings (contents, names, tools, …) as literal text: a user who types "<|im_end|>" gets
+        those characters, never the control token (`ChatTemplate.render_parts`). Rendering stops at
+        `chat.max_chars_for` characters (more than the context could hold) or `chat.DEFAULT_TIMEOUT_S`."""
+        max_chars = max_chars_for(self.n_ctx, self.tokenizer.longest_token_chars)
+        parts = self.chat_template.render_parts(messages, self._chat_special_texts, max_chars=max_chars, **context)
+        tokens = self.tokenizer.encode_parts(parts)
         bos = self.tokenizer.bos_id
         if bos is not None and tokens[:2] == [bos, bos]:  # the template wrote BOS and tokenize added one
             tokens = tokens[1:]
         return tokens
+
+    @functools.cached_property
+    def _chat_special_texts(self) -> SpecialTexts:
+        """The texts client strings must not spell into control tokens, indexed once (`chat_tokens`)."""
+        return SpecialTexts(self.tokenizer.markup_texts)
 
     # --- evaluation ------------------------------------------------------------------------------------
 

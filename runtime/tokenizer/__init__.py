@@ -2,6 +2,7 @@
 
     tok = Tokenizer.from_gguf("model.gguf")
     ids = tok.encode("Hello world")          # BOS added if the model asks for it, specials parsed
+    ids = tok.encode_parts([("<|im_start|>user\n", True), ("<|im_end|>", False)])  # specials in some parts
     text = tok.decode(ids)                   # control tokens (BOS, EOS, …) left out
     stream = tok.stream()                    # incremental: never splits a UTF-8 character
     pieces = [stream.feed(i) for i in ids] + [stream.flush()]
@@ -9,7 +10,9 @@
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,15 +67,38 @@ class Tokenizer:
 
     # --- encoding ------------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def markup_texts(self) -> list[str]:
+        """The texts that are one token only when special tokens are parsed (control and unknown tokens:
+        "<|im_start|>", "<bos>", …), longest first; literal text spells them out. User-defined tokens are
+        not among them: they match in any text."""
+        literal = set(self._special_ids[False])
+        return [self.vocab.tokens[t] for t in self._special_ids[True] if t not in literal]
+
+    @functools.cached_property
+    def longest_token_chars(self) -> int:
+        """The most characters one token stands for, at most: its longest token text (a byte-level BPE
+        token's text has a character per byte, a byte fallback "<0xNN>" six for one)."""
+        return max(map(len, self.vocab.tokens))
+
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of `text`. `add_special` adds BOS/EOS where the model's metadata asks for them;
         `parse_special` turns special-token text such as "<|im_start|>" into that single token."""
+        return self.encode_parts([(text, parse_special)], add_special)
+
+    def encode_parts(self, parts: Iterable[tuple[str, bool]], add_special: bool = True) -> list[int]:
+        """Token ids of the parts' texts joined, each part a (text, parse_special) pair: a control token's
+        text becomes that token only where it lies within parse_special parts (adjacent ones count as one),
+        while user-defined tokens match anywhere, as in `encode`. The text between special tokens is
+        encoded as one piece whatever parts it spans, so `encode_parts([(text, p)])` is `encode(text,
+        parse_special=p)`, and splitting a text into parts changes nothing but where control tokens are
+        recognised. A chat prompt is the template's markup (parsed) around the client's text (literal)."""
         vocab = self.vocab
         out: list[int] = []
         if add_special and vocab.add_bos and vocab.bos_id is not None:
             out.append(vocab.bos_id)
         prev_special = True  # SentencePiece prefixes a space to text at the start and after a special token
-        for fragment in self._partition(text, parse_special):
+        for fragment in self._partition(parts):
             if isinstance(fragment, int):
                 out.append(fragment)
                 prev_special = True
@@ -86,24 +112,30 @@ class Tokenizer:
             out.append(vocab.eos_id)
         return out
 
-    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
-        """Split text at special-token texts, longest token first (llama.cpp's tokenizer_st_partition)."""
-        fragments: list[str | int] = [text] if text else []
+    def _partition(self, parts: Iterable[tuple[str, bool]]) -> list[str | int]:
+        """The parts' joined text split at special-token texts, longest token first, each one's occurrences
+        left to right (llama.cpp's tokenizer_st_partition); a control token only where `parts` parse
+        specials. Fragments: text (str) or token id (int)."""
+        text, parsed = _join_parts(parts)
+        fragments: list[tuple[int, str] | int] = [(0, text)] if text else []  # text fragments with their offset
         tokens = self.vocab.tokens
-        for token in self._specials_in(text, parse_special):
+        anywhere = self._literal_ids
+        for token in self._specials_in(text, bool(parsed)):
             special = tokens[token]
-            split: list[str | int] = []
+            where = None if token in anywhere or parsed.whole(len(text)) else parsed
+            split: list[tuple[int, str] | int] = []
             for fragment in fragments:
-                if isinstance(fragment, int) or special not in fragment:
+                if isinstance(fragment, int) or special not in fragment[1]:
                     split.append(fragment)
-                    continue
-                for i, part in enumerate(fragment.split(special)):
-                    if i:
-                        split.append(token)
-                    if part:
-                        split.append(part)
+                else:
+                    split.extend(_split_at(fragment, special, token, where))
             fragments = split
-        return fragments
+        return [fragment if isinstance(fragment, int) else fragment[1] for fragment in fragments]
+
+    @functools.cached_property
+    def _literal_ids(self) -> frozenset[int]:
+        """Tokens matched in any text (user-defined ones)."""
+        return frozenset(self._special_ids[False])
 
     def _specials_in(self, text: str, parse_special: bool) -> list[int]:
         """The special tokens whose text occurs in `text`, longest first. Gemma has 6,400 of them: looking
@@ -153,6 +185,63 @@ class Tokenizer:
 
     def stream(self, special: bool = False) -> StreamDecoder:
         return StreamDecoder(self, special)
+
+
+class _Spans:
+    """Sorted, disjoint [start, end) ranges of a text: where its parts parse special tokens."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def add(self, start: int, end: int) -> None:
+        if self.ends and self.ends[-1] == start:  # adjacent parts that parse specials count as one
+            self.ends[-1] = end
+        elif end > start:
+            self.starts.append(start)
+            self.ends.append(end)
+
+    def whole(self, length: int) -> bool:
+        return self.starts == [0] and self.ends == [length]
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and end <= self.ends[i]
+
+
+def _join_parts(parts: Iterable[tuple[str, bool]]) -> tuple[str, _Spans]:
+    """The parts' text joined, and where in it specials are parsed."""
+    texts, parsed, pos = [], _Spans(), 0
+    for text, parse_special in parts:
+        texts.append(text)
+        if parse_special:
+            parsed.add(pos, pos + len(text))
+        pos += len(text)
+    return "".join(texts), parsed
+
+
+def _split_at(fragment: tuple[int, str], special: str, token: int, where: _Spans | None
+              ) -> list[tuple[int, str] | int]:
+    """A text fragment (offset, text) split at the occurrences of `special`, left to right, each one that
+    lies within `where` (anywhere if None) becoming `token`."""
+    offset, text = fragment
+    out: list[tuple[int, str] | int] = []
+    pos = search = 0
+    while (i := text.find(special, search)) >= 0:
+        end = i + len(special)
+        if where is not None and not where.covers(offset + i, offset + end):
+            search = i + 1  # text here: a later, overlapping occurrence may still be a token
+            continue
+        if i > pos:
+            out.append((offset + pos, text[pos:i]))
+        out.append(token)
+        pos = search = end
+    if pos < len(text):
+        out.append((offset + pos, text[pos:]))
+    return out
 
 
 class StreamDecoder:
