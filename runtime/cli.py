@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -265,6 +266,17 @@ def build(ctx: click.Context) -> None:
 
 # --- serve, and the archive's own command line -------------------------------------------------------------
 
+def check_origins(ctx: click.Context, param: click.Parameter, origins: tuple[str, ...]) -> tuple[str, ...]:
+    """--cors-origin values as browsers send them in `Origin`: scheme://host[:port], no path (a final / dropped)."""
+    checked = []
+    for origin in origins:
+        origin = origin.rstrip("/")
+        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", origin):
+            raise click.BadParameter(f"{origin!r} is not an origin like https://app.example.com:8443 (or *)")
+        checked.append(origin)
+    return tuple(checked)
+
+
 SERVE_OPTIONS = [
     click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."),
     click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
@@ -286,6 +298,16 @@ SERVE_OPTIONS = [
                  help="Read the API key from this file's first line (keeps it off the command line)."),
     click.option("--max-body-mib", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
                  help="Largest request body; a bigger one is answered 413."),
+    click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True,
+                 help="Seconds a client has to send a request's body, counted from its headers; a slower one is "
+                      "answered 408 and disconnected."),
+    click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+                 help="Also answer requests whose Host header is NAME (repeatable; *.example.com: any name under it; "
+                      "*: any). Bound to a loopback address the server answers only localhost, 127.0.0.1 and [::1] "
+                      "(against DNS rebinding); bound elsewhere, any Host unless this option is given."),
+    click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", callback=check_origins,
+                 help="Let web pages from ORIGIN (e.g. https://app.example.com; *: any) call the API from a "
+                      "browser (CORS; repeatable). Default: no CORS headers."),
     click.option("-a", "--alias", default=None, help="Model name shown by the API (default: the file's name)."),
     click.option("--chat-template", default=None,
                  help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
@@ -372,7 +394,8 @@ def this_bundle() -> Any:
 
 def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
                  queue_size: int, batch_size: int, cache_type: str, api_key: str | None, api_key_file: str | None,
-                 max_body_mib: float, alias: str | None, chat_template: str | None, nobrowser: bool,
+                 max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
+                 cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
                  n_gpu_layers: int, cpu_tier: str | None, **sampling: Any) -> None:
     import socket
 
@@ -396,7 +419,8 @@ def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx
                                 hint="another server may be using that port; pick one with --port") from None
     run_server(ServeOptions(model=model, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
                             n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
-                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), alias=alias,
+                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
+                            allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
                             chat_template=chat_template, open_browser=not nobrowser,
                             sampling={k: v for k, v in sampling.items() if v is not None}),
                say=say)

@@ -181,3 +181,33 @@ def test_inspect_shows_whether_the_architecture_is_supported(tmp_path):
     report = json.loads(run("inspect", "--json", str(extra)).output)["architecture"]
     assert report == {"name": "llama", "supported": False,
                       "problem": "blk.0.foo.weight is not used by architecture llama"}
+
+
+def test_serve_guard_options_reach_the_server(tmp_path, monkeypatch):
+    """--body-timeout-s, --allowed-host and --cors-origin (repeatable) from the command line into ServeOptions;
+    the archive's command line (and the .args baked into it) takes the same options."""
+    import runtime.server
+    from runtime.cli import archive_command
+    from tests.live_server import free_port
+
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    given = []
+    monkeypatch.setattr(runtime.server, "serve", lambda options, say: given.append(options))
+    args = ["--body-timeout-s", "2.5", "--allowed-host", "llm.example", "--allowed-host", "*.lan",
+            "--cors-origin", "https://app.example/", "--cors-origin", "*"]
+    result = run("serve", "-m", str(model), "--nobrowser", "--port", str(free_port()), *args)
+    assert result.exit_code == 0, result.output
+    options = given[0]
+    assert options.body_timeout_s == 2.5 and options.allowed_hosts == ("llm.example", "*.lan")
+    assert options.cors_origins == ("https://app.example", "*")  # as browsers send Origin: no final /
+    defaults = archive_command.make_context("archive", []).params
+    assert defaults["body_timeout_s"] == 30 and defaults["allowed_hosts"] == () == defaults["cors_origins"]
+    assert archive_command.make_context("archive", args).params["cors_origins"] == ("https://app.example", "*")
+    for bad in (["--cors-origin", "app.example"], ["--cors-origin", "https://app.example/path"],
+                ["--body-timeout-s", "0"]):
+        refused = run("serve", "-m", str(model), *bad)
+        assert refused.exit_code == 1 and "error: Invalid value for" in refused.output, bad
+    help_text = run("serve", "--help").output
+    for option in ("--body-timeout-s", "--allowed-host", "--cors-origin"):
+        assert option in help_text

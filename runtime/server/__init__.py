@@ -27,8 +27,11 @@ from ..kernels import cache as kernel_cache
 from ..model.model import Model, check_memory, settle
 from .app import ServerState, create_app, load_webui
 from .engine import Engine
+from .security import allowed_hosts
 
 DEFAULT_WEBUI = Path(__file__).resolve().parents[2] / "webui"
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
+MAX_HEADER_BYTES = 16 << 10  # a request line and headers beyond it are a 400 (h11's own default, stated)
 
 log = logging.getLogger("llamapyz.server")
 
@@ -46,6 +49,9 @@ class ServeOptions:
     kv_type: str = "f16"
     api_key: str | None = None
     max_body_bytes: int = 16 << 20
+    body_timeout_s: float | None = 30.0
+    allowed_hosts: tuple[str, ...] = ()  # beyond the loopback names (see security.allowed_hosts)
+    cors_origins: tuple[str, ...] = ()
     alias: str | None = None
     chat_template: str | None = None
     open_browser: bool = True
@@ -107,10 +113,16 @@ def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:
     source = options.model[0] if isinstance(options.model, tuple) else options.model
     alias = options.alias or Path(str(source)).stem
     state = ServerState(model_alias=alias, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
-                        webui=load_webui(options.webui),
+                        body_timeout_s=options.body_timeout_s,
+                        allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
+                        cors_origins=tuple(options.cors_origins), webui=load_webui(options.webui),
                         sampling_defaults=dict(options.sampling))
+    # h11 named, not "auto": the limits below are h11's (httptools, where installed, would ignore them).
+    # No limit_concurrency: it counts idle and stalled connections too, so a few slow sockets would turn away
+    # real clients; the engine's queue (--queue-size, then 503) already bounds the work.
     config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=2)
+                            access_log=False, timeout_graceful_shutdown=2, http="h11",
+                            timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     return state, uvicorn.Server(config)
 
 

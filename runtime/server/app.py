@@ -1,17 +1,17 @@
 """The HTTP side: a Starlette app speaking OpenAI's API (plus llama.cpp's extras) in front of the engine.
 
 This module puts the routes together (the handlers live one concern per module: `completions`,
-`embeddings`, `info`), describes them in /openapi.json and guards them with the API key. Every handler
-validates its request, turns it into an engine `Job` (`jobs`), and relays the job's events as one JSON
-response or as server-sent events (`http`). Nothing here touches the model's weights: tokenizing and chat
-templates run in the thread pool, forward passes only on the engine thread.
+`embeddings`, `info`), describes them in /openapi.json and puts the guards of `security` around them (the
+Host check, CORS, the body's deadline, the API key). Every handler validates its request, turns it into an
+engine `Job` (`jobs`), and relays the job's events as one JSON response or as server-sent events (`http`).
+Nothing here touches the model's weights: tokenizing and chat templates run in the thread pool, forward
+passes only on the engine thread.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +23,7 @@ from .embeddings import embeddings
 from .http import error_response
 from .info import detokenize, health, metrics, models, props, tokenize
 from .schema import ApiError
+from .security import ApiKeyMiddleware, BodyDeadlineMiddleware, HostGuardMiddleware
 from .state import ServerState, load_webui
 
 __all__ = ["ServerState", "create_app", "load_webui"]
@@ -85,35 +86,6 @@ def openapi_document() -> dict:
             "paths": paths}
 
 
-class ApiKeyMiddleware:
-    """With --api-key, every API path needs `Authorization: Bearer KEY` (or `X-Api-Key: KEY`); /health,
-    /openapi.json and the web UI's static files stay open."""
-
-    def __init__(self, app, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.state.api_key or not self._protected(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("authorization", "")
-        given = given[7:] if given[:7].lower() == "bearer " else headers.get("x-api-key", "")  # as sent: no strip
-        # constant time: the comparison must not tell how much of a guess was right
-        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.state.api_key.encode()):
-            await self.app(scope, receive, send)
-            return
-        message = "invalid API key" if given else "an API key is required (Authorization: Bearer KEY)"
-        response = error_response(ApiError(401, message, code="invalid_api_key"))
-        response.headers["WWW-Authenticate"] = 'Bearer realm="llamapyz"'
-        await response(scope, receive, send)
-
-    def _protected(self, path: str) -> bool:
-        path = ALIASES.get(path, path)
-        return any(path == route[0] for route in ROUTES) and path not in OPEN_PATHS
-
-
 def create_app(state: ServerState) -> Starlette:
     routes = [Route(path, handler, methods=[method]) for path, method, handler, _ in ROUTES]
     by_path = {path: (method, handler) for path, method, handler, _ in ROUTES}
@@ -121,8 +93,21 @@ def create_app(state: ServerState) -> Starlette:
     routes += [Route("/", static, methods=["GET"]), Route("/{path:path}", static, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
     app.state.llamapyz = state
-    app.add_middleware(ApiKeyMiddleware, state=state)
+    # added innermost first: a request meets the Host check, CORS, the body's deadline, then the API key
+    app.add_middleware(ApiKeyMiddleware, state=state, protected=protected)
+    app.add_middleware(BodyDeadlineMiddleware, timeout_s=state.body_timeout_s)
+    if state.cors_origins:  # preflights are answered here, before the API key is asked for
+        app.add_middleware(CORSMiddleware, allow_origins=list(state.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Api-Key"], max_age=600)
+    if state.allowed_hosts is not None:
+        app.add_middleware(HostGuardMiddleware, allowed=state.allowed_hosts)
     return app
+
+
+def protected(path: str) -> bool:
+    """Whether a path needs the API key (when there is one): the API's, less OPEN_PATHS."""
+    path = ALIASES.get(path, path)
+    return path in API_PATHS and path not in OPEN_PATHS
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

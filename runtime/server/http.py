@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import ContextOverflowError
@@ -28,6 +28,8 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 async def read_json(request: Request) -> object:
+    """The request's JSON body, within --max-body-mib (else a 413). Its deadline (--body-timeout-s) is kept
+    by `security.BodyDeadlineMiddleware`: reading past it raises that 408 from here."""
     limit = request.app.state.llamapyz.max_body_bytes
     too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large",
                        type="invalid_request_error")
@@ -35,11 +37,14 @@ async def read_json(request: Request) -> object:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():  # a chunked body has no length to check up front
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():  # a chunked body has no length to check up front
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; not an error of ours to log
+        raise ApiError(400, "the client went away before sending the whole body") from None
     body = b"".join(chunks)
     try:
         value = json.loads(body)

@@ -22,6 +22,9 @@ class ServerState:
     load_error: str | None = None
     load_hint: str | None = None
     max_body_bytes: int = 16 << 20  # a request body above it is a 413
+    body_timeout_s: float | None = 30.0  # a body not all arrived by then (after the headers) is a 408
+    allowed_hosts: tuple[str, ...] | None = None  # Host names answered (security.allowed_hosts); None: any
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from a browser ("*": any)
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # the server's --temp etc.
     webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
     started: float = field(default_factory=time.time)
