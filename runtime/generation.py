@@ -16,7 +16,7 @@ import numpy as np
 from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_softmax, sample
 
 if TYPE_CHECKING:
-    from .json_constraint import JsonConstraint
+    from .constraint import Constraint
     from .model.model import Model
     from .tokenizer import Tokenizer
 
@@ -72,8 +72,10 @@ class Generation:
 
     def __init__(self, tokenizer: Tokenizer, prompt: Sequence[int], max_tokens: int, params: SamplingParams,
                  n_ctx: int, stop: Sequence[str] = (), logprobs: int | None = None,
-                 constraint: JsonConstraint | None = None) -> None:
+                 constraint: Constraint | None = None, keep_text: frozenset[int] = frozenset()) -> None:
         self.params = params
+        self.tokenizer = tokenizer
+        self.keep_text = keep_text  # control tokens whose text is output (a tool call's markers)
         self.max_tokens = max_tokens
         self.n_ctx = n_ctx
         self.logprobs = logprobs
@@ -97,7 +99,11 @@ class Generation:
         apply_logit_bias(logits, params.logit_bias)
         recent = self.history if params.repeat_last_n == -1 else self.history[len(self.history) - params.repeat_last_n:]
         apply_penalties(logits, recent if params.repeat_last_n else [], params)
-        token = self._sample(logits)
+        if self.constraint is not None:  # only tokens that keep the output in its grammar
+            self.constraint.mask(logits)
+        token = sample(logits, params, self.rng)
+        if self.constraint is not None:
+            self.constraint.advance(token)
         step = Step(token, "")
         if self.logprobs is not None:
             logp = log_softmax(logits)
@@ -109,35 +115,27 @@ class Generation:
         if token in self.eog:
             step.text, step.finish_reason = self.matcher.flush() + self.decoder.flush(), "stop"
         else:
-            step.text, stopped = self.matcher.feed(self.decoder.feed(token))
-            if stopped or (self.constraint is not None and self.constraint.complete):
+            step.text, stopped = self.matcher.feed(self._text(token))
+            if stopped:
+                step.finish_reason = "stop"
+            elif self.constraint is not None and self.constraint.complete:  # the grammar can take no more
+                step.text += self._flush()
                 step.finish_reason = "stop"
             elif self.n_generated >= self.max_tokens or len(self.history) >= self.n_ctx:
-                step.text += self.matcher.feed(self.decoder.flush())[0] + self.matcher.flush()
+                step.text += self._flush()
                 step.finish_reason = "length"
         self.finish_reason = step.finish_reason
         return step
 
-    def _sample(self, logits: np.ndarray) -> int:
-        token = sample(logits, self.params, self.rng)
-        if self.constraint is None:
-            return token
-        rejected = 0
-        while not self.constraint.allows(token):
-            logits[token] = -np.inf
-            rejected += 1
-            if rejected == REJECTIONS_BEFORE_SCAN:  # the model keeps proposing bad tokens: mask the rest at once
-                for t in np.flatnonzero(np.isfinite(logits)):
-                    if not self.constraint.allows(int(t)):
-                        logits[t] = -np.inf
-            if not np.isfinite(logits).any():
-                raise RuntimeError("no token can continue the constrained output")
-            token = sample(logits, self.params, self.rng)
-        self.constraint.advance(token)
-        return token
+    def _flush(self) -> str:
+        """The text held back (half a character, a possible start of a stop string), at the end."""
+        released, stopped = self.matcher.feed(self.decoder.flush())
+        return released if stopped else released + self.matcher.flush()
 
-
-REJECTIONS_BEFORE_SCAN = 32
+    def _text(self, token: int) -> str:
+        if token in self.keep_text:
+            return self.decoder.flush() + self.tokenizer.token_bytes(token, special=True).decode("utf-8", "replace")
+        return self.decoder.feed(token)
 
 
 def generate(model: Model, tokens: Sequence[int], max_tokens: int, params: SamplingParams,

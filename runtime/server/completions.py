@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -11,44 +12,85 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..generation import Step
+from ..tools import ToolStream, parse_calls
 from . import schema
 from .http import collect_steps, endpoint, read_json, ready_state, run_job, sse_response
-from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, usage
+from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, tool_request, usage
 
 
 @endpoint
 async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions, streaming or not."""
+    """OpenAI chat completions, streaming or not, with tools and structured outputs."""
     state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
     model = state.model
-    prompt = await run_in_threadpool(chat_prompt, fields["messages"], model)  # CPU work: off the event loop
+    tools = tool_request(fields, model)
+    prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
     logprobs = fields["top_logprobs"] if fields["logprobs"] else None
-    job = make_job(state, fields, prompt, logprobs, "messages", model.chat_template.end_of_turn)
+    job = await run_in_threadpool(make_job, state, fields, prompt, logprobs, "messages", asyncio.get_running_loop(),
+                                  model.chat_template.end_of_turn, tools)
     await run_job(state, job)
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": state.model_alias,
             "system_fingerprint": f"llamapyz-{__version__}"}
+    reader = None
+    if tools is not None and tools.active:
+        reader = ToolStream(tools.syntax, {tool["function"]["name"] for tool in tools.tools})
 
     if fields["stream"]:
         def chunk(step: Step) -> dict | None:
-            if not step.text and logprobs is None:
+            delta = tool_delta(reader.feed(step.text)) if reader is not None else {"content": step.text}
+            if not any(delta.values()) and logprobs is None:  # nothing to say (text held back)
                 return None
-            return {"index": 0, "delta": {"content": step.text}, "finish_reason": None,
+            return {"index": 0, "delta": delta, "finish_reason": None,
                     "logprobs": {"content": [chat_logprob(model, step)]} if logprobs is not None else None}
+
+        def last(finish: str | None) -> dict:
+            delta = tool_delta(reader.finish()) if reader is not None else {}
+            if reader is not None and reader.n_calls and finish == "stop":
+                finish = "tool_calls"
+            return {"index": 0, "delta": delta, "logprobs": None,
+                    "finish_reason": finish}
 
         opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         return sse_response(job, request, state, fields, {**base, "object": "chat.completion.chunk"}, [opening],
-                            chunk, lambda finish: {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
+                            chunk, last)
 
     steps = await collect_steps(job, request, state)
+    text, finish = "".join(s.text for s in steps), steps[-1].finish_reason if steps else None
+    message: dict = {"role": "assistant", "content": text}
+    if reader is not None:
+        content, calls = parse_calls(text, tools.syntax, reader.names)
+        if calls:
+            message = {"role": "assistant", "content": content or None, "tool_calls": [c.as_dict() for c in calls]}
+            finish = "tool_calls" if finish == "stop" else finish
     return JSONResponse({
         **base, "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(s.text for s in steps)},
+        "choices": [{"index": 0, "message": message,
                      "logprobs": {"content": [chat_logprob(model, s) for s in steps]} if logprobs is not None
                      else None,
-                     "finish_reason": steps[-1].finish_reason if steps else None}],
+                     "finish_reason": finish}],
         "usage": usage(job), "timings": job.timings.as_dict()})
+
+
+def tool_delta(events: list[tuple]) -> dict:
+    """A ToolStream's events as one chat delta: content text and tool_calls pieces (OpenAI's shape: the
+    first piece of a call carries its index, id, type and name; later ones add to its arguments)."""
+    content, calls = [], []
+    for event in events:
+        if event[0] == "content":
+            content.append(event[1])
+        elif event[0] == "call":
+            calls.append({"index": event[1], "id": event[2], "type": "function",
+                          "function": {"name": event[3], "arguments": ""}})
+        elif calls and calls[-1]["index"] == event[1]:
+            calls[-1]["function"]["arguments"] += event[2]
+        else:
+            calls.append({"index": event[1], "function": {"arguments": event[2]}})
+    delta: dict = {"content": "".join(content)} if content else {}
+    if calls:
+        delta["tool_calls"] = calls
+    return delta
 
 
 @endpoint
@@ -59,7 +101,7 @@ async def completions(request: Request) -> Response:
     model = state.model
     prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
     logprobs = fields["logprobs"]
-    job = make_job(state, fields, prompt, logprobs, "prompt")
+    job = await run_in_threadpool(make_job, state, fields, prompt, logprobs, "prompt", asyncio.get_running_loop())
     await run_job(state, job)
     ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "object": "text_completion", "created": created, "model": state.model_alias,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from ..chat import ChatTemplateError
+from ..constraint import Grammar, GrammarError
 from ..generation import Generation, Step
-from ..json_constraint import JsonConstraint
 from ..model.model import Model
 from ..sampling import SamplingParams
+from ..tools import ToolError, ToolRequest, call_grammar, marker_tokens, prepare_messages
 from .engine import Job
 from .schema import ApiError
 from .state import ServerState
@@ -45,13 +46,43 @@ def stop_strings(value: str | list | None) -> list[str]:
     return stops
 
 
-def response_format(value: dict | None) -> bool:
-    """True when the output must be one JSON object."""
-    kind = (value or {}).get("type", "text")
-    if kind not in ("text", "json_object"):
-        raise ApiError(400, f"response_format type {kind!r} is not supported (use 'text' or 'json_object')",
-                       param="response_format")
-    return kind == "json_object"
+def output_grammar(fields: dict) -> Grammar | None:
+    """The grammar the output must match: response_format (json_object, json_schema), or llama.cpp's
+    `grammar` (Lark or GBNF) or `json_schema` fields; None for free text."""
+    value = fields["response_format"] or {}
+    kind = value.get("type", "text")
+    asked = [name for name in ("grammar", "json_schema") if fields.get(name) is not None]
+    if kind != "text":
+        asked.append("response_format")
+    if len(asked) > 1:
+        raise ApiError(400, f"{' and '.join(asked)} both constrain the output: give one", param=asked[-1])
+    try:
+        if fields.get("grammar") is not None:
+            return Grammar.lark(fields["grammar"])
+        if fields.get("json_schema") is not None:
+            return Grammar.json_schema(fields["json_schema"])
+        if kind == "text":
+            return None
+        if kind == "json_object":  # llama.cpp also takes a schema here
+            return Grammar.json_schema(value["schema"]) if value.get("schema") is not None else Grammar.json_object()
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise ApiError(400, 'response_format json_schema needs {"json_schema": {"name": ..., "schema": '
+                               '{...}}}', param="response_format")
+            return Grammar.json_schema(spec["schema"])
+    except GrammarError as exc:
+        raise ApiError(400, str(exc), param=asked[-1]) from None
+    raise ApiError(400, f"response_format type {kind!r} is not supported (use 'text', 'json_object' or "
+                   "'json_schema')", param="response_format")
+
+
+def tool_request(fields: dict, model: Model) -> ToolRequest:
+    try:
+        return ToolRequest.from_fields(fields["tools"], fields["tool_choice"], fields["parallel_tool_calls"],
+                                       model.chat_template.source)
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param="tools" if "tools" in str(exc) else "tool_choice") from None
 
 
 def check_prompt_fits(prompt: list[int], model: Model, param: str) -> None:
@@ -62,45 +93,98 @@ def check_prompt_fits(prompt: list[int], model: Model, param: str) -> None:
 
 
 def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int | None, param: str,
-             end_of_turn: str | None = None) -> Job:
-    """A job for the engine; `end_of_turn` (chat only: the template's markup) stops it besides `stop`."""
+             loop: asyncio.AbstractEventLoop, end_of_turn: str | None = None, tools: ToolRequest | None = None
+             ) -> Job:
+    """A job for the engine; `end_of_turn` (chat only: the template's markup) stops it besides `stop`.
+    Compiling a grammar may take a while: call this in the thread pool."""
     model = state.model
     check_prompt_fits(prompt, model, param)
     room = model.n_ctx - len(prompt)
     max_tokens = fields["max_completion_tokens"] or fields["max_tokens"] or room
-    constraint = None
-    if response_format(fields["response_format"]):
-        constraint = JsonConstraint(model.tokenizer.token_bytes, model.tokenizer.eog_ids)
+    grammar = output_grammar(fields)
+    keep_text: frozenset[int] = frozenset()
+    if tools is not None and tools.active:
+        keep_text = marker_tokens(tools.syntax, model.tokenizer)
+        forced = call_grammar(tools, model.tokenizer)
+        if forced is not None and grammar is not None:
+            raise ApiError(400, "a forced tool call (tool_choice) cannot also follow a response_format or grammar",
+                           param="tool_choice")
+        grammar = grammar or forced
+    try:
+        constraint = grammar.constraint(model.tokenizer) if grammar is not None else None
+    except GrammarError as exc:
+        raise ApiError(400, str(exc), param="tool_choice" if tools and tools.forced else "response_format") from None
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
                             stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
-                            logprobs=logprobs, constraint=constraint)
-    return Job(prompt=prompt, generation=generation, loop=asyncio.get_running_loop())
+                            logprobs=logprobs, constraint=constraint, keep_text=keep_text)
+    return Job(prompt=prompt, generation=generation, loop=loop)
 
 
-def chat_prompt(messages: list[dict], model: Model) -> list[int]:
-    clean = []
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in ("system", "developer", "user", "assistant", "tool"):
-            raise ApiError(400, f"messages[{i}].role must be system, user or assistant", param="messages")
-        if isinstance(content, list):  # content parts: only text
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ApiError(400, f"messages[{i}].content: only text parts are supported", param="messages")
-                texts.append(part["text"])
-            content = "\n".join(texts)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
-        clean.append({"role": "system" if role == "developer" else role, "content": content})
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = None) -> list[int]:
+    """The prompt tokens of a conversation (checked message by message), rendered with the tools."""
+    clean = [chat_message(i, message) for i, message in enumerate(messages)]
     if not clean:
         raise ApiError(400, "messages must not be empty", param="messages")
+    clean, context = prepare_messages(clean, tools)
     try:
-        return model.chat_tokens(clean)
+        return model.chat_tokens(clean, **context)
     except ChatTemplateError as exc:
         raise ApiError(400, str(exc), param="messages") from None
+
+
+def chat_message(i: int, message: dict) -> dict:
+    """One message as templates read it: role, content text; an assistant's tool_calls, a tool's
+    tool_call_id and name."""
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or role not in ROLES:
+        raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", param="messages")
+    if isinstance(content, list):
+        content = "\n".join(_text_part(i, part) for part in content)
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
+    clean: dict = {"role": "system" if role == "developer" else role, "content": content}
+    if role == "assistant" and message.get("tool_calls") is not None:
+        clean["tool_calls"] = [_tool_call(i, j, call) for j, call in enumerate(_list(i, message["tool_calls"]))]
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if message.get(key) is not None:
+                if not isinstance(message[key], str):
+                    raise ApiError(400, f"messages[{i}].{key} must be a string", param="messages")
+                clean[key] = message[key]
+    return clean
+
+
+def _text_part(i: int, part: object) -> str:
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("image_url", "input_image", "input_audio", "file"):
+        raise ApiError(400, f"messages[{i}].content: {kind} parts are not supported: this model reads text only",
+                       param="messages", code="unsupported_content")
+    raise ApiError(400, f"messages[{i}].content: parts must be {{\"type\": \"text\", \"text\": ...}}",
+                   param="messages")
+
+
+def _list(i: int, value: object) -> list:
+    if not isinstance(value, list):
+        raise ApiError(400, f"messages[{i}].tool_calls must be a list", param="messages")
+    return value
+
+
+def _tool_call(i: int, j: int, call: object) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+            or not isinstance(function.get("arguments", "{}"), (str, dict)):
+        raise ApiError(400, f"messages[{i}].tool_calls[{j}] must be {{\"id\": ..., \"type\": \"function\", "
+                       "\"function\": {\"name\": ..., \"arguments\": \"{...}\"}}", param="messages")
+    call_id = call.get("id")
+    return {"id": call_id if isinstance(call_id, str) else f"call_{j}", "type": "function",
+            "function": {"name": function["name"], "arguments": function.get("arguments", "{}")}}
 
 
 def completion_prompt(prompt: str | list, model: Model) -> list[int]:

@@ -50,6 +50,7 @@ class Field:
     maximum: float | None = None
     items: str | None = None  # arrays: the JSON type of every item
     enum: tuple | None = None
+    shape: dict | None = None  # a fuller JSON schema for /openapi.json (the handler checks the details)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -72,6 +73,8 @@ class Field:
         return value
 
     def openapi(self) -> dict:
+        if self.shape is not None:
+            return {**self.shape, "description": self.description}
         one = [_openapi_type(t, self.items) for t in self.types]
         schema = one[0] if len(one) == 1 else {"oneOf": one}
         schema["description"] = self.description
@@ -116,8 +119,38 @@ def schema_of(fields: list[Field]) -> dict:
 
 # --- the requests ------------------------------------------------------------------------------------------
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+_TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "properties": {
+    "id": {"type": "string"}, "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name", "arguments"],
+                 "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}}}
+MESSAGES = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role"], "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": _TEXT_PART}]},
+        "name": {"type": "string"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
+        "tool_call_id": {"type": "string"}}}}
+TOOLS = {"type": "array", "items": {"type": "object", "required": ["type", "function"], "properties": {
+    "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "description": {"type": "string"},
+        "parameters": {"type": "object"}}}}}}
+TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, {
+    "type": "object", "required": ["type", "function"], "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]}
+RESPONSE_FORMAT = {"anyOf": [
+    {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+    {"type": "object", "required": ["type", "json_schema"], "properties": {
+        "type": {"const": "json_schema"},
+        "json_schema": {"type": "object", "required": ["name", "schema"], "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"}, "schema": {"type": "object"},
+            "strict": {"type": "boolean"}}}}}]}
+
 SAMPLING = [
-    Field("model", "string", "Accepted and ignored: the server runs one model."),
+    Field("model", "string", "Any name: the server runs one model (the response names it)."),
     Field("max_tokens", "integer", "Most tokens to generate (default: until end of generation or a full "
           "context).", minimum=1),
     Field("max_completion_tokens", "integer", "Same as max_tokens (OpenAI's newer name).", minimum=1),
@@ -137,14 +170,24 @@ SAMPLING = [
     Field("n", "integer", "Number of choices; only 1 is supported.", default=1, minimum=1, maximum=1),
     Field("stream", "boolean", "Send server-sent events as tokens are generated.", default=False),
     Field("stream_options", "object", "{\"include_usage\": true} adds a final chunk with usage."),
-    Field("response_format", "object", "{\"type\": \"json_object\"} constrains the output to one JSON object; "
-          "{\"type\": \"text\"} is the default."),
+    Field("response_format", "object", "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": "
+          "{...}, \"strict\": true}} constrains the output to JSON matching the schema; {\"type\": \"json_object\"} "
+          "to any JSON object; {\"type\": \"text\"} is the default.", shape=RESPONSE_FORMAT),
+    Field("grammar", "string", "llama.cpp's field: a Lark (llguidance) or GBNF grammar the output must match."),
+    Field("json_schema", "object", "llama.cpp's field: a JSON schema the output must match."),
     Field("user", "string", "Accepted and ignored."),
 ]
 
 CHAT = [
-    Field("messages", "array", "The conversation: objects with role (system, user, assistant) and content "
-          "(a string, or a list of {\"type\": \"text\", \"text\": ...} parts).", required=True, items="object"),
+    Field("messages", "array", "The conversation: objects with role (system, developer, user, assistant, tool) "
+          "and content (a string, or a list of {\"type\": \"text\", \"text\": ...} parts); an assistant's "
+          "tool_calls, a tool's tool_call_id.", required=True, items="object", shape=MESSAGES),
+    Field("tools", "array", "Functions the model may call: [{\"type\": \"function\", \"function\": {\"name\", "
+          "\"description\", \"parameters\": JSON schema}}].", items="object", shape=TOOLS),
+    Field("tool_choice", ("string", "object"), "auto (default with tools), none, required, or {\"type\": "
+          "\"function\", \"function\": {\"name\": ...}}; required and named calls are grammar-constrained.",
+          shape=TOOL_CHOICE),
+    Field("parallel_tool_calls", "boolean", "Whether one reply may call several tools.", default=True),
     Field("logprobs", "boolean", "Return the log-probability of each output token.", default=False),
     Field("top_logprobs", "integer", "With logprobs: the most likely alternatives per token.", default=0,
           minimum=0, maximum=20),
