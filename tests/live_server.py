@@ -114,3 +114,20 @@ class ServerProcess:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no {field}")
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The server's /metrics as {name: value}, without the `llamapyz:` prefix."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {name.removeprefix("llamapyz:"): float(value)
+            for name, value in (line.split() for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+def wait_idle(url: str, timeout_s: float = 10) -> dict[str, float]:
+    """/metrics once no request is in a slot nor waiting for one (or, after `timeout_s` seconds, as it is)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = metrics(url)
+        if (now["requests_processing"] == now["requests_deferred"] == 0) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
