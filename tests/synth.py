@@ -1,16 +1,21 @@
 """Small GGUF files for tests: well-formed ones through the `gguf` package's writer (an independent
-implementation), and hand-assembled bytes for the malformed files the writer refuses to produce."""
+implementation), hand-assembled bytes for the malformed files the writer refuses to produce, and `Layout`: a
+file as data (metadata entries, tensor infos, data), to change and write again."""
 
 from __future__ import annotations
 
+import copy
+import math
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 
-from runtime.quants import FORMATS_BY_NAME
+from runtime.gguf import load_gguf
+from runtime.quants import FORMATS, FORMATS_BY_NAME
 
 # --- well-formed files through gguf.GGUFWriter ------------------------------------------------------------
 
@@ -251,3 +256,138 @@ def gguf_bytes(kvs: list[bytes], infos: list[bytes], data: bytes = b"", version:
     body = head + b"".join(kvs) + b"".join(infos)
     pad = (-len(body)) % alignment
     return body + b"\0" * pad + data
+
+
+# --- a GGUF file as data, to change and write again (tests/test_gguf_fuzz.py) ---------------------------------
+
+SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                  12: "<d"}
+INT_TYPES = {0: (0, 2**8 - 1), 1: (-2**7, 2**7 - 1), 2: (0, 2**16 - 1), 3: (-2**15, 2**15 - 1), 4: (0, 2**32 - 1),
+             5: (-2**31, 2**31 - 1), 10: (0, 2**64 - 1), 11: (-2**63, 2**63 - 1)}
+F64 = 12
+TYPE_IDS = {"UINT8": 0, "INT8": 1, "UINT16": 2, "INT16": 3, "UINT32": 4, "INT32": 5, "FLOAT32": 6, "BOOL": 7,
+            "STRING": 8, "UINT64": 10, "INT64": 11, "FLOAT64": 12}
+NUMPY_OF = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "u1", 10: "<u8", 11: "<i8",
+            12: "<f8"}
+
+
+@dataclass
+class Entry:
+    """One metadata key/value: `value` of an ARRAY is (element type, items), items nested the same way."""
+
+    key: str
+    vtype: int
+    value: Any
+
+
+@dataclass
+class Info:
+    """One tensor info, and the bytes of its data in the clean file (what a re-layout starts from)."""
+
+    name: str
+    ne: list[int]
+    type_id: int
+    offset: int
+    data: bytes = b""
+
+
+@dataclass
+class Layout:
+    """A GGUF file as data: its metadata entries, tensor infos and data section, to change and `encode` again
+    (`read_layout` makes one from a clean file)."""
+
+    entries: list[Entry]
+    infos: list[Info]
+    data: list[bytes]  # the data section, in pieces
+    version: int = 3
+    alignment: int = 32  # what the writer pads to (general.alignment may be mutated to disagree)
+    # the clean file's encoded values by id (values are replaced, never changed in place; the clean layout
+    # keeps them alive, so an id here is never reused by a new value)
+    encoded: dict[int, tuple[Any, int, bytes]] = field(default_factory=dict)
+
+    def copy(self) -> Layout:
+        """A copy whose entries and infos can be changed (values and data bytes are shared, never mutated)."""
+        if not self.encoded:
+            self.encoded.update((id(e.value), (e.value, e.vtype, encode_value(e.vtype, e.value)))
+                                for e in self.entries)
+        infos = [Info(i.name, list(i.ne), i.type_id, i.offset, i.data) for i in self.infos]
+        return Layout([copy.copy(e) for e in self.entries], infos, self.data, self.version, self.alignment,
+                      self.encoded)
+
+    def entry(self, key: str) -> Entry | None:
+        return next((e for e in self.entries if e.key == key), None)
+
+    @property
+    def arch(self) -> str:
+        e = self.entry("general.architecture")
+        return e.value if e is not None and isinstance(e.value, str) else "llama"
+
+    def encode(self) -> list[bytes]:
+        """The file's bytes, in pieces: the header (its end padded) first, then the data section."""
+        head = [b"GGUF", struct.pack("<IQQ", self.version, len(self.infos), len(self.entries))]
+        for e in self.entries:
+            value, vtype, raw = self.encoded.get(id(e.value), (None, None, b""))
+            if value is not e.value or vtype != e.vtype:
+                raw = encode_value(e.vtype, e.value)
+            head += [_gguf_string(e.key), struct.pack("<I", e.vtype), raw]
+        for i in self.infos:
+            head += [_gguf_string(i.name), struct.pack("<I", len(i.ne)), struct.pack(f"<{len(i.ne)}Q", *i.ne),
+                     struct.pack("<IQ", i.type_id, i.offset)]
+        body = b"".join(head)
+        return [body + b"\0" * ((-len(body)) % self.alignment), *self.data]
+
+
+def _gguf_string(text: str | bytes) -> bytes:
+    """`gstr`, keeping lone surrogates (what the reader makes of bytes that are not UTF-8) as their bytes."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    return struct.pack("<Q", len(data)) + data
+
+
+def encode_value(vtype: int, value: Any) -> bytes:
+    """A metadata value of type `vtype` as its bytes in the file (an ARRAY's value: (element type, items))."""
+    if vtype in SCALAR_FORMATS:
+        return struct.pack(SCALAR_FORMATS[vtype], value)
+    if vtype == STRING:
+        return _gguf_string(value)
+    elem, items = value
+    head = struct.pack("<IQ", elem, len(items))
+    if elem in NUMPY_OF:
+        return head + np.array(items, dtype=NUMPY_OF[elem]).tobytes()
+    return head + b"".join(encode_value(elem, item) for item in items)
+
+
+def read_layout(path: Path) -> Layout:
+    """A clean file (written by tests/synth.py, so no nested arrays) as a `Layout`."""
+    with load_gguf(path) as g:
+        entries = []
+        for key, value in g.metadata.items():
+            kind = g.value_types[key]
+            if kind.startswith("ARRAY["):
+                elem = TYPE_IDS[kind[6:-1]]
+                entries.append(Entry(key, ARRAY, (elem, value if elem == STRING else np.array(value))))
+            else:
+                entries.append(Entry(key, TYPE_IDS[kind], value))
+        data = bytes(g.buffer[g.data_offset:])
+        infos = [Info(t.name, list(t.ne), t.format.type_id, t.offset, data[t.offset:t.offset + t.n_bytes])
+                 for t in g.tensors.values()]
+        return Layout(entries, infos, [data], g.version, g.alignment)
+
+
+def relayout(layout: Layout, rng: np.random.Generator) -> None:
+    """Give every tensor its own aligned data again, after its shape or type changed: its old bytes cut to
+    the new size or repeated. A tensor of an unknown type keeps its offset."""
+    chunks, pos = [], 0
+    for info in layout.infos:
+        fmt = FORMATS.get(info.type_id)
+        n_elements = math.prod(info.ne)
+        if fmt is None or n_elements >= 1 << 26:  # unknown type, or too big to write: left as it is
+            continue
+        n_bytes = fmt.n_bytes(n_elements)
+        data = info.data
+        if len(data) != n_bytes:  # its own bytes cut or repeated: blocks stay blocks, scales stay finite
+            data = (data * (n_bytes // max(1, len(data)) + 1) if data else rng.bytes(n_bytes))[:n_bytes]
+        info.offset = pos
+        pad = (-n_bytes) % layout.alignment
+        chunks += [data, b"\0" * pad]
+        pos += n_bytes + pad
+    layout.data = chunks

@@ -67,6 +67,10 @@ ARCHITECTURES: dict[str, ArchOptions] = {
 }
 
 ROPE_SCALING = ("none", "linear", "longrope")  # rope.scaling.type values we apply (yarn is refused)
+# far above any model's (the largest have ~130): per-layer tables are made before the tensors are checked
+MAX_LAYERS = 1 << 16
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+FLOAT32_TRUE_MIN = 1.401298464324817e-45  # the smallest positive (subnormal) float32
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class ModelConfig:
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> ModelConfig:
         arch = md.get("general.architecture")
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:  # a list or a number: no dict lookup
             raise UnsupportedModelError(
                 f"model architecture {arch!r} is not supported",
                 hint=f"llamapyz runs these architectures: {', '.join(sorted(ARCHITECTURES))}",
@@ -122,12 +126,16 @@ class ModelConfig:
             return int(value)
 
         def real(name: str, default: Any = None, zero: bool = False) -> float:
+            # the kernels take these as float32: a float64 key must not round to 0 or overflow to inf there
             value = key(name, default)
-            if isinstance(value, (bool, str)) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-                raise _corrupt(arch, name, value, "a finite number " + (">= 0" if zero else "> 0"))
+            if (isinstance(value, (bool, str)) or not math.isfinite(value) or value < 0 or value > FLOAT32_MAX
+                    or (value < FLOAT32_TRUE_MIN and (value != 0 or not zero))):
+                raise _corrupt(arch, name, value, "a finite float32 " + (">= 0" if zero else "> 0"))
             return float(value)
 
         n_layer = integer("block_count", least=1)
+        if n_layer > MAX_LAYERS:
+            raise _corrupt(arch, "block_count", n_layer, f"at most {MAX_LAYERS}")
         n_embd = integer("embedding_length", least=1)
         n_head = integer("attention.head_count", least=1)
         n_head_kv = integer("attention.head_count_kv", n_head, least=1)
@@ -220,6 +228,8 @@ def _sliding_layers(pattern: Any, n_layer: int, window: int) -> tuple[bool, ...]
     if isinstance(pattern, list):
         if len(pattern) < n_layer:
             raise UnsupportedModelError(f"sliding_window_pattern has {len(pattern)} entries for {n_layer} layers")
+        if not all(isinstance(p, int) for p in pattern[:n_layer]):  # bools (or 0/1), not strings or arrays
+            raise UnsupportedModelError(f"sliding_window_pattern = {str(pattern)[:40]} must be a list of booleans")
         return tuple(bool(p) for p in pattern[:n_layer])
     if isinstance(pattern, bool) or not isinstance(pattern, int) or not 0 <= pattern < 2**31:
         raise UnsupportedModelError(f"sliding_window_pattern = {str(pattern)[:40]} must be an integer >= 0 or a "

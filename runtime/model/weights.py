@@ -151,11 +151,18 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
             layer.post_attention_norm = t.vector(p + "post_attention_norm.weight", c.n_embd)
             layer.post_ffw_norm = t.vector(p + "post_ffw_norm.weight", c.n_embd)
         layers.append(layer)
-    token_embd = t.matrix("token_embd", -1, c.n_embd, bias=False)
+    token_embd = t.matrix("token_embd", _n_tokens(gguf), c.n_embd, bias=False)
     output = t.matrix("output", token_embd.n_rows, c.n_embd) if t.has("output.weight") else token_embd
     weights = Weights(token_embd, layers, t.vector("output_norm.weight", c.n_embd), output, _rope_factors(t, c))
     t.check_all_taken()
     return weights
+
+
+def _n_tokens(gguf: GGUFFile) -> int:
+    """The vocabulary's size, which the embedding's rows must match (as llama.cpp demands: a token id the
+    tokenizer makes must have a row); -1 (any) when the file has no token list (the tokenizer refuses it)."""
+    tokens = gguf.get("tokenizer.ggml.tokens")
+    return len(tokens) if isinstance(tokens, list) and tokens else -1
 
 
 def _experts(t: _Tensors, p: str, c: ModelConfig) -> Experts:

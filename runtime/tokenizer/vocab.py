@@ -60,7 +60,7 @@ class Vocab:
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any]) -> Vocab:
         model = md.get("tokenizer.ggml.model")
-        if model not in ("gpt2", "llama"):
+        if not isinstance(model, str) or model not in ("gpt2", "llama"):
             raise TokenizerError(f"unsupported tokenizer.ggml.model={model!r} "
                                  "(llamapyz supports 'gpt2' byte-level BPE and 'llama' SentencePiece)")
         tokens = md.get("tokenizer.ggml.tokens")
@@ -72,6 +72,8 @@ class Vocab:
         merges = md.get("tokenizer.ggml.merges", [])
         if model == "gpt2" and (not isinstance(merges, list) or not merges):
             raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
+        if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+            raise TokenizerError("tokenizer.ggml.merges must be a list of strings")
         if types.size and (types.min() < 0 or types.max() > max(TokenType)):
             raise TokenizerError(f"tokenizer.ggml.token_type has values outside 0..{int(max(TokenType))}")
         spm = model == "llama"
@@ -86,9 +88,9 @@ class Vocab:
             eos_id=_token_id(md, "eos", n),
             unk_id=_token_id(md, "unknown", n),
             pad_id=_token_id(md, "padding", n),
-            add_bos=bool(md.get("tokenizer.ggml.add_bos_token", spm)),
-            add_eos=bool(md.get("tokenizer.ggml.add_eos_token", False)),
-            add_space_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", spm)),
+            add_bos=_flag(md, "add_bos_token", spm),
+            add_eos=_flag(md, "add_eos_token", False),
+            add_space_prefix=_flag(md, "add_space_prefix", spm),
         )
         vocab.token_to_id = {t: i for i, t in enumerate(tokens)}
         if vocab.add_bos and vocab.bos_id is None:
@@ -117,6 +119,14 @@ def _per_token(md: Mapping[str, Any], key: str, n: int, dtype: type, default: An
     if not isinstance(values, np.ndarray) or values.shape != (n,):
         raise TokenizerError(f"{key} must be a numeric array with one entry per token ({n})")
     return values.astype(dtype)
+
+
+def _flag(md: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A boolean key (llama.cpp reads it as a bool; a number is taken as one, as `bool()` would)."""
+    value = md.get(f"tokenizer.ggml.{name}", default)
+    if not isinstance(value, (bool, int, float)):
+        raise TokenizerError(f"tokenizer.ggml.{name} = {str(value)[:40]} is not a boolean")
+    return bool(value)
 
 
 def _token_id(md: Mapping[str, Any], name: str, n: int) -> int | None:
