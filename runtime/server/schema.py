@@ -47,6 +47,7 @@ class Field:
     default: Any = None
     required: bool = False
     minimum: float | None = None
+    exclusive_minimum: bool = False  # the minimum itself is refused
     maximum: float | None = None
     items: str | None = None  # arrays: the JSON type of every item
     enum: tuple | None = None
@@ -57,14 +58,19 @@ class Field:
         return self.type if isinstance(self.type, tuple) else (self.type,)
 
     def check(self, value: Any) -> Any:
+        if "integer" in self.types and isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)  # JSON Schema's integer: 1.0 is one
         if not any(_JSON_TYPES[t](value) for t in self.types):
             raise ApiError(400, f"'{self.name}' must be {' or '.join(self.types)}, got {_json_type(value)}",
                            param=self.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if self.minimum is not None and value < self.minimum:
-                raise ApiError(400, f"'{self.name}' must be >= {self.minimum}, got {value}", param=self.name)
+            if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+                relation = ">" if self.exclusive_minimum else ">="
+                raise ApiError(400, f"'{self.name}' must be {relation} {self.minimum}, got {value}", param=self.name)
             if self.maximum is not None and value > self.maximum:
                 raise ApiError(400, f"'{self.name}' must be <= {self.maximum}, got {value}", param=self.name)
+        if self.items == "integer" and isinstance(value, list):
+            value = [int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**63 else v for v in value]
         if self.items and isinstance(value, list) and not all(_JSON_TYPES[self.items](v) for v in value):
             raise ApiError(400, f"'{self.name}' must be a list of {self.items}s", param=self.name)
         if self.enum is not None and value not in self.enum:
@@ -81,6 +87,8 @@ class Field:
         for key in ("minimum", "maximum", "default"):
             if getattr(self, key) is not None:
                 schema[key] = getattr(self, key)
+        if self.exclusive_minimum:
+            schema["exclusiveMinimum"] = schema.pop("minimum")
         if self.enum is not None:
             schema["enum"] = list(self.enum)
         return schema
@@ -141,6 +149,12 @@ TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, {
     "type": "object", "required": ["type", "function"], "properties": {
         "type": {"const": "function"},
         "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]}
+_TEXT = {"type": "string", "minLength": 1}
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+PROMPT = {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [_TEXT, _TOKEN_IDS]}},
+                    _TOKEN_IDS]}
+EMBEDDING_INPUT = {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT},
+                             {"type": "array", "minItems": 1, "items": _TOKEN_IDS}, _TOKEN_IDS]}
 RESPONSE_FORMAT = {"anyOf": [
     {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
     {"type": "object", "required": ["type", "json_schema"], "properties": {
@@ -161,7 +175,8 @@ SAMPLING = [
           minimum=0, maximum=1),
     Field("presence_penalty", "number", "Penalty for tokens already present.", default=0.0, minimum=-2, maximum=2),
     Field("frequency_penalty", "number", "Penalty per occurrence.", default=0.0, minimum=-2, maximum=2),
-    Field("repeat_penalty", "number", "llama.cpp's repetition penalty (1 = off).", default=1.0, minimum=0),
+    Field("repeat_penalty", "number", "llama.cpp's repetition penalty (1 = off).", default=1.0, minimum=0,
+          exclusive_minimum=True),
     Field("repeat_last_n", "integer", "How many recent tokens the penalties look at (-1 = all).", default=64,
           minimum=-1),
     Field("seed", "integer", "Same seed and request = same output; -1 (any negative): a random seed."),
@@ -195,7 +210,7 @@ CHAT = [
 ]
 
 COMPLETION = [
-    Field("prompt", ("string", "array"), "The text to continue (a list: one string, or token ids).",
+    Field("prompt", ("string", "array"), "The text to continue (a list: one string, or token ids).", shape=PROMPT,
           required=True),
     Field("logprobs", "integer", "Return the log-probabilities of the this many most likely tokens.",
           minimum=0, maximum=20),
@@ -204,7 +219,8 @@ COMPLETION = [
 ]
 
 EMBEDDING = [
-    Field("input", ("string", "array"), "A string or a list of strings (or token id lists).", required=True),
+    Field("input", ("string", "array"), "A string or a list of strings (or token id lists).", required=True,
+          shape=EMBEDDING_INPUT),
     Field("model", "string", "Accepted and ignored."),
     Field("encoding_format", "string", "float (default) or base64.", default="float", enum=("float", "base64")),
 ]
@@ -216,5 +232,6 @@ TOKENIZE = [
 ]
 
 DETOKENIZE = [
-    Field("tokens", "array", "Token ids.", required=True, items="integer"),
+    Field("tokens", "array", "Token ids.", required=True, items="integer",
+          shape={"type": "array", "items": {"type": "integer", "minimum": 0}}),
 ]
