@@ -266,16 +266,35 @@ class Model:
 
     def embed_tokens(self, inputs: Sequence[Sequence[int]], ctx: Context | None = None) -> np.ndarray:
         """`embed` for inputs already tokenized; `ctx`: which context to compute in."""
-        ctx = ctx or self.context
-        out = np.zeros((len(inputs), self.n_embd), np.float32)
-        for i, tokens in enumerate(inputs):
-            ids = self._check_tokens(tokens)
+        embedding = self.start_embedding(inputs, ctx)
+        while not embedding.done:
+            self.embed_chunk(embedding)
+        return embedding.vectors
+
+    def start_embedding(self, inputs: Sequence[Sequence[int]], ctx: Context | None = None) -> Embedding:
+        """Check every input, then compute nothing yet: `embed_chunk` evaluates the embedding piece by
+        piece (the server runs one piece per engine turn, between decode steps)."""
+        return Embedding([self._check_tokens(tokens) for tokens in inputs], ctx or self.context, self.n_embd)
+
+    def embed_chunk(self, embedding: Embedding) -> int:
+        """Evaluate the next piece of an embedding: up to batch_size tokens of its current input, in one
+        forward pass, at the same chunk boundaries as `_run` (0, batch_size, ...), so an input's vector is
+        the same bits however the pieces are spread over time. Returns the number of tokens evaluated."""
+        ids, ctx = embedding.inputs[embedding.index], embedding.ctx
+        start = len(embedding.parts) * self.batch_size
+        if start == 0:
             ctx.tokens = []
-            pooled = self._run(ids, 0, "hidden", ctx).mean(axis=0)
-            ctx.tokens = ids.tolist()
+        chunk = ids[start:start + self.batch_size]
+        embedding.parts.append(self.transformer.forward(chunk, start, ctx.cache, output="hidden"))
+        ctx.tokens = ids[:start + len(chunk)].tolist()
+        if start + len(chunk) == len(ids):  # the input is done: mean-pool its hidden states, unit length
+            parts = embedding.parts
+            pooled = (np.concatenate(parts) if len(parts) > 1 else parts[0]).mean(axis=0)
             norm = float(np.linalg.norm(pooled))
-            out[i] = pooled / norm if norm > 0 else pooled
-        return out
+            embedding.vectors[embedding.index] = pooled / norm if norm > 0 else pooled
+            embedding.index, embedding.parts = embedding.index + 1, []
+        return len(chunk)
+
 
 class Context:
     """One context: a KV cache and the tokens whose keys and values it holds, in order."""
@@ -309,3 +328,19 @@ class Prompt:
     @property
     def last_token(self) -> int:
         return int(self.ids[-1])
+
+
+class Embedding:
+    """An embedding being computed in a context (`Model.start_embedding`): `inputs[index]` is the input in
+    progress, `parts` its final hidden states so far, one array per chunk evaluated."""
+
+    def __init__(self, inputs: list[np.ndarray], ctx: Context, n_embd: int) -> None:
+        self.inputs = inputs
+        self.ctx = ctx
+        self.vectors = np.zeros((len(inputs), n_embd), np.float32)  # (n_inputs, n_embd), filled in order
+        self.index = 0
+        self.parts: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return self.index == len(self.inputs)

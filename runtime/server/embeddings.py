@@ -9,40 +9,39 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..model.model import Model
 from . import schema
 from .engine import Job
 from .http import endpoint, engine_error, events, read_json, ready_state, run_job
 from .schema import ApiError
 
+# OpenAI's own limits per request, so a client that batches its inputs for OpenAI's API (up to 2,048 inputs,
+# 300,000 tokens) gets its vectors here too rather than a 400. The token limit bounds the work one request
+# can ask for whatever the context size: at most ~25 minutes of one slot for SmolLM2-135M on 2 cores (~200
+# prefill tokens/s), during which the engine still runs other requests between its pieces.
+MAX_INPUTS = 2048
+MAX_TOTAL_TOKENS = 300_000
+
 
 @endpoint
 async def embeddings(request: Request) -> Response:
-    """OpenAI embeddings: mean-pooled, L2-normalized final hidden states."""
+    """OpenAI embeddings: mean-pooled, L2-normalized final hidden states.
+
+    Limits, checked before any work (each a 400 with param "input"): at most MAX_INPUTS (2,048) inputs, each
+    of at most n_ctx tokens, and at most MAX_TOTAL_TOKENS (300,000) tokens in all. The engine evaluates the
+    inputs a piece at a time between other requests' decode steps; a client that goes away cancels the rest.
+    """
     state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.EMBEDDING)
-    model = state.model
     raw = fields["input"]
     if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
         raw = [raw]
     if not raw:
         raise ApiError(400, "input must not be empty", param="input")
-    inputs = []
-    for item in raw:
-        if isinstance(item, str):
-            tokens = await run_in_threadpool(model.tokenize, item)
-        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-            tokens = item
-            if min(tokens) < 0 or max(tokens) >= model.n_vocab:
-                raise ApiError(400, f"input token ids must be in [0, {model.n_vocab})", param="input")
-        else:
-            raise ApiError(400, "input must be a string, a list of strings or a list of token id lists", param="input")
-        if not tokens:
-            raise ApiError(400, "input must not contain empty strings", param="input")
-        if len(tokens) > model.n_ctx:
-            raise ApiError(400, f"an input has {len(tokens)} tokens, more than the context of {model.n_ctx}",
-                           param="input", code="context_length_exceeded", n_prompt_tokens=len(tokens),
-                           n_ctx=model.n_ctx)
-        inputs.append(tokens)
+    if len(raw) > MAX_INPUTS:
+        raise ApiError(400, f"input has {len(raw)} items; at most {MAX_INPUTS} are allowed per request",
+                       param="input", code="too_many_inputs")
+    inputs = await run_in_threadpool(tokenize_inputs, state.model, raw)
     job = Job(prompt=[], generation=None, loop=asyncio.get_running_loop(), inputs=inputs)
     await run_job(state, job)
     vectors = None
@@ -60,3 +59,31 @@ async def embeddings(request: Request) -> Response:
     n_tokens = sum(len(t) for t in inputs)
     return JSONResponse({"object": "list", "data": data, "model": state.model_alias,
                          "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+
+def tokenize_inputs(model: Model, raw: list) -> list[list[int]]:
+    """Each input as token ids (strings tokenized, id lists checked), within the limits; run in a worker
+    thread, once for all inputs. Stops at the first input over a limit, so a request far over the token
+    limit costs no more than the limit's worth of tokenizing."""
+    inputs, n_total = [], 0
+    for item in raw:
+        if isinstance(item, str):
+            tokens = model.tokenize(item)
+        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            tokens = item
+            if min(tokens) < 0 or max(tokens) >= model.n_vocab:
+                raise ApiError(400, f"input token ids must be in [0, {model.n_vocab})", param="input")
+        else:
+            raise ApiError(400, "input must be a string, a list of strings or a list of token id lists", param="input")
+        if not tokens:
+            raise ApiError(400, "input must not contain empty strings", param="input")
+        if len(tokens) > model.n_ctx:
+            raise ApiError(400, f"an input has {len(tokens)} tokens, more than the context of {model.n_ctx}",
+                           param="input", code="context_length_exceeded", n_prompt_tokens=len(tokens),
+                           n_ctx=model.n_ctx)
+        n_total += len(tokens)
+        if n_total > MAX_TOTAL_TOKENS:
+            raise ApiError(400, f"the inputs have more than {MAX_TOTAL_TOKENS} tokens in all (the limit per "
+                                "request); split them over several requests", param="input", code="too_many_tokens")
+        inputs.append(tokens)
+    return inputs

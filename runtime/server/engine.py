@@ -8,6 +8,10 @@ chunk of every new prompt (up to batch_size tokens in all) and one batched decod
 a token to feed (the last token of a prompt that is done, or the token sampled last). A finished or
 cancelled request leaves at the next turn; a new one joins at the next turn. Neither batching nor the
 cached prefix changes a request's output (see `model/forward.py`).
+
+An embedding request holds a slot too, and each turn evaluates one piece of it: one forward pass over up to
+batch_size tokens of one input (the bound of a prefill pass), so decode steps go on between its pieces and a
+cancelled one stops at the next turn; its vectors are the same bits however its pieces are spread out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from ..errors import LlamapyzError
 from ..generation import Generation, Step
-from ..model.model import Context, Model, Prompt
+from ..model.model import Context, Embedding, Model, Prompt
 
 log = logging.getLogger("llamapyz.engine")
 
@@ -78,6 +82,7 @@ class Slot:
     context: Context
     job: Job | None = None
     prompt: Prompt | None = None  # until the first token is sampled
+    embedding: Embedding | None = None  # an embedding request's progress
     next_token: int | None = None  # to be fed at the next decode step
     last_used: float = 0.0
     started: float = 0.0
@@ -174,7 +179,8 @@ class Engine:
             job.timings.prompt_n = len(job.prompt) - slot.prompt.cached
 
     def _turn(self) -> None:
-        """One loop turn: drop cancelled jobs, one prefill pass, one batched decode step."""
+        """One loop turn: drop cancelled jobs, a piece of each embedding, one prefill pass, one batched
+        decode step."""
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot)
@@ -226,19 +232,23 @@ class Engine:
             slot.next_token = step.token
 
     def _embed(self, slot: Slot) -> None:
+        """One piece of the slot's embedding request (`Model.embed_chunk`); its vectors go out once the last
+        input is done."""
         job = slot.job
         started = time.perf_counter()
         try:
-            vectors = self.model.embed_tokens(job.inputs, slot.context)
+            if slot.embedding is None:
+                slot.embedding = self.model.start_embedding(job.inputs, slot.context)
+            n_tokens = 0 if slot.embedding.done else self.model.embed_chunk(slot.embedding)
         except (LlamapyzError, ValueError) as exc:
             self._finish(slot, error=exc)
             return
         self.busy_s["prompt"] += time.perf_counter() - started
-        n_tokens = sum(len(ids) for ids in job.inputs)
-        job.timings.prompt_n = n_tokens
+        job.timings.prompt_n += n_tokens
         self.stats["prompt_tokens"] += n_tokens
-        job.emit("embeddings", vectors)
-        self._finish(slot)
+        if slot.embedding.done:
+            job.emit("embeddings", slot.embedding.vectors)
+            self._finish(slot)
 
     def _finish(self, slot: Slot, error: Exception | None = None) -> None:
         job, now = slot.job, time.perf_counter()
@@ -249,5 +259,5 @@ class Engine:
         else:
             job.emit("done", job.timings)
         self.stats["requests_cancelled" if job.cancelled else "requests"] += 1
-        slot.job, slot.prompt, slot.next_token = None, None, None
+        slot.job, slot.prompt, slot.next_token, slot.embedding = None, None, None, None
         slot.last_used, slot.first_token_at = now, 0.0
