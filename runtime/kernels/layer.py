@@ -22,7 +22,7 @@ from numba import njit
 from .matvec import product
 from .ops import gated_activation, rms_norm_heads, rms_norm_rows, rope_rows
 
-_OPTS = dict(cache=True, nogil=True)
+_OPTS = dict(error_model="numpy", cache=True, nogil=True)  # as ops.py: a NaN never raises
 
 
 @njit(**_OPTS)

@@ -16,7 +16,10 @@ from numba import njit, prange
 
 from . import half
 
-_OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, cache=True, nogil=True)
+# error_model "numpy": a division by zero gives inf/NaN as in numpy, never a ZeroDivisionError (under nnan,
+# LLVM may take the zero-check's branch for a NaN, so a NaN weight in a corrupt file raised in the middle of
+# a forward pass); finite results are unchanged.
+_OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, error_model="numpy", cache=True, nogil=True)
 
 
 @njit(inline="always")
