@@ -105,7 +105,7 @@ class Constraint:
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of tokens that cannot come next to -inf, in place."""
         allowed = self.allowed()
-        logits[~allowed] = -np.inf
+        np.copyto(logits, -np.inf, where=~allowed)
         if not allowed.any():
             raise GrammarError("no token can continue the constrained output")
 
@@ -117,6 +117,58 @@ class Constraint:
     def _check(self) -> None:
         if self.matcher.is_error():
             raise GrammarError(f"constrained decoding failed: {self.matcher.get_error()}")
+
+
+class LazyConstraint:
+    """A constraint that starts once the output contains `trigger` (llama.cpp's lazy grammars): before,
+    the model writes freely; from the trigger on, the output must follow `grammar`, which begins right
+    after the trigger. `anchored`: only a trigger at the very start of the output (after whitespace) counts.
+    `special`: control tokens whose text is output text (a trigger may be one, e.g. Mistral's
+    [TOOL_CALLS])."""
+
+    def __init__(self, grammar: Grammar, trigger: str, tokenizer: Tokenizer, special: frozenset[int] = frozenset(),
+                 anchored: bool = False) -> None:
+        self.grammar, self.trigger, self.anchored = grammar, trigger.encode(), anchored
+        self.tokenizer, self.special = tokenizer, special
+        self.seen = b""  # the output so far (unanchored: only its last len(trigger) - 1 bytes)
+        self.active: Constraint | None = None
+        self.off = False  # anchored and the output started otherwise: it stays free
+
+    @property
+    def complete(self) -> bool:
+        return self.active is not None and self.active.complete
+
+    def mask(self, logits: np.ndarray) -> None:
+        if self.active is not None:
+            self.active.mask(logits)
+
+    def advance(self, token: int) -> None:
+        if self.active is not None:
+            self.active.advance(token)
+            return
+        if self.off:
+            return
+        self.seen += self.tokenizer.token_bytes(token, special=token in self.special)
+        head = self.seen.lstrip() if self.anchored else self.seen
+        at = head.find(self.trigger)
+        if at < 0 or (self.anchored and at > 0):
+            if self.anchored and head and not self.trigger.startswith(head[:len(self.trigger)]):
+                self.off = True
+            elif not self.anchored:
+                self.seen = self.seen[max(0, len(self.seen) - len(self.trigger) + 1):]
+            return
+        rest = head[at + len(self.trigger):]
+        constraint = self.grammar.constraint(self.tokenizer)
+        if self.anchored:
+            rest = self.trigger + rest  # the trigger ("{") is the grammar's own first byte
+        try:  # what the trigger's token wrote past it, in whatever tokens: llguidance reads bytes
+            for piece in self.tokenizer.encode(rest.decode("utf-8", "surrogateescape"), add_special=False,
+                                               parse_special=False):
+                constraint.advance(piece)
+        except GrammarError:  # the model already left the grammar in that very token: leave it free
+            self.off = True
+            return
+        self.active = constraint
 
 
 def llg_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:

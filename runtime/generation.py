@@ -16,7 +16,7 @@ import numpy as np
 from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_softmax, sample
 
 if TYPE_CHECKING:
-    from .constraint import Constraint
+    from .constraint import Constraint, LazyConstraint
     from .model.model import Model
     from .tokenizer import Tokenizer
 
@@ -72,7 +72,8 @@ class Generation:
 
     def __init__(self, tokenizer: Tokenizer, prompt: Sequence[int], max_tokens: int, params: SamplingParams,
                  n_ctx: int, stop: Sequence[str] = (), logprobs: int | None = None,
-                 constraint: Constraint | None = None, keep_text: frozenset[int] = frozenset()) -> None:
+                 constraint: Constraint | LazyConstraint | None = None,
+                 keep_text: frozenset[int] = frozenset()) -> None:
         self.params = params
         self.tokenizer = tokenizer
         self.keep_text = keep_text  # control tokens whose text is output (a tool call's markers)

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .constraint import Grammar
+from .constraint import Grammar, LazyConstraint
 from .errors import LlamapyzError
 from .tokenizer import TokenType
 
@@ -239,9 +239,24 @@ _JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 
 def call_grammar(request: ToolRequest, tokenizer: Tokenizer) -> Grammar | None:
     """The grammar of a reply that must call one of the forced tools (None when not forced)."""
-    tools = request.forced
-    if not tools:
+    return _calls_grammar(request, request.forced, tokenizer, after_opening=False) if request.forced else None
+
+
+def lazy_call_constraint(request: ToolRequest, tokenizer: Tokenizer) -> LazyConstraint | None:
+    """With tool_choice auto: free text, but once the model opens a call (writes the syntax's opening
+    marker, or for llama3 starts its reply with "{"), the rest of the reply is calls of the tools with
+    schema-valid arguments (llama.cpp's lazy grammars)."""
+    if not request.active or request.forced or not request.tools:
         return None
+    syntax = request.syntax
+    grammar = _calls_grammar(request, request.tools, tokenizer, after_opening=True)
+    trigger, anchored = (syntax.opening, False) if syntax.opening else ("{", True)
+    return LazyConstraint(grammar, trigger, tokenizer, marker_tokens(syntax, tokenizer), anchored)
+
+
+def _calls_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer, after_opening: bool) -> Grammar:
+    """Calls of `tools` in the request's syntax: from the reply's start, or from just after an opening
+    marker already written (then the first call's opening is left out; llama3 has none)."""
     syntax = request.syntax
     calls = [{"type": "object", "additionalProperties": False, "required": ["name", syntax.args_key],
               "properties": {"name": {"const": t["function"]["name"]}, syntax.args_key: _closed(t)}}
@@ -253,9 +268,10 @@ def call_grammar(request: ToolRequest, tokenizer: Tokenizer) -> Grammar | None:
         body = call
     opening, closing = _marker(syntax.opening, tokenizer), _marker(syntax.closing, tokenizer)
     sep = json.dumps(syntax.separator) if syntax.separator else ""
-    block = " ".join(part for part in (opening, sep, "body", sep, closing) if part)
+    rest = " ".join(part for part in (sep, "body", sep, closing) if part)
     repeat = "" if syntax.array or not request.parallel or not syntax.opening else ' ("\\n" call)*'
-    lark = (f"start: call{repeat}\ncall: {block}\n"
+    first = "rest" if after_opening else "call"
+    lark = (f"start: {first}{repeat}\ncall: {opening} rest\nrest: {rest}\n"
             f"body: %json {json.dumps({**body, 'x-guidance': _JSON_FORMAT})}\n")
     return Grammar.lark(lark)
 

@@ -143,3 +143,17 @@ def test_bad_tool_and_format_requests_are_400s(smollm2_server) -> None:
         reply = httpx.post(url, json={**body, "max_tokens": 4}, timeout=60)
         assert reply.status_code == 400, (body, reply.text)
         assert message in reply.json()["error"]["message"], reply.text
+
+
+def test_auto_gives_text_or_valid_calls(qwen2_server) -> None:
+    api = client(qwen2_server)
+    for question in ("What is the weather like in Paris today?", "Say hello."):
+        reply = api.chat.completions.create(model="x", messages=[{"role": "user", "content": question}],
+                                            tools=[WEATHER], temperature=0, max_tokens=60)
+        choice = reply.choices[0]
+        if choice.message.tool_calls:  # once the model opens a call, the lazy grammar keeps it valid
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+        else:
+            assert choice.message.content and choice.finish_reason in ("stop", "length")

@@ -23,6 +23,7 @@ from runtime.tools import (
     ToolRequest,
     ToolStream,
     call_grammar,
+    lazy_call_constraint,
     parse_calls,
     prepare_messages,
     render_call,
@@ -193,3 +194,35 @@ def test_the_real_model_forced_to_call_writes_schema_valid_arguments(smollm2_pat
     content, calls = parse_calls(text, req.syntax, {"get_weather"})
     assert content == "" and len(calls) == 1 and calls[0].name == "get_weather", text
     jsonschema.validate(json.loads(calls[0].arguments), WEATHER["function"]["parameters"])
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_with_auto_a_call_once_opened_follows_the_schemas(tokenizer: Tokenizer, syntax: str) -> None:
+    s = SYNTAXES[syntax]
+    req = ToolRequest([WEATHER, TIME], "auto", True, s, True)
+    call = render_call(s, "get_weather", {"city": "Paris", "unit": "C"})
+    prose = "" if syntax == "llama3" else "Let me look that up. "
+    lazy = lazy_call_constraint(req, tokenizer)
+    logits = np.zeros(tokenizer.n_vocab, np.float32)
+    for token in tokenizer.encode(prose + call, add_special=False, parse_special=False):
+        allowed = logits.copy()
+        lazy.mask(allowed)
+        assert np.isfinite(allowed[token]), tokenizer.token_bytes(token)
+        lazy.advance(token)
+    assert lazy.active is not None  # the call opened the grammar
+    wrong = lazy_call_constraint(req, tokenizer)  # a call of an unknown tool cannot be written
+    text = prose + render_call(s, "get_wind", {"city": "Paris"})
+    tokens = tokenizer.encode(text, add_special=False, parse_special=False)
+    refused = False
+    for token in tokens:
+        allowed = logits.copy()
+        wrong.mask(allowed)
+        if not np.isfinite(allowed[token]):
+            refused = True
+            break
+        wrong.advance(token)
+    assert refused
+    free = lazy_call_constraint(req, tokenizer)  # plain prose stays free
+    for token in tokenizer.encode("Paris is sunny {today}.", add_special=False):
+        free.advance(token)
+    assert free.active is None

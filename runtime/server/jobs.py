@@ -10,7 +10,7 @@ from ..constraint import Grammar, GrammarError
 from ..generation import Generation, Step
 from ..model.model import Model
 from ..sampling import SamplingParams
-from ..tools import ToolError, ToolRequest, call_grammar, marker_tokens, prepare_messages
+from ..tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, marker_tokens, prepare_messages
 from .engine import Job
 from .schema import ApiError
 from .state import ServerState
@@ -112,8 +112,10 @@ def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int 
         grammar = grammar or forced
     try:
         constraint = grammar.constraint(model.tokenizer) if grammar is not None else None
+        if constraint is None and tools is not None:  # tool_choice auto: a call, once begun, follows the schemas
+            constraint = lazy_call_constraint(tools, model.tokenizer)
     except GrammarError as exc:
-        raise ApiError(400, str(exc), param="tool_choice" if tools and tools.forced else "response_format") from None
+        raise ApiError(400, str(exc), param="tools" if tools and tools.active else "response_format") from None
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
                             stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
                             logprobs=logprobs, constraint=constraint, keep_text=keep_text)
