@@ -44,7 +44,7 @@ class StopMatcher:
         if found:
             released, self.pending = self.pending[:min(found)], ""
             return released, True
-        hold = max((_overlap(self.pending, s) for s in self.stop), default=0)
+        hold = max((prefix_overlap(self.pending, s) for s in self.stop), default=0)
         released = self.pending[:len(self.pending) - hold]
         self.pending = self.pending[len(released):]
         return released, False
@@ -54,10 +54,11 @@ class StopMatcher:
         return released
 
 
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of stop."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if stop.startswith(text[-n:]):
+def prefix_overlap(text: str, marker: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `marker` (a stop string, a tool call's
+    opening): what must be held back until the next text tells whether the marker follows."""
+    for n in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-n:]):
             return n
     return 0
 

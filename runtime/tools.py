@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .constraint import Grammar, LazyConstraint
 from .errors import LlamapyzError
+from .generation import prefix_overlap
 from .tokenizer import TokenType
 
 if TYPE_CHECKING:
@@ -406,7 +407,7 @@ class ToolStream:
                 events.append(("content", text[self.at:found]))
             self.block_start, self.at, self.in_calls = found, found + len(syntax.opening), True
             return True
-        hold = _prefix_overlap(text[self.at:], syntax.opening)
+        hold = prefix_overlap(text[self.at:], syntax.opening)
         if len(text) - hold > self.at:
             events.append(("content", text[self.at:len(text) - hold]))
             self.at = len(text) - hold
@@ -481,14 +482,6 @@ class ToolStream:
             return False
         self.closing = False
         return True
-
-
-def _prefix_overlap(text: str, marker: str) -> int:
-    """Length of the longest end of text that is a proper start of marker."""
-    for n in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
 
 
 def _call(value: Any, syntax: ToolSyntax, names: set[str]) -> ToolCall | None:

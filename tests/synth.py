@@ -258,7 +258,7 @@ def gguf_bytes(kvs: list[bytes], infos: list[bytes], data: bytes = b"", version:
     return body + b"\0" * pad + data
 
 
-# --- a GGUF file as data, to change and write again (tests/test_gguf_fuzz.py) ---------------------------------
+# --- a GGUF file as data, to change and write again (tests/gguf_mutations.py) ---------------------------------
 
 SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                   12: "<d"}
