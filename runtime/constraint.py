@@ -98,16 +98,33 @@ class Constraint:
 
     def allowed(self) -> np.ndarray:
         """(n_vocab,) bool: the tokens that can come next."""
-        self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
-        self._check()
-        return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[:self.n_vocab].view(bool)
+        self._compute()
+        return self._unpacked()
 
     def mask(self, logits: np.ndarray) -> None:
-        """Set the logits of tokens that cannot come next to -inf, in place."""
-        allowed = self.allowed()
-        np.copyto(logits, -np.inf, where=~allowed)
-        if not allowed.any():
+        """Set the logits of tokens that cannot come next to -inf, in place. Between JSON's strings only a
+        few tokens are allowed: then only their words of the bitmask are unpacked (0.1 instead of 0.3 ms for
+        Gemma's 262k tokens); otherwise the whole mask is."""
+        self._compute()
+        words = np.flatnonzero(self.bitmask)
+        if len(words) == 0:
             raise GrammarError("no token can continue the constrained output")
+        if len(words) > len(self.bitmask) // 8:
+            np.copyto(logits, -np.inf, where=~self._unpacked())
+            return
+        bits = np.unpackbits(self.bitmask[words].view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
+        tokens = (words[:, None] * 32 + np.arange(32))[bits.view(bool)]
+        tokens = tokens[tokens < self.n_vocab]
+        kept = logits[tokens]
+        logits.fill(-np.inf)
+        logits[tokens] = kept
+
+    def _compute(self) -> None:
+        self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
+        self._check()
+
+    def _unpacked(self) -> np.ndarray:
+        return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[:self.n_vocab].view(bool)
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):

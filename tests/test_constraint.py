@@ -141,3 +141,21 @@ def test_bad_grammars_and_schemas_are_named_errors(model: Model) -> None:
         Grammar.json_schema({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}).constraint(model.tokenizer)
     with pytest.raises(GrammarError, match="must be an object"):
         Grammar.json_schema("not a schema")
+
+
+def test_mask_sets_exactly_the_disallowed_tokens_to_minus_infinity(model: Model) -> None:
+    """Both ways of applying the mask (few tokens allowed: only their words unpacked; many: the whole
+    mask) against the plain bool mask, along a whole JSON output."""
+    tokenizer = model.tokenizer
+    constraint = Grammar.json_schema(SCHEMAS[-1]).constraint(tokenizer)
+    text = json.dumps({"order": {"id": "0042", "lines": [{"sku": "A1", "qty": 2, "note": "fine"}], "total": 9.5}})
+    logits = np.random.default_rng(0).standard_normal(tokenizer.n_vocab).astype(np.float32)
+    sparse = dense = 0
+    for token in tokenizer.encode(text, add_special=False):
+        allowed = constraint.allowed()
+        masked = logits.copy()
+        constraint.mask(masked)
+        np.testing.assert_array_equal(masked, np.where(allowed, logits, -np.inf))
+        sparse, dense = sparse + (allowed.sum() < 1000), dense + (allowed.sum() > len(allowed) // 2)
+        constraint.advance(token)
+    assert sparse and dense  # both ways were taken
