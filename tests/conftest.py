@@ -68,6 +68,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random llama (tests/synth.py's default: Q8_0, 2 layers) most server and chat tests run on;
+    its file name is the served model's name, "tiny-llama"."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf"
+    write_model(path, "llama", "Q8_0")
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_server(smollm2_path: Path):
     """`llamapyz serve` on the real SmolLM2 in a child process: 4 slots, n_ctx 2048, 2 threads."""
     from tests.live_server import ServerProcess

@@ -221,20 +221,13 @@ def test_a_base_model_chats_in_plain_text(tmp_path, monkeypatch):
 
 
 # --- the end of turn stops chat generation ------------------------------------------------------------
+# tests.synth's tiny llama (`tiny_llama`): its template ("<user>hi|<assistant>") ends a turn with "|".
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory) -> Path:
-    """tests.synth's tiny llama: its template ("<user>hi|<assistant>") ends a turn with "|"."""
-    path = tmp_path_factory.mktemp("chat") / "tiny.gguf"
-    synth.write_model(path)
-    return path
-
-
-def test_server_chat_stops_at_the_end_of_turn_and_completions_do_not(tiny_path):
-    bar = Tokenizer.from_gguf(tiny_path).encode("|", add_special=False)
+def test_server_chat_stops_at_the_end_of_turn_and_completions_do_not(tiny_llama):
+    bar = Tokenizer.from_gguf(tiny_llama).encode("|", add_special=False)
     assert len(bar) == 1
     biased = {"temperature": 0, "max_tokens": 4, "logit_bias": {str(bar[0]): 100}}  # the model says "|||…"
-    with ServerThread(tiny_path, n_ctx=64, n_slots=1) as server:
+    with ServerThread(tiny_llama, n_ctx=64, n_slots=1) as server:
         chat = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
             **biased, "messages": [{"role": "user", "content": "hi"}], "stop": [f"s{i}" for i in range(16)]})
         assert chat.status_code == 200, chat.text  # the end of turn does not count against the 16 stops
@@ -244,8 +237,8 @@ def test_server_chat_stops_at_the_end_of_turn_and_completions_do_not(tiny_path):
         assert text["choices"][0]["text"] == "||||" and text["choices"][0]["finish_reason"] == "length"
 
 
-def test_run_chat_stops_at_the_end_of_turn(tiny_path, monkeypatch):
-    command = ["run", "-m", str(tiny_path), "-p", "hi", "-n", "16", "--chat", "--temp", "0", "-t", "1", "-c", "64"]
+def test_run_chat_stops_at_the_end_of_turn(tiny_llama, monkeypatch):
+    command = ["run", "-m", str(tiny_llama), "-p", "hi", "-n", "16", "--chat", "--temp", "0", "-t", "1", "-c", "64"]
 
     def reply(end_of_turn: str | None) -> str:
         monkeypatch.setattr(ChatTemplate, "end_of_turn", end_of_turn)
@@ -376,8 +369,8 @@ def test_a_user_cannot_write_control_tokens(chat_model):
         assert model.detokenize(tokens, special=True) == rendered  # the user's markup as the characters typed
 
 
-def test_a_prompt_longer_than_the_context_could_hold_is_refused_while_rendering(tiny_path):
-    model = Model.load(tiny_path, n_ctx=64, n_threads=1)
+def test_a_prompt_longer_than_the_context_could_hold_is_refused_while_rendering(tiny_llama):
+    model = Model.load(tiny_llama, n_ctx=64, n_threads=1)
     longest = model.tokenizer.longest_token_chars
     assert longest >= max(len(model.detokenize([i], special=True)) for i in range(model.tokenizer.n_vocab))
     limit = max_chars_for(64, longest)

@@ -13,21 +13,13 @@ import pytest
 from runtime.server.app import ServerState, create_app
 from runtime.server.engine import Engine, Job
 from tests.live_server import ServerThread
-from tests.synth import write_model
 
 N_CTX = 64
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("server") / "tiny-llama.gguf"
-    write_model(path, "llama", "Q8_0")
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=2) as live:
+def server(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=2) as live:
         yield live
 
 
@@ -190,8 +182,8 @@ def test_errors_never_wedge_the_server(server):
     assert "llamapyz:requests_processing 0" in httpx.get(server.url + "/metrics").text
 
 
-def test_api_key(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, api_key="sesame") as live:
+def test_api_key(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, api_key="sesame") as live:
         body = {"prompt": "a", "max_tokens": 1}
         assert httpx.get(live.url + "/health").status_code == 200  # stays open
         missing = post(live, "/v1/completions", body)
@@ -208,8 +200,8 @@ def test_api_key(tiny_path):
         assert wrong_method.status_code == 405 and "GET" in wrong_method.headers["Allow"]
 
 
-def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, sampling={"max_tokens": 3, "temperature": 0.0}) as live:
+def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, sampling={"max_tokens": 3, "temperature": 0.0}) as live:
         settings = httpx.get(live.url + "/props").json()["default_generation_settings"]
         assert settings["temperature"] == 0.0 and settings["top_k"] == 40
         texts = set()
@@ -221,10 +213,10 @@ def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_pa
         assert post(live, "/v1/completions", {"prompt": "x", "max_tokens": 5}).json()["usage"]["completion_tokens"] == 5
 
 
-def test_overloaded_is_503(tiny_path):
+def test_overloaded_is_503(tiny_llama):
     from runtime import Model
 
-    engine = Engine(Model.load(tiny_path, n_ctx=N_CTX), n_slots=1, max_queue=1)  # not started: nothing is admitted
+    engine = Engine(Model.load(tiny_llama, n_ctx=N_CTX), n_slots=1, max_queue=1)  # not started: nothing is admitted
     state = ServerState(model_alias="tiny", engine=engine)
 
     async def scenario() -> httpx.Response:
@@ -288,12 +280,12 @@ def test_seed_minus_one_means_random(server):
     assert post(server, "/v1/completions", body).status_code == 200
 
 
-def test_a_request_whose_sampling_fails_ends_alone(tiny_path):
+def test_a_request_whose_sampling_fails_ends_alone(tiny_llama):
     from runtime import Model
     from runtime.generation import Generation
     from runtime.sampling import SamplingParams
 
-    model = Model.load(tiny_path, n_ctx=N_CTX)
+    model = Model.load(tiny_llama, n_ctx=N_CTX)
     engine = Engine(model, n_slots=2).start()
 
     class Failing(Generation):
@@ -322,8 +314,8 @@ def test_a_request_whose_sampling_fails_ends_alone(tiny_path):
     assert bad == ["error"]
 
 
-def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, max_body_bytes=1000) as live:
+def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, max_body_bytes=1000) as live:
         small = post(live, "/v1/completions", {"prompt": "a", "max_tokens": 1})
         big = post(live, "/v1/completions", {"prompt": "a" * 2000, "max_tokens": 1})
 
@@ -339,12 +331,12 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_path):
         assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 
-def test_request_tokenizing_runs_off_the_event_loop(tiny_path):
+def test_request_tokenizing_runs_off_the_event_loop(tiny_llama):
     """CPU-heavy request work (tokenizing, chat templates) runs in a worker thread, so a 10 MB text cannot
     stall /health and every other request (it used to run on the event loop's thread)."""
     import threading
 
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1) as live:
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1) as live:
         model, seen = live.state.model, []
         def spy(real):
             def recorded(*args, **kwargs):

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,17 +18,9 @@ import pytest
 from runtime import Model
 from runtime.server import embeddings as embeddings_module
 from tests.live_server import ServerThread
-from tests.synth import write_model
 
 N_CTX = 64
 NO_EOS = {"0": -100}  # the tiny model's end-of-generation token, barred so a completion runs its max_tokens
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("embeddings") / "tiny-llama.gguf"
-    write_model(path, "llama", "Q8_0")
-    return path
 
 
 def post(url: str, path: str, body: object, timeout: float = 60) -> httpx.Response:
@@ -75,10 +66,10 @@ def unchunked_reference(model: Model, inputs: list[list[int]]) -> np.ndarray:
 # --- the pieces give the same bits ------------------------------------------------------------------------
 
 
-def test_pieces_give_the_same_vectors_bit_for_bit(tiny_path):
+def test_pieces_give_the_same_vectors_bit_for_bit(tiny_llama):
     """Inputs shorter than, equal to and longer than a chunk (batch_size 8), evaluated piece by piece with
     other work between the pieces, give the bits the one-call embedding gave."""
-    model = Model.load(tiny_path, n_ctx=N_CTX, batch_size=8)
+    model = Model.load(tiny_llama, n_ctx=N_CTX, batch_size=8)
     rng = np.random.default_rng(0)
     inputs = [rng.integers(1, model.n_vocab, n).tolist() for n in (1, 7, 8, 9, 17, 3, 64, 24)]
     expected = unchunked_reference(model, inputs)
@@ -100,18 +91,18 @@ def test_pieces_give_the_same_vectors_bit_for_bit(tiny_path):
         model.embed_chunk(neighbour)
     assert neighbour.vectors.tobytes() == expected[::-1].tobytes()
     # and the chunk size does not change them either (each row depends only on its own sequence)
-    whole = Model.load(tiny_path, n_ctx=N_CTX)
+    whole = Model.load(tiny_llama, n_ctx=N_CTX)
     assert whole.embed_tokens(inputs).tobytes() == expected.tobytes()
 
 
 # --- generation goes on beside an embedding -----------------------------------------------------------------
 
 
-def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_path):
+def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_llama):
     """A completion sent while a 200-input embedding runs gets its tokens between the embedding's pieces (one
     piece per engine turn) and finishes first; the embedding's vectors are those it gets alone."""
     inputs = texts(200)
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=2) as live:
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=2) as live:
         model, engine, log = live.state.model, live.state.engine, []
 
         def piece() -> None:
@@ -143,7 +134,7 @@ def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_path):
     assert len(decodes) == 4 and log.count("embed") == 200
     assert decodes[0] <= 2  # the first token came after at most two of the 200 pieces
     assert all(b - a == 2 for a, b in zip(decodes, decodes[1:], strict=False))  # then one piece per token
-    reference = Model.load(tiny_path, n_ctx=N_CTX)
+    reference = Model.load(tiny_llama, n_ctx=N_CTX)
     alone = reference.embed_tokens([reference.tokenize(text) for text in inputs])
     assert vectors_of(finished["response"]).tobytes() == alone.tobytes()
 
@@ -151,10 +142,10 @@ def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_path):
 # --- a client that goes away cancels it -----------------------------------------------------------------------
 
 
-def test_a_client_that_goes_away_cancels_its_embedding(tiny_path):
+def test_a_client_that_goes_away_cancels_its_embedding(tiny_llama):
     """An embedding whose client disconnects stops at its next piece; its slot (the only one) is free for
     the next request at once."""
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1) as live:
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1) as live:
         model, engine, pieces = live.state.model, live.state.engine, []
 
         def slow_piece() -> None:  # 200 pieces: 10 s at least, if nothing stopped them
@@ -181,7 +172,7 @@ def test_a_client_that_goes_away_cancels_its_embedding(tiny_path):
         assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 2
         again = post(live.url, "/v1/embeddings", {"input": ["one", "two"], "encoding_format": "base64"})
         assert len(pieces) == n_pieces + 2  # the cancelled one ran no further
-    reference = Model.load(tiny_path, n_ctx=N_CTX)
+    reference = Model.load(tiny_llama, n_ctx=N_CTX)
     assert vectors_of(again).tobytes() == reference.embed(["one", "two"]).tobytes()
 
 
@@ -189,8 +180,8 @@ def test_a_client_that_goes_away_cancels_its_embedding(tiny_path):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1) as live:
+def server(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1) as live:
         yield live
 
 

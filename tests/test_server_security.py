@@ -17,7 +17,6 @@ from runtime.server import MAX_HEADER_BYTES, ServeOptions, create_server
 from runtime.server.app import create_app
 from runtime.server.security import BodyDeadlineMiddleware, allowed_hosts, host_name, is_loopback
 from tests.live_server import ServerThread
-from tests.synth import write_model
 
 N_CTX = 64
 BODY_TIMEOUT_S = 1.0
@@ -26,22 +25,15 @@ KEY = {"Authorization": "Bearer sesame"}
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("security") / "tiny-llama.gguf"
-    write_model(path, "llama", "Q8_0")
-    return path
-
-
-@pytest.fixture(scope="module")
-def plain(tiny_path):
+def plain(tiny_llama):
     """Everything at its default (bound to 127.0.0.1), but a short body deadline."""
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, body_timeout_s=BODY_TIMEOUT_S) as live:
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, body_timeout_s=BODY_TIMEOUT_S) as live:
         yield live
 
 
 @pytest.fixture(scope="module")
-def guarded(tiny_path):
-    with ServerThread(tiny_path, n_ctx=N_CTX, n_slots=1, api_key="sesame", cors_origins=(ORIGIN,),
+def guarded(tiny_llama):
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, api_key="sesame", cors_origins=(ORIGIN,),
                       allowed_hosts=("llm.example", "*.lan.example")) as live:
         yield live
 
@@ -195,8 +187,8 @@ def test_cors_for_the_origins_given(guarded):
                                                           headers={"Origin": "https://evil.example", **KEY}).headers
 
 
-def test_cors_any_origin(tiny_path):
-    state, _ = create_server(ServeOptions(model=tiny_path, cors_origins=("*",), webui=None))
+def test_cors_any_origin(tiny_llama):
+    state, _ = create_server(ServeOptions(model=tiny_llama, cors_origins=("*",), webui=None))
     transport = httpx.ASGITransport(app=create_app(state))
 
     async def scenario() -> httpx.Response:
@@ -226,7 +218,7 @@ def test_allowed_host_extends_the_list(guarded):
         assert httpx.get(guarded.url + "/health", headers={"Host": host}).status_code == status, host
 
 
-def test_which_hosts_a_bind_address_allows(tiny_path):
+def test_which_hosts_a_bind_address_allows(tiny_llama):
     loopback = ("127.0.0.1", "::1", "localhost")
     for bind in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
         assert is_loopback(bind)
@@ -239,7 +231,7 @@ def test_which_hosts_a_bind_address_allows(tiny_path):
     assert "192.168.1.5" in allowed_hosts("192.168.1.5", ["llm.example"])
     assert allowed_hosts("127.0.0.1", ["*"]) is None
     assert host_name("[::1]:8080") == host_name("::1") == "::1" and host_name("Example.COM.:1") == "example.com"
-    state, _ = create_server(ServeOptions(model=tiny_path, host="0.0.0.0", webui=None))  # not started: no bind
+    state, _ = create_server(ServeOptions(model=tiny_llama, host="0.0.0.0", webui=None))  # not started: no bind
     assert state.allowed_hosts is None
-    state, _ = create_server(ServeOptions(model=tiny_path, allowed_hosts=("llm.example",), webui=None))
+    state, _ = create_server(ServeOptions(model=tiny_llama, allowed_hosts=("llm.example",), webui=None))
     assert state.allowed_hosts == ("127.0.0.1", "::1", "llm.example", "localhost")
