@@ -39,8 +39,9 @@ class GrammarError(LlamapyzError, ValueError):
     """A grammar or JSON schema that llguidance cannot compile (the request's fault: a 400)."""
 
 
-# JSON as the output format: compact separators, no free whitespace (see the module's docstring).
-_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# JSON as the output format: compact separators, no free whitespace (see the module's docstring); also
+# what a Lark grammar's %json rules take as "x-guidance" (tools.py).
+JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _LIMITS = llguidance.LLParserLimits()  # llguidance's defaults bound grammar size and the work per token
 
 _tokenizers: weakref.WeakKeyDictionary[Tokenizer, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
@@ -59,7 +60,7 @@ class Grammar:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
         try:
-            definition = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=_JSON_OPTIONS)
+            definition = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_FORMAT)
         except (ValueError, TypeError) as exc:
             raise GrammarError(f"invalid JSON schema: {exc}") from None
         return cls(definition, "JSON schema")

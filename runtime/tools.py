@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .constraint import Grammar, LazyConstraint
+from .constraint import JSON_FORMAT, Grammar, LazyConstraint
 from .errors import LlamapyzError
 from .generation import prefix_overlap
 from .tokenizer import TokenType
@@ -235,9 +235,6 @@ def render_call(syntax: ToolSyntax, name: str, arguments: Any) -> str:
 
 # --- constraining the reply -------------------------------------------------------------------------------
 
-_JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
 def call_grammar(request: ToolRequest, tokenizer: Tokenizer) -> Grammar | None:
     """The grammar of a reply that must call one of the forced tools (None when not forced)."""
     return _calls_grammar(request, request.forced, tokenizer, after_opening=False) if request.forced else None
@@ -273,7 +270,7 @@ def _calls_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer
     repeat = "" if syntax.array or not request.parallel or not syntax.opening else ' ("\\n" call)*'
     first = "rest" if after_opening else "call"
     lark = (f"start: {first}{repeat}\ncall: {opening} rest\nrest: {rest}\n"
-            f"body: %json {json.dumps({**body, 'x-guidance': _JSON_FORMAT})}\n")
+            f"body: %json {json.dumps({**body, 'x-guidance': JSON_FORMAT})}\n")
     return Grammar.lark(lark)
 
 

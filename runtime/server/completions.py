@@ -33,11 +33,11 @@ async def chat_completions(request: Request) -> Response:
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": state.model_alias,
             "system_fingerprint": f"llamapyz-{__version__}"}
-    reader = None
-    if tools is not None and tools.active:
-        reader = ToolStream(tools.syntax, {tool["function"]["name"] for tool in tools.tools})
+    names = {tool["function"]["name"] for tool in tools.tools} if tools.active else None  # calls to read
 
     if fields["stream"]:
+        reader = ToolStream(tools.syntax, names) if names is not None else None
+
         def chunk(step: Step) -> dict | None:
             delta = tool_delta(reader.feed(step.text)) if reader is not None else {"content": step.text}
             if not any(delta.values()) and logprobs is None:  # nothing to say (text held back)
@@ -59,8 +59,8 @@ async def chat_completions(request: Request) -> Response:
     steps = await collect_steps(job, request, state)
     text, finish = "".join(s.text for s in steps), steps[-1].finish_reason if steps else None
     message: dict = {"role": "assistant", "content": text}
-    if reader is not None:
-        content, calls = parse_calls(text, tools.syntax, reader.names)
+    if names is not None:
+        content, calls = parse_calls(text, tools.syntax, names)
         if calls:
             message = {"role": "assistant", "content": content or None, "tool_calls": [c.as_dict() for c in calls]}
             finish = "tool_calls" if finish == "stop" else finish

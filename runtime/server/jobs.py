@@ -46,9 +46,10 @@ def stop_strings(value: str | list | None) -> list[str]:
     return stops
 
 
-def output_grammar(fields: dict) -> Grammar | None:
+def output_grammar(fields: dict) -> tuple[Grammar | None, str]:
     """The grammar the output must match: response_format (json_object, json_schema), or llama.cpp's
-    `grammar` (Lark or GBNF) or `json_schema` fields; None for free text."""
+    `grammar` (Lark or GBNF) or `json_schema` fields; None for free text. With the field that asked for it
+    (an error compiling the grammar names it)."""
     value = fields["response_format"] or {}
     kind = value.get("type", "text")
     asked = [name for name in ("grammar", "json_schema") if fields.get(name) is not None]
@@ -58,19 +59,20 @@ def output_grammar(fields: dict) -> Grammar | None:
         raise ApiError(400, f"{' and '.join(asked)} both constrain the output: give one", param=asked[-1])
     try:
         if fields.get("grammar") is not None:
-            return Grammar.lark(fields["grammar"])
+            return Grammar.lark(fields["grammar"]), "grammar"
         if fields.get("json_schema") is not None:
-            return Grammar.json_schema(fields["json_schema"])
+            return Grammar.json_schema(fields["json_schema"]), "json_schema"
         if kind == "text":
-            return None
+            return None, "response_format"
         if kind == "json_object":  # llama.cpp also takes a schema here
-            return Grammar.json_schema(value["schema"]) if value.get("schema") is not None else Grammar.json_object()
+            schema = value.get("schema")
+            return (Grammar.json_object() if schema is None else Grammar.json_schema(schema)), "response_format"
         if kind == "json_schema":
             spec = value.get("json_schema")
             if not isinstance(spec, dict) or "schema" not in spec:
                 raise ApiError(400, 'response_format json_schema needs {"json_schema": {"name": ..., "schema": '
                                '{...}}}', param="response_format")
-            return Grammar.json_schema(spec["schema"])
+            return Grammar.json_schema(spec["schema"]), "response_format"
     except GrammarError as exc:
         raise ApiError(400, str(exc), param=asked[-1]) from None
     raise ApiError(400, f"response_format type {kind!r} is not supported (use 'text', 'json_object' or "
@@ -101,7 +103,7 @@ def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int 
     check_prompt_fits(prompt, model, param)
     room = model.n_ctx - len(prompt)
     max_tokens = fields["max_completion_tokens"] or fields["max_tokens"] or room
-    grammar = output_grammar(fields)
+    grammar, param = output_grammar(fields)
     keep_text: frozenset[int] = frozenset()
     if tools is not None and tools.active:
         keep_text = marker_tokens(tools.syntax, model.tokenizer)
@@ -109,13 +111,15 @@ def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int 
         if forced is not None and grammar is not None:
             raise ApiError(400, "a forced tool call (tool_choice) cannot also follow a response_format or grammar",
                            param="tool_choice")
-        grammar = grammar or forced
+        if forced is not None:
+            grammar, param = forced, "tools"
     try:
         constraint = grammar.constraint(model.tokenizer) if grammar is not None else None
         if constraint is None and tools is not None:  # tool_choice auto: a call, once begun, follows the schemas
+            param = "tools"
             constraint = lazy_call_constraint(tools, model.tokenizer)
-    except GrammarError as exc:
-        raise ApiError(400, str(exc), param="tools" if tools and tools.active else "response_format") from None
+    except GrammarError as exc:  # named after the field whose grammar did not compile
+        raise ApiError(400, str(exc), param=param) from None
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
                             stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
                             logprobs=logprobs, constraint=constraint, keep_text=keep_text)
