@@ -67,6 +67,36 @@ def test_quantize_q8_matches_twin(kind):
     assert np.abs(x - quantized_twin(x, kind)).max() <= np.abs(x).max() / 254 * 1.001 + 1e-7
 
 
+@pytest.mark.parametrize("kind", ["q8_0", "q8_K"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_quantizers_take_non_finite_x_without_raising(kind, bad):
+    # a corrupt file's weights can make an activation inf: q8_K's d = 1 / (-127 / inf) divided by zero and
+    # raised ZeroDivisionError in the middle of a forward pass (CI, issue 14's fuzz seed 1001392)
+    x = np.random.default_rng(4).standard_normal(512).astype(np.float32)
+    x[3] = bad
+    xq, xd, xs, xqs = QuantizedRows(x[None, :]).form(kind)
+    assert np.isfinite(xd[0, 8:]).all() and xq.shape == (1, 512)  # the second super-block is untouched
+
+
+def test_every_kernel_keeps_numpy_error_model():
+    """By construction, not by what LLVM makes of a zero check on one CPU: no kernel raises on inf or NaN."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import runtime.kernels as package
+
+    dispatchers = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        dispatchers += [(info.name, name, value) for name, value in vars(module).items()
+                        if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__]
+    assert len(dispatchers) > 20
+    wrong = [f"{m}.{n}" for m, n, d in dispatchers if d.targetoptions.get("error_model") != "numpy"]
+    assert not wrong
+
+
 def test_float16_rounding_is_exact():
     from runtime.kernels.matvec import round_to_f16
 

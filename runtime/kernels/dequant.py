@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from .simd import f16_at
 
-_OPTS = dict(parallel=True, cache=True, nogil=True)
+_OPTS = dict(parallel=True, error_model="numpy", cache=True, nogil=True)  # as ops.py
 F32 = np.float32
 I64 = np.int64  # every byte read is widened first: numba types uint8 >> int64 as float64
 
@@ -46,7 +46,7 @@ def dequant_q4_1(w, out):
                 out[r, e + j + 16] = d * F32(q >> 4) + m
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _q5(row, qh_o, qs_o, j):
     """The j-th (0..31) 5-bit value of a Q5_0/Q5_1 block."""
     qs = I64(row[qs_o + (j & 15)])
@@ -101,7 +101,7 @@ def dequant_q2_k(w, out):
                 out[r, e0 + e] = d * F32(sc & 15) * F32(q) - dmin * F32(sc >> 4)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _q3_k_scale(row, o, k):
     """Signed 6-bit scale k (0..15) from the 12 bytes at o."""
     low = (I64(row[o + k]) & 15) if k < 8 else (I64(row[o + k - 8]) >> 4)
@@ -124,7 +124,7 @@ def dequant_q3_k(w, out):
                 out[r, e0 + e] = d * F32(_q3_k_scale(row, o + 96, e // 16)) * F32(q)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def k4_scale_min(row, o, j):
     """Sub-block j's 6-bit scale and min from the 12 packed bytes at o (ggml's get_scale_min_k4)."""
     if j < 4:

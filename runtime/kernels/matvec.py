@@ -33,14 +33,15 @@ from numba import njit, prange
 from .blockdot import ROW_DOTS
 
 QK = 32  # elements per x block
-_OPTS = dict(parallel=True, cache=True, nogil=True)
+_SERIAL = dict(error_model="numpy", cache=True, nogil=True)  # as ops.py: an inf or NaN x never raises
+_OPTS = dict(parallel=True, **_SERIAL)
 ACTIVATIONS = ("q8_0", "q8_K")  # the int8 forms of x: `quantize_q8`, `quantize_q8_k`; a table row names its by index
 TABLE_COLUMNS = 7  # format, byte offset, row bytes, first output column, rows, activation, has a bias
 FORMAT_IDS = {name: i for i, name in enumerate(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"))}
 row_q4_0, row_q4_1, row_q5_0, row_q5_1, row_q8_0, row_q4_k, row_q5_k, row_q6_k = (ROW_DOTS[f] for f in FORMAT_IDS)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_SERIAL)
 def round_to_f16(v):
     """float32 v rounded to the nearest float16 value (ties to even), as a float32; without a float16 type
     (numba cannot link the conversion on every tier): keep 11 significant bits, or 2^-24 steps below
@@ -52,7 +53,7 @@ def round_to_f16(v):
     return np.float32(math.ldexp(np.rint(math.ldexp(np.float64(v), -k)), k))
 
 
-@njit(cache=True, nogil=True)
+@njit(**_SERIAL)
 def quantize_q8(x, xq, xd, xs, xqs):
     """x (n, n_cols) float32 -> int8 blocks of 32, exactly as llama.cpp's x86 q8_0/q8_1 quantizers:
     q = rint(x * 127 / max|x|), scale d = max|x| / 127 kept as float16, block sum s = d * sum(q) as float16.
@@ -77,7 +78,7 @@ def quantize_q8(x, xq, xd, xs, xqs):
             xqs[t, b] = qsum
 
 
-@njit(cache=True, nogil=True)
+@njit(**_SERIAL)
 def quantize_q8_k(x, xq, xd, xs, xqs):
     """x (n, n_cols) float32 -> int8 in super-blocks of 256 sharing one float32 scale, exactly as llama.cpp's
     q8_K (what its K-quant dot products take): with m the first element of largest magnitude,
@@ -146,7 +147,7 @@ def matmul_table(w, table, forms, out):
             row_q6_k(w, wo, xq, xd, xs, xqs, out, col)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_SERIAL)
 def product(x, w, table, bias, forms, out):
     """out = x @ W.T + bias for the matrices of `table` (see `matmul_table`; its column 6 says whether a
     matrix has a bias, in bias[its columns]): x (n, n_cols) float32 quantized into each form the table
@@ -165,7 +166,7 @@ def product(x, w, table, bias, forms, out):
                     out[t, c] += bias[c]
 
 
-@njit(cache=True, nogil=True)
+@njit(**_SERIAL)
 def _reads(table, activation):
     for m in range(table.shape[0]):
         if table[m, 5] == activation:

@@ -22,7 +22,7 @@ from . import half
 _OPTS = dict(fastmath={"nnan", "ninf", "nsz"}, error_model="numpy", cache=True, nogil=True)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def vector_dot(a, b):
     """sum(a * b) for 1-d float32 `a` and float32 or half (uint16, see `half`) `b`: `simd.dot_f32` (the same
     bits on every CPU tier) over the largest multiple of 16 elements, then any tail in turn."""
