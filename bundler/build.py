@@ -9,7 +9,6 @@ everything else in sorted order. With `SOURCE_DATE_EPOCH` set the same inputs gi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -23,15 +22,17 @@ from pathlib import Path
 import click
 
 from runtime import __version__
-from runtime.bundle import ARGS, MANIFEST, USER_ARGS, describe, this_platform
+from runtime.bundle import ARGS, MANIFEST, TARGETS_MODULE, USER_ARGS, open_bundle, part_sizes, size_table
 from runtime.cli import friendly_errors
 from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
+from runtime.targets import Interpreter, choose
 from runtime.tokenizer import Tokenizer
 
-from . import bytecode, deps, kernels
+from . import deps, kernels, layout, platforms
 from .archive import ArchiveWriter, copy_progress, make_executable
 from .models import DEFAULT_MODEL, REGISTRY, resolve_model, sha256_file
+from .platforms import Target
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "runtime.cli:archive_main"
@@ -53,14 +54,15 @@ class BuildResult:
 
 
 def build_archive(model: str, out: Path | None = None, name: str | None = None, args: list[str] | None = None,
-                  cpu_tiers: str = "all", say=_say) -> BuildResult:
-    """Build the archive for `model` (a path or registry name); see the module docstring."""
+                  cpu_tiers: str = "all", targets: list[Target] | None = None, say=_say) -> BuildResult:
+    """Build the archive for `model` (a path or registry name) and `targets` (default: this interpreter on
+    this machine); see the module docstring."""
     with tempfile.TemporaryDirectory(prefix="llamapyz-build-") as staging:
-        return _build(model, out, name, args, cpu_tiers, Path(staging), say)
+        return _build(model, out, name, args, cpu_tiers, targets or [platforms.native()], Path(staging), say)
 
 
-def _build(model: str, out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str, staging: Path,
-           say) -> BuildResult:
+def _build(model: str, out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str,
+           targets: list[Target], staging: Path, say) -> BuildResult:
     started = time.perf_counter()
     say("[1/4] model")
     model_path = resolve_model(model, progress=say)
@@ -72,19 +74,26 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
     say(f"  sha256 of {model_size / 2**20:.1f} MiB …")
     model_sha256 = sha256_file(model_path)
 
-    say("[2/4] Python side")
-    site = deps.site_packages(deps.runtime_pins(), say)
-    wheels = deps.installed_wheels(site)
+    say(f"[2/4] Python side for {len(targets)} target{'s' * (len(targets) > 1)}: "
+        f"{', '.join(t.name for t in targets)}")
+    sites = {t.name: deps.site_packages(t, say) for t in targets}
+    wheels = {t.name: deps.installed_wheels(sites[t.name]) for t in targets}
     kernels.stage_runtime(REPO, staging)
-    targets = kernels.choose_targets(cpu_tiers)
-    say(f"  precompiling the kernels for {', '.join(t.name for t in targets) or 'no CPU tier (--cpu-tiers none)'}")
-    kernels.precompile(staging, site, model_path, targets, say)
-    files = python_side(site, staging)
-    build_id = content_hash(files)
-    platform = {**this_platform(), "glibc": deps.glibc_needed(wheels)}
-    n_pyc = sum(name.endswith(".pyc") for name, _, _ in files)
-    say(f"  {len(files) - n_pyc} files from {len(wheels)} wheels and this checkout, and bytecode for {n_pyc} "
-        f"modules, for {describe(platform)}")
+    runs_here = choose({n: [w.tags for w in ws] for n, ws in wheels.items()}, Interpreter.current())
+    tiers = kernels.choose_targets(cpu_tiers) if runs_here else []
+    if runs_here and tiers:
+        say(f"  precompiling the kernels for {runs_here}: {', '.join(t.name for t in tiers)}")
+        kernels.precompile(staging, sites[runs_here], model_path, tiers, say)
+    elif not runs_here:
+        say("  no target runs here: every target compiles its kernels on its first run")
+    trees = python_sides(targets, sites, staging, runs_here)
+    tree = layout.split(trees)
+    say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
+        f"{sum(map(len, tree.indexes.values()))} target files")
+    if len(targets) > 1:
+        say(f"  dedupe: {tree.without_dedupe / 2**20:.1f} MiB of files for {len(targets)} targets stored as "
+            f"{tree.stored / 2**20:.1f} MiB (before compression)")
+    build_id = tree.build_id()[:16]  # short: Windows paths under the cache must stay within 260 characters
 
     epoch = source_date_epoch()
     built_at = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -95,21 +104,25 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
             offset = archive.add_aligned(model_path.name, model_path, progress=copy_progress(say, "weights"))
             say(f"  weights stored uncompressed at offset {offset} (a multiple of 64 KiB)")
             manifest = {
-                "format": 1, "name": name, "llamapyz_version": __version__, "built_at": built_at,
+                "format": 2, "name": name, "llamapyz_version": __version__, "built_at": built_at,
                 "model": {"file": model_path.name, "size": model_size, "sha256": model_sha256,
                           "architecture": architecture, "offset": offset},
-                "platform": platform,
-                "wheels": [{"name": w.name, "version": w.version, "tags": list(w.tags)} for w in wheels],
+                "targets": {t.name: target_manifest(t, wheels[t.name], tiers if t.name == runs_here else [])
+                            for t in targets},
                 "args": baked,
-                "kernels": [t.name for t in targets],
             }
-            write_metadata(archive, manifest, baked, build_id, built_at)
+            small = metadata_entries(manifest, baked, build_id, built_at)
+            small += [(f"{layout.INDEXES}{t}.json", tree.index_json(t), 0o644) for t in tree.indexes]
+            entries = [(name, (data, mode)) for name, data, mode in small] + list(tree.entries())
             progress = copy_progress(say, "runtime and dependencies (compressing)")
-            total, done = sum(len(data) for _, data, _ in files), 0
-            for arcname, data, mode in files:
-                archive.add_bytes(arcname, data, mode)
-                done += len(data)
-                progress(done, total)
+            total, done = tree.stored, 0
+            for arcname, item in sorted(entries, key=lambda entry: entry[0]):  # reproducible: one order
+                if isinstance(item, layout.File):
+                    archive.add_bytes(arcname, item.read(), item.mode)
+                    done += item.size
+                    progress(done, total)
+                else:
+                    archive.add_bytes(arcname, *item)
             n_entries = archive.n_entries
         make_executable(tmp)
         os.replace(tmp, out)
@@ -117,10 +130,32 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
         tmp.unlink(missing_ok=True)
     result = BuildResult(out, out.stat().st_size, model_size, offset, n_entries,
                          time.perf_counter() - started)
-    say(f"[4/4] {out}: {result.size / 2**20:.1f} MiB (weights {result.model_size / 2**20:.1f} MiB + runtime "
-        f"{(result.size - result.model_size) / 2**20:.1f} MiB), {n_entries} entries, {result.seconds:.1f} s")
+    say(f"[4/4] {out}: {result.size / 2**20:.1f} MiB, {n_entries} entries, {result.seconds:.1f} s")
+    say(size_table(part_sizes(open_bundle(out))))
     say(f"  run it: ./{out.name} --port 8080   (or: python3 {out.name}; --help lists the options)")
     return result
+
+
+def python_sides(targets: list[Target], sites: dict[str, Path], staging: Path,
+                 runs_here: str | None) -> dict[str, dict[str, layout.File]]:
+    """Each target's site-packages/: its wheels, our staged runtime and web UI; bytecode when it runs this
+    Python's version; the precompiled kernels (numba's machine code for this OS) only for `runs_here`."""
+    hasher = layout.Hasher()
+    here = "{}.{}".format(*sys.version_info[:2])
+    trees = {}
+    for target in targets:
+        ours = target.name == runs_here
+        trees[target.name] = layout.gather(
+            [(sites[target.name], ""), (staging, ""), (REPO / "webui", "webui/")],
+            lambda relative, ours=ours: deps.should_skip(relative, with_kernels=ours),
+            with_bytecode=target.python == here, hasher=hasher)
+    return trees
+
+
+def target_manifest(target: Target, wheels: list[deps.Wheel], tiers: list) -> dict:
+    return {"python": target.python, "platform": target.interpreter.platform_name, "floor": deps.floor(wheels),
+            "wheels": [{"name": w.name, "version": w.version, "tags": list(w.tags)} for w in wheels],
+            "kernels": [t.name for t in tiers]}
 
 
 def validate_model(path: Path, say) -> str:
@@ -153,46 +188,22 @@ def bake_args(args: list[str], say=_say) -> list[str]:
     return args if USER_ARGS in args else [*args, USER_ARGS]
 
 
-def python_side(site: Path, staging: Path) -> list[tuple[str, bytes, int]]:
-    """(archive name, bytes, mode) for everything under site-packages/, sorted by archive name: the dependencies,
-    our staged `runtime/` (with its precompiled kernels), the web UI, and bytecode for every module.
-    About 240 MB, held in memory while the archive is written."""
-    files: dict[str, tuple[bytes, int]] = {}
-    for root, prefix in [(site, ""), (staging, ""), (REPO / "webui", "webui/")]:
-        for path in root.rglob("*"):
-            relative = path.relative_to(root)
-            if path.is_file() and not deps.should_skip(relative):
-                arcname = f"site-packages/{prefix}{relative.as_posix()}"
-                data = path.read_bytes()
-                files[arcname] = (data, 0o755 if path.stat().st_mode & 0o111 else 0o644)
-                if path.suffix == ".py" and (pyc := bytecode.compile_source(arcname, data)) is not None:
-                    files[bytecode.pyc_name(arcname)] = (pyc, 0o644)
-    return [(name, data, mode) for name, (data, mode) in sorted(files.items())]
-
-
-def content_hash(files: list[tuple[str, bytes, int]]) -> str:
-    """shiv's build id: names and bytes of everything extracted; it keys the user's extraction cache."""
-    digest = hashlib.sha256()
-    for arcname, data, _ in files:
-        digest.update(arcname.encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def write_metadata(archive: ArchiveWriter, manifest: dict, baked: list[str], build_id: str, built_at: str) -> None:
-    """Everything at the top level besides the weights, in sorted order."""
+def metadata_entries(manifest: dict, baked: list[str], build_id: str, built_at: str) -> list[tuple[str, bytes, int]]:
+    """(archive name, bytes, mode) of everything besides the weights and the Python side."""
     from shiv import __version__ as shiv_version
     from shiv import bootstrap
     from shiv.bootstrap.environment import Environment
 
-    archive.add_bytes(ARGS, "".join(f"{a}\n" for a in baked).encode())
-    archive.add_file("__main__.py", REPO / "runtime" / "bundle.py")
-    for path in sorted(Path(bootstrap.__file__).parent.glob("*.py")):
-        archive.add_file(f"_bootstrap/{path.name}", path)
     env = Environment(built_at=built_at.replace("T", " ").rstrip("Z"), shiv_version=shiv_version,
                       build_id=build_id, entry_point=ENTRY_POINT, compile_pyc=False, reproducible=True)
-    archive.add_bytes("environment.json", env.to_json().encode())
-    archive.add_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+    entries = [(ARGS, "".join(f"{a}\n" for a in baked).encode(), 0o644),
+               ("__main__.py", (REPO / "runtime" / "bundle.py").read_bytes(), 0o644),
+               (TARGETS_MODULE, (REPO / "runtime" / "targets.py").read_bytes(), 0o644),
+               ("environment.json", env.to_json().encode(), 0o644),
+               (MANIFEST, json.dumps(manifest, indent=1).encode(), 0o644)]
+    entries += [(f"_bootstrap/{path.name}", path.read_bytes(), 0o644)
+                for path in sorted(Path(bootstrap.__file__).parent.glob("*.py"))]
+    return entries
 
 
 def source_date_epoch() -> int:
@@ -220,11 +231,19 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
 @click.option("--cpu-tiers", default="all", show_default=True, metavar="all|none|TIER,…",
               help="CPU tiers whose kernels are compiled into the archive (all: every one this machine runs); "
                    "other tiers compile on the user's first run.")
+@click.option("--python", "pythons", default=None, metavar="3.X,…",
+              help="CPython versions the archive runs on (default: the one running this build).")
+@click.option("--platform", "platforms_", default=None, metavar="PLATFORM,…",
+              help=f"Platforms it runs on: {', '.join(platforms.PLATFORMS)} (default: this machine's). Their wheels "
+                   "come from the package index; the archive picks its own at start.")
+@click.option("--portable", is_flag=True,
+              help=f"Every platform above for CPython {', '.join(platforms.PORTABLE_PYTHONS)}.")
 @click.option("--args", "args", default="", metavar="'ARGS'",
               help="Default arguments baked in, e.g. '-c 4096 --temp 0.7'; the user's command line overrides "
                    "them. A '...' marks where the user's arguments go (default: at the end).")
 @friendly_errors
-def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, args: str) -> None:
+def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, pythons: str | None,
+         platforms_: str | None, portable: bool, args: str) -> None:
     """Build one self-running .pyz from MODEL: weights, runtime, dependencies and chat UI.
 
     Prints the archive's path on stdout; progress goes to stderr."""
@@ -232,7 +251,8 @@ def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, args: s
         baked = shlex.split(args)
     except ValueError as exc:
         raise LlamapyzError(f"--args: {exc}") from None
-    result = build_archive(model, out, name, baked, cpu_tiers)
+    targets = platforms.parse(pythons, platforms_, portable)
+    result = build_archive(model, out, name, baked, cpu_tiers, targets)
     click.echo(str(result.path))
 
 

@@ -1,9 +1,14 @@
-"""The archive's Python side: our runtime's dependencies, pinned to the versions this environment runs.
+"""The archive's Python side for each target: our runtime's dependencies, pinned to the versions this
+environment runs.
 
-The closure of llamapyz's requirements (markers evaluated for this interpreter) is pinned to the installed
-versions, so an archive runs exactly the numpy, numba, … the tests ran. shiv's `pip install --target`
-fetches those wheels (binary only, no bytecode: Python writes it in the user's cache on first import) into a
-site-packages folder cached per pin set, so a rebuild does not reinstall.
+For a target (`bundler/platforms.py`), the closure of llamapyz's requirements is taken with the target's
+environment markers (click brings colorama on Windows only; anyio brings exceptiongroup below 3.11). Every
+distribution installed here is pinned to its version here, so an archive runs exactly the numpy, numba, …
+the tests ran; one this environment lacks (it is only needed elsewhere) takes the newest release that fits
+its requirement. pip's `install --target` with `--no-deps` fetches the wheels (binary only, for the target's
+Python version and platform tags, no bytecode) in rounds, each adding what the previous round's wheels
+require, until nothing is missing. The folder is cached per target and pin set, so a rebuild downloads
+nothing.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ except ImportError:  # pip always brings its own copy; the build needs pip anywa
 from runtime.errors import LlamapyzError
 
 from .models import cache_dir
+from .platforms import Target
 
 PROJECT = "llamapyz"
 BUILD_ONLY = {"shiv"}  # needed to build archives, not inside them
 PRUNED_TESTS = {"numpy", "numba"}  # their test suites: 12 MB and a thousand files nobody runs from an archive
+MAX_ROUNDS = 8  # a dependency chain deeper than this is a resolver bug, not a real package set
 
 
 @dataclass(frozen=True)
@@ -39,77 +46,120 @@ class Wheel:
     name: str
     version: str
     tags: tuple[str, ...]  # from the installed .dist-info/WHEEL
+    requires: tuple[str, ...] = ()  # Requires-Dist, as written
 
     @property
     def pin(self) -> str:
         return f"{self.name}=={self.version}"
 
-
-def runtime_pins() -> list[str]:
-    """`name==version` for every distribution the runtime needs, as installed here, sorted."""
-    try:
-        roots = [Requirement(r) for r in metadata.distribution(PROJECT).requires or []]
-    except metadata.PackageNotFoundError:
-        raise LlamapyzError(f"{PROJECT} is not installed in this Python ({sys.executable})",
-                            hint="install it first: pip install -e .") from None
-    pins: dict[str, str] = {}
-    todo = [r for r in roots if _applies(r) and _key(r.name) not in BUILD_ONLY]
-    while todo:
-        req = todo.pop()
-        key = _key(req.name)
-        if key in pins:
-            continue
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            raise LlamapyzError(f"{req.name} (needed by the runtime) is not installed here",
-                                hint="reinstall: pip install -e .") from None
-        pins[key] = f"{dist.metadata['Name']}=={dist.version}"
-        todo.extend(r for r in (Requirement(s) for s in dist.requires or []) if _applies(r))
-    return sorted(pins.values(), key=str.lower)
+    @property
+    def key(self) -> str:
+        return canonical(self.name)
 
 
-def _applies(req: Requirement) -> bool:
-    return req.marker is None or req.marker.evaluate({"extra": ""})
-
-
-def _key(name: str) -> str:
+def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def site_packages(pins: list[str], say: Callable[[str], None]) -> Path:
-    """A folder holding exactly `pins` (no bytecode, no scripts, no numpy/numba tests), cached per pin set."""
-    key = hashlib.sha256("\n".join([sys.version, sys.platform, *pins]).encode()).hexdigest()[:16]
-    target = cache_dir().parent / "site-packages" / key
-    if target.is_dir():
-        say(f"  {len(pins)} wheels, cached in {target}")
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+def roots() -> list[Requirement]:
+    """llamapyz's own requirements, less those only the build needs."""
+    try:
+        requires = metadata.distribution(PROJECT).requires or []
+    except metadata.PackageNotFoundError:
+        raise LlamapyzError(f"{PROJECT} is not installed in this Python ({sys.executable})",
+                            hint="install it first: pip install -e .") from None
+    return [r for r in map(Requirement, requires) if canonical(r.name) not in BUILD_ONLY]
+
+
+def applies(req: Requirement, environment: dict[str, str] | None, extras: frozenset[str] = frozenset()) -> bool:
+    """Whether `req` holds for a target (`environment`: its markers; None: this interpreter), for a
+    distribution asked for with `extras`."""
+    if req.marker is None:
+        return True
+    base = dict(environment or {})
+    return any(req.marker.evaluate({**base, "extra": extra}) for extra in ("", *sorted(extras)))
+
+
+def wanted(req: Requirement) -> str:
+    """What pip is asked for when this environment lacks the distribution: the requirement itself (markers
+    dropped: they were evaluated for the target already)."""
+    return f"{req.name}{req.specifier}"
+
+
+def site_packages(target: Target, say: Callable[[str], None]) -> Path:
+    """A folder holding the runtime's distributions for `target` (no bytecode, no scripts, no numpy/numba
+    tests), cached per target and the versions installed here."""
+    here = [Wheel(d.metadata["Name"], d.version, (), tuple(d.requires or ())) for d in metadata.distributions()]
+    pins = sorted(w.pin for w in closure(target, here)[0])  # what the cached folder was pinned to
+    key = hashlib.sha256("\n".join([target.name, *target.platform_tags, *map(str, roots()), *pins]).encode())
+    folder = cache_dir().parent / "site-packages" / f"{target.name}-{key.hexdigest()[:16]}"
+    if folder.is_dir():
+        say(f"  {target.name}: {len(installed_wheels(folder))} wheels, cached in {folder}")
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    say(f"  installing {len(pins)} wheels with pip: {', '.join(pins)}")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".install-") as tmp:
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".install-") as tmp:
         staging = Path(tmp) / "site-packages"
-        _pip_install(["--target", str(staging), "--no-deps", "--only-binary=:all:", "--no-compile", "--quiet",
-                      *pins])
-        shutil.rmtree(staging / "bin", ignore_errors=True)  # console scripts naming this machine's python
+        staging.mkdir()
+        for _ in range(MAX_ROUNDS):
+            staged = {w.key: w for w in installed_wheels(staging)}
+            needed, missing = closure(target, [*staged.values(), *(w for w in here if w.key not in staged)])
+            asked = sorted({w.pin for w in needed if w.key not in staged} | {wanted(r) for r in missing},
+                           key=str.lower)  # this environment's version of what it has; the rest by name
+            if not asked:
+                break
+            say(f"  {target.name}: fetching {', '.join(asked)}")
+            _pip_install(target, ["--target", str(staging), "--no-deps", "--only-binary=:all:", "--no-compile",
+                                  "--quiet", "--upgrade", *target.pip_options(), *asked])
+        else:
+            raise LlamapyzError(f"{target.name}: the runtime's requirements did not close after {MAX_ROUNDS} rounds")
+        for scripts in ("bin", "Scripts"):  # console scripts naming the build machine's python
+            shutil.rmtree(staging / scripts, ignore_errors=True)
         for name in PRUNED_TESTS:
             for tests in sorted((staging / name).rglob("tests"), reverse=True):
                 if tests.is_dir():
                     shutil.rmtree(tests)
-        staging.rename(target)
-    say(f"  installed in {time.perf_counter() - started:.1f} s")
-    return target
+        staging.rename(folder)
+    say(f"  {target.name}: installed in {time.perf_counter() - started:.1f} s")
+    return folder
 
 
-def _pip_install(args: list[str]) -> None:
+def closure(target: Target, wheels: list[Wheel]) -> tuple[list[Wheel], list[Requirement]]:
+    """From the roots through every wheel's Requires-Dist, with the target's markers: the wheels of
+    `wheels` that are needed, and the requirements that none of them meets."""
+    env = target.marker_environment()
+    have = {w.key: w for w in wheels}
+    needed: dict[str, Wheel] = {}
+    missing, seen = [], set()
+    todo = [(r, frozenset()) for r in roots()]
+    while todo:
+        req, extras = todo.pop()
+        if not applies(req, env, extras) or (canonical(req.name), frozenset(req.extras)) in seen:
+            continue
+        seen.add((canonical(req.name), frozenset(req.extras)))
+        wheel = have.get(canonical(req.name))
+        if wheel is None:
+            missing.append(req)
+            continue
+        needed[wheel.key] = wheel
+        todo.extend((Requirement(r), frozenset(req.extras)) for r in wheel.requires)
+    return sorted(needed.values(), key=lambda w: w.key), missing
+
+
+def _pip_install(target: Target, args: list[str]) -> None:
     from shiv.pip import clean_pip_env
 
     with clean_pip_env():
         result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install", *args],
                                 capture_output=True, text=True)
     if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise LlamapyzError(f"pip could not install the runtime's wheels: {last[0]}",
+        output = result.stderr or result.stdout
+        if found := re.search(r"No matching distribution found for (\S+)", output):
+            raise LlamapyzError(f"{found[1]} has no wheel for {target.name} on the package index",
+                                hint="leave that target out, or build from an environment whose versions of it "
+                                     "support that Python and platform")
+        last = output.strip().splitlines()[-1:] or ["(no output)"]
+        raise LlamapyzError(f"pip could not fetch the runtime's wheels for {target.name}: {last[0]}",
                             hint="the package index must be reachable once; later builds use the cache")
 
 
@@ -117,38 +167,45 @@ def installed_wheels(root: Path) -> list[Wheel]:
     """Name, version and tags of every distribution in a site-packages folder."""
     wheels = []
     for info in sorted(root.glob("*.dist-info")):
-        fields = {}
+        fields, requires = {}, []
         for line in (info / "METADATA").read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 break
             key, _, value = line.partition(":")
             fields.setdefault(key, value.strip())
+            if key == "Requires-Dist":
+                requires.append(value.strip())
         tags = tuple(line.split(":", 1)[1].strip() for line in (info / "WHEEL").read_text().splitlines()
                      if line.startswith("Tag:"))
-        wheels.append(Wheel(fields["Name"], fields["Version"], tags))
+        wheels.append(Wheel(fields["Name"], fields["Version"], tags, tuple(requires)))
     return wheels
 
 
-def glibc_needed(wheels: list[Wheel]) -> str | None:
-    """The newest glibc any wheel needs: each wheel needs the oldest its manylinux tags name."""
+def floor(wheels: list[Wheel]) -> str | None:
+    """The oldest system all wheels load on, "glibc 2.28" or "macOS 11.0" (None: any): each wheel needs
+    the oldest its manylinux or macOS tags name, the archive the newest of those."""
     legacy = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
-    needed: tuple[int, int] | None = None
+    needed: dict[str, tuple[int, int]] = {}
     for wheel in wheels:
-        versions = []
+        versions: dict[str, list[tuple[int, int]]] = {}
         for tag in wheel.tags:
             platform_tag = tag.split("-")[-1]
-            if m := re.match(r"manylinux_(\d+)_(\d+)_", platform_tag):
-                versions.append((int(m[1]), int(m[2])))
+            if m := re.match(r"(manylinux|macosx)_(\d+)_(\d+)_", platform_tag):
+                versions.setdefault(m[1], []).append((int(m[2]), int(m[3])))
             elif (base := platform_tag.split("_")[0]) in legacy:
-                versions.append(legacy[base])
-        if versions:
-            needed = max(needed or (0, 0), min(versions))
-    return f"{needed[0]}.{needed[1]}" if needed else None
+                versions.setdefault("manylinux", []).append(legacy[base])
+        for kind, found in versions.items():
+            needed[kind] = max(needed.get(kind, (0, 0)), min(found))
+    for kind, title in (("manylinux", "glibc"), ("macosx", "macOS")):
+        if kind in needed:
+            return f"{title} {needed[kind][0]}.{needed[kind][1]}"
+    return None
 
 
-def should_skip(relative: Path) -> bool:
+def should_skip(relative: Path, with_kernels: bool = True) -> bool:
     """Files of a site-packages folder that never go into an archive: bytecode, and caches other than our
-    precompiled kernels (numba's .nbi/.nbc and the warm markers, see bundler/kernels.py)."""
+    precompiled kernels (numba's .nbi/.nbc and the warm markers, see bundler/kernels.py), which only the
+    target they were compiled for gets."""
     if relative.parts[:3] == ("runtime", "kernels", "__pycache__"):
-        return relative.suffix not in (".nbi", ".nbc") and not relative.name.startswith("warm-")
+        return not with_kernels or (relative.suffix not in (".nbi", ".nbc") and not relative.name.startswith("warm-"))
     return relative.suffix == ".pyc" or "__pycache__" in relative.parts

@@ -7,14 +7,18 @@ The archive (written by `bundler/build.py`):
     .args               baked-in default arguments, one per line; a `...` line marks where the user's go
     __main__.py         this file
     manifest.json       model file, size and sha256; versions; Python and platform tags; build time
+    _llamapyz_targets.py  runtime/targets.py: which target fits this interpreter, as pip decides
     environment.json    shiv's build settings (entry point, build id)
-    _bootstrap/         shiv's bootstrap: extracts site-packages/ into a per-user cache keyed by the build id,
-                        under a file lock, then calls the entry point (`runtime.cli:archive_main`)
-    site-packages/      runtime/, webui/ and every dependency
+    _bootstrap/         shiv's bootstrap: puts the extracted site-packages/ on sys.path and calls the entry
+                        point (`runtime.cli:archive_main`)
+    site-packages/      what every target has: runtime/, webui/, the pure-Python dependencies
+    blobs/SHA256        the other files, each distinct one once; targets/NAME.json says where they go
+                        (bundler/layout.py)
 
 Start-up (`main`) runs before anything is extracted, so this module uses the standard library only. It
-refuses a Python or platform the bundled wheels were not built for, answers `--version` and `--verify`
-on its own (no extraction, no numpy), merges the baked-in arguments with the user's, and hands over to
+chooses the target that fits this interpreter (or says which the archive carries), answers `--version` and
+`--verify` on its own (no extraction, no numpy), merges the baked-in arguments with the user's, extracts the
+common files and that target's own into the per-user cache (once, under a file lock), and hands over to
 shiv's bootstrap.
 """
 
@@ -23,15 +27,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
+import shutil
 import struct
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__:  # runtime.bundle, imported from a checkout or an extracted runtime
+    from . import targets
+else:  # the archive's __main__.py: nothing is extracted yet, its sibling at the archive's top level serves
+    import _llamapyz_targets as targets
+
 MANIFEST = "manifest.json"
+TARGETS_MODULE = "_llamapyz_targets.py"
+COMMON, BLOBS, INDEXES = "site-packages/", "blobs/", "targets/"
 ARGS = ".args"
 USER_ARGS = "..."  # the line in .args where the user's own arguments are inserted
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: signature ... name length, extra length
@@ -101,41 +113,39 @@ def merge_args(baked: list[str], user: list[str]) -> list[str]:
     return [*baked[:at], *user, *(a for a in baked[at + 1:] if a != USER_ARGS)]
 
 
-# --- does the archive fit this machine? -------------------------------------------------------------------
+# --- which of its targets fits this machine? ---------------------------------------------------------------
 
-SYSTEM_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}
-MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
-
-
-def this_platform() -> dict:
-    """The facts about this interpreter that decide whether the bundled wheels can run on it."""
-    libc, libc_version = platform.libc_ver()
-    machine = platform.machine().lower()
-    return {"implementation": sys.implementation.name, "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
-            "system": platform.system(), "machine": MACHINE_ALIASES.get(machine, machine),
-            "glibc": libc_version if libc == "glibc" else None}
+def describe_target(target: dict) -> str:
+    """"CPython 3.12 on Linux x86-64 (glibc 2.28 or newer)"."""
+    floor = f" ({target['floor']} or newer)" if target.get("floor") else ""
+    return f"CPython {target['python']} on {targets.platform_title(target['platform'])}{floor}"
 
 
-def describe(p: dict) -> str:
-    impl = {"cpython": "CPython", "pypy": "PyPy"}.get(p["implementation"], p["implementation"])
-    machine = p["machine"].replace("x86_64", "x86-64")
-    return f"{impl} {p['python']} on {SYSTEM_NAMES.get(p['system'], p['system'])} {machine}"
+def describe_targets(carried: dict) -> str:
+    """"CPython 3.11, 3.12 on Linux x86-64; CPython 3.12 on macOS arm64"."""
+    by_platform: dict[str, list[str]] = {}
+    for target in carried.values():
+        by_platform.setdefault(target["platform"], []).append(target["python"])
+    return "; ".join(f"CPython {', '.join(sorted(versions, key=_version))} on {targets.platform_title(name)}"
+                     for name, versions in by_platform.items())
 
 
-def check_platform(built: dict, running: dict | None = None) -> None:
-    """Raise `BundleError` when the wheels built for `built` cannot load on `running` (default: here)."""
-    running = running or this_platform()
-    if not all(built[k] == running[k] for k in ("implementation", "python", "system", "machine")):
-        raise BundleError(f"this archive was built for {describe(built)}; this is {describe(running)}",
-                          hint="its numpy and numba wheels only load there; rebuild it for this machine with: "
-                               "python build.py --model MODEL (a checkout of llamapyz and pip are needed once)")
-    needed = built.get("glibc")
-    if needed and running["system"] == "Linux":
-        have = running.get("glibc")
-        if have is None or _version(have) < _version(needed):
-            raise BundleError(f"this archive's wheels need glibc {needed} or newer; this machine has "
-                              f"{'glibc ' + have if have else 'no glibc'}",
-                              hint="rebuild it on this machine with: python build.py --model MODEL")
+def choose_target(manifest: dict, interpreter: targets.Interpreter | None = None) -> str:
+    """The name of the archive's target whose wheels this interpreter loads (pip's rule: the most specific
+    fit wins); `BundleError` naming what the archive carries when none does."""
+    here = interpreter or targets.Interpreter.current()
+    carried = manifest["targets"]
+    found = targets.choose({name: [w["tags"] for w in t["wheels"]] for name, t in carried.items()}, here)
+    if found:
+        return found
+    version = "{}.{}".format(*here.version)
+    near = [t for t in carried.values() if (t["python"], t["platform"]) == (version, here.platform_name)]
+    if near:  # the right Python and platform, but an older glibc or macOS than its wheels need
+        raise BundleError(f"this archive's wheels for {describe_target(near[0])} do not load on "
+                          f"{here.describe()}", hint="rebuild it on this machine with: python build.py --model MODEL")
+    raise BundleError(f"this archive carries {describe_targets(carried)}; this is {here.describe()}",
+                      hint="its numpy and numba wheels only load there; rebuild it with this one included: "
+                           f"python build.py --model MODEL --python {version} --platform {here.platform_name}")
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -147,11 +157,39 @@ def _version(text: str) -> tuple[int, ...]:
 def version_line(bundle: Bundle) -> str:
     m = bundle.manifest
     return (f"llamapyz {m['llamapyz_version']} — {m['name']} ({bundle.model_name}), "
-            f"built {m['built_at']} for {describe(m['platform'])}")
+            f"built {m['built_at']} for {describe_targets(m['targets'])}")
+
+
+def read_indexes(zf: zipfile.ZipFile, manifest: dict) -> dict[str, list[list]]:
+    """Each target's own files: [path under site-packages/, sha256, mode]."""
+    return {name: json.loads(zf.read(f"{INDEXES}{name}.json"))["files"] for name in manifest["targets"]}
+
+
+def part_sizes(bundle: Bundle) -> list[tuple[str, int]]:
+    """What the archive's bytes are, compressed as stored: the weights, what every target shares, what
+    several (not all) share, each target's own files, and the rest (start-up code, zip directory)."""
+    with zipfile.ZipFile(bundle.path) as zf:
+        stored = {i.filename: i.compress_size for i in zf.infolist()}
+        indexes = read_indexes(zf, bundle.manifest)
+    users = Counter(sha for files in indexes.values() for sha in {f[1] for f in files})
+    parts = [("weights", stored[bundle.model_name]),
+             ("runtime, every target", sum(n for name, n in stored.items() if name.startswith(COMMON)))]
+    if len(indexes) > 1:
+        parts.append(("shared by some targets", sum(stored[BLOBS + sha] for sha, n in users.items() if n > 1)))
+    for name, files in sorted(indexes.items()):
+        parts.append((name, sum(stored[BLOBS + sha] for sha in {f[1] for f in files} if users[sha] == 1)))
+    parts.append(("start-up, metadata, zip directory", bundle.path.stat().st_size - sum(n for _, n in parts)))
+    return parts
+
+
+def size_table(parts: list[tuple[str, int]]) -> str:
+    width = max(len(name) for name, _ in parts)
+    return "\n".join(f"  {name:<{width}}  {n / 2**20:8.1f} MiB" for name, n in parts)
 
 
 def verify(bundle: Bundle, say=print) -> bool:
-    """Re-hash the weights against the manifest and check every other entry's CRC; say what is wrong."""
+    """Re-hash the weights against the manifest, check every other entry's CRC and every blob's sha256
+    against its name, and that each target's files are all there; say what is wrong."""
     expected = bundle.manifest["model"]["sha256"]
     digest = hashlib.sha256()
     with open(bundle.path, "rb") as f:
@@ -171,61 +209,129 @@ def verify(bundle: Bundle, say=print) -> bool:
         say(f"ok     {bundle.model_name}: {bundle.model_size:,} bytes, sha256 {expected}")
     with zipfile.ZipFile(bundle.path) as zf:
         others = [i for i in zf.infolist() if i.filename != bundle.model_name]
-        bad = []
-        for info in others:
-            try:
-                with zf.open(info) as member:
-                    while member.read(HASH_CHUNK):
-                        pass
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:  # a CRC or inflate error
-                bad.append(f"{info.filename} ({exc})")
+        bad = [f"{i.filename} ({problem})" for i in others if (problem := _check_entry(zf, i))]
+        try:
+            indexes = read_indexes(zf, bundle.manifest)
+        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
+            bad.append(f"a target's file list ({exc})")
+            indexes = {}
+        names = set(zf.namelist())
     for entry in bad[:10]:
         say(f"FAILED {entry}")
     if len(bad) > 10:
         say(f"FAILED … and {len(bad) - 10} more entries")
     if not bad:
         say(f"ok     {len(others)} other entries (runtime, dependencies, web UI): CRCs match")
+    for name, files in sorted(indexes.items()):
+        absent = sorted({sha for _, sha, _ in files if BLOBS + sha not in names})
+        if absent:
+            say(f"FAILED {name}: {len(absent)} of its files are missing (blobs/{absent[0]} …)")
+        else:
+            say(f"ok     {name}: {describe_target(bundle.manifest['targets'][name])}, {len(files)} own files")
+        ok = ok and not absent
     ok = ok and not bad
     say("OK" if ok else "the archive is damaged: copy it again from its source, or rebuild it")
     return ok
 
 
+def _check_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    """None if the entry inflates with its CRC (and a blob hashes to its name), else what is wrong."""
+    digest = hashlib.sha256() if info.filename.startswith(BLOBS) else None
+    try:
+        with zf.open(info) as member:
+            while block := member.read(HASH_CHUNK):
+                if digest:
+                    digest.update(block)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # a CRC or inflate error
+        return str(exc)
+    if digest and digest.hexdigest() != info.filename[len(BLOBS):]:
+        return f"sha256 {digest.hexdigest()}"
+    return None
+
+
 # --- start-up --------------------------------------------------------------------------------------------
 
 def cache_root() -> Path:
-    """Where shiv extracts the Python side: $XDG_CACHE_HOME/llamapyz/pyz, else ~/.cache/llamapyz/pyz."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """Where the Python side is extracted, by each system's convention: %LOCALAPPDATA%\\llamapyz\\pyz on
+    Windows, ~/Library/Caches/llamapyz/pyz on macOS, else $XDG_CACHE_HOME/llamapyz/pyz or ~/.cache/llamapyz/pyz."""
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+    elif sys.platform == "darwin":
+        base = os.path.join(home, "Library", "Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     return Path(base) / "llamapyz" / "pyz"
+
+
+def unpack(bundle: Bundle, target: str, say=print) -> Path:
+    """Extract what every target shares plus `target`'s own files into ROOT/TARGET/ARCHIVE_BUILDID/
+    site-packages/ (ROOT: $SHIV_ROOT or `cache_root()`), once: under a file lock, through a temporary folder
+    renamed into place, so two first runs at once share one extraction. That is where shiv's bootstrap
+    looks (its SHIV_ROOT is pointed at ROOT/TARGET), so it extracts nothing itself."""
+    from _bootstrap.filelock import FileLock  # shiv's, at the archive's top level: fcntl or msvcrt
+
+    root = Path(os.environ.get("SHIV_ROOT") or cache_root()) / target
+    os.environ["SHIV_ROOT"] = str(root)
+    with zipfile.ZipFile(bundle.path) as zf:
+        build_id = json.loads(zf.read("environment.json"))["build_id"]
+        folder = root / f"{bundle.path.name}_{build_id}"
+        if (folder / "site-packages").exists():
+            return folder
+        say(f"llamapyz: first run of this archive: unpacking its Python runtime for {target} into {folder} (once)")
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(root / f".{folder.name}_lock"):
+            if (folder / "site-packages").exists():  # the other first run did it meanwhile
+                return folder
+            staging = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed
+            for info in zf.infolist():
+                if info.filename.startswith(COMMON) and not info.is_dir():
+                    _extract(zf, info, staging / info.filename, info.external_attr >> 16)
+            for path, sha, mode in json.loads(zf.read(f"{INDEXES}{target}.json"))["files"]:
+                _extract(zf, zf.getinfo(BLOBS + sha), staging / COMMON / path, mode)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+    return folder
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(info) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst, HASH_CHUNK)
+    if mode & 0o777:
+        os.chmod(path, mode & 0o777)
+
+
+def fail(exc: BundleError) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    sys.exit(1)
 
 
 def main() -> None:
     archive = sys.argv[0]
     try:
         bundle = open_bundle(archive)
-        check_platform(bundle.manifest["platform"])
+        target = choose_target(bundle.manifest)
     except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        sys.exit(1)
+        fail(exc)
     user = sys.argv[1:]
     if "--version" in user:
         print(version_line(bundle))
+        print(size_table(part_sizes(bundle)))
         sys.exit(0)
     if "--verify" in user:
         sys.exit(0 if verify(bundle) else 1)
     sys.argv = [archive, *merge_args(bundle.args, user)]
-
-    os.environ.setdefault("SHIV_ROOT", str(cache_root()))
+    try:
+        unpack(bundle, target, say=lambda line: print(line, file=sys.stderr))
+    except OSError as exc:
+        fail(BundleError(f"cannot unpack the runtime: {exc}", hint="check the free space and permissions of the "
+                         "cache folder, or point SHIV_ROOT at another folder"))
     import _bootstrap  # shiv's, at the archive's top level
-    from _bootstrap.environment import Environment
 
-    with zipfile.ZipFile(bundle.path) as zf:
-        env = Environment.from_json(zf.read("environment.json").decode())
-        target = _bootstrap.cache_path(zf, env.root, env.build_id)  # where shiv will look
-    if not (target / "site-packages").exists():
-        print(f"llamapyz: first run of this archive: unpacking its Python runtime into {target} (once)",
-              file=sys.stderr)
     _bootstrap.bootstrap()
 
 

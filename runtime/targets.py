@@ -51,6 +51,27 @@ class Interpreter:
             machine = "arm64" if machine == "arm64" else "x86_64"
         return cls(sys.version_info[:2], system, machine, libc, macos)  # type: ignore[arg-type]
 
+    @property
+    def platform_name(self) -> str:
+        """As `build.py --platform` names it: linux-x86_64, linux-aarch64, macos-arm64, windows-amd64, ..."""
+        if self.system == "windows":
+            return "windows-arm64" if self.machine in ("arm64", "aarch64") else "windows-amd64"
+        system = "macos" if self.system == "darwin" else self.system
+        return f"{system}-{self.machine.replace('amd64', 'x86_64')}"
+
+    def describe(self) -> str:
+        """"CPython 3.12 on Linux x86-64 (glibc 2.36)"."""
+        floor = f" ({self.libc[0]} {self.libc[1][0]}.{self.libc[1][1]})" if self.libc else ""
+        floor = f" (macOS {self.macos[0]}.{self.macos[1]})" if self.macos else floor
+        return "CPython {}.{} on {}{}".format(*self.version, platform_title(self.platform_name), floor)
+
+
+def platform_title(name: str) -> str:
+    """linux-x86_64 -> "Linux x86-64", macos-arm64 -> "macOS arm64", windows-amd64 -> "Windows x86-64"."""
+    system, _, machine = name.partition("-")
+    titles = {"linux": "Linux", "macos": "macOS", "windows": "Windows"}
+    return f"{titles.get(system, system)} {machine.replace('amd64', 'x86-64').replace('x86_64', 'x86-64')}"
+
 
 def _linux_libc() -> tuple[str, tuple[int, int]] | None:
     try:
@@ -137,15 +158,16 @@ def expand(tag: str) -> set[str]:
     return {f"{i}-{a}-{p}" for i in interpreters.split(".") for a in abis.split(".") for p in platforms.split(".")}
 
 
-def choose(targets: Mapping[str, Sequence[str]], interpreter: Interpreter) -> str | None:
+def choose(targets: Mapping[str, Sequence[str | Sequence[str]]], interpreter: Interpreter) -> str | None:
     """The target whose wheels all fit and whose least specific wheel fits best; None if none fits.
-    `targets`: name -> each compiled wheel's tag (as in its file name)."""
+    `targets`: name -> each wheel's tag as in its file name, or its list of tags (as its WHEEL file has them)."""
     rank = {tag: i for i, tag in enumerate(supported_tags(interpreter))}
     best: tuple[int, str] | None = None
     for name, wheels in sorted(targets.items()):
         worst = 0
         for wheel in wheels:
-            matches = [rank[t] for t in expand(wheel) if t in rank]
+            tags = expand(wheel) if isinstance(wheel, str) else set().union(*map(expand, wheel))
+            matches = [rank[t] for t in tags if t in rank]
             if not matches:
                 break
             worst = max(worst, min(matches))
