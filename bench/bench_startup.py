@@ -1,10 +1,12 @@
 """Start-up of a `.pyz` the way a colleague meets it: a Python without site-packages, an empty environment
 (`env -i`), first with an empty user cache (extraction, bytecode, kernel compilation), then again.
 
-    python bench/bench_startup.py smollm2.pyz [-t 2] [--runs 3]
+    python bench/bench_startup.py smollm2.pyz [-t 2] [--runs 3] [--python PYTHON]
 
 Prints the archive's size against its model's, time to `--version`, time from start to `/health` for the
-first run and later runs, and the server's resident memory once ready and after one chat reply.
+first run and later runs, and the server's resident memory once ready and after one chat reply. With
+`--python`, the archive runs under that interpreter (e.g. Debian's 3.13 from tests/portable_python.py, for a
+multi-target archive) instead of a bare venv of this one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("archive", type=Path)
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3, help="later runs to time (after the first)")
+    parser.add_argument("--python", default=None, help="the interpreter to run the archive with")
     args = parser.parse_args()
     archive = args.archive.resolve()
     bundle = open_bundle(archive)
@@ -39,7 +42,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        launcher = in_env(bare_python(root), str(archive))
+        launcher = in_env(bare_python(root), *([args.python] if args.python else []), str(archive))
 
         started = time.perf_counter()
         subprocess.run([*launcher, "--version"], check=True, capture_output=True)

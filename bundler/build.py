@@ -88,11 +88,13 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
         say("  no target runs here: every target compiles its kernels on its first run")
     trees = python_sides(targets, sites, staging, runs_here)
     tree = layout.split(trees)
-    say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
-        f"{sum(map(len, tree.indexes.values()))} target files")
     if len(targets) > 1:
+        say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
+            f"{sum(map(len, tree.indexes.values()))} files of single targets")
         say(f"  dedupe: {tree.without_dedupe / 2**20:.1f} MiB of files for {len(targets)} targets stored as "
             f"{tree.stored / 2**20:.1f} MiB (before compression)")
+    else:
+        say(f"  {len(tree.common)} files, {tree.stored / 2**20:.1f} MiB before compression")
     build_id = tree.build_id()[:16]  # short: Windows paths under the cache must stay within 260 characters
 
     epoch = source_date_epoch()
@@ -237,7 +239,8 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
               help=f"Platforms it runs on: {', '.join(platforms.PLATFORMS)} (default: this machine's). Their wheels "
                    "come from the package index; the archive picks its own at start.")
 @click.option("--portable", is_flag=True,
-              help=f"Every platform above for CPython {', '.join(platforms.PORTABLE_PYTHONS)}.")
+              help=f"CPython {', '.join(platforms.PORTABLE_PYTHONS)} on {', '.join(platforms.PORTABLE_PLATFORMS)}: "
+                   "what the runtime's pinned wheels exist for.")
 @click.option("--args", "args", default="", metavar="'ARGS'",
               help="Default arguments baked in, e.g. '-c 4096 --temp 0.7'; the user's command line overrides "
                    "them. A '...' marks where the user's arguments go (default: at the end).")

@@ -4,7 +4,7 @@ Each `.py` under site-packages/ gets the `.pyc` Python would write beside it (`_
 in the hash-checked form (PEP 552): valid whatever the extracted files' times, checked against the source's
 hash on import, and the same bytes for the same source (no timestamp inside; the file name recorded in the
 code object is relative, and Python replaces it with the real path on import). Only the running Python's
-version can be compiled; the archive is tied to it anyway (`runtime/bundle.py` checks).
+version can be compiled: an archive's targets for other versions get none and write their own on first import.
 """
 
 from __future__ import annotations

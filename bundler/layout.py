@@ -7,7 +7,8 @@ building machine runs. `split` stores them once each:
     site-packages/PATH       a file every target has, with the same bytes and mode (pure packages, our code)
     blobs/SHA256             any other file's bytes, once however many targets have them (content-addressed:
                              llguidance's abi3 library serves every Python version of one platform)
-    targets/NAME.json        {"files": [[PATH, SHA256, MODE], ...]}: where a target's own files go
+    targets/NAME.json        {"files": [[PATH, ENTRY, MODE], ...]}: a target's own files, each copied from
+                             ENTRY (its blob, or a common file with the same bytes)
 
 A single-target archive has everything under site-packages/ (shiv's own layout) and an empty list.
 """
@@ -44,7 +45,7 @@ class File:
 class Layout:
     common: list[File]
     blobs: dict[str, File]  # sha256 -> a file with those bytes
-    indexes: dict[str, list[tuple[str, str, int]]]  # target -> (path, sha256, mode) of its own files
+    indexes: dict[str, list[tuple[str, str, int]]]  # target -> (path, archive entry, mode) of its own files
     sizes: dict[str, int] = field(default_factory=dict)  # target -> bytes of all its files, shared or not
 
     def index_json(self, target: str) -> bytes:
@@ -121,12 +122,14 @@ def split(targets: dict[str, dict[str, File]]) -> Layout:
     same = {path for path, f in first.items()
             if all(path in other and (other[path].sha256, other[path].mode) == (f.sha256, f.mode) for other in others)}
     common = sorted((first[path] for path in same), key=lambda f: f.path)
+    in_common = {f.sha256: COMMON + f.path for f in common}
     blobs: dict[str, File] = {}
     indexes: dict[str, list[tuple[str, str, int]]] = {}
     for name, tree in sorted(targets.items()):
         own = [tree[path] for path in sorted(tree) if path not in same]
         for f in own:
-            blobs.setdefault(f.sha256, f)
-        indexes[name] = [(f.path, f.sha256, f.mode) for f in own]
+            if f.sha256 not in in_common:
+                blobs.setdefault(f.sha256, f)
+        indexes[name] = [(f.path, in_common.get(f.sha256, BLOBS + f.sha256), f.mode) for f in own]
     sizes = {name: sum(f.size for f in tree.values()) for name, tree in targets.items()}
     return Layout(common, dict(sorted(blobs.items())), indexes, sizes)

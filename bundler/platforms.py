@@ -1,7 +1,7 @@
 """The targets an archive can carry: one CPython version on one platform, named as `build.py` takes them.
 
     python build.py --python 3.11,3.12 --platform linux-x86_64,macos-arm64,windows-amd64
-    python build.py --portable        # PORTABLE_PYTHONS x PLATFORMS
+    python build.py --portable        # PORTABLE_PYTHONS x PORTABLE_PLATFORMS
 
 Each platform is described by the newest system its wheels may ask for (the ceiling): a wheel fits a target
 when one of its tags is among those a CPython of that version accepts there (`runtime.targets.
@@ -33,7 +33,10 @@ PLATFORMS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "macos-x86_64": ("darwin", "x86_64", (14, 0)),
     "windows-amd64": ("windows", "amd64", None),
 }
-PORTABLE_PYTHONS = ("3.11", "3.12", "3.13")  # what the runtime's pinned numba supports (see README)
+# What the runtime's pins have wheels for (late 2026): numpy 2.4 and starlette 1.8+ need Python 3.11+, and
+# llvmlite 0.50 / numba 0.68 ship no macOS x86-64 wheels (0.45 / 0.62 were the last).
+PORTABLE_PYTHONS = ("3.11", "3.12", "3.13")
+PORTABLE_PLATFORMS = ("linux-x86_64", "linux-aarch64", "macos-arm64", "windows-amd64")
 
 _SYSTEMS = {"linux": ("Linux", "linux", "posix"), "darwin": ("Darwin", "darwin", "posix"),
             "windows": ("Windows", "win32", "nt")}  # platform_system, sys_platform, os_name
@@ -97,7 +100,7 @@ def parse(pythons: str | None, platforms: str | None, portable: bool = False) ->
     if portable:
         if pythons or platforms:
             raise LlamapyzError("--portable is a set of --python and --platform values; give either, not both")
-        pythons, platforms = ",".join(PORTABLE_PYTHONS), ",".join(PLATFORMS)
+        pythons, platforms = ",".join(PORTABLE_PYTHONS), ",".join(PORTABLE_PLATFORMS)
     if not pythons and not platforms:
         return [native()]
     versions = _split(pythons) or ["{}.{}".format(*sys.version_info[:2])]

@@ -161,7 +161,7 @@ def version_line(bundle: Bundle) -> str:
 
 
 def read_indexes(zf: zipfile.ZipFile, manifest: dict) -> dict[str, list[list]]:
-    """Each target's own files: [path under site-packages/, sha256, mode]."""
+    """Each target's own files: [path under site-packages/, the archive entry holding its bytes, mode]."""
     return {name: json.loads(zf.read(f"{INDEXES}{name}.json"))["files"] for name in manifest["targets"]}
 
 
@@ -171,13 +171,13 @@ def part_sizes(bundle: Bundle) -> list[tuple[str, int]]:
     with zipfile.ZipFile(bundle.path) as zf:
         stored = {i.filename: i.compress_size for i in zf.infolist()}
         indexes = read_indexes(zf, bundle.manifest)
-    users = Counter(sha for files in indexes.values() for sha in {f[1] for f in files})
+    users = Counter(entry for files in indexes.values() for entry in {f[1] for f in files if f[1].startswith(BLOBS)})
     parts = [("weights", stored[bundle.model_name]),
              ("runtime, every target", sum(n for name, n in stored.items() if name.startswith(COMMON)))]
     if len(indexes) > 1:
-        parts.append(("shared by some targets", sum(stored[BLOBS + sha] for sha, n in users.items() if n > 1)))
+        parts.append(("shared by some targets", sum(stored[entry] for entry, n in users.items() if n > 1)))
     for name, files in sorted(indexes.items()):
-        parts.append((name, sum(stored[BLOBS + sha] for sha in {f[1] for f in files} if users[sha] == 1)))
+        parts.append((name, sum(stored[entry] for entry in {f[1] for f in files} if users[entry] == 1)))
     parts.append(("start-up, metadata, zip directory", bundle.path.stat().st_size - sum(n for _, n in parts)))
     return parts
 
@@ -223,9 +223,9 @@ def verify(bundle: Bundle, say=print) -> bool:
     if not bad:
         say(f"ok     {len(others)} other entries (runtime, dependencies, web UI): CRCs match")
     for name, files in sorted(indexes.items()):
-        absent = sorted({sha for _, sha, _ in files if BLOBS + sha not in names})
+        absent = sorted({entry for _, entry, _ in files if entry not in names})
         if absent:
-            say(f"FAILED {name}: {len(absent)} of its files are missing (blobs/{absent[0]} …)")
+            say(f"FAILED {name}: {len(absent)} of its files are missing ({absent[0]} …)")
         else:
             say(f"ok     {name}: {describe_target(bundle.manifest['targets'][name])}, {len(files)} own files")
         ok = ok and not absent
@@ -288,8 +288,8 @@ def unpack(bundle: Bundle, target: str, say=print) -> Path:
             for info in zf.infolist():
                 if info.filename.startswith(COMMON) and not info.is_dir():
                     _extract(zf, info, staging / info.filename, info.external_attr >> 16)
-            for path, sha, mode in json.loads(zf.read(f"{INDEXES}{target}.json"))["files"]:
-                _extract(zf, zf.getinfo(BLOBS + sha), staging / COMMON / path, mode)
+            for path, entry, mode in json.loads(zf.read(f"{INDEXES}{target}.json"))["files"]:
+                _extract(zf, zf.getinfo(entry), staging / COMMON / path, mode)
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(staging, folder)
     return folder

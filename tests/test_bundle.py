@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -14,15 +15,27 @@ import numpy as np
 import pytest
 
 from bundler.archive import ArchiveWriter
-from runtime.bundle import BundleError, check_platform, describe, merge_args, open_bundle, this_platform, verify
+from runtime.bundle import BundleError, choose_target, merge_args, open_bundle, verify
 from runtime.gguf import load_gguf
+from runtime.targets import Interpreter, expand, platform_title, supported_tags
 from tests.synth import write_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_archive(tmp_path: Path, platform: dict | None = None, args: tuple[str, ...] = ("-c", "64", "...")) -> Path:
+def here_target(python: str | None = None) -> dict:
+    """A manifest target whose one compiled wheel fits this interpreter (or, with `python`, that version)."""
+    here = Interpreter.current()
+    version = python or "{}.{}".format(*here.version)
+    cp = "cp" + version.replace(".", "")
+    platform_tag = supported_tags(here)[0].split("-")[-1]
+    return {"python": version, "platform": here.platform_name, "floor": None, "kernels": [],
+            "wheels": [{"name": "numpy", "version": "2", "tags": [f"{cp}-{cp}-{platform_tag}"]}]}
+
+
+def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, ...] = ("-c", "64", "...")) -> Path:
     """A `.pyz` with the layout the bundler writes, less site-packages: enough for the start-up stage."""
+    targets = targets or {"here": here_target()}
     model = tmp_path / "tiny.gguf"
     write_model(model)
     data = model.read_bytes()
@@ -31,13 +44,18 @@ def make_archive(tmp_path: Path, platform: dict | None = None, args: tuple[str, 
         offset = w.add_aligned(model.name, model)
         w.add_bytes(".args", "".join(f"{a}\n" for a in args).encode())
         w.add_file("__main__.py", REPO / "runtime" / "bundle.py")
-        w.add_bytes("environment.json", json.dumps({"build_id": "0" * 64}).encode())
+        w.add_file("_llamapyz_targets.py", REPO / "runtime" / "targets.py")
+        w.add_bytes("blobs/" + hashlib.sha256(b"y = 2\n").hexdigest(), b"y = 2\n")
+        w.add_bytes("environment.json", json.dumps({"build_id": "0" * 16}).encode())
         w.add_bytes("manifest.json", json.dumps({
             "name": "tiny", "llamapyz_version": "0.0.test", "built_at": "2024-01-01T00:00:00Z",
             "model": {"file": model.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                       "offset": offset},
-            "platform": platform or this_platform()}).encode())
+            "targets": targets}).encode())
         w.add_bytes("site-packages/runtime/x.py", b"x = 1\n" * 100)
+        for name in targets:
+            y = ["runtime/y.py", "blobs/" + hashlib.sha256(b"y = 2\n").hexdigest(), 0o644]
+            w.add_bytes(f"targets/{name}.json", json.dumps({"files": [y]}).encode())
     return archive
 
 
@@ -104,22 +122,36 @@ def test_user_arguments_go_where_the_dots_are(baked, user, merged):
     assert merge_args(baked, user) == merged
 
 
-LINUX_311 = {"implementation": "cpython", "python": "3.11", "system": "Linux", "machine": "x86_64", "glibc": "2.28"}
+WHEELS = {  # the compiled wheels of llamapyz's runtime as PyPI has them (numpy, llvmlite, llguidance)
+    "cp311-linux-x86_64": ("3.11", "linux-x86_64", ["cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64",
+                                                    "cp39-abi3-manylinux_2_31_x86_64"]),
+    "cp312-linux-x86_64": ("3.12", "linux-x86_64", ["cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64",
+                                                    "cp39-abi3-manylinux_2_31_x86_64"]),
+    "cp312-macos-arm64": ("3.12", "macos-arm64", ["cp312-cp312-macosx_12_0_arm64", "cp39-abi3-macosx_11_0_arm64"]),
+    "cp312-windows-amd64": ("3.12", "windows-amd64", ["cp312-cp312-win_amd64", "cp39-abi3-win_amd64"]),
+}
+MANIFEST = {"targets": {name: {"python": python, "platform": platform, "floor": None,
+                               "wheels": [{"tags": sorted(expand(tag))} for tag in tags]}
+                        for name, (python, platform, tags) in WHEELS.items()}}
 
 
-def test_platform_check():
-    check_platform(LINUX_311, {**LINUX_311, "glibc": "2.36"})
-    check_platform({**LINUX_311, "glibc": None}, {**LINUX_311, "glibc": None})
-    mac = {"implementation": "cpython", "python": "3.12", "system": "Darwin", "machine": "aarch64", "glibc": None}
+def test_each_interpreter_gets_its_target_or_a_list_of_what_the_archive_carries():
+    assert choose_target(MANIFEST, Interpreter((3, 12), "linux", "x86_64", ("glibc", (2, 39)))) == "cp312-linux-x86_64"
+    assert choose_target(MANIFEST, Interpreter((3, 11), "linux", "x86_64", ("glibc", (2, 31)))) == "cp311-linux-x86_64"
+    assert choose_target(MANIFEST, Interpreter((3, 12), "darwin", "arm64", macos=(14, 0))) == "cp312-macos-arm64"
+    assert choose_target(MANIFEST, Interpreter((3, 12), "windows", "amd64")) == "cp312-windows-amd64"
     with pytest.raises(BundleError) as err:
-        check_platform(LINUX_311, mac)
-    assert str(err.value) == ("this archive was built for CPython 3.11 on Linux x86-64; "
-                              "this is CPython 3.12 on macOS aarch64")
-    assert "python build.py" in err.value.hint
-    with pytest.raises(BundleError, match="need glibc 2.28 or newer; this machine has glibc 2.17"):
-        check_platform(LINUX_311, {**LINUX_311, "glibc": "2.17"})
-    with pytest.raises(BundleError, match="this machine has no glibc"):
-        check_platform(LINUX_311, {**LINUX_311, "glibc": None})  # musl
+        choose_target(MANIFEST, Interpreter((3, 13), "windows", "amd64"))
+    assert str(err.value) == ("this archive carries CPython 3.11, 3.12 on Linux x86-64; CPython 3.12 on macOS arm64; "
+                              "CPython 3.12 on Windows x86-64; this is CPython 3.13 on Windows x86-64")
+    assert "python build.py --model MODEL --python 3.13 --platform windows-amd64" in err.value.hint
+    with pytest.raises(BundleError, match="do not load on CPython 3.12 on Linux x86-64 \\(glibc 2.28\\)"):
+        choose_target(MANIFEST, Interpreter((3, 12), "linux", "x86_64", ("glibc", (2, 28))))  # llguidance: 2.31
+    with pytest.raises(BundleError, match="do not load on CPython 3.12 on macOS arm64 \\(macOS 11.0\\)"):
+        choose_target(MANIFEST, Interpreter((3, 12), "darwin", "arm64", macos=(11, 0)))  # llvmlite: 12
+    with pytest.raises(BundleError, match="wheels for CPython 3.11 on Linux x86-64 do not load on CPython 3.11 on "
+                                          "Linux x86-64 \\(musl 1.2\\)"):  # manylinux wheels need glibc
+        choose_target(MANIFEST, Interpreter((3, 11), "linux", "x86_64", ("musl", (1, 2))))
 
 
 def run_archive(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -136,10 +168,27 @@ def test_the_archive_answers_version_and_verify_before_unpacking_anything(tmp_pa
 
 
 def test_an_archive_for_another_python_says_so_instead_of_failing_on_numpy(tmp_path):
-    here = this_platform()
-    archive = make_archive(tmp_path, platform={**here, "python": "3.99"})
+    here = Interpreter.current()
+    archive = make_archive(tmp_path, targets={"cp399-x": here_target("3.99")})
     result = run_archive(archive, "--port", "8080")
     assert result.returncode == 1
-    assert result.stderr.splitlines()[0] == (f"error: this archive was built for {describe({**here, 'python': '3.99'})}"
-                                             f"; this is {describe(here)}")
+    assert result.stderr.splitlines()[0] == (f"error: this archive carries CPython 3.99 on "
+                                             f"{platform_title(here.platform_name)}; this is {here.describe()}")
     assert result.stderr.splitlines()[1].startswith("hint: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("system, env, expected", [
+    ("linux", {"XDG_CACHE_HOME": "/x/cache"}, "/x/cache/llamapyz/pyz"),
+    ("linux", {}, "~/.cache/llamapyz/pyz"),
+    ("darwin", {"XDG_CACHE_HOME": "/x/cache"}, "~/Library/Caches/llamapyz/pyz"),  # macOS's own convention
+    ("win32", {"LOCALAPPDATA": "/c/Users/me/AppData/Local"}, "/c/Users/me/AppData/Local/llamapyz/pyz"),
+])
+def test_the_cache_folder_follows_each_systems_convention(monkeypatch, system, env, expected):
+    from runtime import bundle
+
+    for name in ("XDG_CACHE_HOME", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "platform", system)
+    assert bundle.cache_root() == Path(os.path.expanduser(expected))
