@@ -174,10 +174,10 @@ def part_sizes(bundle: Bundle) -> list[tuple[str, int]]:
     users = Counter(entry for files in indexes.values() for entry in {f[1] for f in files if f[1].startswith(BLOBS)})
     parts = [("weights", stored[bundle.model_name]),
              ("runtime, every target", sum(n for name, n in stored.items() if name.startswith(COMMON)))]
-    if len(indexes) > 1:
+    if len(indexes) > 1:  # (one target has everything under site-packages/)
         parts.append(("shared by some targets", sum(stored[entry] for entry, n in users.items() if n > 1)))
-    for name, files in sorted(indexes.items()):
-        parts.append((name, sum(stored[entry] for entry in {f[1] for f in files} if users[entry] == 1)))
+        for name, files in sorted(indexes.items()):
+            parts.append((name, sum(stored[entry] for entry in {f[1] for f in files} if users[entry] == 1)))
     parts.append(("start-up, metadata, zip directory", bundle.path.stat().st_size - sum(n for _, n in parts)))
     return parts
 

@@ -177,8 +177,8 @@ def test_this_machines_target_holds_what_pips_resolver_picks(archive, tmp_path):
 
 def runs(archive: Path, python: str | None, root: Path) -> tuple[str, set[str]]:
     """Serve the archive under `python` (None: a bare venv of this one) in an empty environment, one chat
-    completion; then what was extracted: (target folder name, files under its site-packages/ that the
-    archive put there)."""
+    completion, the weights mapped from the archive; then what was extracted: (target folder name, files
+    under its site-packages/ that the archive put there)."""
     from openai import OpenAI
 
     root.mkdir()
@@ -188,6 +188,9 @@ def runs(archive: Path, python: str | None, root: Path) -> tuple[str, set[str]]:
         reply = client.chat.completions.create(model="tiny-llama", max_tokens=6, temperature=0,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.usage.completion_tokens > 0 and reply.model == "tiny-llama"
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text().splitlines()  # env and the launcher exec
+        offset = open_bundle(archive).model_offset
+        assert any(line.endswith(str(archive)) and int(line.split()[2], 16) == offset for line in maps)
     assert "first run of this archive: unpacking its Python runtime for" in server.output
     (target,) = (Path(env["HOME"]) / ".cache" / "llamapyz" / "pyz").iterdir()
     (folder,) = (p for p in target.iterdir() if not p.name.startswith("."))
