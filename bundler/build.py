@@ -2,9 +2,11 @@
 
     python build.py --model smollm2 -o smollm2.pyz --args "-c 4096 --temp 0.7"
 
-Stages: resolve and validate the model; hash it; gather the Python side (our `runtime/` and `webui/`, and
-every dependency as shiv installs it); write the archive with the weights first, stored and aligned, then
-everything else in sorted order. With `SOURCE_DATE_EPOCH` set the same inputs give the same bytes.
+Stages: resolve and validate the model; hash it; gather the Python side of each target (`--python`,
+`--platform`: bundler/platforms.py; our `runtime/` and `webui/`, and every dependency for that target,
+bundler/deps.py) and lay it out with each distinct file once (bundler/layout.py); write the archive with the
+weights first, stored and aligned, then everything else in sorted order. With `SOURCE_DATE_EPOCH` set the
+same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -76,25 +78,7 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
 
     say(f"[2/4] Python side for {len(targets)} target{'s' * (len(targets) > 1)}: "
         f"{', '.join(t.name for t in targets)}")
-    sites = {t.name: deps.site_packages(t, say) for t in targets}
-    wheels = {t.name: deps.installed_wheels(sites[t.name]) for t in targets}
-    kernels.stage_runtime(REPO, staging)
-    runs_here = choose({n: [w.tags for w in ws] for n, ws in wheels.items()}, Interpreter.current())
-    tiers = kernels.choose_targets(cpu_tiers) if runs_here else []
-    if runs_here and tiers:
-        say(f"  precompiling the kernels for {runs_here}: {', '.join(t.name for t in tiers)}")
-        kernels.precompile(staging, sites[runs_here], model_path, tiers, say)
-    elif not runs_here:
-        say("  no target runs here: every target compiles its kernels on its first run")
-    trees = python_sides(targets, sites, staging, runs_here)
-    tree = layout.split(trees)
-    if len(targets) > 1:
-        say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
-            f"{sum(map(len, tree.indexes.values()))} files of single targets")
-        say(f"  dedupe: {tree.without_dedupe / 2**20:.1f} MiB of files for {len(targets)} targets stored as "
-            f"{tree.stored / 2**20:.1f} MiB (before compression)")
-    else:
-        say(f"  {len(tree.common)} files, {tree.stored / 2**20:.1f} MiB before compression")
+    tree, wheels, runs_here, tiers = python_side(targets, model_path, cpu_tiers, staging, say)
     build_id = tree.build_id()[:16]  # short: Windows paths under the cache must stay within 260 characters
 
     epoch = source_date_epoch()
@@ -138,7 +122,32 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
     return result
 
 
-def python_sides(targets: list[Target], sites: dict[str, Path], staging: Path,
+def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging: Path,
+                say) -> tuple[layout.Layout, dict[str, list[deps.Wheel]], str | None, list]:
+    """Stage 2: each target's wheels, our runtime staged with its kernels precompiled for the target this
+    interpreter runs (if any: `runs_here`, on CPU `tiers`), and the layout storing every file once."""
+    sites = {t.name: deps.site_packages(t, say) for t in targets}
+    wheels = {t.name: deps.installed_wheels(sites[t.name]) for t in targets}
+    kernels.stage_runtime(REPO, staging)
+    runs_here = choose({n: [w.tags for w in ws] for n, ws in wheels.items()}, Interpreter.current())
+    tiers = kernels.choose_targets(cpu_tiers) if runs_here else []
+    if runs_here and tiers:
+        say(f"  precompiling the kernels for {runs_here}: {', '.join(t.name for t in tiers)}")
+        kernels.precompile(staging, sites[runs_here], model_path, tiers, say)
+    elif not runs_here:
+        say("  no target runs here: every target compiles its kernels on its first run")
+    tree = layout.split(target_trees(targets, sites, staging, runs_here))
+    if len(targets) > 1:
+        say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
+            f"{sum(map(len, tree.indexes.values()))} files of single targets")
+        say(f"  dedupe: {tree.without_dedupe / 2**20:.1f} MiB of files for {len(targets)} targets stored as "
+            f"{tree.stored / 2**20:.1f} MiB (before compression)")
+    else:
+        say(f"  {len(tree.common)} files, {tree.stored / 2**20:.1f} MiB before compression")
+    return tree, wheels, runs_here, tiers
+
+
+def target_trees(targets: list[Target], sites: dict[str, Path], staging: Path,
                  runs_here: str | None) -> dict[str, dict[str, layout.File]]:
     """Each target's site-packages/: its wheels, our staged runtime and web UI; bytecode when it runs this
     Python's version; the precompiled kernels (numba's machine code for this OS) only for `runs_here`."""
