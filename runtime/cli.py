@@ -441,12 +441,14 @@ def read_api_key(path: str, given: str | None) -> str:
 
 
 def gpu_unavailable_reason() -> str:
-    """Why -ngl has no effect: this build has no GPU kernels, and most machines here have no GPU either."""
-    import os
+    """Why -ngl has no effect yet: no usable GPU (`runtime.gpu.probe` says why), or, with one, the layers
+    are not offloaded yet (issue 16: the kernels exist, the forward pass does not use them)."""
+    from .gpu import Device, probe
 
-    if any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")):
-        return "GPU offload is not implemented in this build"
-    return "no GPU available"
+    found = probe()
+    if isinstance(found, Device):
+        return f"GPU offload is not implemented in this build yet (found {found.name})"
+    return found
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+
+# CI has no GPU: numba-cuda's kernels (runtime/gpu) run under numba's CUDA simulator in the tests. numba reads
+# the variable once, on its first import, so it is set before anything imports it.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 

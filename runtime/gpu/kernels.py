@@ -1,0 +1,133 @@
+"""CUDA kernels (numba-cuda) for the offloaded layers: the same arithmetic as the CPU path, one thread block
+per output row. Each has a numpy twin in tests/test_gpu_kernels.py, run under numba's CUDA simulator in CI.
+
+Weights stay in their GGUF encoding on the device (rows of raw block bytes, as `runtime/quants.py` lays
+them out); activations are float32. A block's float16 scale is decoded with integer operations
+(`half_at`), which every CUDA architecture and the simulator compute alike.
+
+- `matmul_q8_0`, `matmul_q4_1`: out (n, rows) = x (n, cols) @ W.T, grid (rows, n), 32 threads per block, each
+  summing every 32nd quant block of its row, then a shared-memory reduction tree.
+- `rms_norm`: out[i] = x[i] / rms(x[i]) * weight, grid n, 32 threads.
+- `rope`: rotate each head of q or k (n, n_heads * head_dim) in place by its token's position, llama's
+  (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, from `model.ops.Rope`'s cos/sin tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, int32
+
+WARP = 32  # threads per block of the row kernels
+Q8_0_BYTES, Q4_1_BYTES = 34, 20  # bytes per 32-element block: d, qs[32] / d, m, qs[16]
+
+
+@cuda.jit(device=True)
+def half_at(row, offset):
+    """The little-endian float16 at row[offset:offset + 2] as a float32."""
+    bits = int32(row[offset]) | (int32(row[offset + 1]) << 8)
+    exponent = (bits >> 10) & 0x1F
+    mantissa = float32(bits & 0x3FF)
+    if exponent == 0:
+        value = mantissa * float32(5.960464477539063e-08)  # 2^-24: subnormal
+    elif exponent == 31:
+        value = math.inf if mantissa == 0 else math.nan
+    else:
+        value = (float32(1024.0) + mantissa) * float32(math.pow(2.0, exponent - 25))
+    return -value if bits & 0x8000 else value
+
+
+@cuda.jit(device=True)
+def _reduce_and_store(partial, value, out, t, r):
+    """Sum `value` over the block's 32 threads (shared `partial`, a halving tree); thread 0 stores it."""
+    lane = cuda.threadIdx.x
+    partial[lane] = value
+    cuda.syncthreads()
+    step = WARP // 2
+    while step > 0:
+        if lane < step:
+            partial[lane] += partial[lane + step]
+        cuda.syncthreads()
+        step //= 2
+    if lane == 0:
+        out[t, r] = partial[0]
+
+
+@cuda.jit
+def matmul_q8_0(w, x, out):
+    """w (rows, blocks * 34) uint8, x (n, blocks * 32) float32 -> out (n, rows)."""
+    r, t = cuda.blockIdx.x, cuda.blockIdx.y
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for b in range(cuda.threadIdx.x, x.shape[1] // 32, WARP):
+        base = b * Q8_0_BYTES
+        block = float32(0.0)
+        for j in range(32):
+            q = int32(w[r, base + 2 + j])
+            block += float32(q - 256 if q > 127 else q) * x[t, b * 32 + j]
+        total += half_at(w[r], base) * block
+    _reduce_and_store(partial, total, out, t, r)
+
+
+@cuda.jit
+def matmul_q4_1(w, x, out):
+    """w (rows, blocks * 20) uint8, x (n, blocks * 32) float32 -> out (n, rows). Element j of a block is
+    the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d, plus m."""
+    r, t = cuda.blockIdx.x, cuda.blockIdx.y
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for b in range(cuda.threadIdx.x, x.shape[1] // 32, WARP):
+        base = b * Q4_1_BYTES
+        d, m = half_at(w[r], base), half_at(w[r], base + 2)
+        for j in range(16):
+            byte = int32(w[r, base + 4 + j])
+            low, high = x[t, b * 32 + j], x[t, b * 32 + 16 + j]
+            total += (d * float32(byte & 0xF) + m) * low + (d * float32(byte >> 4) + m) * high
+    _reduce_and_store(partial, total, out, t, r)
+
+
+@cuda.jit
+def rms_norm(x, weight, eps, out):
+    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight for each row i of x (n, d)."""
+    i, lane = cuda.blockIdx.x, cuda.threadIdx.x
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for j in range(lane, x.shape[1], WARP):
+        total += x[i, j] * x[i, j]
+    partial[lane] = total
+    cuda.syncthreads()
+    step = WARP // 2
+    while step > 0:
+        if lane < step:
+            partial[lane] += partial[lane + step]
+        cuda.syncthreads()
+        step //= 2
+    inv = float32(1.0) / math.sqrt(partial[0] / float32(x.shape[1]) + float32(eps))
+    for j in range(lane, x.shape[1], WARP):
+        out[i, j] = x[i, j] * inv * weight[j]
+
+
+@cuda.jit
+def rope(x, n_heads, positions, cos, sin, n_rot, neox):
+    """Rotate each head of x (n, n_heads * head_dim) in place; grid (n, n_heads), a thread per pair."""
+    t, h = cuda.blockIdx.x, cuda.blockIdx.y
+    head_dim = x.shape[1] // n_heads
+    half = n_rot // 2
+    p = positions[t]
+    for i in range(cuda.threadIdx.x, half, cuda.blockDim.x):
+        a_at = h * head_dim + (i if neox else 2 * i)
+        b_at = a_at + (half if neox else 1)
+        a, b = x[t, a_at], x[t, b_at]
+        x[t, a_at] = a * cos[p, i] - b * sin[p, i]
+        x[t, b_at] = a * sin[p, i] + b * cos[p, i]
+
+
+MATMULS = {"Q8_0": matmul_q8_0, "Q4_1": matmul_q4_1}
+
+
+def matmul(type_name: str, w_device, x: np.ndarray) -> np.ndarray:
+    """x (n, cols) @ W.T for a weight already on the device in its GGUF encoding; returns (n, rows) float32."""
+    out = cuda.device_array((x.shape[0], w_device.shape[0]), np.float32)
+    MATMULS[type_name][(w_device.shape[0], x.shape[0]), WARP](w_device, cuda.to_device(x), out)
+    return out.copy_to_host()
