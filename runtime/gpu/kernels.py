@@ -39,8 +39,8 @@ def half_at(row, offset):
 
 
 @cuda.jit(device=True)
-def _reduce_and_store(partial, value, out, t, r):
-    """Sum `value` over the block's 32 threads (shared `partial`, a halving tree); thread 0 stores it."""
+def _block_sum(partial, value):
+    """The sum of `value` over the block's 32 threads (shared `partial`, a halving tree), for every thread."""
     lane = cuda.threadIdx.x
     partial[lane] = value
     cuda.syncthreads()
@@ -50,8 +50,14 @@ def _reduce_and_store(partial, value, out, t, r):
             partial[lane] += partial[lane + step]
         cuda.syncthreads()
         step //= 2
-    if lane == 0:
-        out[t, r] = partial[0]
+    return partial[0]
+
+
+@cuda.jit(device=True)
+def _reduce_and_store(partial, value, out, t, r):
+    total = _block_sum(partial, value)
+    if cuda.threadIdx.x == 0:
+        out[t, r] = total
 
 
 @cuda.jit
@@ -95,15 +101,7 @@ def rms_norm(x, weight, eps, out):
     total = float32(0.0)
     for j in range(lane, x.shape[1], WARP):
         total += x[i, j] * x[i, j]
-    partial[lane] = total
-    cuda.syncthreads()
-    step = WARP // 2
-    while step > 0:
-        if lane < step:
-            partial[lane] += partial[lane + step]
-        cuda.syncthreads()
-        step //= 2
-    inv = float32(1.0) / math.sqrt(partial[0] / float32(x.shape[1]) + float32(eps))
+    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(x.shape[1]) + float32(eps))
     for j in range(lane, x.shape[1], WARP):
         out[i, j] = x[i, j] * inv * weight[j]
 
