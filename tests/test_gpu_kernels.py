@@ -32,7 +32,7 @@ def test_the_tests_run_under_the_simulator_and_probe_finds_its_device():
 @pytest.mark.parametrize("type_name", sorted(kernels.MATMULS))
 @pytest.mark.parametrize("n", [1, 3])
 def test_quantized_matmul_matches_the_dequantized_product(type_name, n):
-    rows, cols = 5, 128
+    rows, cols = 5, 65 * 32  # 65 blocks per row: the 32 threads take two or three each
     fmt = FORMATS_BY_NAME[type_name]
     rng = np.random.default_rng(7)
     raw = random_blocks(type_name, rows * cols // fmt.block_size, rng).reshape(rows, -1)
@@ -93,3 +93,31 @@ def test_the_ngl_warning_says_why_no_layer_is_offloaded(monkeypatch):
     monkeypatch.delattr(numba, "cuda")  # as where numba-cuda is not installed
     monkeypatch.setitem(sys.modules, "numba.cuda", None)
     assert gpu_unavailable_reason().startswith("numba-cuda is not installed")
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_gated_activation_matches_its_twin(gelu):
+    from runtime.model.ops import gated_ffn_input
+
+    gate, up = np.random.default_rng(4).standard_normal((2, 70)).astype(np.float32)
+    out = np.zeros(70, np.float32)
+    kernels.gated_activation[3, 32](gate, up, gelu, out)
+    np.testing.assert_allclose(out, gated_ffn_input(gate, up, "gelu_tanh" if gelu else "silu"), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("window, softcap", [(0, 0.0), (40, 0.0), (0, 5.0)])
+def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
+    """3 queries at positions 80-82 over keys 2..82 (4 query heads sharing 2 kv heads): each of the 32
+    threads takes two or three keys, so its running softmax rescales what it summed. float32 sums of up to
+    81 scores and 16-element dot products in another order: 1e-5 relative."""
+    from runtime.model.ops import attention_numpy
+
+    rng = np.random.default_rng(5)
+    n, n_head, n_kv, hd, s = 3, 4, 2, 16, 81
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    keys, values = rng.standard_normal((2, s, n_kv, hd)).astype(np.float16)
+    out = np.zeros((n, n_head, hd), np.float32)
+    kernels.attention[(n, n_head), kernels.WARP](q, keys.view(np.uint16), values.view(np.uint16), 80, 2, window,
+                                                  np.float32(0.5), np.float32(softcap), out)
+    expected = attention_numpy(q, keys, values, 80, 2, window, 0.5, softcap)
+    np.testing.assert_allclose(out.reshape(n, -1), expected, rtol=1e-5, atol=1e-6)

@@ -10,6 +10,9 @@ them out); activations are float32. A block's float16 scale is decoded with inte
 - `rms_norm`: out[i] = x[i] / rms(x[i]) * weight, grid n, 32 threads.
 - `rope`: rotate each head of q or k (n, n_heads * head_dim) in place by its token's position, llama's
   (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, from `model.ops.Rope`'s cos/sin tables.
+- `gated_activation`: act(gate) * up, act silu or gelu_tanh, a thread per element.
+- `attention`: causal grouped-query attention over an f16 KV cache (IEEE halves as uint16), grid (n, n_head),
+  32 threads per query head, each taking every 32nd visible key with an online softmax, merged at the end.
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ Q8_0_BYTES, Q4_1_BYTES = 34, 20  # bytes per 32-element block: d, qs[32] / d, m,
 @cuda.jit(device=True)
 def half_at(row, offset):
     """The little-endian float16 at row[offset:offset + 2] as a float32."""
-    bits = int32(row[offset]) | (int32(row[offset + 1]) << 8)
+    return half_value(int32(row[offset]) | (int32(row[offset + 1]) << 8))
+
+
+@cuda.jit(device=True)
+def half_value(bits):
+    """An IEEE float16 given as its 16 bits, as a float32 (exact)."""
     exponent = (bits >> 10) & 0x1F
     mantissa = float32(bits & 0x3FF)
     if exponent == 0:
         value = mantissa * float32(5.960464477539063e-08)  # 2^-24: subnormal
     elif exponent == 31:
-        value = math.inf if mantissa == 0 else math.nan
+        value = float32(math.inf) if mantissa == 0 else float32(math.nan)
     else:
         value = (float32(1024.0) + mantissa) * float32(math.pow(2.0, exponent - 25))
     return -value if bits & 0x8000 else value
@@ -119,6 +127,78 @@ def rope(x, n_heads, positions, cos, sin, n_rot, neox):
         a, b = x[t, a_at], x[t, b_at]
         x[t, a_at] = a * cos[p, i] - b * sin[p, i]
         x[t, b_at] = a * sin[p, i] + b * cos[p, i]
+
+
+@cuda.jit
+def gated_activation(gate, up, gelu, out):
+    """out = act(gate) * up for gate, up, out (n,) float32; act = gelu_tanh if gelu else silu."""
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if i < out.shape[0]:
+        g = gate[i]
+        if gelu:
+            k = float32(0.7978845608028654)  # sqrt(2 / pi)
+            a = float32(0.5) * g * (float32(1.0) + math.tanh(k * (g + float32(0.044715) * g * g * g)))
+        else:
+            a = g / (float32(1.0) + math.exp(-g))
+        out[i] = a * up[i]
+
+
+MAX_HEAD_DIM = 256
+
+
+@cuda.jit
+def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
+    """q (n, n_head, hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
+    key_pos0..; out (n, n_head, hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
+    key_pos0); softcap > 0 turns each scaled score x into softcap * tanh(x / softcap). hd <= MAX_HEAD_DIM."""
+    t, h = cuda.blockIdx.x, cuda.blockIdx.y
+    lane = cuda.threadIdx.x
+    hd = q.shape[2]
+    kv = h // (q.shape[1] // keys.shape[1])
+    p = pos0 + t
+    first = max(key_pos0, p - window + 1) if window > 0 else key_pos0
+    acc = cuda.local.array(MAX_HEAD_DIM, float32)
+    for d in range(hd):
+        acc[d] = float32(0.0)
+    top, weight = float32(-math.inf), float32(0.0)  # this thread's running max and sum of exp(score - top)
+    for key in range(first + lane, p + 1, WARP):
+        row = key - key_pos0
+        score = float32(0.0)
+        for d in range(hd):
+            score += q[t, h, d] * half_value(int32(keys[row, kv, d]))
+        score *= scale
+        if softcap > 0:
+            score = softcap * math.tanh(score / softcap)
+        if score > top:
+            shrink = math.exp(top - score)
+            weight *= shrink
+            for d in range(hd):
+                acc[d] *= shrink
+            top = score
+        e = math.exp(score - top)
+        weight += e
+        for d in range(hd):
+            acc[d] += e * half_value(int32(values[row, kv, d]))
+    tops = cuda.shared.array(WARP, float32)
+    weights = cuda.shared.array(WARP, float32)
+    accs = cuda.shared.array((WARP, MAX_HEAD_DIM), float32)
+    tops[lane], weights[lane] = top, weight
+    for d in range(hd):
+        accs[lane, d] = acc[d]
+    cuda.syncthreads()
+    best = float32(-math.inf)
+    for i in range(WARP):
+        best = max(best, tops[i])
+    total = float32(0.0)
+    for i in range(WARP):
+        if weights[i] > 0:
+            total += weights[i] * math.exp(tops[i] - best)
+    for d in range(lane, hd, WARP):
+        value = float32(0.0)
+        for i in range(WARP):
+            if weights[i] > 0:
+                value += accs[i, d] * math.exp(tops[i] - best)
+        out[t, h, d] = value / total
 
 
 MATMULS = {"Q8_0": matmul_q8_0, "Q4_1": matmul_q4_1}
