@@ -5,8 +5,9 @@ Weights stay in their GGUF encoding on the device (rows of raw block bytes, as `
 them out); activations are float32. A block's float16 scale is decoded with integer operations
 (`half_at`), which every CUDA architecture and the simulator compute alike.
 
-- `matmul_q8_0`, `matmul_q4_1`: out (n, rows) = x (n, cols) @ W.T, grid (rows, n), 32 threads per block, each
-  summing every 32nd quant block of its row, then a shared-memory reduction tree.
+- `matmul_q8_0`, `matmul_q4_1`, `matmul_q4_k`, `matmul_q6_k`: out (n, rows) = x (n, cols) @ W.T, grid
+  (rows, n), 32 threads per block, each summing every 32nd quant block (or super-block) of its row, then a
+  shared-memory reduction tree.
 - `rms_norm`: out[i] = x[i] / rms(x[i]) * weight, grid n, 32 threads.
 - `rope`: rotate each head of q or k (n, n_heads * head_dim) in place by its token's position, llama's
   (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, from `model.ops.Rope`'s cos/sin tables.
@@ -24,6 +25,7 @@ from numba import cuda, float32, int32
 
 WARP = 32  # threads per block of the row kernels
 Q8_0_BYTES, Q4_1_BYTES = 34, 20  # bytes per 32-element block: d, qs[32] / d, m, qs[16]
+Q4_K_BYTES, Q6_K_BYTES = 144, 210  # per 256: d, dmin, scales[12], qs[128] / ql[128], qh[64], scales[16], d
 
 
 @cuda.jit(device=True)
@@ -98,6 +100,59 @@ def matmul_q4_1(w, x, out):
             byte = int32(w[r, base + 4 + j])
             low, high = x[t, b * 32 + j], x[t, b * 32 + 16 + j]
             total += (d * float32(byte & 0xF) + m) * low + (d * float32(byte >> 4) + m) * high
+    _reduce_and_store(partial, total, out, t, r)
+
+
+@cuda.jit(device=True)
+def _k4_scale_min(row, base, j):
+    """Sub-block j's 6-bit scale and min of the Q4_K super-block at row[base:] (ggml's get_scale_min_k4)."""
+    scales = base + 4
+    if j < 4:
+        return int32(row[scales + j]) & 63, int32(row[scales + 4 + j]) & 63
+    k = j - 4
+    packed = int32(row[scales + 8 + k])
+    return ((packed & 0xF) | ((int32(row[scales + k]) >> 6) << 4),
+            (packed >> 4) | ((int32(row[scales + 4 + k]) >> 6) << 4))
+
+
+@cuda.jit
+def matmul_q4_k(w, x, out):
+    """w (rows, super-blocks * 144) uint8 -> out (n, rows). Sub-block j (32 values) of a super-block is the
+    low (even j) or high (odd j) nibbles of qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
+    r, t = cuda.blockIdx.x, cuda.blockIdx.y
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for b in range(cuda.threadIdx.x, x.shape[1] // 256, WARP):
+        base = b * Q4_K_BYTES
+        d, dmin = half_at(w[r], base), half_at(w[r], base + 2)
+        for j in range(8):
+            scale, low = _k4_scale_min(w[r], base, j)
+            ds, dm = d * float32(scale), dmin * float32(low)
+            shift = 4 * (j % 2)
+            for i in range(32):
+                q = (int32(w[r, base + 16 + 32 * (j // 2) + i]) >> shift) & 0xF
+                total += (ds * float32(q) - dm) * x[t, b * 256 + 32 * j + i]
+    _reduce_and_store(partial, total, out, t, r)
+
+
+@cuda.jit
+def matmul_q6_k(w, x, out):
+    """w (rows, super-blocks * 210) uint8 -> out (n, rows). Value e = 128 h + 32 g + i of a super-block: the
+    nibble (g // 2) of ql[64 h + 32 (g % 2) + i], bits 2g..2g+1 of qh[32 h + i] above it, minus 32, times
+    d * scales[e // 16] (signed)."""
+    r, t = cuda.blockIdx.x, cuda.blockIdx.y
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for b in range(cuda.threadIdx.x, x.shape[1] // 256, WARP):
+        base = b * Q6_K_BYTES
+        d = half_at(w[r], base + 208)
+        for e in range(256):
+            h, g, i = e // 128, (e % 128) // 32, e % 32
+            low = (int32(w[r, base + 64 * h + 32 * (g % 2) + i]) >> (4 * (g // 2))) & 0xF
+            high = (int32(w[r, base + 128 + 32 * h + i]) >> (2 * g)) & 3
+            scale = int32(w[r, base + 192 + e // 16])
+            scale = scale - 256 if scale > 127 else scale
+            total += d * float32(scale) * float32((low | (high << 4)) - 32) * x[t, b * 256 + e]
     _reduce_and_store(partial, total, out, t, r)
 
 
@@ -201,7 +256,7 @@ def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
         out[t, h, d] = value / total
 
 
-MATMULS = {"Q8_0": matmul_q8_0, "Q4_1": matmul_q4_1}
+MATMULS = {"Q8_0": matmul_q8_0, "Q4_1": matmul_q4_1, "Q4_K": matmul_q4_k, "Q6_K": matmul_q6_k}
 
 
 def matmul(type_name: str, w_device, x: np.ndarray) -> np.ndarray:
