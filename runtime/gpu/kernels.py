@@ -1,13 +1,14 @@
-"""CUDA kernels (numba-cuda) for the offloaded layers: the same arithmetic as the CPU path, one thread block
-per output row. Each has a numpy twin in tests/test_gpu_kernels.py, run under numba's CUDA simulator in CI.
+"""CUDA kernels (numba-cuda) for the offloaded layers, one thread block per output row. Each has a numpy twin
+in tests/test_gpu_kernels.py, run under numba's CUDA simulator in CI. Unlike the CPU path, which quantizes
+activations to int8 as llama.cpp does, the products multiply the weights' values by float32 activations.
 
 Weights stay in their GGUF encoding on the device (rows of raw block bytes, as `runtime/quants.py` lays
 them out); activations are float32. A block's float16 scale is decoded with integer operations
 (`half_at`), which every CUDA architecture and the simulator compute alike.
 
-- `matmul_q8_0`, `matmul_q4_1`, `matmul_q4_k`, `matmul_q6_k`: out (n, rows) = x (n, cols) @ W.T, grid
-  (rows, n), 32 threads per block, each summing every 32nd quant block (or super-block) of its row, then a
-  shared-memory reduction tree.
+- `matmul_q8_0`, `matmul_q4_1`, `matmul_q4_k`, `matmul_q6_k`: out (n, rows) = x (n, cols) @ W.T, one kernel
+  (`_row_product`) per format's block dot: grid (rows, n), 32 threads per block, each summing every 32nd
+  quant block (or super-block) of its row, then a shared-memory reduction tree.
 - `rms_norm`: out[i] = x[i] / rms(x[i]) * weight, grid n, 32 threads.
 - `rope`: rotate each head of q or k (n, n_heads * head_dim) in place by its token's position, llama's
   (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, from `model.ops.Rope`'s cos/sin tables.
@@ -70,37 +71,43 @@ def _reduce_and_store(partial, value, out, t, r):
         out[t, r] = total
 
 
-@cuda.jit
-def matmul_q8_0(w, x, out):
-    """w (rows, blocks * 34) uint8, x (n, blocks * 32) float32 -> out (n, rows)."""
-    r, t = cuda.blockIdx.x, cuda.blockIdx.y
-    partial = cuda.shared.array(WARP, float32)
-    total = float32(0.0)
-    for b in range(cuda.threadIdx.x, x.shape[1] // 32, WARP):
-        base = b * Q8_0_BYTES
-        block = float32(0.0)
-        for j in range(32):
-            q = int32(w[r, base + 2 + j])
-            block += float32(q - 256 if q > 127 else q) * x[t, b * 32 + j]
-        total += half_at(w[r], base) * block
-    _reduce_and_store(partial, total, out, t, r)
+def _row_product(block_dot, block_elements, block_bytes):
+    """A kernel out (n, rows) = x (n, cols) @ W.T for W (rows, blocks * block_bytes) uint8 in one format:
+    grid (rows, n), each of 32 threads summing `block_dot(row, byte offset, x row, first column)` over every
+    32nd block of its row, then the block's reduction tree."""
+
+    @cuda.jit
+    def product(w, x, out):
+        r, t = cuda.blockIdx.x, cuda.blockIdx.y
+        partial = cuda.shared.array(WARP, float32)
+        total = float32(0.0)
+        for b in range(cuda.threadIdx.x, x.shape[1] // block_elements, WARP):
+            total += block_dot(w[r], b * block_bytes, x[t], b * block_elements)
+        _reduce_and_store(partial, total, out, t, r)
+
+    return product
 
 
-@cuda.jit
-def matmul_q4_1(w, x, out):
-    """w (rows, blocks * 20) uint8, x (n, blocks * 32) float32 -> out (n, rows). Element j of a block is
-    the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d, plus m."""
-    r, t = cuda.blockIdx.x, cuda.blockIdx.y
-    partial = cuda.shared.array(WARP, float32)
-    total = float32(0.0)
-    for b in range(cuda.threadIdx.x, x.shape[1] // 32, WARP):
-        base = b * Q4_1_BYTES
-        d, m = half_at(w[r], base), half_at(w[r], base + 2)
-        for j in range(16):
-            byte = int32(w[r, base + 4 + j])
-            low, high = x[t, b * 32 + j], x[t, b * 32 + 16 + j]
-            total += (d * float32(byte & 0xF) + m) * low + (d * float32(byte >> 4) + m) * high
-    _reduce_and_store(partial, total, out, t, r)
+@cuda.jit(device=True)
+def _dot_q8_0(row, base, x, x0):
+    """d, qs[32] (signed)."""
+    block = float32(0.0)
+    for j in range(32):
+        q = int32(row[base + 2 + j])
+        block += float32(q - 256 if q > 127 else q) * x[x0 + j]
+    return half_at(row, base) * block
+
+
+@cuda.jit(device=True)
+def _dot_q4_1(row, base, x, x0):
+    """d, m, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d,
+    plus m."""
+    d, m = half_at(row, base), half_at(row, base + 2)
+    block = float32(0.0)
+    for j in range(16):
+        byte = int32(row[base + 4 + j])
+        block += (d * float32(byte & 0xF) + m) * x[x0 + j] + (d * float32(byte >> 4) + m) * x[x0 + 16 + j]
+    return block
 
 
 @cuda.jit(device=True)
@@ -115,45 +122,42 @@ def _k4_scale_min(row, base, j):
             (packed >> 4) | ((int32(row[scales + 4 + k]) >> 6) << 4))
 
 
-@cuda.jit
-def matmul_q4_k(w, x, out):
-    """w (rows, super-blocks * 144) uint8 -> out (n, rows). Sub-block j (32 values) of a super-block is the
-    low (even j) or high (odd j) nibbles of qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
-    r, t = cuda.blockIdx.x, cuda.blockIdx.y
-    partial = cuda.shared.array(WARP, float32)
-    total = float32(0.0)
-    for b in range(cuda.threadIdx.x, x.shape[1] // 256, WARP):
-        base = b * Q4_K_BYTES
-        d, dmin = half_at(w[r], base), half_at(w[r], base + 2)
-        for j in range(8):
-            scale, low = _k4_scale_min(w[r], base, j)
-            ds, dm = d * float32(scale), dmin * float32(low)
-            shift = 4 * (j % 2)
-            for i in range(32):
-                q = (int32(w[r, base + 16 + 32 * (j // 2) + i]) >> shift) & 0xF
-                total += (ds * float32(q) - dm) * x[t, b * 256 + 32 * j + i]
-    _reduce_and_store(partial, total, out, t, r)
+@cuda.jit(device=True)
+def _dot_q4_k(row, base, x, x0):
+    """d, dmin, scales[12], qs[128]: sub-block j (32 values) is the low (even j) or high (odd j) nibbles of
+    qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
+    d, dmin = half_at(row, base), half_at(row, base + 2)
+    block = float32(0.0)
+    for j in range(8):
+        scale, low = _k4_scale_min(row, base, j)
+        ds, dm = d * float32(scale), dmin * float32(low)
+        shift = 4 * (j % 2)
+        for i in range(32):
+            q = (int32(row[base + 16 + 32 * (j // 2) + i]) >> shift) & 0xF
+            block += (ds * float32(q) - dm) * x[x0 + 32 * j + i]
+    return block
 
 
-@cuda.jit
-def matmul_q6_k(w, x, out):
-    """w (rows, super-blocks * 210) uint8 -> out (n, rows). Value e = 128 h + 32 g + i of a super-block: the
-    nibble (g // 2) of ql[64 h + 32 (g % 2) + i], bits 2g..2g+1 of qh[32 h + i] above it, minus 32, times
-    d * scales[e // 16] (signed)."""
-    r, t = cuda.blockIdx.x, cuda.blockIdx.y
-    partial = cuda.shared.array(WARP, float32)
-    total = float32(0.0)
-    for b in range(cuda.threadIdx.x, x.shape[1] // 256, WARP):
-        base = b * Q6_K_BYTES
-        d = half_at(w[r], base + 208)
-        for e in range(256):
-            h, g, i = e // 128, (e % 128) // 32, e % 32
-            low = (int32(w[r, base + 64 * h + 32 * (g % 2) + i]) >> (4 * (g // 2))) & 0xF
-            high = (int32(w[r, base + 128 + 32 * h + i]) >> (2 * g)) & 3
-            scale = int32(w[r, base + 192 + e // 16])
-            scale = scale - 256 if scale > 127 else scale
-            total += d * float32(scale) * float32((low | (high << 4)) - 32) * x[t, b * 256 + e]
-    _reduce_and_store(partial, total, out, t, r)
+@cuda.jit(device=True)
+def _dot_q6_k(row, base, x, x0):
+    """ql[128], qh[64], scales[16] (signed), d: value e = 128 h + 32 g + i is the nibble (g // 2) of
+    ql[64 h + 32 (g % 2) + i], bits 2g..2g+1 of qh[32 h + i] above it, minus 32, times d * scales[e // 16]."""
+    d = half_at(row, base + 208)
+    block = float32(0.0)
+    for e in range(256):
+        h, g, i = e // 128, (e % 128) // 32, e % 32
+        low = (int32(row[base + 64 * h + 32 * (g % 2) + i]) >> (4 * (g // 2))) & 0xF
+        high = (int32(row[base + 128 + 32 * h + i]) >> (2 * g)) & 3
+        scale = int32(row[base + 192 + e // 16])
+        scale = scale - 256 if scale > 127 else scale
+        block += d * float32(scale) * float32((low | (high << 4)) - 32) * x[x0 + e]
+    return block
+
+
+matmul_q8_0 = _row_product(_dot_q8_0, 32, Q8_0_BYTES)
+matmul_q4_1 = _row_product(_dot_q4_1, 32, Q4_1_BYTES)
+matmul_q4_k = _row_product(_dot_q4_k, 256, Q4_K_BYTES)
+matmul_q6_k = _row_product(_dot_q6_k, 256, Q6_K_BYTES)
 
 
 @cuda.jit
