@@ -27,8 +27,10 @@ from pathlib import Path
 
 try:
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name as canonical
 except ImportError:  # pip always brings its own copy; the build needs pip anyway
     from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name as canonical
 
 from runtime.errors import LlamapyzError
 
@@ -55,10 +57,6 @@ class Wheel:
     @property
     def key(self) -> str:
         return canonical(self.name)
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def roots() -> list[Requirement]:

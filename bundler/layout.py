@@ -76,10 +76,12 @@ class Layout:
 
 
 class Hasher:
-    """sha256 and size of files, each read once however many targets share it."""
+    """sha256 and size of files, each read once however many targets share it, and their bytecode, compiled
+    once per path and contents (numba's modules are the same in every target of the building Python)."""
 
     def __init__(self) -> None:
         self._known: dict[Path, tuple[str, int]] = {}
+        self._bytecode: dict[tuple[str, str], File | None] = {}
 
     def file(self, relative: str, path: Path) -> File:
         if path not in self._known:
@@ -91,6 +93,15 @@ class Hasher:
             self._known[path] = (digest.hexdigest(), size)
         sha, size = self._known[path]
         return File(relative, 0o755 if path.stat().st_mode & 0o111 else 0o644, sha, size, path)
+
+    def bytecode(self, source: File) -> File | None:
+        """The checked-hash .pyc beside a module, or None when this Python cannot compile it."""
+        key = (source.path, source.sha256)
+        if key not in self._bytecode:
+            pyc = bytecode.compile_source(COMMON + source.path, source.read())
+            pyc_path = bytecode.pyc_name(COMMON + source.path).removeprefix(COMMON)
+            self._bytecode[key] = None if pyc is None else data_file(pyc_path, pyc)
+        return self._bytecode[key]
 
 
 def data_file(relative: str, data: bytes, mode: int = 0o644) -> File:
@@ -108,11 +119,8 @@ def gather(roots: list[tuple[Path, str]], skip, with_bytecode: bool, hasher: Has
                 continue
             name = prefix + relative.as_posix()
             files[name] = hasher.file(name, path)
-            if with_bytecode and path.suffix == ".py":
-                pyc = bytecode.compile_source(COMMON + name, path.read_bytes())
-                if pyc is not None:
-                    pyc_path = bytecode.pyc_name(COMMON + name).removeprefix(COMMON)
-                    files[pyc_path] = data_file(pyc_path, pyc)
+            if with_bytecode and path.suffix == ".py" and (pyc := hasher.bytecode(files[name])) is not None:
+                files[pyc.path] = pyc
     return files
 
 

@@ -13,7 +13,8 @@ has a supported tag; of several that fit, the one whose worst wheel matches earl
 (`choose`), as pip prefers the most specific wheel.
 
     interpreter = Interpreter.current()
-    name = choose({"cp311-manylinux_x86_64": [{"cp311-cp311-manylinux_2_17_x86_64"}, ...], ...}, interpreter)
+    name = choose({"cp311-linux-x86_64": ["cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64", ...], ...},
+                  interpreter)
 """
 
 from __future__ import annotations
