@@ -24,29 +24,11 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
-WARP = 32  # threads per block of the row kernels
-Q8_0_BYTES, Q4_1_BYTES = 34, 20  # bytes per 32-element block: d, qs[32] / d, m, qs[16]
-Q4_K_BYTES, Q6_K_BYTES = 144, 210  # per 256: d, dmin, scales[12], qs[128] / ql[128], qh[64], scales[16], d
+from .formats import FORMAT_IDS, block_dot, block_elements, half_value
 
-
-@cuda.jit(device=True)
-def half_at(row, offset):
-    """The little-endian float16 at row[offset:offset + 2] as a float32."""
-    return half_value(int32(row[offset]) | (int32(row[offset + 1]) << 8))
-
-
-@cuda.jit(device=True)
-def half_value(bits):
-    """An IEEE float16 given as its 16 bits, as a float32 (exact)."""
-    exponent = (bits >> 10) & 0x1F
-    mantissa = float32(bits & 0x3FF)
-    if exponent == 0:
-        value = mantissa * float32(5.960464477539063e-08)  # 2^-24: subnormal
-    elif exponent == 31:
-        value = float32(math.inf) if mantissa == 0 else float32(math.nan)
-    else:
-        value = (float32(1024.0) + mantissa) * float32(math.pow(2.0, exponent - 25))
-    return -value if bits & 0x8000 else value
+WARP = 32  # lanes per row: each sums every 32nd block of its row, then a shared-memory tree
+ROWS_PER_BLOCK = 4  # weight rows per thread block of `product`
+TOKENS_PER_BLOCK = 8  # tokens per thread block of `product`: each lane's weight blocks are read for all of them
 
 
 @cuda.jit(device=True)
@@ -64,113 +46,85 @@ def _block_sum(partial, value):
     return partial[0]
 
 
-@cuda.jit(device=True)
-def _reduce_and_store(partial, value, out, t, r):
-    total = _block_sum(partial, value)
-    if cuda.threadIdx.x == 0:
-        out[t, r] = total
+@cuda.jit
+def product(fmt, w, x, bias, out):
+    """out (n, rows) = x (n, cols) @ W.T (+ bias when it is not empty), W (rows, row bytes) uint8 in format
+    `fmt` (`formats.FORMAT_IDS`). Grid (rows / ROWS_PER_BLOCK, n / TOKENS_PER_BLOCK), threads (WARP,
+    ROWS_PER_BLOCK): lane l of a row sums blocks l, l + 32, ... of that row for each of the block's tokens,
+    then the 32 lanes' sums meet in a fixed halving tree.
+
+    A token's output is the same sequence of float32 operations whatever n is and wherever the token sits
+    in the batch (its own accumulator, its own tree), so decode (a few tokens) and prefill (hundreds) give
+    the same bits for the same token, and a row never depends on the rows batched with it."""
+    lane, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    r = cuda.blockIdx.x * ROWS_PER_BLOCK + ty
+    t0 = cuda.blockIdx.y * TOKENS_PER_BLOCK
+    nt = min(TOKENS_PER_BLOCK, x.shape[0] - t0)
+    acc = cuda.local.array(TOKENS_PER_BLOCK, float32)
+    for t in range(TOKENS_PER_BLOCK):
+        acc[t] = float32(0.0)
+    if r < w.shape[0]:
+        elements = block_elements(fmt)
+        row = w[r]
+        for b in range(lane, x.shape[1] // elements, WARP):
+            for t in range(nt):
+                acc[t] += block_dot(fmt, row, b, x[t0 + t], b * elements)
+    partial = cuda.shared.array((ROWS_PER_BLOCK, TOKENS_PER_BLOCK, WARP), float32)
+    for t in range(TOKENS_PER_BLOCK):
+        partial[ty, t, lane] = acc[t]
+    cuda.syncthreads()
+    step = WARP // 2
+    while step > 0:
+        if lane < step:
+            for t in range(TOKENS_PER_BLOCK):
+                partial[ty, t, lane] += partial[ty, t, lane + step]
+        cuda.syncthreads()
+        step //= 2
+    if lane < nt and r < w.shape[0]:  # lane t writes token t's output
+        value = partial[ty, lane, 0]
+        if bias.shape[0] > 0:
+            value += bias[r]
+        out[t0 + lane, r] = value
 
 
-def _row_product(block_dot, block_elements, block_bytes):
-    """A kernel out (n, rows) = x (n, cols) @ W.T for W (rows, blocks * block_bytes) uint8 in one format:
-    grid (rows, n), each of 32 threads summing `block_dot(row, byte offset, x row, first column)` over every
-    32nd block of its row, then the block's reduction tree."""
-
-    @cuda.jit
-    def product(w, x, out):
-        r, t = cuda.blockIdx.x, cuda.blockIdx.y
-        partial = cuda.shared.array(WARP, float32)
-        total = float32(0.0)
-        for b in range(cuda.threadIdx.x, x.shape[1] // block_elements, WARP):
-            total += block_dot(w[r], b * block_bytes, x[t], b * block_elements)
-        _reduce_and_store(partial, total, out, t, r)
-
-    return product
-
-
-@cuda.jit(device=True)
-def _dot_q8_0(row, base, x, x0):
-    """d, qs[32] (signed)."""
-    block = float32(0.0)
-    for j in range(32):
-        q = int32(row[base + 2 + j])
-        block += float32(q - 256 if q > 127 else q) * x[x0 + j]
-    return half_at(row, base) * block
-
-
-@cuda.jit(device=True)
-def _dot_q4_1(row, base, x, x0):
-    """d, m, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d,
-    plus m."""
-    d, m = half_at(row, base), half_at(row, base + 2)
-    block = float32(0.0)
-    for j in range(16):
-        byte = int32(row[base + 4 + j])
-        block += (d * float32(byte & 0xF) + m) * x[x0 + j] + (d * float32(byte >> 4) + m) * x[x0 + 16 + j]
-    return block
-
-
-@cuda.jit(device=True)
-def _k4_scale_min(row, base, j):
-    """Sub-block j's 6-bit scale and min of the Q4_K super-block at row[base:] (ggml's get_scale_min_k4)."""
-    scales = base + 4
-    if j < 4:
-        return int32(row[scales + j]) & 63, int32(row[scales + 4 + j]) & 63
-    k = j - 4
-    packed = int32(row[scales + 8 + k])
-    return ((packed & 0xF) | ((int32(row[scales + k]) >> 6) << 4),
-            (packed >> 4) | ((int32(row[scales + 4 + k]) >> 6) << 4))
-
-
-@cuda.jit(device=True)
-def _dot_q4_k(row, base, x, x0):
-    """d, dmin, scales[12], qs[128]: sub-block j (32 values) is the low (even j) or high (odd j) nibbles of
-    qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
-    d, dmin = half_at(row, base), half_at(row, base + 2)
-    block = float32(0.0)
-    for j in range(8):
-        scale, low = _k4_scale_min(row, base, j)
-        ds, dm = d * float32(scale), dmin * float32(low)
-        shift = 4 * (j % 2)
-        for i in range(32):
-            q = (int32(row[base + 16 + 32 * (j // 2) + i]) >> shift) & 0xF
-            block += (ds * float32(q) - dm) * x[x0 + 32 * j + i]
-    return block
-
-
-@cuda.jit(device=True)
-def _dot_q6_k(row, base, x, x0):
-    """ql[128], qh[64], scales[16] (signed), d: value e = 128 h + 32 g + i is the nibble (g // 2) of
-    ql[64 h + 32 (g % 2) + i], bits 2g..2g+1 of qh[32 h + i] above it, minus 32, times d * scales[e // 16]."""
-    d = half_at(row, base + 208)
-    block = float32(0.0)
-    for e in range(256):
-        h, g, i = e // 128, (e % 128) // 32, e % 32
-        low = (int32(row[base + 64 * h + 32 * (g % 2) + i]) >> (4 * (g // 2))) & 0xF
-        high = (int32(row[base + 128 + 32 * h + i]) >> (2 * g)) & 3
-        scale = int32(row[base + 192 + e // 16])
-        scale = scale - 256 if scale > 127 else scale
-        block += d * float32(scale) * float32((low | (high << 4)) - 32) * x[x0 + e]
-    return block
-
-
-matmul_q8_0 = _row_product(_dot_q8_0, 32, Q8_0_BYTES)
-matmul_q4_1 = _row_product(_dot_q4_1, 32, Q4_1_BYTES)
-matmul_q4_k = _row_product(_dot_q4_k, 256, Q4_K_BYTES)
-matmul_q6_k = _row_product(_dot_q6_k, 256, Q6_K_BYTES)
+def launch_product(fmt: int, w, x, bias, out) -> None:
+    """`product` over every row of w and every token of x."""
+    grid = (-(-w.shape[0] // ROWS_PER_BLOCK), -(-x.shape[0] // TOKENS_PER_BLOCK))
+    product[grid, (WARP, ROWS_PER_BLOCK)](fmt, w, x, bias, out)
 
 
 @cuda.jit
-def rms_norm(x, weight, eps, out):
-    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight for each row i of x (n, d)."""
-    i, lane = cuda.blockIdx.x, cuda.threadIdx.x
+def rms_norm(x, n_heads, weight, eps, out):
+    """out[i, head] = x[i, head] / sqrt(mean(x[i, head]^2) + eps) * weight for each row i of x (n, n_heads *
+    d) and each of its n_heads pieces of d (1: whole rows; the heads: qk-norm); grid (n, n_heads), 32 threads.
+    out may be x."""
+    i, h, lane = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+    d = x.shape[1] // n_heads
+    first = h * d
     partial = cuda.shared.array(WARP, float32)
     total = float32(0.0)
+    for j in range(lane, d, WARP):
+        total += x[i, first + j] * x[i, first + j]
+    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(d) + eps)
+    for j in range(lane, d, WARP):
+        out[i, first + j] = x[i, first + j] * inv * weight[j]
+
+
+@cuda.jit
+def add_rows(x, y, weight, eps):
+    """x += y, or with a (non-empty) weight x += rms_norm(y) * weight (the post-norms); grid n, 32 threads."""
+    i, lane = cuda.blockIdx.x, cuda.threadIdx.x
+    if weight.shape[0] == 0:
+        for j in range(lane, x.shape[1], WARP):
+            x[i, j] += y[i, j]
+        return
+    partial = cuda.shared.array(WARP, float32)
+    total = float32(0.0)
+    for j in range(lane, y.shape[1], WARP):
+        total += y[i, j] * y[i, j]
+    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(y.shape[1]) + eps)
     for j in range(lane, x.shape[1], WARP):
-        total += x[i, j] * x[i, j]
-    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(x.shape[1]) + float32(eps))
-    for j in range(lane, x.shape[1], WARP):
-        out[i, j] = x[i, j] * inv * weight[j]
+        x[i, j] += y[i, j] * inv * weight[j]
 
 
 @cuda.jit
@@ -190,16 +144,55 @@ def rope(x, n_heads, positions, cos, sin, n_rot, neox):
 
 @cuda.jit
 def gated_activation(gate, up, gelu, out):
-    """out = act(gate) * up for gate, up, out (n,) float32; act = gelu_tanh if gelu else silu."""
+    """out = act(gate) * up for gate, up, out (n, n_ff) float32, act gelu_tanh if gelu else silu; a thread per
+    element."""
     i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i < out.shape[0]:
-        g = gate[i]
+    if i < out.shape[0] * out.shape[1]:
+        t, j = i // out.shape[1], i % out.shape[1]
+        g = gate[t, j]
         if gelu:
             k = float32(0.7978845608028654)  # sqrt(2 / pi)
             a = float32(0.5) * g * (float32(1.0) + math.tanh(k * (g + float32(0.044715) * g * g * g)))
         else:
             a = g / (float32(1.0) + math.exp(-g))
-        out[i] = a * up[i]
+        out[t, j] = a * up[t, j]
+
+
+@cuda.jit(device=True)
+def _round_even(y):
+    """y >= 0 rounded to the nearest integer, ties to even."""
+    whole = math.floor(y)
+    rest = y - whole
+    if rest > 0.5 or (rest == 0.5 and int32(whole) % 2 == 1):
+        whole += 1
+    return int32(whole)
+
+
+@cuda.jit(device=True)
+def half_bits(value):
+    """The IEEE float16 nearest a float32 (ties to even, as numpy's astype(float16)), as its 16 bits."""
+    if value != value:
+        return int32(0x7E00)
+    sign = int32(0x8000) if math.copysign(float32(1.0), value) < 0 else int32(0)
+    a = abs(value)
+    if a >= float32(65520.0):  # rounds past the largest half, 65504
+        return sign | int32(0x7C00)
+    if a < float32(6.103515625e-05):  # below 2^-14: a subnormal half, in units of 2^-24 (exact)
+        return sign | _round_even(a * float32(16777216.0))
+    mantissa, exponent = math.frexp(a)  # a = mantissa * 2^exponent, mantissa in [0.5, 1)
+    fraction = (mantissa * float32(2.0) - float32(1.0)) * float32(1024.0)  # exact in float32
+    return sign | (((exponent + 14) << 10) + _round_even(fraction))  # a carry of 1024 moves the exponent up
+
+
+@cuda.jit
+def store_halves(src, dst, pos0):
+    """dst[pos0 + t] = src[t] as float16 bits: src (n, n_kv * hd) float32, dst (n_ctx, n_kv, hd) uint16; a
+    thread per element."""
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    hd = dst.shape[2]
+    if i < src.shape[0] * src.shape[1]:
+        t, j = i // src.shape[1], i % src.shape[1]
+        dst[pos0 + t, j // hd, j % hd] = half_bits(src[t, j])
 
 
 MAX_HEAD_DIM = 256
@@ -260,11 +253,11 @@ def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
         out[t, h, d] = value / total
 
 
-MATMULS = {"Q8_0": matmul_q8_0, "Q4_1": matmul_q4_1, "Q4_K": matmul_q4_k, "Q6_K": matmul_q6_k}
+NO_BIAS = np.zeros(0, np.float32)
 
 
-def matmul(type_name: str, w_device, x: np.ndarray) -> np.ndarray:
+def matmul(type_name: str, w_device, x: np.ndarray, bias: np.ndarray = NO_BIAS) -> np.ndarray:
     """x (n, cols) @ W.T for a weight already on the device in its GGUF encoding; returns (n, rows) float32."""
     out = cuda.device_array((x.shape[0], w_device.shape[0]), np.float32)
-    MATMULS[type_name][(w_device.shape[0], x.shape[0]), WARP](w_device, cuda.to_device(x), out)
+    launch_product(FORMAT_IDS[type_name], w_device, cuda.to_device(x), cuda.to_device(bias), out)
     return out.copy_to_host()
