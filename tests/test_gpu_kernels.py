@@ -18,9 +18,7 @@ from numba import config, cuda
 
 from runtime.gpu import Device, formats, kernels, probe
 from runtime.model.ops import Rope
-from runtime.quants import FORMATS_BY_NAME, dequantize
 from tests.reference_model import rms_norm, rope
-from tests.synth import random_blocks
 
 
 def test_the_tests_run_under_the_simulator_and_probe_finds_its_device():
