@@ -1,6 +1,6 @@
 """The weight formats on the device (runtime/gpu/formats.py) under numba's CUDA simulator: the product kernel
 (`kernels.product`) over each format's blocks against the float64 product of the same weights dequantized by
-runtime/quants.py (bit-exact with gguf-py).
+runtime/quants.py (bit-exact with gguf-py), and the float formats' values bit for bit.
 
 Tolerance: a float32 sum whose longest chain of additions is k (a lane's blocks one after another, then the
 32 lanes' tree; each weight is a product of two or three float32 factors) is within about 2k * 2^-24 of the
@@ -17,12 +17,16 @@ from runtime.gpu import formats, kernels
 from runtime.quants import FORMATS_BY_NAME, dequantize
 from tests.synth import random_blocks
 
+# Blocks per row: lane l of a row takes blocks l, l + 32, ..., so 65 gives lanes three or two blocks, 40
+# super-blocks two or one, 229 floats (a block each) eight or seven.
+BLOCKS_PER_ROW = {1: 7 * kernels.WARP + 5, 32: 2 * kernels.WARP + 1, 256: kernels.WARP + 8}
+
 
 @pytest.mark.parametrize("type_name", sorted(formats.FORMAT_IDS))
 @pytest.mark.parametrize("n", [1, 3])
 def test_quantized_matmul_matches_the_dequantized_product(type_name, n):
     fmt = FORMATS_BY_NAME[type_name]
-    rows, cols = 5, (65 if fmt.block_size == 32 else 40) * fmt.block_size  # threads take one to three blocks
+    rows, cols = 5, BLOCKS_PER_ROW[fmt.block_size] * fmt.block_size
     rng = np.random.default_rng(7)
     raw = random_blocks(type_name, rows * cols // fmt.block_size, rng).reshape(rows, -1)
     x = rng.standard_normal((n, cols)).astype(np.float32)
@@ -32,3 +36,38 @@ def test_quantized_matmul_matches_the_dequantized_product(type_name, n):
     chain = -(-cols // fmt.block_size // kernels.WARP) * fmt.block_size + kernels.WARP  # additions in a row
     bound = 2 * chain * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(w).T)
     assert got.shape == (n, rows) and (np.abs(got - expected) <= bound).all(), (got, expected)
+
+
+@cuda.jit
+def _block_values(fmt, raw, ones, out):
+    """out[i] = block i of raw (a one-value float format) times 1.0: its value, -0 included; one thread."""
+    for i in range(out.shape[0]):
+        out[i] = formats.block_dot(fmt, raw, i, ones, i)
+
+
+FLOAT_BITS = {"F32": (np.uint32, 8, 23), "F16": (np.uint16, 5, 10), "BF16": (np.uint16, 8, 7)}
+
+
+def _float_patterns(type_name: str) -> np.ndarray:
+    """Bit patterns of a float format covering every class: each sign and exponent (zeros, subnormals,
+    normals, infinities, NaNs) with the smallest, largest, lowest and highest-bit fractions, then random ones."""
+    dtype, exponent_bits, fraction_bits = FLOAT_BITS[type_name]
+    sign = np.arange(2, dtype=np.uint64).reshape(-1, 1, 1) << (exponent_bits + fraction_bits)
+    exponent = np.arange(1 << exponent_bits, dtype=np.uint64).reshape(1, -1, 1) << fraction_bits
+    fraction = np.array([0, 1, 1 << (fraction_bits - 1), (1 << fraction_bits) - 1], np.uint64).reshape(1, 1, -1)
+    edges = (sign | exponent | fraction).reshape(-1).astype(dtype)
+    random = np.random.default_rng(11).integers(0, np.iinfo(dtype).max, 1024, dtype=dtype, endpoint=True)
+    return np.concatenate([edges, random])
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16"])
+def test_float_formats_decode_exactly(type_name):
+    bits = _float_patterns(type_name)
+    raw = bits.view(np.uint8)
+    expected = dequantize(raw, FORMATS_BY_NAME[type_name], (len(bits),))
+    out = np.zeros(len(bits), np.float32)
+    _block_values[1, 1](formats.FORMAT_IDS[type_name], raw, np.ones(len(bits), np.float32), out)
+    nan = np.isnan(expected)
+    assert nan.any() and (expected == 0).any() and np.signbit(expected[expected == 0]).any()
+    assert (np.isnan(out) == nan).all()
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
