@@ -155,9 +155,28 @@ def _version(text: str) -> tuple[int, ...]:
 # --- --version and --verify ---------------------------------------------------------------------------------
 
 def version_line(bundle: Bundle) -> str:
+    """What the archive is, and (a second line) its GPU support, if it has any."""
     m = bundle.manifest
-    return (f"llamapyz {m['llamapyz_version']} — {m['name']} ({bundle.model_name}), "
+    line = (f"llamapyz {m['llamapyz_version']} — {m['name']} ({bundle.model_name}), "
             f"built {m['built_at']} for {describe_targets(m['targets'])}")
+    gpu = describe_gpu(m["targets"])
+    return f"{line}\n{gpu}" if gpu else line
+
+
+def describe_gpu(carried: dict) -> str | None:
+    """"GPU offload (-ngl): cuda13, for NVIDIA driver 580 or newer, on Linux x86-64; none on macOS arm64"
+    (`build.py --gpu`), or None when no target has any."""
+    by_support: dict[str, list[str]] = {}
+    for target in carried.values():
+        gpu = target.get("gpu")  # archives built before --gpu have no such key
+        support = f"{gpu['name']}, for NVIDIA driver {gpu['driver']} or newer," if gpu else "none"
+        platform = targets.platform_title(target["platform"])
+        if platform not in by_support.setdefault(support, []):
+            by_support[support].append(platform)
+    if list(by_support) == ["none"]:
+        return None
+    return "GPU offload (-ngl): " + "; ".join(f"{support} on {', '.join(platforms)}"
+                                              for support, platforms in sorted(by_support.items()))
 
 
 def read_indexes(zf: zipfile.ZipFile, manifest: dict) -> dict[str, list[list]]:

@@ -179,6 +179,22 @@ CPU_TIER_OPTION = click.option(
          "x86-64-avx2[+vnni], x86-64-ssse3, aarch64-dotprod, aarch64-neon (also $LLAMAPYZ_CPU_TIER).")
 
 
+GPU_OPTIONS = [
+    click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,
+                 help="Run the last N layers on an NVIDIA GPU (llama.cpp's option; -1 or more than the model's "
+                      "layers: all of them and the output layer). Needs numba-cuda (pip install llamapyz[cuda], or "
+                      "an archive built with --gpu cuda); without a usable GPU, one warning and the CPU."),
+    click.option("-mg", "--main-gpu", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Which GPU -ngl uses, when there are several."),
+]
+
+
+def gpu_options(func: F) -> F:
+    for option in reversed(GPU_OPTIONS):
+        func = option(func)
+    return func
+
+
 def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -> None:
     """Detect the CPU and fix the kernels' target before anything is compiled: a CPU below every tier, or a
     forced tier it cannot run, is one error line and exit code 1 (via `friendly_errors`)."""
@@ -214,10 +230,11 @@ def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -
               help="KV cache element type.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template as one user message.")
 @CPU_TIER_OPTION
+@gpu_options
 @friendly_errors
 def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float,
         repeat_penalty: float, seed: int | None, threads: int | None, n_ctx: int, batch_size: int, cache_type: str,
-        chat: bool, cpu_tier: str | None) -> None:
+        chat: bool, cpu_tier: str | None, n_gpu_layers: int, main_gpu: int) -> None:
     """Generate text from a prompt, streamed to stdout; timings go to stderr."""
     import time
 
@@ -225,7 +242,10 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
     from .model import Model
     from .model.model import settle
 
-    model = Model.load(model_path, n_ctx=n_ctx, n_threads=threads, kv_type=cache_type, batch_size=batch_size)
+    model = Model.load(model_path, n_ctx=n_ctx, n_threads=threads, kv_type=cache_type, batch_size=batch_size,
+                       n_gpu_layers=n_gpu_layers, main_gpu=main_gpu)
+    for line in model.gpu.lines():
+        click.echo(line, err=True)
     settle()
     tokens = model.chat_tokens([{"role": "user", "content": prompt}]) if chat else model.tokenize(prompt)
     if not chat:
@@ -313,8 +333,7 @@ SERVE_OPTIONS = [
                  help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
     click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
     CPU_TIER_OPTION,
-    click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,
-                 help="Layers to offload to a GPU (llama.cpp's option); this build runs every layer on the CPU."),
+    *GPU_OPTIONS,
     # Defaults for requests that do not set them (llama.cpp's server options of the same names); unset, the
     # API's own defaults apply (`/props` shows them).
     click.option("--temp", "temperature", type=click.FloatRange(0, 5), default=None,
@@ -396,7 +415,7 @@ def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx
                  queue_size: int, batch_size: int, cache_type: str, api_key: str | None, api_key_file: str | None,
                  max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
                  cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
-                 n_gpu_layers: int, cpu_tier: str | None, **sampling: Any) -> None:
+                 n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, **sampling: Any) -> None:
     import socket
 
     say = functools.partial(click.echo, err=True)
@@ -407,8 +426,6 @@ def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx
     from .server import serve as run_server
 
     load_gguf(model).close()  # a missing or broken file is a clear error now, not a 503 later
-    if n_gpu_layers != 0:
-        say(f"warning: {gpu_unavailable_reason()}; running all layers on the CPU")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -422,6 +439,7 @@ def start_server(model: Source, host: str, port: int, threads: int | None, n_ctx
                             api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
                             allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
                             chat_template=chat_template, open_browser=not nobrowser,
+                            n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
                             sampling={k: v for k, v in sampling.items() if v is not None}),
                say=say)
 
@@ -438,17 +456,6 @@ def read_api_key(path: str, given: str | None) -> str:
     if not key:
         raise LlamapyzError(f"the API key file {path} is empty", hint="put the key on its first line")
     return key
-
-
-def gpu_unavailable_reason() -> str:
-    """Why -ngl has no effect yet: no usable GPU (`runtime.gpu.probe` says why), or, with one, the layers
-    are not offloaded yet (issue 16: the kernels exist, the forward pass does not use them)."""
-    from .gpu import Device, probe
-
-    found = probe()
-    if isinstance(found, Device):
-        return f"GPU offload is not implemented in this build yet (found {found.name})"
-    return found
 
 
 if __name__ == "__main__":

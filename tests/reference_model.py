@@ -107,8 +107,9 @@ class ReferenceModel:
                 out[i] += weight * (down[e] @ (act(gate[e] @ h[i]) * (up[e] @ h[i])))
         return out
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """(n_tokens, n_vocab) float32 for every position of a fresh context."""
+    def logits(self, tokens: list[int], kv_type: str = "f32") -> np.ndarray:
+        """(n_tokens, n_vocab) float32 for every position of a fresh context; kv_type "f16": keys (after rope)
+        and values rounded to float16, as a float16 KV cache stores them."""
         c, w, opt = self.config, self.w, self.config.options
         n = len(tokens)
         positions = np.arange(n)
@@ -129,6 +130,8 @@ class ReferenceModel:
             turn = dict(base=c.rope_base_of(il), n_rot=c.n_rot, neox=opt.rope_neox, factors=self.rope_factors,
                         freq_scale=c.rope_freq_scale, attn_factor=c.rope_attn_factor)
             q, k = rope(q, positions, **turn), rope(k, positions, **turn)
+            if kv_type == "f16":
+                k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
             mask = causal
             if not c.is_global(il):
                 mask = causal & (positions[:, None] - positions[None, :] < c.sliding_window)

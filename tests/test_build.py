@@ -113,6 +113,7 @@ def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, 
         assert reply.choices[0].message.content.strip() and reply.model == "smollm2"
         props = httpx.get(f"{server.url}/props").json()
         assert props["n_ctx"] == 1024  # baked in
+        assert props["gpu"]["n_gpu_layers"] == 0 and props["gpu"]["warning"].startswith("numba-cuda is not installed")
         assert props["default_generation_settings"]["temperature"] == 0.5  # the command line overrides
         page = httpx.get(f"{server.url}/")
         assert page.status_code == 200 and 'id="new-chat"' in page.text  # the web UI travelled too

@@ -211,3 +211,28 @@ def test_serve_guard_options_reach_the_server(tmp_path, monkeypatch):
     help_text = run("serve", "--help").output
     for option in ("--body-timeout-s", "--allowed-host", "--cors-origin"):
         assert option in help_text
+
+
+def test_run_offloads_with_ngl_and_says_so(tmp_path):
+    """Under the tests' CUDA simulator: the offload line; with the simulator off and no driver (CI): one
+    warning, then the CPU."""
+    import os
+
+    path = tmp_path / "small.gguf"
+    write_model(path, small=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # the simulator polls its threads: see tests/test_gpu_offload.py
+    try:
+        result = run("run", "-m", str(path), "-p", "the", "-n", "2", "--temp", "0", "-t", "1", "-c", "32", "-ngl", "-1")
+    finally:
+        sys.setswitchinterval(interval)
+    assert result.exit_code == 0, result.output
+    assert "offloaded 2/2 layers and the output layer to GPU (numba's CUDA simulator, " in result.stderr
+    assert result.stdout.startswith("the") and len(result.stdout) > len("the\n")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "-m", str(path), "-p", "the", "-n", "2",
+                           "-t", "1", "-c", "32", "-ngl", "99", "--main-gpu", "0"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: no NVIDIA GPU or driver found; running all layers on the CPU"]

@@ -10,8 +10,6 @@ RMSNorm and rope do a handful of float32 operations per element: 1e-6 relative.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from numba import config, cuda
@@ -67,18 +65,6 @@ def test_rope_matches_its_twin_in_both_styles(neox):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_the_ngl_warning_says_why_no_layer_is_offloaded(monkeypatch):
-    from runtime.cli import gpu_unavailable_reason
-
-    assert gpu_unavailable_reason() == ("GPU offload is not implemented in this build yet "
-                                        "(found numba's CUDA simulator)")
-    import numba
-
-    monkeypatch.delattr(numba, "cuda")  # as where numba-cuda is not installed
-    monkeypatch.setitem(sys.modules, "numba.cuda", None)
-    assert gpu_unavailable_reason().startswith("numba-cuda is not installed")
-
-
 @pytest.mark.parametrize("gelu", [False, True])
 def test_gated_activation_matches_its_twin(gelu):
     from runtime.model.ops import gated_ffn_input
@@ -100,8 +86,67 @@ def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
     n, n_head, n_kv, hd, s = 3, 4, 2, 16, 81
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
     keys, values = rng.standard_normal((2, s, n_kv, hd)).astype(np.float16)
-    out = np.zeros((n, n_head, hd), np.float32)
-    kernels.attention[(n, n_head), kernels.WARP](q, keys.view(np.uint16), values.view(np.uint16), 80, 2, window,
-                                                  np.float32(0.5), np.float32(softcap), out)
+    out = np.zeros((n, n_head * hd), np.float32)
+    kernels.launch_attention(q.reshape(n, -1), keys.view(np.uint16), values.view(np.uint16), 80, 2, window, 0.5,
+                             softcap, out, launch=kernels.ON_GPU)
     expected = attention_numpy(q, keys, values, 80, 2, window, 0.5, softcap)
-    np.testing.assert_allclose(out.reshape(n, -1), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_keys_and_values_round_to_the_halves_numpy_gives():
+    """store_halves rounds as numpy's astype(float16) (to nearest, ties to even): every half, the ties
+    between neighbouring halves, subnormals, overflow to inf, -0 and NaN."""
+    halves = np.arange(0, 65536, 7, dtype=np.uint16).view(np.float16)
+    halves = halves[np.isfinite(halves)].astype(np.float32)
+    up = np.nextafter(halves.astype(np.float16), np.float16(np.inf)).astype(np.float32)
+    ties = ((halves.astype(np.float64) + up) / 2).astype(np.float32)  # exact in float32
+    specials = np.array([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e9, -1e9, 2.0**-25, 2.0**-24 * 1.5, 1e-10,
+                         np.nan, np.inf, -np.inf], np.float32)
+    values = np.concatenate([halves, ties, ties * np.float32(1.0000001), specials]).astype(np.float32)
+    values = values[: len(values) // 4 * 4].reshape(-1, 4)  # (n, n_kv * hd) with n_kv = 2, hd = 2
+    cache = np.zeros((len(values) + 3, 2, 2), np.uint16)
+    kernels.launch_elementwise(kernels.store_halves, values.size, values, cache, 3)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16).reshape(-1, 2, 2)
+    got = cache[3:]
+    nan = np.isnan(values.reshape(-1, 2, 2))
+    np.testing.assert_array_equal(got[~nan], expected[~nan])
+    assert (got[nan] & 0x7C00 == 0x7C00).all() and (got[nan] & 0x3FF).all()
+    assert not cache[:3].any()
+
+
+@pytest.mark.parametrize("launch", [kernels.ON_GPU, kernels.SIMULATED], ids=["on_gpu", "simulated"])
+def test_per_head_rms_norm_and_the_residual_with_and_without_a_post_norm(launch):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 4 * 24)).astype(np.float32)
+    weight = rng.standard_normal(24).astype(np.float32)
+    out = np.zeros_like(x)
+    kernels.launch_rms_norm(x, 4, weight, 1e-6, out, launch=launch)
+    expected = rms_norm(x.reshape(3, 4, 24), weight, 1e-6).reshape(3, -1)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    y = rng.standard_normal(x.shape).astype(np.float32)
+    plain, normed = x.copy(), x.copy()
+    kernels.launch_add_rows(plain, y, kernels.NO_BIAS, 1e-6, launch=launch)
+    np.testing.assert_array_equal(plain, x + y)
+    post = rng.standard_normal(x.shape[1]).astype(np.float32)
+    kernels.launch_add_rows(normed, y, post, 1e-6, launch=launch)
+    np.testing.assert_allclose(normed, x + rms_norm(y, post, 1e-6), rtol=1e-6, atol=1e-6)
+
+
+def test_expert_gather_scatter_and_rank_sum_match_their_twins():
+    rng = np.random.default_rng(13)
+    h = rng.standard_normal((5, 6)).astype(np.float32)
+    rows, ranks = np.array([4, 0, 2]), np.array([1, 0, 1])
+    gathered = np.zeros((3, 6), np.float32)
+    kernels.launch_elementwise(kernels.gather_rows, gathered.size, h, rows, gathered, launch=kernels.ON_GPU)
+    np.testing.assert_array_equal(gathered, h[rows])
+    parts = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    expected = parts.copy()
+    weights = np.array([0.5, 0.25, 2.0], np.float32)
+    expected[ranks, rows] = gathered * weights[:, None]
+    kernels.launch_elementwise(kernels.scatter_scaled, gathered.size, gathered, rows, ranks, weights, parts,
+                               launch=kernels.ON_GPU)
+    np.testing.assert_array_equal(parts, expected)
+    out = np.zeros((5, 6), np.float32)
+    kernels.launch_elementwise(kernels.sum_ranks, out.size, parts, out, launch=kernels.SIMULATED)
+    np.testing.assert_array_equal(out, parts[0] + parts[1])

@@ -1,43 +1,64 @@
-"""CUDA kernels (numba-cuda) for the offloaded layers, one thread block per output row. Each has a numpy twin
-in tests/test_gpu_kernels.py, run under numba's CUDA simulator in CI. Unlike the CPU path, which quantizes
-activations to int8 as llama.cpp does, the products multiply the weights' values by float32 activations.
+"""CUDA kernels (numba-cuda) for the offloaded layers. Each has a numpy twin in tests/test_gpu_kernels.py and
+tests/test_gpu_formats.py, run under numba's CUDA simulator in CI, and tests/gpu_ptx.py compiles each to
+PTX for real GPUs. Unlike the CPU path, which quantizes activations to int8 as llama.cpp does, the products
+multiply the weights' values by float32 activations.
 
-Weights stay in their GGUF encoding on the device (rows of raw block bytes, as `runtime/quants.py` lays
-them out); activations are float32. A block's float16 scale is decoded with integer operations
-(`half_at`), which every CUDA architecture and the simulator compute alike.
-
-- `matmul_q8_0`, `matmul_q4_1`, `matmul_q4_k`, `matmul_q6_k`: out (n, rows) = x (n, cols) @ W.T, one kernel
-  (`_row_product`) per format's block dot: grid (rows, n), 32 threads per block, each summing every 32nd
-  quant block (or super-block) of its row, then a shared-memory reduction tree.
-- `rms_norm`: out[i] = x[i] / rms(x[i]) * weight, grid n, 32 threads.
-- `rope`: rotate each head of q or k (n, n_heads * head_dim) in place by its token's position, llama's
-  (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, from `model.ops.Rope`'s cos/sin tables.
-- `gated_activation`: act(gate) * up, act silu or gelu_tanh, a thread per element.
+- `product`: out = x @ W.T for W in any format of `formats.py`, its blocks decoded as they are read;
+  grid (row groups, token groups), each row's lanes summing every lanes-th block of it for up to
+  TOKENS_PER_BLOCK tokens at once (a weight block is fetched once for all of them), then a halving tree.
+- `rms_norm` (whole rows or per head), `add_rows` (the residual, with or without a post-norm), `rope`
+  (llama's (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, `model.ops.Rope`'s cos/sin tables),
+  `gated_activation` (silu or gelu_tanh), `store_halves` (float32 keys/values into the f16 cache).
 - `attention`: causal grouped-query attention over an f16 KV cache (IEEE halves as uint16), grid (n, n_head),
-  32 threads per query head, each taking every 32nd visible key with an online softmax, merged at the end.
+  the lanes of a query head each taking every lanes-th visible key with an online softmax, merged at the end.
+
+How many lanes share a row (a power of two up to 32), rows a thread block, and threads an element-wise block
+are launch choices (`Launch`): `ON_GPU` on a GPU. The simulator runs every CUDA thread as a Python thread,
+so whole-model tests there use `SIMULATED` (two lanes, the grid capped, the kernels looping over the rest):
+the same code paths in seconds instead of minutes. Within a process one choice holds for every call, so a
+token's result never depends on how many tokens share the call.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-from numba import cuda, float32, int32
+from numba import config, cuda, float32, int32
 
 from .formats import FORMAT_IDS, block_dot, block_elements, half_value
 
-WARP = 32  # lanes per row: each sums every 32nd block of its row, then a shared-memory tree
-ROWS_PER_BLOCK = 4  # weight rows per thread block of `product`
+WARP = 32  # the most lanes: shared arrays are sized for it
+MAX_ROWS = 4  # the most weight rows per thread block of `product`
 TOKENS_PER_BLOCK = 8  # tokens per thread block of `product`: each lane's weight blocks are read for all of them
+MAX_HEAD_DIM = 256
+
+
+@dataclass(frozen=True)
+class Launch:
+    lanes: int  # threads per row (product, norms) or per query head (attention): a power of two <= WARP
+    rows: int  # weight rows per thread block of `product`, <= MAX_ROWS
+    threads: int  # threads per block of the element-wise kernels
+    max_blocks: int  # the most blocks along rows or elements (the kernels loop over the rest); 0: no cap
+
+    def blocks(self, n: int, per_block: int) -> int:
+        wanted = max(1, -(-n // per_block))
+        return min(wanted, self.max_blocks) if self.max_blocks else wanted
+
+
+ON_GPU = Launch(lanes=WARP, rows=MAX_ROWS, threads=256, max_blocks=0)
+SIMULATED = Launch(lanes=2, rows=1, threads=4, max_blocks=2)
+LAUNCH = SIMULATED if config.ENABLE_CUDASIM else ON_GPU
 
 
 @cuda.jit(device=True)
 def _block_sum(partial, value):
-    """The sum of `value` over the block's 32 threads (shared `partial`, a halving tree), for every thread."""
+    """The sum of `value` over the block's lanes (shared `partial`, a halving tree), for every thread."""
     lane = cuda.threadIdx.x
     partial[lane] = value
     cuda.syncthreads()
-    step = WARP // 2
+    step = cuda.blockDim.x // 2
     while step > 0:
         if lane < step:
             partial[lane] += partial[lane + step]
@@ -47,83 +68,81 @@ def _block_sum(partial, value):
 
 
 @cuda.jit
-def product(fmt, w, x, bias, out):
-    """out (n, rows) = x (n, cols) @ W.T (+ bias when it is not empty), W (rows, row bytes) uint8 in format
-    `fmt` (`formats.FORMAT_IDS`). Grid (rows / ROWS_PER_BLOCK, n / TOKENS_PER_BLOCK), threads (WARP,
-    ROWS_PER_BLOCK): lane l of a row sums blocks l, l + 32, ... of that row for each of the block's tokens,
-    then the 32 lanes' sums meet in a fixed halving tree.
+def product(fmt, w, x, bias, out, col0):
+    """out[:, col0:col0 + rows] = x (n, cols) @ W.T (+ bias when it is not empty), W (rows, row bytes) uint8
+    in format `fmt` (`formats.FORMAT_IDS`). Threads (lanes, rows per block); grid (row groups, n /
+    TOKENS_PER_BLOCK): lane l of a row sums blocks l, l + lanes, ... of that row for each of the block's
+    tokens, then the lanes' sums meet in a fixed halving tree; a block takes row groups gridDim.x apart.
 
     A token's output is the same sequence of float32 operations whatever n is and wherever the token sits
     in the batch (its own accumulator, its own tree), so decode (a few tokens) and prefill (hundreds) give
     the same bits for the same token, and a row never depends on the rows batched with it."""
     lane, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    r = cuda.blockIdx.x * ROWS_PER_BLOCK + ty
+    lanes, group = cuda.blockDim.x, cuda.blockDim.y
     t0 = cuda.blockIdx.y * TOKENS_PER_BLOCK
     nt = min(TOKENS_PER_BLOCK, x.shape[0] - t0)
+    elements = block_elements(fmt)
     acc = cuda.local.array(TOKENS_PER_BLOCK, float32)
-    for t in range(TOKENS_PER_BLOCK):
-        acc[t] = float32(0.0)
-    if r < w.shape[0]:
-        elements = block_elements(fmt)
-        row = w[r]
-        for b in range(lane, x.shape[1] // elements, WARP):
-            for t in range(nt):
-                acc[t] += block_dot(fmt, row, b, x[t0 + t], b * elements)
-    partial = cuda.shared.array((ROWS_PER_BLOCK, TOKENS_PER_BLOCK, WARP), float32)
-    for t in range(TOKENS_PER_BLOCK):
-        partial[ty, t, lane] = acc[t]
-    cuda.syncthreads()
-    step = WARP // 2
-    while step > 0:
-        if lane < step:
-            for t in range(TOKENS_PER_BLOCK):
-                partial[ty, t, lane] += partial[ty, t, lane + step]
+    partial = cuda.shared.array((MAX_ROWS, TOKENS_PER_BLOCK, WARP), float32)
+    for r0 in range(cuda.blockIdx.x * group, w.shape[0], cuda.gridDim.x * group):
+        r = r0 + ty
+        for t in range(nt):
+            acc[t] = float32(0.0)
+        if r < w.shape[0]:
+            row = w[r]
+            for b in range(lane, x.shape[1] // elements, lanes):
+                for t in range(nt):
+                    acc[t] += block_dot(fmt, row, b, x[t0 + t], b * elements)
+        for t in range(nt):
+            partial[ty, t, lane] = acc[t]
         cuda.syncthreads()
-        step //= 2
-    if lane < nt and r < w.shape[0]:  # lane t writes token t's output
-        value = partial[ty, lane, 0]
-        if bias.shape[0] > 0:
-            value += bias[r]
-        out[t0 + lane, r] = value
-
-
-def launch_product(fmt: int, w, x, bias, out) -> None:
-    """`product` over every row of w and every token of x."""
-    grid = (-(-w.shape[0] // ROWS_PER_BLOCK), -(-x.shape[0] // TOKENS_PER_BLOCK))
-    product[grid, (WARP, ROWS_PER_BLOCK)](fmt, w, x, bias, out)
+        step = lanes // 2
+        while step > 0:
+            if lane < step:
+                for t in range(nt):
+                    partial[ty, t, lane] += partial[ty, t, lane + step]
+            cuda.syncthreads()
+            step //= 2
+        if r < w.shape[0]:
+            for t in range(lane, nt, lanes):
+                value = partial[ty, t, 0]
+                if bias.shape[0] > 0:
+                    value += bias[r]
+                out[t0 + t, col0 + r] = value
+        cuda.syncthreads()  # before the next row group reuses `partial`
 
 
 @cuda.jit
 def rms_norm(x, n_heads, weight, eps, out):
     """out[i, head] = x[i, head] / sqrt(mean(x[i, head]^2) + eps) * weight for each row i of x (n, n_heads *
-    d) and each of its n_heads pieces of d (1: whole rows; the heads: qk-norm); grid (n, n_heads), 32 threads.
-    out may be x."""
+    d) and each of its n_heads pieces of d (1: whole rows; the heads: qk-norm); grid (n, n_heads), a block's
+    lanes taking every lanes-th element. out may be x."""
     i, h, lane = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
     d = x.shape[1] // n_heads
     first = h * d
     partial = cuda.shared.array(WARP, float32)
     total = float32(0.0)
-    for j in range(lane, d, WARP):
+    for j in range(lane, d, cuda.blockDim.x):
         total += x[i, first + j] * x[i, first + j]
     inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(d) + eps)
-    for j in range(lane, d, WARP):
+    for j in range(lane, d, cuda.blockDim.x):
         out[i, first + j] = x[i, first + j] * inv * weight[j]
 
 
 @cuda.jit
 def add_rows(x, y, weight, eps):
-    """x += y, or with a (non-empty) weight x += rms_norm(y) * weight (the post-norms); grid n, 32 threads."""
+    """x += y, or with a (non-empty) weight x += rms_norm(y) * weight (the post-norms); grid n."""
     i, lane = cuda.blockIdx.x, cuda.threadIdx.x
     if weight.shape[0] == 0:
-        for j in range(lane, x.shape[1], WARP):
+        for j in range(lane, x.shape[1], cuda.blockDim.x):
             x[i, j] += y[i, j]
         return
     partial = cuda.shared.array(WARP, float32)
     total = float32(0.0)
-    for j in range(lane, y.shape[1], WARP):
+    for j in range(lane, y.shape[1], cuda.blockDim.x):
         total += y[i, j] * y[i, j]
     inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(y.shape[1]) + eps)
-    for j in range(lane, x.shape[1], WARP):
+    for j in range(lane, x.shape[1], cuda.blockDim.x):
         x[i, j] += y[i, j] * inv * weight[j]
 
 
@@ -145,9 +164,8 @@ def rope(x, n_heads, positions, cos, sin, n_rot, neox):
 @cuda.jit
 def gated_activation(gate, up, gelu, out):
     """out = act(gate) * up for gate, up, out (n, n_ff) float32, act gelu_tanh if gelu else silu; a thread per
-    element."""
-    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i < out.shape[0] * out.shape[1]:
+    element (the grid looping over the rest)."""
+    for i in range(cuda.grid(1), out.shape[0] * out.shape[1], cuda.gridsize(1)):
         t, j = i // out.shape[1], i % out.shape[1]
         g = gate[t, j]
         if gelu:
@@ -188,36 +206,62 @@ def half_bits(value):
 def store_halves(src, dst, pos0):
     """dst[pos0 + t] = src[t] as float16 bits: src (n, n_kv * hd) float32, dst (n_ctx, n_kv, hd) uint16; a
     thread per element."""
-    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     hd = dst.shape[2]
-    if i < src.shape[0] * src.shape[1]:
+    for i in range(cuda.grid(1), src.shape[0] * src.shape[1], cuda.gridsize(1)):
         t, j = i // src.shape[1], i % src.shape[1]
         dst[pos0 + t, j // hd, j % hd] = half_bits(src[t, j])
 
 
-MAX_HEAD_DIM = 256
+
+@cuda.jit
+def gather_rows(src, rows, dst):
+    """dst[i] = src[rows[i]]: the tokens routed to one expert; a thread per element."""
+    for i in range(cuda.grid(1), dst.shape[0] * dst.shape[1], cuda.gridsize(1)):
+        r, j = i // dst.shape[1], i % dst.shape[1]
+        dst[r, j] = src[rows[r], j]
+
+
+@cuda.jit
+def scatter_scaled(y, rows, ranks, weights, parts):
+    """parts[ranks[i], rows[i]] = y[i] * weights[i]: an expert's outputs, weighted, in their tokens' places
+    among each token's ranked experts; a thread per element."""
+    for i in range(cuda.grid(1), y.shape[0] * y.shape[1], cuda.gridsize(1)):
+        r, j = i // y.shape[1], i % y.shape[1]
+        parts[ranks[r], rows[r], j] = y[r, j] * weights[r]
+
+
+@cuda.jit
+def sum_ranks(parts, out):
+    """out = parts[0] + parts[1] + ..., in rank order (best expert first, as the CPU sums them)."""
+    for i in range(cuda.grid(1), out.shape[0] * out.shape[1], cuda.gridsize(1)):
+        t, j = i // out.shape[1], i % out.shape[1]
+        total = parts[0, t, j]
+        for rank in range(1, parts.shape[0]):
+            total += parts[rank, t, j]
+        out[t, j] = total
 
 
 @cuda.jit
 def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
-    """q (n, n_head, hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
-    key_pos0..; out (n, n_head, hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
+    """q (n, n_head * hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
+    key_pos0..; out (n, n_head * hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
     key_pos0); softcap > 0 turns each scaled score x into softcap * tanh(x / softcap). hd <= MAX_HEAD_DIM."""
     t, h = cuda.blockIdx.x, cuda.blockIdx.y
     lane = cuda.threadIdx.x
-    hd = q.shape[2]
-    kv = h // (q.shape[1] // keys.shape[1])
+    hd = keys.shape[2]
+    q0 = h * hd
+    kv = h // (q.shape[1] // hd // keys.shape[1])
     p = pos0 + t
     first = max(key_pos0, p - window + 1) if window > 0 else key_pos0
     acc = cuda.local.array(MAX_HEAD_DIM, float32)
     for d in range(hd):
         acc[d] = float32(0.0)
     top, weight = float32(-math.inf), float32(0.0)  # this thread's running max and sum of exp(score - top)
-    for key in range(first + lane, p + 1, WARP):
+    for key in range(first + lane, p + 1, cuda.blockDim.x):
         row = key - key_pos0
         score = float32(0.0)
         for d in range(hd):
-            score += q[t, h, d] * half_value(int32(keys[row, kv, d]))
+            score += q[t, q0 + d] * half_value(int32(keys[row, kv, d]))
         score *= scale
         if softcap > 0:
             score = softcap * math.tanh(score / softcap)
@@ -239,25 +283,60 @@ def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
         accs[lane, d] = acc[d]
     cuda.syncthreads()
     best = float32(-math.inf)
-    for i in range(WARP):
+    for i in range(cuda.blockDim.x):
         best = max(best, tops[i])
     total = float32(0.0)
-    for i in range(WARP):
+    for i in range(cuda.blockDim.x):
         if weights[i] > 0:
             total += weights[i] * math.exp(tops[i] - best)
-    for d in range(lane, hd, WARP):
+    for d in range(lane, hd, cuda.blockDim.x):
         value = float32(0.0)
-        for i in range(WARP):
+        for i in range(cuda.blockDim.x):
             if weights[i] > 0:
                 value += accs[i, d] * math.exp(tops[i] - best)
-        out[t, h, d] = value / total
+        out[t, q0 + d] = value / total
 
 
-NO_BIAS = np.zeros(0, np.float32)
+NO_BIAS = np.zeros(0, np.float32)  # "no bias" / "no norm weight" for the kernels
 
 
-def matmul(type_name: str, w_device, x: np.ndarray, bias: np.ndarray = NO_BIAS) -> np.ndarray:
+# Launches, with LAUNCH's sizes unless told otherwise (the kernel tests also run ON_GPU's).
+
+def launch_product(fmt: int, w, x, bias, out, col0: int = 0, launch: Launch | None = None) -> None:
+    """`product` over every row of w and every token of x."""
+    launch = launch or LAUNCH
+    grid = (launch.blocks(w.shape[0], launch.rows), -(-x.shape[0] // TOKENS_PER_BLOCK))
+    product[grid, (launch.lanes, launch.rows)](fmt, w, x, bias, out, col0)
+
+
+def launch_rms_norm(x, n_heads: int, weight, eps: float, out, launch: Launch | None = None) -> None:
+    rms_norm[(x.shape[0], n_heads), (launch or LAUNCH).lanes](x, n_heads, weight, np.float32(eps), out)
+
+
+def launch_add_rows(x, y, weight, eps: float, launch: Launch | None = None) -> None:
+    add_rows[x.shape[0], (launch or LAUNCH).lanes](x, y, weight, np.float32(eps))
+
+
+def launch_rope(x, n_heads: int, positions, cos, sin, n_rot: int, neox: bool, launch: Launch | None = None) -> None:
+    rope[(x.shape[0], n_heads), (launch or LAUNCH).lanes](x, n_heads, positions, cos, sin, n_rot, neox)
+
+
+def launch_elementwise(kernel, n_elements: int, *args, launch: Launch | None = None) -> None:
+    """`gated_activation` or `store_halves` over n_elements."""
+    launch = launch or LAUNCH
+    kernel[launch.blocks(n_elements, launch.threads), launch.threads](*args)
+
+
+def launch_attention(q, keys, values, pos0: int, key_pos0: int, window: int, scale: float, softcap: float, out,
+                     launch: Launch | None = None) -> None:
+    n_head = q.shape[1] // keys.shape[2]
+    attention[(q.shape[0], n_head), (launch or LAUNCH).lanes](q, keys, values, pos0, key_pos0, window,
+                                                              np.float32(scale), np.float32(softcap), out)
+
+
+def matmul(type_name: str, w_device, x: np.ndarray, bias: np.ndarray = NO_BIAS,
+           launch: Launch | None = None) -> np.ndarray:
     """x (n, cols) @ W.T for a weight already on the device in its GGUF encoding; returns (n, rows) float32."""
     out = cuda.device_array((x.shape[0], w_device.shape[0]), np.float32)
-    launch_product(FORMAT_IDS[type_name], w_device, cuda.to_device(x), cuda.to_device(bias), out)
+    launch_product(FORMAT_IDS[type_name], w_device, cuda.to_device(x), cuda.to_device(bias), out, launch=launch)
     return out.copy_to_host()

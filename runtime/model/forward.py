@@ -46,6 +46,7 @@ class Transformer:
         self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)
         self.fused = [FusedLayer.of(layer, self.group) for layer in weights.layers]
         self.scratch = ScratchPool(config, self.fused)
+        self.offload = None  # the last layers on a GPU (gpu.offload.Offload), set by the Model
 
     @staticmethod
     def choose_rope_factors(config: ModelConfig, weights: Weights, n_ctx: int) -> str | None:
@@ -109,11 +110,16 @@ class Transformer:
         x = w.token_embd.rows(tokens)  # (n, n_embd)
         if opt.scale_embeddings:
             x *= np.float32(np.sqrt(c.n_embd))
-        for il, layer in enumerate(w.layers):
+        n_cpu = c.n_layer - (self.offload.n_layers if self.offload else 0)
+        for il, layer in enumerate(w.layers[:n_cpu]):
             q, k, v = self.attention_input(il, layer, x, positions, scratch)
             attn = self.attend(il, q, k, v, segments)
             self.add_attention_output(il, layer, x, attn, scratch)
             self.add_ffn(il, layer, x, scratch)
+        if self.offload is not None:  # the hidden state crosses to the device and back once
+            x = self.offload.run(x, positions, segments, output)
+            if self.offload.head:
+                return softcap(x, c.final_softcap) if c.final_softcap and output in ("last", "all") else x
         if output == "none":
             return None
         if output == "last":

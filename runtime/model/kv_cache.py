@@ -1,4 +1,5 @@
-"""The key/value cache: every layer's keys and values for n_ctx positions, allocated once."""
+"""The key/value cache: every CPU layer's keys and values for n_ctx positions, allocated once (the layers
+offloaded to a GPU keep theirs on the device: `KVCache.device`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class KVCache:
         self.kv_type = kv_type
         self.keys = np.zeros((n_layer, n_ctx, kv_dim), dtype)  # (n_layer, n_ctx, kv_dim)
         self.values = np.zeros((n_layer, n_ctx, kv_dim), dtype)
+        self.device = None  # the offloaded layers' part (gpu.offload.DeviceKV); these arrays hold the others
 
     @staticmethod
     def n_bytes_for(n_layer: int, n_ctx: int, kv_dim: int, kv_type: str = "f16") -> int:

@@ -29,6 +29,7 @@ from ..chat import ChatTemplate, SpecialTexts, max_chars_for
 from ..errors import ContextOverflowError, LlamapyzError
 from ..generation import Step, generate
 from ..gguf import GGUFFile, Source, load_gguf
+from ..gpu import setup as setup_gpu
 from ..sampling import SamplingParams
 from ..threads import physical_cores, set_threads
 from ..tokenizer import Tokenizer
@@ -64,7 +65,11 @@ def check_memory(n_bytes: int, what: str) -> None:
 
 class Model:
     def __init__(self, gguf: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = "f16", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 kv_type: str = "f16", batch_size: int = DEFAULT_BATCH_SIZE, n_gpu_layers: int = 0,
+                 main_gpu: int = 0, gpu_contexts: int = 1) -> None:
+        """n_gpu_layers: llama.cpp's -ngl (the last N layers on a GPU; -1 or more than n_layer: the output
+        layer too); main_gpu: which GPU; gpu_contexts: how many contexts' KV caches to budget GPU memory for
+        (the server's slots). What that came to, and why, is `self.gpu` (`gpu.GpuStatus`)."""
         started = time.perf_counter()
         self.gguf = gguf
         self.config = ModelConfig.from_metadata(gguf.metadata)
@@ -78,6 +83,8 @@ class Model:
         self.batch_size = max(1, int(batch_size))
         self.n_threads = set_threads(n_threads or physical_cores())
         self.transformer = Transformer(self.config, self.weights, self.n_ctx)
+        self.transformer.offload, self.gpu = setup_gpu(self.config, self.weights, self.transformer.rope_of_layer,
+                                                       n_gpu_layers, main_gpu, self.n_ctx, gpu_contexts)
         self.context = self.new_context()
         self._chat_template: ChatTemplate | None = None
         self.load_time_s = time.perf_counter() - started
@@ -89,13 +96,23 @@ class Model:
 
     def new_context(self) -> Context:
         """A fresh context of n_ctx positions (its cache's memory is touched only as far as it is used)."""
-        return Context(KVCache(self.config.n_layer, self.n_ctx, self.config.kv_dim, self.kv_type))
+        cache = KVCache(self.n_cpu_layers, self.n_ctx, self.config.kv_dim, self.kv_type)
+        if self.transformer.offload is not None:
+            cache.device = self.transformer.offload.new_kv(self.n_ctx)
+        return Context(cache)
+
+    @property
+    def n_cpu_layers(self) -> int:
+        """The layers that run on the CPU (all but the -ngl offloaded ones)."""
+        return self.config.n_layer - self.gpu.layers
 
     @property
     def context_bytes(self) -> int:
-        """Memory one context of n_ctx positions can take: its KV cache (and the rope tables, made once)."""
+        """Host memory one context of n_ctx positions can take: its KV cache of the CPU layers (and the rope
+        tables, made once)."""
         c = self.config
-        return KVCache.n_bytes_for(c.n_layer, self.n_ctx, c.kv_dim, self.kv_type) + self.n_ctx * c.n_rot * 4
+        layers = c.n_layer if getattr(self, "gpu", None) is None else self.n_cpu_layers
+        return KVCache.n_bytes_for(layers, self.n_ctx, c.kv_dim, self.kv_type) + self.n_ctx * c.n_rot * 4
 
     @property
     def cache(self) -> KVCache:

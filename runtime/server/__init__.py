@@ -57,6 +57,8 @@ class ServeOptions:
     open_browser: bool = True
     webui: Path | None = DEFAULT_WEBUI
     sampling: dict[str, Any] = field(default_factory=dict)  # defaults for requests that do not say
+    n_gpu_layers: int = 0  # -ngl
+    main_gpu: int = 0
 
 
 def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
@@ -64,7 +66,11 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
     started = time.perf_counter()
     try:
         model = Model.load(options.model, n_ctx=options.n_ctx, n_threads=options.n_threads,
-                           kv_type=options.kv_type, batch_size=options.batch_size)
+                           kv_type=options.kv_type, batch_size=options.batch_size,
+                           n_gpu_layers=options.n_gpu_layers, main_gpu=options.main_gpu,
+                           gpu_contexts=options.n_slots)
+        for line in model.gpu.lines():
+            say(line)
         check_memory(model.context_bytes * options.n_slots, f"{options.n_slots} slots of {model.n_ctx} tokens")
         if model.n_ctx > model.config.n_ctx_train:
             say(f"warning: a context of {model.n_ctx} tokens is longer than the {model.config.n_ctx_train} the "
