@@ -38,7 +38,12 @@ SIGNATURES = {
 
 
 def main() -> int:
-    from runtime.gpu import kernels
+    from runtime.gpu import cache, kernels
+
+    locator = kernels.product._cache._impl.locator  # compiled kernels are cached per user, our way
+    if type(locator).__name__ != "GpuKernelLocator" or locator.get_cache_path() != str(cache.cache_folder()):
+        print(f"kernels are cached by {type(locator).__name__} in {locator.get_cache_path()}", file=sys.stderr)
+        return 1
 
     for cc in CAPABILITIES:
         dispatcher.get_current_device = lambda cc=cc: types.SimpleNamespace(compute_capability=cc)

@@ -29,6 +29,11 @@ from numba import config, cuda, float32, int32
 
 from .formats import FORMAT_IDS, block_dot, block_elements, half_value
 
+if not config.ENABLE_CUDASIM:  # compiled kernels are cached per user (the simulator compiles nothing)
+    from .cache import install
+
+    install()
+
 WARP = 32  # the most lanes: shared arrays are sized for it
 MAX_ROWS = 4  # the most weight rows per thread block of `product`
 TOKENS_PER_BLOCK = 8  # tokens per thread block of `product`: each lane's weight blocks are read for all of them
@@ -67,7 +72,7 @@ def _block_sum(partial, value):
     return partial[0]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def product(fmt, w, x, bias, out, col0):
     """out[:, col0:col0 + rows] = x (n, cols) @ W.T (+ bias when it is not empty), W (rows, row bytes) uint8
     in format `fmt` (`formats.FORMAT_IDS`). Threads (lanes, rows per block); grid (row groups, n /
@@ -112,7 +117,7 @@ def product(fmt, w, x, bias, out, col0):
         cuda.syncthreads()  # before the next row group reuses `partial`
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rms_norm(x, n_heads, weight, eps, out):
     """out[i, head] = x[i, head] / sqrt(mean(x[i, head]^2) + eps) * weight for each row i of x (n, n_heads *
     d) and each of its n_heads pieces of d (1: whole rows; the heads: qk-norm); grid (n, n_heads), a block's
@@ -129,7 +134,7 @@ def rms_norm(x, n_heads, weight, eps, out):
         out[i, first + j] = x[i, first + j] * inv * weight[j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_rows(x, y, weight, eps):
     """x += y, or with a (non-empty) weight x += rms_norm(y) * weight (the post-norms); grid n."""
     i, lane = cuda.blockIdx.x, cuda.threadIdx.x
@@ -146,7 +151,7 @@ def add_rows(x, y, weight, eps):
         x[i, j] += y[i, j] * inv * weight[j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rope(x, n_heads, positions, cos, sin, n_rot, neox):
     """Rotate each head of x (n, n_heads * head_dim) in place; grid (n, n_heads), a thread per pair."""
     t, h = cuda.blockIdx.x, cuda.blockIdx.y
@@ -161,7 +166,7 @@ def rope(x, n_heads, positions, cos, sin, n_rot, neox):
         x[t, b_at] = a * sin[p, i] + b * cos[p, i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gated_activation(gate, up, gelu, out):
     """out = act(gate) * up for gate, up, out (n, n_ff) float32, act gelu_tanh if gelu else silu; a thread per
     element (the grid looping over the rest)."""
@@ -202,7 +207,7 @@ def half_bits(value):
     return sign | (((exponent + 14) << 10) + _round_even(fraction))  # a carry of 1024 moves the exponent up
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def store_halves(src, dst, pos0):
     """dst[pos0 + t] = src[t] as float16 bits: src (n, n_kv * hd) float32, dst (n_ctx, n_kv, hd) uint16; a
     thread per element."""
@@ -213,7 +218,7 @@ def store_halves(src, dst, pos0):
 
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gather_rows(src, rows, dst):
     """dst[i] = src[rows[i]]: the tokens routed to one expert; a thread per element."""
     for i in range(cuda.grid(1), dst.shape[0] * dst.shape[1], cuda.gridsize(1)):
@@ -221,7 +226,7 @@ def gather_rows(src, rows, dst):
         dst[r, j] = src[rows[r], j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter_scaled(y, rows, ranks, weights, parts):
     """parts[ranks[i], rows[i]] = y[i] * weights[i]: an expert's outputs, weighted, in their tokens' places
     among each token's ranked experts; a thread per element."""
@@ -230,7 +235,7 @@ def scatter_scaled(y, rows, ranks, weights, parts):
         parts[ranks[r], rows[r], j] = y[r, j] * weights[r]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def sum_ranks(parts, out):
     """out = parts[0] + parts[1] + ..., in rank order (best expert first, as the CPU sums them)."""
     for i in range(cuda.grid(1), out.shape[0] * out.shape[1], cuda.gridsize(1)):
@@ -241,7 +246,7 @@ def sum_ranks(parts, out):
         out[t, j] = total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
     """q (n, n_head * hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
     key_pos0..; out (n, n_head * hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
