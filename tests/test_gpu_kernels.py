@@ -53,16 +53,25 @@ def test_rms_norm_matches_its_twin():
 
 
 @pytest.mark.parametrize("neox", [False, True])
-def test_rope_matches_its_twin_in_both_styles(neox):
-    n, n_heads, head_dim, n_rot = 4, 3, 16, 12  # dimensions past n_rot stay as they are
-    x = np.random.default_rng(3).standard_normal((n, n_heads * head_dim)).astype(np.float32)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_norm_and_rope_match_their_twins_in_both_styles(neox, qk_norm):
+    """q's 3 heads and k's 2 normed (or not) and rotated in place, v's left alone; dimensions past n_rot stay."""
+    n, n_head, n_kv, hd, n_rot = 4, 3, 2, 16, 12
+    rng = np.random.default_rng(3)
+    qkv = rng.standard_normal((n, (n_head + 2 * n_kv) * hd)).astype(np.float32)
+    q_norm, k_norm = (rng.standard_normal((2, hd)).astype(np.float32) if qk_norm else (kernels.NO_BIAS,) * 2)
     positions = np.array([0, 5, 6, 30])
     table = Rope(10000.0, n_rot, 64, neox, freq_scale=0.5, attn_factor=1.1)
-    got = x.copy()
-    kernels.rope[(n, n_heads), 8](got, n_heads, positions, table.cos, table.sin, n_rot, neox)
-    expected = rope(x.reshape(n, n_heads, head_dim), positions, 10000.0, n_rot, neox, freq_scale=0.5,
-                    attn_factor=1.1).reshape(n, -1)
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    got = qkv.copy()
+    kernels.launch_qk_norm_rope(got, n_head, n_kv, q_norm, k_norm, 1e-6, positions, table.cos, table.sin, n_rot,
+                                neox, launch=kernels.ON_GPU)
+    q, k = qkv[:, :n_head * hd].reshape(n, n_head, hd), qkv[:, n_head * hd:(n_head + n_kv) * hd].reshape(n, n_kv, hd)
+    if qk_norm:
+        q, k = rms_norm(q, q_norm, 1e-6), rms_norm(k, k_norm, 1e-6)
+    turn = dict(base=10000.0, n_rot=n_rot, neox=neox, freq_scale=0.5, attn_factor=1.1)
+    expected = np.concatenate([rope(q, positions, **turn).reshape(n, -1), rope(k, positions, **turn).reshape(n, -1),
+                               qkv[:, (n_head + n_kv) * hd:]], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("gelu", [False, True])
@@ -94,7 +103,7 @@ def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
 
 
 def test_float32_keys_and_values_round_to_the_halves_numpy_gives():
-    """store_halves rounds as numpy's astype(float16) (to nearest, ties to even): every half, the ties
+    """store_kv rounds as numpy's astype(float16) (to nearest, ties to even): every half, the ties
     between neighbouring halves, subnormals, overflow to inf, -0 and NaN."""
     halves = np.arange(0, 65536, 7, dtype=np.uint16).view(np.float16)
     halves = halves[np.isfinite(halves)].astype(np.float32)
@@ -103,20 +112,23 @@ def test_float32_keys_and_values_round_to_the_halves_numpy_gives():
     specials = np.array([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e9, -1e9, 2.0**-25, 2.0**-24 * 1.5, 1e-10,
                          np.nan, np.inf, -np.inf], np.float32)
     values = np.concatenate([halves, ties, ties * np.float32(1.0000001), specials]).astype(np.float32)
-    values = values[: len(values) // 4 * 4].reshape(-1, 4)  # (n, n_kv * hd) with n_kv = 2, hd = 2
-    cache = np.zeros((len(values) + 3, 2, 2), np.uint16)
-    kernels.launch_elementwise(kernels.store_halves, values.size, values, cache, 3)
+    values = values[: len(values) // 8 * 8].reshape(-1, 8)  # keys then values (n, 2 * n_kv * hd): n_kv = hd = 2
+    qkv = np.concatenate([np.ones((len(values) + 1, 4), np.float32), np.zeros((len(values) + 1, 8), np.float32)],
+                         axis=1)  # a q of 4 columns, a first token that is not stored
+    qkv[1:, 4:] = values
+    keys, cached_values = np.zeros((2, len(values) + 3, 2, 2), np.uint16)
+    kernels.launch_elementwise(kernels.store_kv, values.size // 2, qkv, 1, len(values), 4, keys, cached_values, 3)
     with np.errstate(over="ignore"):
-        expected = values.astype(np.float16).view(np.uint16).reshape(-1, 2, 2)
-    got = cache[3:]
-    nan = np.isnan(values.reshape(-1, 2, 2))
+        expected = values.astype(np.float16).view(np.uint16).reshape(-1, 2, 2, 2)  # (n, k or v, n_kv, hd)
+    got = np.stack([keys[3:], cached_values[3:]], axis=1)
+    nan = np.isnan(values.reshape(-1, 2, 2, 2))
     np.testing.assert_array_equal(got[~nan], expected[~nan])
     assert (got[nan] & 0x7C00 == 0x7C00).all() and (got[nan] & 0x3FF).all()
-    assert not cache[:3].any()
+    assert not keys[:3].any() and not cached_values[:3].any()
 
 
 @pytest.mark.parametrize("launch", [kernels.ON_GPU, kernels.SIMULATED], ids=["on_gpu", "simulated"])
-def test_per_head_rms_norm_and_the_residual_with_and_without_a_post_norm(launch):
+def test_norms_and_the_residual_with_and_without_a_post_norm(launch):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((3, 4 * 24)).astype(np.float32)
     weight = rng.standard_normal(24).astype(np.float32)
@@ -131,6 +143,11 @@ def test_per_head_rms_norm_and_the_residual_with_and_without_a_post_norm(launch)
     post = rng.standard_normal(x.shape[1]).astype(np.float32)
     kernels.launch_add_rows(normed, y, post, 1e-6, launch=launch)
     np.testing.assert_allclose(normed, x + rms_norm(y, post, 1e-6), rtol=1e-6, atol=1e-6)
+    for post_weight, residual in ((kernels.NO_BIAS, x + y), (post, x + rms_norm(y, post, 1e-6))):
+        fused, h = x.copy(), np.zeros_like(x)  # add_norm: the same residual, then the next norm
+        kernels.launch_add_norm(fused, y, post_weight, 1e-6, weight.repeat(4), h, launch=launch)
+        np.testing.assert_allclose(fused, residual, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(h, rms_norm(residual, weight.repeat(4), 1e-6), rtol=1e-5, atol=1e-6)
 
 
 def test_expert_gather_scatter_and_rank_sum_match_their_twins():

@@ -6,9 +6,11 @@ multiply the weights' values by float32 activations.
 - `product`: out = x @ W.T for W in any format of `formats.py`, its blocks decoded as they are read;
   grid (row groups, token groups), each row's lanes summing every lanes-th block of it for up to
   TOKENS_PER_BLOCK tokens at once (a weight block is fetched once for all of them), then a halving tree.
-- `rms_norm` (whole rows or per head), `add_rows` (the residual, with or without a post-norm), `rope`
-  (llama's (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs, `model.ops.Rope`'s cos/sin tables),
-  `gated_activation` (silu or gelu_tanh), `store_halves` (float32 keys/values into the f16 cache).
+- `rms_norm` (whole rows or per head), `add_rows` (the residual, with or without a post-norm), `add_norm`
+  (the residual and the next step's input norm at once), `qk_norm_rope` (qk-norm, then rope in llama's
+  (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs from `model.ops.Rope`'s cos/sin tables, for every q and k
+  head in one launch), `gated_activation` (silu or gelu_tanh), `store_kv` (a sequence's keys and values
+  into its f16 cache, rounded as numpy rounds), and the mixture-of-experts pieces.
 - `attention`: causal grouped-query attention over an f16 KV cache (IEEE halves as uint16), grid (n, n_head),
   the lanes of a query head each taking every lanes-th visible key with an online softmax, merged at the end.
 
@@ -69,7 +71,9 @@ def _block_sum(partial, value):
             partial[lane] += partial[lane + step]
         cuda.syncthreads()
         step //= 2
-    return partial[0]
+    total = partial[0]
+    cuda.syncthreads()  # every lane has read it before `partial` is used again
+    return total
 
 
 @cuda.jit(cache=True)
@@ -152,18 +156,55 @@ def add_rows(x, y, weight, eps):
 
 
 @cuda.jit(cache=True)
-def rope(x, n_heads, positions, cos, sin, n_rot, neox):
-    """Rotate each head of x (n, n_heads * head_dim) in place; grid (n, n_heads), a thread per pair."""
-    t, h = cuda.blockIdx.x, cuda.blockIdx.y
-    head_dim = x.shape[1] // n_heads
+def add_norm(x, y, post_weight, eps, weight, out):
+    """add_rows(x, y, post_weight), then out = rms_norm(x) * weight: the residual and the next step's input
+    norm in one launch; grid n."""
+    i, lane, lanes = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
+    partial = cuda.shared.array(WARP, float32)
+    inv = float32(1.0)
+    if post_weight.shape[0] > 0:
+        total = float32(0.0)
+        for j in range(lane, y.shape[1], lanes):
+            total += y[i, j] * y[i, j]
+        inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(y.shape[1]) + eps)
+    total = float32(0.0)
+    for j in range(lane, x.shape[1], lanes):  # each lane reads back only what it wrote
+        if post_weight.shape[0] > 0:
+            x[i, j] += y[i, j] * inv * post_weight[j]
+        else:
+            x[i, j] += y[i, j]
+        total += x[i, j] * x[i, j]
+    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(x.shape[1]) + eps)
+    for j in range(lane, x.shape[1], lanes):
+        out[i, j] = x[i, j] * inv * weight[j]
+
+
+@cuda.jit(cache=True)
+def qk_norm_rope(qkv, n_head, n_head_kv, q_norm, k_norm, eps, positions, cos, sin, n_rot, neox):
+    """In place on qkv (n, (n_head + 2 n_head_kv) * hd), q's heads then k's then v's: each q and k head
+    normed (when its weight is not empty: qk-norm) and rotated (`rope`); grid (n, n_head + n_head_kv)."""
+    t, g = cuda.blockIdx.x, cuda.blockIdx.y
+    lane, lanes = cuda.threadIdx.x, cuda.blockDim.x
+    hd = qkv.shape[1] // (n_head + 2 * n_head_kv)
+    first = g * hd  # k's heads follow q's
+    weight = q_norm if g < n_head else k_norm
+    if weight.shape[0] > 0:
+        partial = cuda.shared.array(WARP, float32)
+        total = float32(0.0)
+        for j in range(lane, hd, lanes):
+            total += qkv[t, first + j] * qkv[t, first + j]
+        inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(hd) + eps)
+        for j in range(lane, hd, lanes):
+            qkv[t, first + j] = qkv[t, first + j] * inv * weight[j]
+        cuda.syncthreads()  # a pair's two halves may have been normed by two lanes
     half = n_rot // 2
     p = positions[t]
-    for i in range(cuda.threadIdx.x, half, cuda.blockDim.x):
-        a_at = h * head_dim + (i if neox else 2 * i)
+    for i in range(lane, half, lanes):
+        a_at = first + (i if neox else 2 * i)
         b_at = a_at + (half if neox else 1)
-        a, b = x[t, a_at], x[t, b_at]
-        x[t, a_at] = a * cos[p, i] - b * sin[p, i]
-        x[t, b_at] = a * sin[p, i] + b * cos[p, i]
+        a, b = qkv[t, a_at], qkv[t, b_at]
+        qkv[t, a_at] = a * cos[p, i] - b * sin[p, i]
+        qkv[t, b_at] = a * sin[p, i] + b * cos[p, i]
 
 
 @cuda.jit(cache=True)
@@ -208,14 +249,15 @@ def half_bits(value):
 
 
 @cuda.jit(cache=True)
-def store_halves(src, dst, pos0):
-    """dst[pos0 + t] = src[t] as float16 bits: src (n, n_kv * hd) float32, dst (n_ctx, n_kv, hd) uint16; a
-    thread per element."""
-    hd = dst.shape[2]
-    for i in range(cuda.grid(1), src.shape[0] * src.shape[1], cuda.gridsize(1)):
-        t, j = i // src.shape[1], i % src.shape[1]
-        dst[pos0 + t, j // hd, j % hd] = half_bits(src[t, j])
-
+def store_kv(qkv, rows0, n, q_dim, keys, values, pos0):
+    """keys/values[pos0 + t] = the k and v parts of qkv[rows0 + t] (columns q_dim.., then the next kv_dim) as
+    float16 bits, for the n tokens of a sequence: keys/values (n_ctx, n_kv, hd) uint16; a thread per element
+    of k (and its v)."""
+    hd, kv_dim = keys.shape[2], keys.shape[1] * keys.shape[2]
+    for i in range(cuda.grid(1), n * kv_dim, cuda.gridsize(1)):
+        t, j = i // kv_dim, i % kv_dim
+        keys[pos0 + t, j // hd, j % hd] = half_bits(qkv[rows0 + t, q_dim + j])
+        values[pos0 + t, j // hd, j % hd] = half_bits(qkv[rows0 + t, q_dim + kv_dim + j])
 
 
 @cuda.jit(cache=True)
@@ -322,12 +364,18 @@ def launch_add_rows(x, y, weight, eps: float, launch: Launch | None = None) -> N
     add_rows[x.shape[0], (launch or LAUNCH).lanes](x, y, weight, np.float32(eps))
 
 
-def launch_rope(x, n_heads: int, positions, cos, sin, n_rot: int, neox: bool, launch: Launch | None = None) -> None:
-    rope[(x.shape[0], n_heads), (launch or LAUNCH).lanes](x, n_heads, positions, cos, sin, n_rot, neox)
+def launch_add_norm(x, y, post_weight, eps: float, weight, out, launch: Launch | None = None) -> None:
+    add_norm[x.shape[0], (launch or LAUNCH).lanes](x, y, post_weight, np.float32(eps), weight, out)
+
+
+def launch_qk_norm_rope(qkv, n_head: int, n_head_kv: int, q_norm, k_norm, eps: float, positions, cos, sin,
+                        n_rot: int, neox: bool, launch: Launch | None = None) -> None:
+    qk_norm_rope[(qkv.shape[0], n_head + n_head_kv), (launch or LAUNCH).lanes](
+        qkv, n_head, n_head_kv, q_norm, k_norm, np.float32(eps), positions, cos, sin, n_rot, neox)
 
 
 def launch_elementwise(kernel, n_elements: int, *args, launch: Launch | None = None) -> None:
-    """`gated_activation` or `store_halves` over n_elements."""
+    """An element-wise kernel (`gated_activation`, `store_kv`, the experts' pieces) over n_elements."""
     launch = launch or LAUNCH
     kernel[launch.blocks(n_elements, launch.threads), launch.threads](*args)
 

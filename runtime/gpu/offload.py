@@ -166,8 +166,8 @@ class Offload:
         self.layers = [DeviceLayer.upload(weights.layers[il], tables[id(ropes[il])])
                        for il in range(self.first, c.n_layer)]
         self.weight_bytes = sum(layer_bytes(weights.layers[il]) for il in range(self.first, c.n_layer))
+        self.output_norm = _vector(weights.output_norm)  # the last add_norm's weight, with or without the head
         if head:
-            self.output_norm = _vector(weights.output_norm)
             self.output = DeviceMatrices([weights.output])
             self.n_vocab = weights.output.n_rows
             self.weight_bytes += weights.output.raw.nbytes + weights.output_norm.nbytes
@@ -206,60 +206,56 @@ class Offload:
         c = self.config
         n = len(x)
         s = self.scratch(n)
+        h = s["h"]  # the normed input of the next step: each residual add norms for the step after it
         xd = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
         pos = cuda.to_device(positions.astype(np.int64))
+        first_norm = self.layers[0].attn_norm if self.layers else self.output_norm
+        kernels.launch_rms_norm(xd, 1, first_norm, c.rms_eps, h)
         for i, layer in enumerate(self.layers):
             self._attention(i, layer, xd, pos, segments, s)
-            self._ffn(layer, xd, s)
+            following = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.output_norm
+            self._ffn(layer, xd, s, following)
         if not self.head:
             return xd.copy_to_host()
         if output == "none":
             cuda.synchronize()
             return None
-        rows = xd[n - 1:] if output == "last" else xd
-        h = cuda.device_array(rows.shape, np.float32)
-        kernels.launch_rms_norm(rows, 1, self.output_norm, c.rms_eps, h)
+        rows = h[n - 1:] if output == "last" else h
         if output == "hidden":
-            return h.copy_to_host()
+            return rows.copy_to_host()
         logits = cuda.device_array((rows.shape[0], self.n_vocab), np.float32)
-        self.output(h, logits)
+        self.output(rows, logits)
         return logits.copy_to_host()
 
     def _attention(self, i: int, layer: DeviceLayer, x, positions, segments: list, s: dict) -> None:
+        """x += post_norm(attention(h)) for h = attn_norm(x), then h = ffn_norm(x)."""
         c = self.config
-        il = self.first + i
-        eps = c.rms_eps
         q_dim = c.n_head * c.head_dim
         h, qkv, attn = s["h"], s["qkv"], s["attn"]
-        kernels.launch_rms_norm(x, 1, layer.attn_norm, eps, h)
         layer.qkv(h, qkv)
-        q, k, v = qkv[:, :q_dim], qkv[:, q_dim:q_dim + c.kv_dim], qkv[:, q_dim + c.kv_dim:]
-        if c.options.qk_norm:
-            kernels.launch_rms_norm(q, c.n_head, layer.q_norm, eps, q)
-            kernels.launch_rms_norm(k, c.n_head_kv, layer.k_norm, eps, k)
         (cos, sin), n_rot, neox = layer.rope
-        kernels.launch_rope(q, c.n_head, positions, cos, sin, n_rot, neox)
-        kernels.launch_rope(k, c.n_head_kv, positions, cos, sin, n_rot, neox)
-        window = 0 if c.is_global(il) else c.sliding_window
+        kernels.launch_qk_norm_rope(qkv, c.n_head, c.n_head_kv, layer.q_norm, layer.k_norm, c.rms_eps, positions,
+                                    cos, sin, n_rot, neox)
+        window = 0 if c.is_global(self.first + i) else c.sliding_window
         row = 0
         for seg in segments:
             keys, values = (a[i] for a in seg.cache.device.arrays())
-            rows = slice(row, row + seg.n)
-            kernels.launch_elementwise(kernels.store_halves, seg.n * c.kv_dim, k[rows], keys, seg.pos0)
-            kernels.launch_elementwise(kernels.store_halves, seg.n * c.kv_dim, v[rows], values, seg.pos0)
+            kernels.launch_elementwise(kernels.store_kv, seg.n * c.kv_dim, qkv, row, seg.n, q_dim, keys, values,
+                                       seg.pos0)
             key_start = max(0, seg.pos0 - window + 1) if window else 0
             stop = seg.pos0 + seg.n
-            kernels.launch_attention(q[rows], keys[key_start:stop], values[key_start:stop], seg.pos0, key_start,
-                                     window, c.attention_scale, c.attn_softcap, attn[rows])
+            rows = slice(row, row + seg.n)
+            kernels.launch_attention(qkv[rows, :q_dim], keys[key_start:stop], values[key_start:stop], seg.pos0,
+                                     key_start, window, c.attention_scale, c.attn_softcap, attn[rows])
             row += seg.n
         out = s["out"]
         layer.output(attn, out)
-        kernels.launch_add_rows(x, out, layer.post_attention_norm, eps)
+        kernels.launch_add_norm(x, out, layer.post_attention_norm, c.rms_eps, layer.ffn_norm, h)
 
-    def _ffn(self, layer: DeviceLayer, x, s: dict) -> None:
-        eps = self.config.rms_eps
+    def _ffn(self, layer: DeviceLayer, x, s: dict, following) -> None:
+        """x += post_norm(ffn(h)), then h = following(x): the next layer's attn_norm, or the output norm (when
+        the head is not here, nothing reads that h)."""
         h, out = s["h"], s["out"]
-        kernels.launch_rms_norm(x, 1, layer.ffn_norm, eps, h)
         if layer.experts is not None:
             self._experts(layer.experts, h, out)
         else:
@@ -267,7 +263,7 @@ class Offload:
             layer.gate_up(h, gu)
             self._activate(gu, act)
             layer.down(act, out)
-        kernels.launch_add_rows(x, out, layer.post_ffw_norm, eps)
+        kernels.launch_add_norm(x, out, layer.post_ffw_norm, self.config.rms_eps, following, h)
 
     def _activate(self, gu, act) -> None:
         """act = act(gate) * up, gu holding gate and up side by side."""
