@@ -10,6 +10,10 @@ row by row. No BLAS: its kernels differ per matrix shape, thread count and CPU.
 Each row's result therefore depends only on its own sequence, never on how the rows were batched or
 chunked, on any CPU: that is what lets the server batch requests and reuse cached prompts and still give
 every request the output it would get alone, and it makes prefill and token-by-token decode bit-identical.
+
+With `-ngl N`, the last N layers (and perhaps the head) run on a GPU (`gpu.offload.Offload`, set by the Model):
+the CPU runs the layers before them, then hands the hidden state over once; the device's kernels keep the
+same per-token guarantees, with float32 activations instead of int8 ones.
 """
 
 from __future__ import annotations
