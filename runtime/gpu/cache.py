@@ -8,25 +8,15 @@ driver), later processes load."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 
-from numba.core import config
+from ..kernels import cache as cpu_cache
 
 PACKAGE = Path(__file__).resolve().parent
 
 
-@functools.cache
-def package_stamp() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def cache_folder() -> Path:
-    return Path(config.CACHE_DIR, "llamapyz-gpu-kernels") if config.CACHE_DIR else PACKAGE / "__pycache__"
+    return cpu_cache.cache_folder(PACKAGE, "llamapyz-gpu-kernels")
 
 
 def install() -> None:
@@ -34,21 +24,11 @@ def install() -> None:
     from numba.cuda.core.caching import _InTreeCacheLocator
     from numba.cuda.dispatcher import CUDACacheImpl
 
-    class GpuKernelLocator(_InTreeCacheLocator):
-        """numba-cuda's in-tree locator for this package's files, stamped by the package's sources."""
+    class GpuKernelLocator(cpu_cache.PackageStamped, _InTreeCacheLocator):
+        """numba-cuda's in-tree locator for this package's kernels."""
 
-        def __init__(self, py_func, py_file):
-            super().__init__(py_func, py_file)
-            self._cache_path = str(cache_folder())
-
-        @classmethod
-        def from_function(cls, py_func, py_file):
-            if Path(py_file).resolve().parent != PACKAGE:
-                return None
-            return super().from_function(py_func, py_file)  # None if the folder is not writable
-
-        def get_source_stamp(self):
-            return package_stamp()
+        package = PACKAGE
+        folder = "llamapyz-gpu-kernels"
 
     if not any(c.__name__ == GpuKernelLocator.__name__ for c in CUDACacheImpl._locator_classes):
         CUDACacheImpl._locator_classes = [GpuKernelLocator, *CUDACacheImpl._locator_classes]

@@ -99,6 +99,13 @@ def _k4_scale_min(row, base, j):
 def _dot_q4_k(row, base, x, x0):
     """d, dmin, scales[12], qs[128]: sub-block j (32 values) is the low (even j) or high (odd j) nibbles of
     qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
+    return _dot_scale_min_k(row, base, x, x0, 16, False)
+
+
+@cuda.jit(device=True)
+def _dot_scale_min_k(row, base, x, x0, qs, high_bits):
+    """Q4_K's and Q5_K's dot: the nibbles at row[base + qs:], with high_bits (Q5_K) bit j of qh[i] (at
+    row[base + 16:]) above value i of sub-block j."""
     d, dmin = half_at(row, base), half_at(row, base + 2)
     block = float32(0.0)
     for j in range(8):
@@ -106,7 +113,9 @@ def _dot_q4_k(row, base, x, x0):
         ds, dm = d * float32(scale), dmin * float32(low)
         shift = 4 * (j % 2)
         for i in range(32):
-            q = (int32(row[base + 16 + 32 * (j // 2) + i]) >> shift) & 0xF
+            q = (int32(row[base + qs + 32 * (j // 2) + i]) >> shift) & 0xF
+            if high_bits:
+                q |= ((int32(row[base + 16 + i]) >> j) & 1) << 4
             block += (ds * float32(q) - dm) * x[x0 + 32 * j + i]
     return block
 
@@ -212,17 +221,7 @@ def _dot_q3_k(row, base, x, x0):
 def _dot_q5_k(row, base, x, x0):
     """d, dmin, scales[12], qh[32], qs[128]: Q4_K's values (`_dot_q4_k`) with bit j of qh[i] above value i of
     sub-block j."""
-    d, dmin = half_at(row, base), half_at(row, base + 2)
-    block = float32(0.0)
-    for j in range(8):
-        scale, low = _k4_scale_min(row, base, j)
-        ds, dm = d * float32(scale), dmin * float32(low)
-        shift = 4 * (j % 2)
-        for i in range(32):
-            nibble = (int32(row[base + 48 + 32 * (j // 2) + i]) >> shift) & 0xF
-            q = nibble | (((int32(row[base + 16 + i]) >> j) & 1) << 4)
-            block += (ds * float32(q) - dm) * x[x0 + 32 * j + i]
-    return block
+    return _dot_scale_min_k(row, base, x, x0, 48, True)
 
 
 @cuda.jit(device=True)

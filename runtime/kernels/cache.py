@@ -22,34 +22,42 @@ NUMBA_LOCATORS = "UserProvidedCacheLocator,InTreeCacheLocator,UserWideCacheLocat
 
 
 @functools.cache
-def package_stamp() -> str:
+def package_stamp(package: Path = PACKAGE) -> str:
+    """The hash of every source of a package (this one: the CPU kernels; runtime/gpu's too)."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
-def cache_folder() -> Path:
-    """`__pycache__/` beside the kernels, or `llamapyz-kernels/` in $NUMBA_CACHE_DIR when that is set."""
-    return Path(config.CACHE_DIR, "llamapyz-kernels") if config.CACHE_DIR else PACKAGE / "__pycache__"
+def cache_folder(package: Path = PACKAGE, name: str = "llamapyz-kernels") -> Path:
+    """`__pycache__/` beside the kernels, or `NAME/` in $NUMBA_CACHE_DIR when that is set."""
+    return Path(config.CACHE_DIR, name) if config.CACHE_DIR else package / "__pycache__"
 
 
-class KernelCacheLocator(InTreeCacheLocator):
-    """numba's in-tree locator for the files of this package, stamped by the whole package's sources, its
-    entries in `cache_folder()`."""
+class PackageStamped:
+    """A numba locator (mixed into an in-tree one) for the files of one package: stamped by the whole
+    package's sources, its entries in `cache_folder(package, folder)`. `kernels` says which package."""
+
+    package: Path = PACKAGE
+    folder = "llamapyz-kernels"
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
-        self._cache_path = str(cache_folder())
+        self._cache_path = str(cache_folder(self.package, self.folder))
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if Path(py_file).resolve().parent != PACKAGE:
+        if Path(py_file).resolve().parent != cls.package:
             return None
-        return super().from_function(py_func, py_file)  # None if __pycache__ is not writable: numba's choice
+        return super().from_function(py_func, py_file)  # None if the folder is not writable: numba's choice
 
     def get_source_stamp(self):
-        return package_stamp()
+        return package_stamp(self.package)
+
+
+class KernelCacheLocator(PackageStamped, InTreeCacheLocator):
+    """numba's in-tree locator for the CPU kernels."""
 
 
 def install() -> None:
