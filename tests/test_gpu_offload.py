@@ -139,6 +139,7 @@ def test_layers_the_kernels_cannot_run_stay_on_the_cpu(small_model, monkeypatch)
     assert (model.gpu.layers, model.gpu.head) == (0, True)
     assert model.gpu.warning == ("heads of 16 are wider than the GPU attention kernel's 8: offloading 0 of 2 "
                                  "layers")
+    assert model.gpu.lines()[1].startswith("offloaded 0/2 layers and the output layer to GPU")
 
 
 def test_a_mixture_of_experts_runs_on_the_device(tmp_path, fast_simulator):

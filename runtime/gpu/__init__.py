@@ -38,8 +38,8 @@ class GpuStatus:
 
     @property
     def summary(self) -> str:
-        """The start-up line, as llama.cpp's (or empty when -ngl is 0)."""
-        if not self.layers:
+        """The start-up line, as llama.cpp's (or empty when nothing is offloaded)."""
+        if not self.layers and not self.head:
             return ""
         head = " and the output layer" if self.head else ""
         return (f"offloaded {self.layers}/{self.n_layer} layers{head} to GPU ({self.device}, "
@@ -106,7 +106,7 @@ def probe(main_gpu: int = 0) -> Device | str:
         name = name.decode() if isinstance(name, bytes) else str(name)
         try:
             free, total = (int(v) // MiB for v in cuda.current_context().get_memory_info())
-        except Exception:  # drivers differ in what they refuse; the simulator's is NaN
+        except Exception:  # drivers differ in what they refuse; the simulator's is inf
             free, total = 0, 0
     return Device(main_gpu, name, total, free)
 

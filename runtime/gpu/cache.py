@@ -21,14 +21,20 @@ def cache_folder() -> Path:
 
 def install() -> None:
     """Put our locator first for CUDA kernels (numba-cuda reads the list when a cached kernel is defined)."""
-    from numba.cuda.core.caching import _InTreeCacheLocator
-    from numba.cuda.dispatcher import CUDACacheImpl
+    try:  # numba-cuda's own internals: another version may lack them, and then caches its own way
+        from numba.cuda.core.caching import _InTreeCacheLocator
+        from numba.cuda.dispatcher import CUDACacheImpl
+    except ImportError:
+        return
 
     class GpuKernelLocator(cpu_cache.PackageStamped, _InTreeCacheLocator):
         """numba-cuda's in-tree locator for this package's kernels."""
 
         package = PACKAGE
-        folder = "llamapyz-gpu-kernels"
+
+        @classmethod
+        def folder_path(cls) -> Path:
+            return cache_folder()  # looked up when a kernel is defined: bench_gpu.py points it elsewhere
 
     if not any(c.__name__ == GpuKernelLocator.__name__ for c in CUDACacheImpl._locator_classes):
         CUDACacheImpl._locator_classes = [GpuKernelLocator, *CUDACacheImpl._locator_classes]

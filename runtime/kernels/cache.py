@@ -44,7 +44,11 @@ class PackageStamped:
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
-        self._cache_path = str(cache_folder(self.package, self.folder))
+        self._cache_path = str(self.folder_path())
+
+    @classmethod
+    def folder_path(cls) -> Path:
+        return cache_folder(cls.package, cls.folder)
 
     @classmethod
     def from_function(cls, py_func, py_file):
