@@ -152,3 +152,14 @@ def test_a_mixture_of_experts_runs_on_the_device(tmp_path, fast_simulator):
     reference = ReferenceModel(path).logits(tokens, kv_type="f16")[PREFILLED - 1:-1]
     error = float(np.abs(prefill_then_decode(model, tokens) - reference).max()) / float(np.ptp(reference))
     assert error < ALL_ON_GPU_TOLERANCE, error
+
+
+def test_embeddings_take_the_hidden_states_from_the_device(small_model, fast_simulator):
+    """output "hidden" with the head on the device: the final norm runs there, the pooled vectors agree with
+    the CPU path's (int8 activations) to its tolerance."""
+    path = small_model("llama")
+    on_gpu = Model.load(path, n_ctx=32, n_threads=1, n_gpu_layers=-1).embed(["the"])
+    on_cpu = Model.load(path, n_ctx=32, n_threads=1).embed(["the"])
+    assert on_gpu.shape == on_cpu.shape == (1, 32)
+    np.testing.assert_allclose(np.linalg.norm(on_gpu), 1.0, rtol=1e-5)
+    assert float(on_gpu[0] @ on_cpu[0]) > 0.99
