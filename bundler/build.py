@@ -4,9 +4,9 @@
 
 Stages: resolve and validate the model; hash it; gather the Python side of each target (`--python`,
 `--platform`: bundler/platforms.py; our `runtime/` and `webui/`, and every dependency for that target,
-bundler/deps.py) and lay it out with each distinct file once (bundler/layout.py); write the archive with the
-weights first, stored and aligned, then everything else in sorted order. With `SOURCE_DATE_EPOCH` set the
-same inputs give the same bytes.
+bundler/deps.py, with `--gpu` NVIDIA's libraries too, bundler/gpu.py) and lay it out with each distinct file
+once (bundler/layout.py); write the archive with the weights first, stored and aligned, then everything else
+in sorted order. With `SOURCE_DATE_EPOCH` set the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from runtime.gguf import load_gguf
 from runtime.targets import Interpreter, choose
 from runtime.tokenizer import Tokenizer
 
-from . import deps, kernels, layout, platforms
+from . import bytecode, deps, gpu, kernels, layout, platforms
 from .archive import ArchiveWriter, copy_progress, make_executable
 from .models import DEFAULT_MODEL, REGISTRY, resolve_model, sha256_file
 from .platforms import Target
@@ -56,29 +57,39 @@ class BuildResult:
 
 
 def build_archive(model: str, out: Path | None = None, name: str | None = None, args: list[str] | None = None,
-                  cpu_tiers: str = "all", targets: list[Target] | None = None, say=_say) -> BuildResult:
+                  cpu_tiers: str = "all", targets: list[Target] | None = None, gpu_option: str | None = None,
+                  say=_say) -> BuildResult:
     """Build the archive for `model` (a path or registry name) and `targets` (default: this interpreter on
-    this machine); see the module docstring."""
+    this machine), with the GPU support `gpu_option` names (`--gpu`); see the module docstring."""
     with tempfile.TemporaryDirectory(prefix="llamapyz-build-") as staging:
-        return _build(model, out, name, args, cpu_tiers, targets or [platforms.native()], Path(staging), say)
+        return _build(model, out, name, args, cpu_tiers, targets or [platforms.native()], gpu_option,
+                      Path(staging), say)
 
 
 def _build(model: str, out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str,
-           targets: list[Target], staging: Path, say) -> BuildResult:
+           targets: list[Target], gpu_option: str | None, staging: Path, say) -> BuildResult:
     started = time.perf_counter()
+    gpu_notes: list[str] = []
+    targets = gpu.assign(targets, gpu.choose(gpu_option), gpu_notes.append)  # before any work: errors first
     say("[1/4] model")
     model_path = resolve_model(model, progress=say)
     architecture = validate_model(model_path, say)
     name = name or (model if model in REGISTRY else model_path.stem)
     out = Path(out or f"{name}.pyz")
+    if out.exists() and not out.is_file():  # the archive is renamed into place: it would replace /dev/null itself
+        raise LlamapyzError(f"-o {out}: not a regular file", hint="name a file for the archive (it is replaced)")
     baked = bake_args(args or [], say)
     model_size = model_path.stat().st_size
     say(f"  sha256 of {model_size / 2**20:.1f} MiB …")
     model_sha256 = sha256_file(model_path)
 
+    with_gpu = sorted({t.gpu for t in targets if t.gpu})
     say(f"[2/4] Python side for {len(targets)} target{'s' * (len(targets) > 1)}: "
-        f"{', '.join(t.name for t in targets)}")
-    tree, wheels, runs_here, tiers = python_side(targets, model_path, cpu_tiers, staging, say)
+        f"{', '.join(t.name for t in targets)}" + (f", with GPU support ({', '.join(with_gpu)})" * bool(with_gpu)))
+    for note in gpu_notes:
+        say(note)
+    side = python_side(targets, model_path, cpu_tiers, staging, say)
+    tree = side.tree
     build_id = tree.build_id()[:16]  # short: Windows paths under the cache must stay within 260 characters
 
     epoch = source_date_epoch()
@@ -93,8 +104,8 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
                 "format": 2, "name": name, "llamapyz_version": __version__, "built_at": built_at,
                 "model": {"file": model_path.name, "size": model_size, "sha256": model_sha256,
                           "architecture": architecture, "offset": offset},
-                "targets": {t.name: target_manifest(t, wheels[t.name], tiers if t.name == runs_here else [])
-                            for t in targets},
+                "targets": {t.name: target_manifest(t, side.wheels[t.name], side.tiers if t.name == side.runs_here
+                                                    else []) for t in targets},
                 "args": baked,
             }
             small = metadata_entries(manifest, baked, build_id, built_at)
@@ -118,25 +129,38 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
                          time.perf_counter() - started)
     say(f"[4/4] {out}: {result.size / 2**20:.1f} MiB, {n_entries} entries, {result.seconds:.1f} s")
     say(size_table(part_sizes(open_bundle(out))))
+    if side.gpu_files:
+        say(gpu_summary(out, tree, side.gpu_files, targets))
     say(f"  run it: ./{out.name} --port 8080   (or: python3 {out.name}; --help lists the options)")
     return result
 
 
-def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging: Path,
-                say) -> tuple[layout.Layout, dict[str, list[deps.Wheel]], str | None, list]:
+@dataclass
+class PythonSide:
+    tree: layout.Layout
+    wheels: dict[str, list[deps.Wheel]]  # target -> its wheels
+    runs_here: str | None  # the target this interpreter runs, if any
+    tiers: list  # the CPU tiers whose kernels were precompiled for it
+    gpu_files: dict[str, set[str]]  # target -> the paths under site-packages/ its GPU support adds
+
+
+def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging: Path, say) -> PythonSide:
     """Stage 2: each target's wheels, our runtime staged with its kernels precompiled for the target this
     interpreter runs (if any: `runs_here`, on CPU `tiers`), and the layout storing every file once."""
     sites = {t.name: deps.site_packages(t, say) for t in targets}
     wheels = {t.name: deps.installed_wheels(sites[t.name]) for t in targets}
-    kernels.stage_runtime(REPO, staging)
+    ours = staging / "ours"  # runtime/, and nothing else: all of it is gathered
+    kernels.stage_runtime(REPO, ours)
     runs_here = choose({n: [w.tags for w in ws] for n, ws in wheels.items()}, Interpreter.current())
     tiers = kernels.choose_targets(cpu_tiers) if runs_here else []
     if runs_here and tiers:
         say(f"  precompiling the kernels for {runs_here}: {', '.join(t.name for t in tiers)}")
-        kernels.precompile(staging, sites[runs_here], model_path, tiers, say)
+        kernels.precompile(ours, sites[runs_here], model_path, tiers, say)
     elif not runs_here:
         say("  no target runs here: every target compiles its kernels on its first run")
-    tree = layout.split(target_trees(targets, sites, staging, runs_here))
+    hook = gpu.hook_files(staging / "gpu-hook") if any(t.gpu for t in targets) else None
+    gpu_files = {t.name: gpu_paths(t, wheels[t.name], sites[t.name]) for t in targets if t.gpu}
+    tree = layout.split(target_trees(targets, sites, ours, runs_here, hook))
     if len(targets) > 1:
         say(f"  {len(tree.common)} files every target has, {len(tree.blobs)} more stored once for "
             f"{sum(map(len, tree.indexes.values()))} files of single targets")
@@ -144,29 +168,57 @@ def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging
             f"{tree.stored / 2**20:.1f} MiB (before compression)")
     else:
         say(f"  {len(tree.common)} files, {tree.stored / 2**20:.1f} MiB before compression")
-    return tree, wheels, runs_here, tiers
+    return PythonSide(tree, wheels, runs_here, tiers, gpu_files)
 
 
-def target_trees(targets: list[Target], sites: dict[str, Path], staging: Path,
-                 runs_here: str | None) -> dict[str, dict[str, layout.File]]:
+def target_trees(targets: list[Target], sites: dict[str, Path], staging: Path, runs_here: str | None,
+                 hook: Path | None = None) -> dict[str, dict[str, layout.File]]:
     """Each target's site-packages/: its wheels, our staged runtime and web UI; bytecode when it runs this
-    Python's version; the precompiled kernels (numba's machine code for this OS) only for `runs_here`."""
+    Python's version; the precompiled kernels (numba's machine code for this OS) only for `runs_here`; the
+    start-up hook (`hook`, bundler/gpu.py) for targets with GPU support."""
     hasher = layout.Hasher()
     here = "{}.{}".format(*sys.version_info[:2])
     trees = {}
     for target in targets:
         ours = target.name == runs_here
+        roots = [(sites[target.name], ""), (staging, ""), (REPO / "webui", "webui/")]
         trees[target.name] = layout.gather(
-            [(sites[target.name], ""), (staging, ""), (REPO / "webui", "webui/")],
+            roots + ([(hook, "")] if target.gpu and hook else []),
             lambda relative, ours=ours: deps.should_skip(relative, with_kernels=ours),
             with_bytecode=target.python == here, hasher=hasher)
     return trees
 
 
+def gpu_paths(target: Target, wheels: list[deps.Wheel], site: Path) -> set[str]:
+    """The paths under site-packages/ that `target`'s GPU support adds: the files of the distributions only
+    it needs (numba-cuda, cuda-*, nvidia-*, …), their bytecode, and the start-up hook."""
+    assert target.gpu
+    gpu.check_versions(gpu.VARIANTS[target.gpu], {w.key: w.version for w in wheels}, target.name)
+    added = ({w.key for w in deps.closure(target, wheels)[0]}
+             - {w.key for w in deps.closure(replace(target, gpu=None), wheels)[0]})
+    paths = deps.record_paths(site, added) | set(gpu.HOOK)
+    return paths | {bytecode.pyc_name(p) for p in paths if p.endswith(".py")}
+
+
+def gpu_summary(out: Path, tree: layout.Layout, gpu_files: dict[str, set[str]], targets: list[Target]) -> str:
+    """One line: what the GPU support adds to the archive (compressed, as stored: the entries only its files
+    use), for which targets, and the driver it needs."""
+    used_by_gpu, used_otherwise = set(), set()
+    for target, entries in tree.entry_names().items():
+        for path, entry in entries.items():
+            (used_by_gpu if path in gpu_files.get(target, ()) else used_otherwise).add(entry)
+    with zipfile.ZipFile(out) as zf:
+        stored = sum(zf.getinfo(entry).compress_size for entry in used_by_gpu - used_otherwise)
+    variants = [gpu.VARIANTS[name] for name in sorted({t.gpu for t in targets if t.gpu})]
+    needs = ", ".join(f"{v.name} for NVIDIA driver {v.driver} or newer" for v in variants)
+    return (f"  GPU support ({needs}): {stored / 2**20:.1f} MiB of the archive (compressed, as stored), "
+            f"for {len(gpu_files)} of {len(targets)} target{'s' * (len(targets) > 1)}")
+
+
 def target_manifest(target: Target, wheels: list[deps.Wheel], tiers: list) -> dict:
     return {"python": target.python, "platform": target.interpreter.platform_name, "floor": deps.floor(wheels),
             "wheels": [{"name": w.name, "version": w.version, "tags": list(w.tags)} for w in wheels],
-            "kernels": [t.name for t in tiers]}
+            "kernels": [t.name for t in tiers], "gpu": gpu.manifest_entry(target)}
 
 
 def validate_model(path: Path, say) -> str:
@@ -250,12 +302,16 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
 @click.option("--portable", is_flag=True,
               help=f"CPython {', '.join(platforms.PORTABLE_PYTHONS)} on {', '.join(platforms.PORTABLE_PLATFORMS)}: "
                    "what the runtime's pinned wheels exist for.")
+@click.option("--gpu", "gpu_option", default=None, metavar="cuda|cuda12|cuda13",
+              help="Add what -ngl needs on NVIDIA GPUs: numba-cuda and NVIDIA's compiler and linker libraries (no CUDA "
+                   f"toolkit needed). cuda = {gpu.DEFAULT}: NVIDIA driver {gpu.VARIANTS[gpu.DEFAULT].driver}+; "
+                   f"cuda12: driver {gpu.VARIANTS['cuda12'].driver}+. Linux and Windows targets only.")
 @click.option("--args", "args", default="", metavar="'ARGS'",
               help="Default arguments baked in, e.g. '-c 4096 --temp 0.7'; the user's command line overrides "
                    "them. A '...' marks where the user's arguments go (default: at the end).")
 @friendly_errors
 def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, pythons: str | None,
-         platforms_: str | None, portable: bool, args: str) -> None:
+         platforms_: str | None, portable: bool, gpu_option: str | None, args: str) -> None:
     """Build one self-running .pyz from MODEL: weights, runtime, dependencies and chat UI.
 
     Prints the archive's path on stdout; progress goes to stderr."""
@@ -264,7 +320,7 @@ def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, pythons
     except ValueError as exc:
         raise LlamapyzError(f"--args: {exc}") from None
     targets = platforms.parse(pythons, platforms_, portable)
-    result = build_archive(model, out, name, baked, cpu_tiers, targets)
+    result = build_archive(model, out, name, baked, cpu_tiers, targets, gpu_option)
     click.echo(str(result.path))
 
 

@@ -5,7 +5,9 @@ For a target (`bundler/platforms.py`), the closure of llamapyz's requirements is
 environment markers (click brings colorama on Windows only; anyio brings exceptiongroup below 3.11). Every
 distribution installed here is pinned to its version here, so an archive runs exactly the numpy, numba, …
 the tests ran; one this environment lacks (it is only needed elsewhere) takes the newest release that fits
-its requirement. pip's `install --target` with `--no-deps` fetches the wheels (binary only, for the target's
+its requirement, as does one whose version here does not fit (`--gpu cuda12` asks for cuda-bindings 12 where this
+environment has 13). A target with GPU support (`Target.gpu`, bundler/gpu.py) adds that variant's requirements to
+the runtime's. pip's `install --target` with `--no-deps` fetches the wheels (binary only, for the target's
 Python version and platform tags, no bytecode) in rounds, each adding what the previous round's wheels
 require, until nothing is missing. The folder is cached per target and pin set, so a rebuild downloads
 nothing.
@@ -34,6 +36,7 @@ except ImportError:  # pip always brings its own copy; the build needs pip anywa
 
 from runtime.errors import LlamapyzError
 
+from . import gpu
 from .models import cache_dir
 from .platforms import Target
 
@@ -69,6 +72,11 @@ def roots() -> list[Requirement]:
     return [r for r in map(Requirement, requires) if canonical(r.name) not in BUILD_ONLY]
 
 
+def requirements(target: Target) -> list[Requirement]:
+    """Where `target`'s closure starts: the runtime's requirements, and those of its GPU support (if any)."""
+    return roots() + [Requirement(r) for r in (gpu.VARIANTS[target.gpu].requires if target.gpu else ())]
+
+
 def applies(req: Requirement, environment: dict[str, str] | None, extras: frozenset[str] = frozenset()) -> bool:
     """Whether `req` holds for a target (`environment`: its markers; None: this interpreter), for a
     distribution asked for with `extras`."""
@@ -89,7 +97,8 @@ def site_packages(target: Target, say: Callable[[str], None]) -> Path:
     tests), cached per target and the versions installed here."""
     here = [Wheel(d.metadata["Name"], d.version, (), tuple(d.requires or ())) for d in metadata.distributions()]
     pins = sorted(w.pin for w in closure(target, here)[0])  # what the cached folder was pinned to
-    key = hashlib.sha256("\n".join([target.name, *target.platform_tags, *map(str, roots()), *pins]).encode())
+    key = hashlib.sha256("\n".join([target.name, *target.platform_tags, *map(str, requirements(target)),
+                                    *pins]).encode())
     folder = cache_dir().parent / "site-packages" / f"{target.name}-{key.hexdigest()[:16]}"
     if folder.is_dir():
         say(f"  {target.name}: {len(installed_wheels(folder))} wheels, cached in {folder}")
@@ -124,24 +133,26 @@ def site_packages(target: Target, say: Callable[[str], None]) -> Path:
 
 def closure(target: Target, wheels: list[Wheel]) -> tuple[list[Wheel], list[Requirement]]:
     """From the roots through every wheel's Requires-Dist, with the target's markers: the wheels of
-    `wheels` that are needed, and the requirements that none of them meets."""
+    `wheels` that are needed, and the requirements that none of them meets (no wheel of that name, or one
+    whose version does not fit; such a wheel is not needed: another version replaces it)."""
     env = target.marker_environment()
     have = {w.key: w for w in wheels}
     needed: dict[str, Wheel] = {}
     missing, seen = [], set()
-    todo = [(r, frozenset()) for r in roots()]
+    todo = [(r, frozenset()) for r in requirements(target)]
     while todo:
         req, extras = todo.pop()
-        if not applies(req, env, extras) or (canonical(req.name), frozenset(req.extras)) in seen:
+        if not applies(req, env, extras) or (str(req), extras) in seen:
             continue
-        seen.add((canonical(req.name), frozenset(req.extras)))
+        seen.add((str(req), extras))
         wheel = have.get(canonical(req.name))
-        if wheel is None:
+        if wheel is None or not req.specifier.contains(wheel.version, prereleases=True):
             missing.append(req)
             continue
         needed[wheel.key] = wheel
         todo.extend((Requirement(r), frozenset(req.extras)) for r in wheel.requires)
-    return sorted(needed.values(), key=lambda w: w.key), missing
+    replaced = {canonical(r.name) for r in missing}
+    return sorted((w for w in needed.values() if w.key not in replaced), key=lambda w: w.key), missing
 
 
 def _pip_install(target: Target, args: list[str]) -> None:
@@ -201,9 +212,22 @@ def floor(wheels: list[Wheel]) -> str | None:
 
 
 def should_skip(relative: Path, with_kernels: bool = True) -> bool:
-    """Files of a site-packages folder that never go into an archive: bytecode, and caches other than our
+    """Files of a site-packages folder that never go into an archive: bytecode, caches other than our
     precompiled kernels (numba's .nbi/.nbc and the warm markers, see bundler/kernels.py), which only the
-    target they were compiled for gets."""
+    target they were compiled for gets, and the GPU wheels' executables (`gpu.PRUNED`)."""
     if relative.parts[:3] == ("runtime", "kernels", "__pycache__"):
         return not with_kernels or (relative.suffix not in (".nbi", ".nbc") and not relative.name.startswith("warm-"))
-    return relative.suffix == ".pyc" or "__pycache__" in relative.parts
+    return relative.suffix == ".pyc" or "__pycache__" in relative.parts or gpu.pruned(relative.as_posix())
+
+
+def record_paths(site: Path, names: set[str]) -> set[str]:
+    """The files (paths under site-packages/) that the distributions named `names` (canonical) installed
+    into `site`, from their RECORD."""
+    paths: set[str] = set()
+    for info in sorted(site.glob("*.dist-info")):
+        if canonical(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]) in names:
+            for line in (info / "RECORD").read_text(encoding="utf-8").splitlines():
+                path = line.rsplit(",", 2)[0]
+                if path and not path.startswith(".."):
+                    paths.add(path)
+    return paths

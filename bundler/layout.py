@@ -56,6 +56,11 @@ class Layout:
         named = [(COMMON + f.path, f) for f in self.common] + [(BLOBS + sha, f) for sha, f in self.blobs.items()]
         return sorted(named, key=lambda item: item[0])
 
+    def entry_names(self) -> dict[str, dict[str, str]]:
+        """Per target, each file of its site-packages/ -> the archive entry holding its bytes."""
+        common = {f.path: COMMON + f.path for f in self.common}
+        return {target: {**common, **{path: entry for path, entry, _ in own}} for target, own in self.indexes.items()}
+
     @property
     def stored(self) -> int:
         return sum(f.size for f in self.common) + sum(f.size for f in self.blobs.values())

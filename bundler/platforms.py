@@ -47,6 +47,7 @@ class Target:
     name: str  # "cp312-linux-x86_64"
     interpreter: Interpreter
     native: bool = False  # this interpreter on this machine, as it is
+    gpu: str | None = None  # the GPU support it carries (bundler/gpu.py's variant name), if any
 
     @property
     def python(self) -> str:

@@ -214,6 +214,15 @@ def test_build_refuses_an_unknown_model_with_a_hint():
     assert "hint:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_build_refuses_to_replace_what_is_not_a_file(tiny_llama, tmp_path):
+    """The archive is renamed into place: `-o /dev/null` would replace the device (a FIFO stands in for it)."""
+    fifo = tmp_path / "null"
+    os.mkfifo(fifo)
+    result = build("--model", str(tiny_llama), "-o", str(fifo), "--cpu-tiers", "none")
+    assert result.returncode == 1 and f"error: -o {fifo}: not a regular file" in result.stderr
+    assert fifo.is_fifo() and "[2/4]" not in result.stderr
+
+
 def test_build_checks_the_baked_in_arguments(tmp_path):
     result = build("-o", str(tmp_path / "x.pyz"), "--args", "-c 4096 --tmep 0.7")
     assert result.returncode == 1 and "Traceback" not in result.stderr
