@@ -122,6 +122,16 @@ def test_too_little_gpu_memory_offloads_fewer_layers_and_says_so(small_model, mo
         "warning: not enough GPU memory for 2 layers and the output layer", "offloaded 1/2 layers to GPU"]
 
 
+def test_without_numba_cuda_probe_says_so(monkeypatch):
+    """numba ships a deprecated CUDA target of its own: that one is never used."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "numba_cuda" else find_spec(name, *rest))
+    assert gpu.probe().startswith("numba-cuda is not installed")
+
+
 def test_no_usable_gpu_is_one_warning_and_the_cpu(small_model, monkeypatch):
     monkeypatch.setattr(gpu, "probe", lambda main_gpu=0: "no NVIDIA GPU or driver found")
     model = Model.load(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=99)

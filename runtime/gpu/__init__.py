@@ -88,10 +88,11 @@ def plan(layers: int, head: bool, layer_bytes: list[int], head_bytes: int, kv_by
 
 def probe(main_gpu: int = 0) -> Device | str:
     """The CUDA device `main_gpu`, or the reason none can be used (a phrase for a warning line)."""
-    try:
-        from numba import cuda
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:  # numba's own deprecated CUDA target is not used
         return "numba-cuda is not installed (pip install llamapyz[cuda], or build the archive with --gpu cuda)"
+    from numba import cuda
     try:
         if not cuda.is_available():
             return "no NVIDIA GPU or driver found"
