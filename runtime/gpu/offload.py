@@ -41,7 +41,7 @@ def matrix_problem(matrix: QuantMatrix) -> str | None:
 
 
 def layer_problem(layer: LayerWeights) -> str | None:
-    """Why layer il cannot run on the device, or None."""
+    """Why a layer cannot run on the device (the first matrix the kernels cannot take), or None."""
     return next(filter(None, map(matrix_problem, _matrices(layer))), None)
 
 
