@@ -80,21 +80,34 @@ function renderConversations() {
 
 // --- messages ----------------------------------------------------------------------------------------------
 
-function messageElement(message, index, conversation) {
+// Each message's element, kept while its text is unchanged: re-rendering the conversation (a new reply, a
+// deleted chat) moves these instead of rendering every message's Markdown again. Footers are rebuilt each time.
+const messageViews = new WeakMap(); // message -> {el, body, content, error}
+
+function messageView(message) {
+  let view = messageViews.get(message);
+  if (view && view.content === message.content && view.error === message.error) return view;
   const el = document.createElement("article");
   el.className = `msg ${message.role}` + (message.error ? " error" : "");
-  el.dataset.index = index;
   const body = document.createElement("div");
   body.className = "msg-body";
   if (message.error) {
     body.textContent = message.error;
   } else if (message.role === "assistant") {
-    body.innerHTML = Markdown.render(message.content);
+    body.innerHTML = Render.html(message.content);
   } else {
     body.textContent = message.content;
   }
   el.append(body);
+  view = { el, body, content: message.content, error: message.error };
+  messageViews.set(message, view);
+  return view;
+}
 
+function messageElement(message, index, conversation) {
+  const { el } = messageView(message);
+  el.dataset.index = index;
+  el.querySelector(":scope > .msg-foot")?.remove();
   const last = index === conversation.messages.length - 1;
   const lastUser = conversation.messages.map((m) => m.role).lastIndexOf("user");
   const footer = document.createElement("div");
@@ -173,7 +186,10 @@ async function reply(conversation) {
   conversation.messages.push(message);
   state.controller = new AbortController();
   renderAll();
-  const bodyEl = () => $("messages").lastElementChild?.querySelector(".msg-body");
+  // only this message's element changes while the reply streams in, and only its last blocks (render.js)
+  const box = $("messages");
+  const entry = messageView(message);
+  const view = new Render.StreamView(entry.body, () => { box.scrollTop = box.scrollHeight; });
   const started = performance.now();
   let firstTokenAt = 0;
   let nTokens = 0;
@@ -212,9 +228,8 @@ async function reply(conversation) {
             if (!firstTokenAt) firstTokenAt = performance.now();
             nTokens += 1;
             message.content += delta;
-            const el = bodyEl();
-            if (el) el.innerHTML = Markdown.render(message.content);
-            $("messages").scrollTop = $("messages").scrollHeight;
+            entry.content = message.content; // the element stays this message's: the view catches up
+            view.update(message.content);
           }
         }
       }
@@ -231,6 +246,8 @@ async function reply(conversation) {
     state.controller = null;
     const kept = conversation.messages.includes(message);
     if (kept && !message.content && !message.stats?.endsWith("stopped")) message.content = "(empty reply)";
+    view.finish(message.content);
+    entry.content = message.content;
     save();
     renderAll();
   }
@@ -266,6 +283,7 @@ async function regenerate() {
 
 function editLastUser(el, index) {
   const conversation = current();
+  messageViews.delete(conversation.messages[index]); // its element turns into an editor
   const body = el.querySelector(".msg-body");
   const editor = document.createElement("textarea");
   editor.className = "edit-box";
