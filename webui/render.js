@@ -16,7 +16,13 @@ const Render = (() => {
   // KaTeX never throws here (a TeX error is shown in red) and trusts nothing (no \href, \htmlClass, …);
   // maxSize keeps \rule and friends from drawing boxes larger than the page
   const KATEX = { throwOnError: false, strict: "ignore", maxSize: 20, maxExpand: 500 };
-  const math = (tex, displayMode) => katex.renderToString(tex, { ...KATEX, displayMode });
+  function math(tex, displayMode) {
+    try {
+      return katex.renderToString(tex, { ...KATEX, displayMode });
+    } catch { // not a TeX error (those are shown in place): whatever it is, the reply still renders
+      return `<code>${escapeHtml(tex)}</code>`;
+    }
+  }
   // texmath's own markup (<eq>, <eqn>, <section>) replaced by plain elements
   md.renderer.rules.math_inline = (tokens, i) => math(tokens[i].content, false);
   md.renderer.rules.math_inline_double = (tokens, i) => math(tokens[i].content, true);
