@@ -339,7 +339,6 @@ def test_page_assets_are_served(server):
         assert httpx.get(f"{server.url}/{path}", timeout=10).status_code == 200, path
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/server/state.py's load_webui serves no .woff2 yet")
 def test_katex_fonts_are_served(server):
     css = (WEBUI / "vendor/katex/katex.min.css").read_text()
     fonts = sorted(set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css)))

@@ -40,7 +40,7 @@ def load_webui(directory: Path | None) -> dict[str, tuple[bytes, str]]:
     if directory is None or not directory.is_dir():
         return files
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and path.suffix in (".html", ".css", ".js", ".svg", ".ico", ".png", ".json"):
+        if path.is_file() and path.suffix in (".html", ".css", ".js", ".svg", ".ico", ".png", ".json", ".woff2"):
             media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if media.startswith("text/") or media == "application/javascript":
                 media += "; charset=utf-8"
