@@ -50,7 +50,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -64,6 +63,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_engine import cpu_model  # noqa: E402
 from bundler.models import resolve_model  # noqa: E402
 from runtime.errors import LlamapyzError  # noqa: E402  (imports nothing heavy: no numba in this process)
 
@@ -86,16 +86,6 @@ class Sizes(NamedTuple):
 
 SIZES = {"full": Sizes(512, 128, 20, 64, 8, 1), "quick": Sizes(64, 16, 20, 64, 8, 1),
          "simulator": Sizes(6, 2, 3, 4, 2, 1)}  # each simulated call takes seconds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- in the child processes -----------------------------------------------------------------------------

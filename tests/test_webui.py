@@ -5,38 +5,26 @@ conversation, export and import, and model output that contains HTML stays text.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chat_page, headless_chromium
+
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: .ci/run installs Debian's package (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser, smollm2_server):
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(smollm2_server.url + "/")
-    page.wait_for_function("document.querySelector('#model-name').textContent.includes('SmolLM2')")
-    yield page
-    context.close()
-    assert not errors, errors
+    with chat_page(browser, smollm2_server.url, "SmolLM2") as page:
+        yield page
 
 
 def send(page, text: str) -> None:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.browser import chat_page, headless_chromium
 from tests.live_server import ServerThread
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DATA = Path(__file__).parent / "data"
 WEBUI = Path(__file__).parents[1] / "webui"
 # The streamed reply: tests/data/webui_reply.md cut into pieces of at most four characters (about a model's
@@ -31,13 +30,8 @@ REPLY = "".join(TOKENS)
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: .ci/run installs Debian's package (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +42,24 @@ def server(tiny_llama):
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(server.url + "/")
-    page.wait_for_function("document.querySelector('#model-name').textContent.includes('tiny-llama')")
-    yield page
-    context.close()
-    assert not errors, errors
+    with chat_page(browser, server.url, "tiny-llama") as page:
+        yield page
 
 
-# Model output shown as a reply, through the page's own renderer: in full (Render.html, as a stored message is
-# shown) or streamed in `step`-character deltas (Render.StreamView, as a reply arrives).
-SHOW = """([text, step]) => {
-    const box = document.querySelector('#messages');
+# An empty assistant message in the conversation: `body` is where a reply is rendered.
+NEW_REPLY = """    const box = document.querySelector('#messages');
     const message = document.createElement('article');
     message.className = 'msg assistant';
     const body = document.createElement('div');
     body.className = 'msg-body';
     message.append(body);
     box.replaceChildren(message);
-    if (!step) {
+"""
+
+# Model output shown as a reply, through the page's own renderer: in full (Render.html, as a stored message is
+# shown) or streamed in `step`-character deltas (Render.StreamView, as a reply arrives).
+SHOW = """([text, step]) => {
+""" + NEW_REPLY + """    if (!step) {
         body.innerHTML = Render.html(text);
         return;
     }
@@ -260,13 +250,7 @@ def test_streamed_render_equals_a_full_render_at_every_step(page):
 # page's scroll-to-bottom forces, as on every streamed token); every `every` tokens the DOM is compared with a
 # full render of the text so far (not timed).
 STREAM = """([tokens, every, opening]) => {
-    const box = document.querySelector('#messages');
-    const message = document.createElement('article');
-    message.className = 'msg assistant';
-    const body = document.createElement('div');
-    body.className = 'msg-body';
-    message.append(body);
-    box.replaceChildren(message);
+""" + NEW_REPLY + """
     // warm up (the JIT, KaTeX's and highlight.js' first calls), so that the first tokens are not the slow ones
     const warm = new Render.StreamView(body);
     for (let end = 10; end <= opening; end += 10) warm.render(tokens.slice(0, end).join(''));
