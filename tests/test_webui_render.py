@@ -310,7 +310,7 @@ def test_streamed_reply_through_the_page(page):
     assert kept == [True, True, False, False]
     last = page.locator(".msg.assistant .msg-body").last
     assert last.evaluate("(body, text) => body.innerHTML === Render.html(text)", REPLY)
-    assert page.locator(".msg.assistant .stats").last.inner_text().startswith("2000 chunks")
+    assert page.locator(".msg.assistant .stats").last.inner_text().startswith("2000 tokens")
     assert page.locator(".msg.assistant .regenerate").count() == 1 and page.locator(".msg.user .edit").count() == 1
 
 

@@ -4,13 +4,19 @@
 const STORE_CONVERSATIONS = "llamapyz.conversations";
 const STORE_SETTINGS = "llamapyz.settings";
 const STORE_CURRENT = "llamapyz.current";
-const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.7, topP: 0.95, maxTokens: 512, apiKey: "" };
+// "" = the server's default (its --temp, --top-p, -n): only what the user set is sent
+const DEFAULT_SETTINGS = { version: 2, systemPrompt: "", temperature: "", topP: "", maxTokens: "", apiKey: "" };
+// the number settings and their inputs, whose min and max say what is valid
+const NUMBER_SETTINGS = { temperature: "temperature", topP: "top-p", maxTokens: "max-tokens" };
+// what version 1 stored for every user (it saved its defaults too): read as the server's defaults
+const V1_DEFAULTS = { temperature: 0.7, topP: 0.95, maxTokens: 512 };
 
 const $ = (id) => document.getElementById(id);
 const state = {
   conversations: load(STORE_CONVERSATIONS, []),
   currentId: localStorage.getItem(STORE_CURRENT),
-  settings: { ...DEFAULT_SETTINGS, ...load(STORE_SETTINGS, {}) },
+  settings: loadSettings(),
+  serverDefaults: {}, // /props' default_generation_settings, shown as the settings' placeholders
   controller: null, // AbortController of the reply being streamed
 };
 
@@ -21,6 +27,25 @@ function load(key, fallback) {
   } catch {
     return fallback;
   }
+}
+
+// The stored settings with every invalid number dropped (back to the server's default).
+function loadSettings() {
+  const stored = load(STORE_SETTINGS, {});
+  const settings = { ...DEFAULT_SETTINGS, ...stored, version: DEFAULT_SETTINGS.version };
+  for (const [name, id] of Object.entries(NUMBER_SETTINGS)) {
+    if (!stored.version && settings[name] === V1_DEFAULTS[name]) settings[name] = "";
+    if (!validNumber(settings[name], $(id))) settings[name] = "";
+  }
+  return settings;
+}
+
+// "" (unset) or a finite number within the input's min and max
+function validNumber(value, input) {
+  if (value === "") return true;
+  const v = typeof value === "number" ? value : NaN;
+  return Number.isFinite(v) && !(input.min !== "" && v < Number(input.min)) &&
+    !(input.max !== "" && v > Number(input.max));
 }
 
 function save() {
@@ -190,21 +215,29 @@ async function reply(conversation) {
   const box = $("messages");
   const entry = messageView(message);
   const view = new Render.StreamView(entry.body, () => { box.scrollTop = box.scrollHeight; });
+  // until the first token (a long prompt takes seconds): dots, and words for screen readers
+  const waiting = waitingIndicator();
+  entry.body.after(waiting);
+  entry.el.setAttribute("aria-busy", "true");
+  box.scrollTop = box.scrollHeight;
   const started = performance.now();
   let firstTokenAt = 0;
-  let nTokens = 0;
+  let nTokens = 0; // content deltas: one per token from this server
   let timings = null;
+  let usage = null;
+  const request = { messages, stream: true, stream_options: { include_usage: true } };
+  if (s.temperature !== "") request.temperature = s.temperature;
+  if (s.topP !== "") request.top_p = s.topP;
+  if (s.maxTokens !== "") request.max_tokens = s.maxTokens;
   try {
     const response = await fetch("v1/chat/completions", {
       method: "POST",
       headers: headers(),
       signal: state.controller.signal,
-      body: JSON.stringify({
-        messages, stream: true, temperature: Number(s.temperature), top_p: Number(s.topP),
-        max_tokens: Number(s.maxTokens) || undefined,
-      }),
+      body: JSON.stringify(request),
     });
     if (!response.ok) throw new Error(await errorText(response));
+    keyAccepted();
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -223,9 +256,13 @@ async function reply(conversation) {
           const chunk = JSON.parse(data);
           if (chunk.error) throw new Error(chunk.error.message);
           if (chunk.timings) timings = chunk.timings;
+          if (chunk.usage) usage = chunk.usage;
           const delta = chunk.choices?.[0]?.delta?.content;
           if (delta) {
-            if (!firstTokenAt) firstTokenAt = performance.now();
+            if (!firstTokenAt) {
+              firstTokenAt = performance.now();
+              waiting.remove();
+            }
             nTokens += 1;
             message.content += delta;
             entry.content = message.content; // the element stays this message's: the view catches up
@@ -234,15 +271,17 @@ async function reply(conversation) {
         }
       }
     }
-    message.stats = statsText(timings, nTokens, started, firstTokenAt);
+    message.stats = statsText(timings, usage, nTokens, firstTokenAt);
   } catch (error) {
     if (error.name === "AbortError") {
-      message.stats = statsText(null, nTokens, started, firstTokenAt) + " \u00b7 stopped";
+      message.stats = statsText(null, null, nTokens, firstTokenAt) + " \u00b7 stopped";
     } else {
       if (!message.content) conversation.messages.pop();
       conversation.messages.push({ role: "assistant", content: "", error: `Error: ${error.message}` });
     }
   } finally {
+    waiting.remove();
+    entry.el.removeAttribute("aria-busy");
     state.controller = null;
     const kept = conversation.messages.includes(message);
     if (kept && !message.content && !message.stats?.endsWith("stopped")) message.content = "(empty reply)";
@@ -253,14 +292,29 @@ async function reply(conversation) {
   }
 }
 
-function statsText(timings, nTokens, started, firstTokenAt) {
+function waitingIndicator() {
+  const waiting = document.createElement("div");
+  waiting.className = "waiting";
+  waiting.setAttribute("role", "status");
+  const label = document.createElement("span");
+  label.className = "visually-hidden";
+  label.textContent = "Waiting for the reply";
+  waiting.append(label);
+  for (let i = 0; i < 3; i++) waiting.append(Object.assign(document.createElement("span"), { className: "dot" }));
+  return waiting;
+}
+
+// Tokens generated and their rate: the server's count (usage, timings) when the reply ended, else the content
+// deltas (a stopped reply), which this server sends one per token.
+function statsText(timings, usage, nTokens, firstTokenAt) {
+  const n = usage?.completion_tokens ?? timings?.predicted_n ?? nTokens;
   if (timings && timings.predicted_n) {
-    return `${timings.predicted_n} tokens \u00b7 ${timings.predicted_per_second.toFixed(1)} tokens/s` +
+    return `${n} tokens \u00b7 ${timings.predicted_per_second.toFixed(1)} tokens/s` +
       ` \u00b7 prompt ${timings.prompt_n} new + ${timings.cache_n} cached`;
   }
   const seconds = firstTokenAt ? (performance.now() - firstTokenAt) / 1000 : 0;
   const rate = seconds > 0 && nTokens > 1 ? ((nTokens - 1) / seconds).toFixed(1) : "-";
-  return `${nTokens} chunks \u00b7 ${rate} tokens/s`;
+  return `${n} tokens \u00b7 ${rate} tokens/s`;
 }
 
 async function send(text) {
@@ -304,33 +358,52 @@ function editLastUser(el, index) {
 
 // --- settings, import/export ---------------------------------------------------------------------------
 
+// The dialog edits a copy: Done (only with valid values) saves it; Cancel and Escape discard it.
 function openSettings() {
-  fillSettings();
+  fillSettings(state.settings);
+  $("settings").returnValue = "";
   $("settings").showModal();
 }
 
-function fillSettings() {
-  const s = state.settings;
+function fillSettings(s) {
   $("system-prompt").value = s.systemPrompt;
   $("temperature").value = s.temperature;
   $("top-p").value = s.topP;
   $("max-tokens").value = s.maxTokens;
   $("api-key").value = s.apiKey;
+  showServerDefaults();
+}
+
+function showServerDefaults() {
+  const d = state.serverDefaults;
+  const shown = (value, otherwise) => `server default${value != null ? `: ${value}` : otherwise}`;
+  $("temperature").placeholder = shown(d.temperature, "");
+  $("top-p").placeholder = shown(d.top_p, "");
+  $("max-tokens").placeholder = shown(d.max_tokens, " (no limit)");
 }
 
 function readSettings() {
-  const number = (id, fallback) => {
-    const v = Number($(id).value);
-    return Number.isFinite(v) && $(id).value !== "" ? v : fallback;
-  };
-  state.settings = {
-    systemPrompt: $("system-prompt").value,
-    temperature: number("temperature", DEFAULT_SETTINGS.temperature),
-    topP: number("top-p", DEFAULT_SETTINGS.topP),
-    maxTokens: number("max-tokens", DEFAULT_SETTINGS.maxTokens),
-    apiKey: $("api-key").value.trim(),
-  };
+  const settings = { ...state.settings, systemPrompt: $("system-prompt").value, apiKey: $("api-key").value.trim() };
+  for (const [name, id] of Object.entries(NUMBER_SETTINGS)) {
+    const input = $(id);
+    const value = input.value === "" ? "" : Number(input.value);
+    if (input.validity.valid && validNumber(value, input)) settings[name] = value; // else: kept as it was
+  }
+  const keyChanged = settings.apiKey !== state.settings.apiKey;
+  state.settings = settings;
   save();
+  if (keyChanged) loadModelName();
+}
+
+async function loadServerDefaults() {
+  try {
+    const response = await fetch("props", { headers: headers() });
+    if (!response.ok) return;
+    state.serverDefaults = (await response.json()).default_generation_settings || {};
+    showServerDefaults();
+  } catch {
+    // the placeholders just say "server default"
+  }
 }
 
 function exportConversations() {
@@ -371,6 +444,18 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+const NEEDS_KEY = "this server needs an API key: open Settings";
+const LOADING = "loading the model\u2026";
+const UNREACHABLE = "cannot reach the server";
+
+// A request with the API key succeeded: the header stops asking for one.
+function keyAccepted() {
+  if ($("status").textContent === NEEDS_KEY) {
+    setStatus("");
+    loadModelName();
+  }
+}
+
 async function loadModelName() {
   try {
     const response = await fetch("v1/models", { headers: headers() });
@@ -378,14 +463,16 @@ async function loadModelName() {
       const body = await response.json();
       $("model-name").textContent = body.data?.[0]?.id || "llamapyz";
       document.title = `${$("model-name").textContent} \u00b7 llamapyz`;
+      if ([NEEDS_KEY, LOADING, UNREACHABLE].includes($("status").textContent)) setStatus("");
+      loadServerDefaults();
     } else if (response.status === 401) {
-      setStatus("this server needs an API key: open Settings");
+      setStatus(NEEDS_KEY);
     } else if (response.status === 503) {
-      setStatus("loading the model\u2026");
+      setStatus(LOADING);
       setTimeout(loadModelName, 1000);
     }
   } catch {
-    setStatus("cannot reach the server");
+    setStatus(UNREACHABLE);
   }
 }
 
@@ -421,13 +508,10 @@ $("new-chat").addEventListener("click", () => {
 });
 $("toggle-sidebar").addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
 $("open-settings").addEventListener("click", openSettings);
-$("settings").addEventListener("close", readSettings);
-$("reset-settings").addEventListener("click", () => {
-  const key = $("api-key").value;
-  state.settings = { ...DEFAULT_SETTINGS, apiKey: key };
-  save();
-  fillSettings();
+$("settings").addEventListener("close", () => {
+  if ($("settings").returnValue === "ok") readSettings(); // Done; Cancel and Escape discard the edits
 });
+$("reset-settings").addEventListener("click", () => fillSettings({ ...DEFAULT_SETTINGS, apiKey: $("api-key").value }));
 $("export").addEventListener("click", exportConversations);
 $("import-file").addEventListener("change", (event) => {
   const file = event.target.files[0];
