@@ -97,7 +97,7 @@ function renderConversations() {
       state.currentId = c.id;
       save();
       renderAll();
-      document.body.classList.remove("sidebar-open");
+      closeSidebar();
     });
     list.append(item);
   }
@@ -351,9 +351,23 @@ function editLastUser(el, index) {
     await reply(conversation);
   });
   const cancel = button("Cancel", "edit-cancel", renderMessages);
+  body.classList.add("editing");
   body.replaceChildren(editor);
-  el.querySelector(".msg-foot")?.replaceChildren(save_, cancel);
-  editor.focus();
+  const footer = el.querySelector(".msg-foot");
+  footer?.replaceChildren(save_, cancel);
+  // as tall as its text up to the CSS max-height, from its first line: the caret at the start, its top and
+  // (when they fit) the buttons in view
+  const grow = () => {
+    editor.style.height = "auto";
+    editor.style.height = editor.scrollHeight + editor.offsetHeight - editor.clientHeight + "px";
+  };
+  editor.addEventListener("input", grow);
+  grow();
+  editor.setSelectionRange(0, 0);
+  editor.focus({ preventScroll: true });
+  editor.scrollTop = 0;
+  footer?.scrollIntoView({ block: "nearest" });
+  editor.scrollIntoView({ block: "nearest" });
 }
 
 // --- settings, import/export ---------------------------------------------------------------------------
@@ -504,9 +518,30 @@ $("new-chat").addEventListener("click", () => {
   if (state.controller) return;
   newConversation();
   renderAll();
+  closeSidebar();
   $("input").focus();
 });
+
+// The sidebar on a narrow screen (style.css): ☰ opens and closes it; a tap beside it, Escape, choosing a
+// chat and + New chat close it.
+function closeSidebar() {
+  document.body.classList.remove("sidebar-open");
+}
 $("toggle-sidebar").addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+$("sidebar-backdrop").addEventListener("click", closeSidebar);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && document.body.classList.contains("sidebar-open") && !$("settings").open) {
+    closeSidebar();
+  }
+});
+
+// The keyboard hint only where there is a keyboard and room for it: a phone's placeholder would be cut off.
+const WIDE = window.matchMedia("(min-width: 721px)");
+function placeholder() {
+  $("input").placeholder = WIDE.matches ? "Send a message (Enter to send, Shift+Enter for a new line)" : "Message";
+}
+WIDE.addEventListener("change", placeholder);
+placeholder();
 $("open-settings").addEventListener("click", openSettings);
 $("settings").addEventListener("close", () => {
   if ($("settings").returnValue === "ok") readSettings(); // Done; Cancel and Escape discard the edits
