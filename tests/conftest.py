@@ -88,3 +88,21 @@ def smollm2_server(smollm2_path: Path):
 
     with ServerProcess(smollm2_path, "-np", "4", "-c", "2048", "-t", "2") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, through Playwright (tests/browser.py), for the web UI tests."""
+    from tests.browser import headless_chromium
+
+    with headless_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def tiny_page_server(tiny_llama):
+    """The tiny llama served for the web UI tests that need a page, not a real model's replies."""
+    from tests.live_server import ServerThread
+
+    with ServerThread(tiny_llama, n_ctx=256, n_slots=1) as live:
+        yield live

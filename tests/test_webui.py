@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chat_page, headless_chromium
+from tests.browser import chat_page
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium() as browser:
-        yield browser
 
 
 @pytest.fixture

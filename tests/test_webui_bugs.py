@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser import chat_page, headless_chromium
+from tests.browser import chat_page
 from tests.live_server import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -19,12 +19,6 @@ pytestmark = pytest.mark.slow
 # the server's own defaults, which the page must leave alone unless the user sets something
 SERVER_SAMPLING = {"temperature": 0.3, "max_tokens": 8}
 API_KEY = "sesame"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium() as browser:
-        yield browser
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from tests.browser import chat_page, headless_chromium
-from tests.live_server import ServerThread
+from tests.browser import chat_page
 
 pytestmark = pytest.mark.slow
 
@@ -28,22 +27,10 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    with ServerThread(tiny_llama, n_ctx=256, n_slots=1) as live:
-        yield live
-
-
 @pytest.fixture
-def page(browser, server):
+def page(browser, tiny_page_server):
     """The chat page with two stored conversations, the first (with a long user message) open."""
-    with chat_page(browser, server.url, "tiny-llama") as page:
+    with chat_page(browser, tiny_page_server.url, "tiny-llama") as page:
         page.set_default_timeout(5_000)
         page.evaluate(f"""() => {{
             localStorage.setItem('llamapyz.conversations', {json.dumps(json.dumps(CONVERSATIONS))});

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import chat_page, headless_chromium
-from tests.live_server import ServerThread
+from tests.browser import chat_page
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +27,9 @@ TOKENS = _tokens + ["\n"] + _tokens[:OPENING_TOKENS]
 REPLY = "".join(TOKENS)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    with ServerThread(tiny_llama, n_ctx=256, n_slots=1) as live:
-        yield live
-
-
 @pytest.fixture
-def page(browser, server):
-    with chat_page(browser, server.url, "tiny-llama") as page:
+def page(browser, tiny_page_server):
+    with chat_page(browser, tiny_page_server.url, "tiny-llama") as page:
         yield page
 
 
@@ -314,19 +301,19 @@ def test_streamed_reply_through_the_page(page):
     assert page.locator(".msg.assistant .regenerate").count() == 1 and page.locator(".msg.user .edit").count() == 1
 
 
-def test_page_assets_are_served(server):
+def test_page_assets_are_served(tiny_page_server):
     """Every file index.html loads comes from the server (no CDN), and nothing it loads is missing."""
     index = (WEBUI / "index.html").read_text()
     paths = re.findall(r'(?:src|href)="([^":]+)"', index)
     assert "vendor/katex/katex.min.js" in paths and "render.js" in paths
     for path in paths:
-        assert httpx.get(f"{server.url}/{path}", timeout=10).status_code == 200, path
+        assert httpx.get(f"{tiny_page_server.url}/{path}", timeout=10).status_code == 200, path
 
 
-def test_katex_fonts_are_served(server):
+def test_katex_fonts_are_served(tiny_page_server):
     css = (WEBUI / "vendor/katex/katex.min.css").read_text()
     fonts = sorted(set(re.findall(r"url\((fonts/[^)]+\.woff2)\)", css)))
     assert len(fonts) == 20
     for font in fonts:
-        response = httpx.get(f"{server.url}/vendor/katex/{font}", timeout=10)
+        response = httpx.get(f"{tiny_page_server.url}/vendor/katex/{font}", timeout=10)
         assert response.status_code == 200 and response.headers["content-type"] == "font/woff2", font
