@@ -189,10 +189,14 @@ GPU_OPTIONS = [
 ]
 
 
-def gpu_options(func: F) -> F:
-    for option in reversed(GPU_OPTIONS):
-        func = option(func)
-    return func
+def with_options(options: list) -> Callable[[F], F]:
+    """A decorator applying click options in the order listed (the first shown first in --help)."""
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
 def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -> None:
@@ -230,7 +234,7 @@ def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -
               help="KV cache element type.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template as one user message.")
 @CPU_TIER_OPTION
-@gpu_options
+@with_options(GPU_OPTIONS)
 @friendly_errors
 def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float,
         repeat_penalty: float, seed: int | None, threads: int | None, n_ctx: int, batch_size: int, cache_type: str,
@@ -348,16 +352,10 @@ SERVE_OPTIONS = [
 ]
 
 
-def serve_options(func: F) -> F:
-    for option in reversed(SERVE_OPTIONS):
-        func = option(func)
-    return func
-
-
 @main.command()
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="GGUF model file.")
-@serve_options
+@with_options(SERVE_OPTIONS)
 @friendly_errors
 def serve(model_path: str, **options: Any) -> None:
     """Serve an OpenAI-compatible API and a chat UI (http://HOST:PORT/)."""
@@ -367,7 +365,7 @@ def serve(model_path: str, **options: Any) -> None:
 @click.command(cls=FriendlyCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--model", "model_path", default=None, type=click.Path(dir_okay=False),
               help="Serve this GGUF file instead of the bundled model.")
-@serve_options
+@with_options(SERVE_OPTIONS)
 @click.option("--verify", is_flag=True, help="Re-hash the bundled weights against the manifest; say OK or what is "
                                              "wrong, then exit.")
 @click.option("--version", is_flag=True, help="Show what this archive holds and was built for, then exit.")

@@ -122,6 +122,7 @@ def setup(config, weights, ropes: list, requested: int, main_gpu: int, n_ctx: in
     if not isinstance(device, Device):
         status.warning = f"{device}; running all layers on the CPU"
         return None, status
+    from ..model.kv_cache import KVCache
     from . import offload
 
     layers, head = wanted(requested, config.n_layer)
@@ -139,11 +140,11 @@ def setup(config, weights, ropes: list, requested: int, main_gpu: int, n_ctx: in
             layers = k
             notes.append(problem)
             break
-    kv_per_layer = 2 * 2 * n_ctx * config.kv_dim * n_contexts
+    kv_per_layer = KVCache.n_bytes_for(1, n_ctx, config.kv_dim, "f16")  # one context's; the device's is f16
     sizes = [offload.layer_bytes(layer) for layer in weights.layers]
-    head_bytes = weights.output.raw.nbytes + weights.output_norm.nbytes
+    head_bytes = offload.head_bytes(weights)
     free = device.free_mib * MiB if device.free_mib else None
-    fit_layers, fit_head, short = plan(layers, head, sizes, head_bytes, kv_per_layer, free)
+    fit_layers, fit_head, short = plan(layers, head, sizes, head_bytes, kv_per_layer * n_contexts, free)
     if short:
         notes.append(short)
     if notes:
@@ -159,5 +160,6 @@ def setup(config, weights, ropes: list, requested: int, main_gpu: int, n_ctx: in
         status.warning = f"uploading the weights to the GPU failed ({exc}); running all layers on the CPU"
         return None, status
     status.layers, status.head, status.device = fit_layers, fit_head, device.name
-    status.weight_bytes, status.kv_bytes = gpu.weight_bytes, gpu.kv_bytes(n_ctx)
+    status.weight_bytes = sum(sizes[config.n_layer - fit_layers:]) + (head_bytes if fit_head else 0)
+    status.kv_bytes = kv_per_layer * fit_layers
     return gpu, status

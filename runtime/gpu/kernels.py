@@ -6,11 +6,11 @@ multiply the weights' values by float32 activations.
 - `product`: out = x @ W.T for W in any format of `formats.py`, its blocks decoded as they are read;
   grid (row groups, token groups), each row's lanes summing every lanes-th block of it for up to
   TOKENS_PER_BLOCK tokens at once (a weight block is fetched once for all of them), then a halving tree.
-- `rms_norm` (whole rows or per head), `add_rows` (the residual, with or without a post-norm), `add_norm`
-  (the residual and the next step's input norm at once), `qk_norm_rope` (qk-norm, then rope in llama's
-  (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs from `model.ops.Rope`'s cos/sin tables, for every q and k
-  head in one launch), `gated_activation` (silu or gelu_tanh), `store_kv` (a sequence's keys and values
-  into its f16 cache, rounded as numpy rounds), and the mixture-of-experts pieces.
+- `rms_norm`, `add_norm` (the residual, with or without a post-norm, and the next step's input norm at
+  once), `qk_norm_rope` (qk-norm, then rope in llama's (2i, 2i+1) or NEOX's (i, i + n_rot/2) pairs from
+  `model.ops.Rope`'s cos/sin tables, for every q and k head in one launch), `gated_activation` (silu or
+  gelu_tanh), `store_kv` (a sequence's keys and values into its f16 cache, rounded as numpy rounds), and
+  the mixture-of-experts pieces.
 - `attention`: causal grouped-query attention over an f16 KV cache (IEEE halves as uint16), grid (n, n_head),
   the lanes of a query head each taking every lanes-th visible key with an online softmax, merged at the end.
 
@@ -121,60 +121,37 @@ def product(fmt, w, x, bias, out, col0):
         cuda.syncthreads()  # before the next row group reuses `partial`
 
 
-@cuda.jit(cache=True)
-def rms_norm(x, n_heads, weight, eps, out):
-    """out[i, head] = x[i, head] / sqrt(mean(x[i, head]^2) + eps) * weight for each row i of x (n, n_heads *
-    d) and each of its n_heads pieces of d (1: whole rows; the heads: qk-norm); grid (n, n_heads), a block's
-    lanes taking every lanes-th element. out may be x."""
-    i, h, lane = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
-    d = x.shape[1] // n_heads
-    first = h * d
-    partial = cuda.shared.array(WARP, float32)
+@cuda.jit(device=True)
+def _inv_rms(partial, x, i, first, d, eps):
+    """1 / sqrt(mean(x[i, first:first + d]^2) + eps), the block's lanes each summing every lanes-th element
+    (shared `partial` for their tree), for every lane."""
     total = float32(0.0)
-    for j in range(lane, d, cuda.blockDim.x):
+    for j in range(cuda.threadIdx.x, d, cuda.blockDim.x):
         total += x[i, first + j] * x[i, first + j]
-    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(d) + eps)
-    for j in range(lane, d, cuda.blockDim.x):
-        out[i, first + j] = x[i, first + j] * inv * weight[j]
+    return float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(d) + eps)
 
 
 @cuda.jit(cache=True)
-def add_rows(x, y, weight, eps):
-    """x += y, or with a (non-empty) weight x += rms_norm(y) * weight (the post-norms); grid n."""
-    i, lane = cuda.blockIdx.x, cuda.threadIdx.x
-    if weight.shape[0] == 0:
-        for j in range(lane, x.shape[1], cuda.blockDim.x):
-            x[i, j] += y[i, j]
-        return
+def rms_norm(x, weight, eps, out):
+    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight for each row i of x (n, d); grid n."""
+    i = cuda.blockIdx.x
     partial = cuda.shared.array(WARP, float32)
-    total = float32(0.0)
-    for j in range(lane, y.shape[1], cuda.blockDim.x):
-        total += y[i, j] * y[i, j]
-    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(y.shape[1]) + eps)
-    for j in range(lane, x.shape[1], cuda.blockDim.x):
-        x[i, j] += y[i, j] * inv * weight[j]
+    inv = _inv_rms(partial, x, i, 0, x.shape[1], eps)
+    for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+        out[i, j] = x[i, j] * inv * weight[j]
 
 
 @cuda.jit(cache=True)
 def add_norm(x, y, post_weight, eps, weight, out):
-    """add_rows(x, y, post_weight), then out = rms_norm(x) * weight: the residual and the next step's input
-    norm in one launch; grid n."""
+    """x += y, or with a (non-empty) post_weight x += rms_norm(y) * post_weight (the post-norms); then
+    out = rms_norm(x) * weight: the residual and the next step's input norm in one launch; grid n."""
     i, lane, lanes = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     partial = cuda.shared.array(WARP, float32)
-    inv = float32(1.0)
-    if post_weight.shape[0] > 0:
-        total = float32(0.0)
-        for j in range(lane, y.shape[1], lanes):
-            total += y[i, j] * y[i, j]
-        inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(y.shape[1]) + eps)
-    total = float32(0.0)
-    for j in range(lane, x.shape[1], lanes):  # each lane reads back only what it wrote
-        if post_weight.shape[0] > 0:
-            x[i, j] += y[i, j] * inv * post_weight[j]
-        else:
-            x[i, j] += y[i, j]
-        total += x[i, j] * x[i, j]
-    inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(x.shape[1]) + eps)
+    post = post_weight.shape[0] > 0
+    inv = _inv_rms(partial, y, i, 0, y.shape[1], eps) if post else float32(1.0)
+    for j in range(lane, x.shape[1], lanes):  # each lane later reads back only what it wrote
+        x[i, j] += y[i, j] * inv * post_weight[j] if post else y[i, j]
+    inv = _inv_rms(partial, x, i, 0, x.shape[1], eps)
     for j in range(lane, x.shape[1], lanes):
         out[i, j] = x[i, j] * inv * weight[j]
 
@@ -190,10 +167,7 @@ def qk_norm_rope(qkv, n_head, n_head_kv, q_norm, k_norm, eps, positions, cos, si
     weight = q_norm if g < n_head else k_norm
     if weight.shape[0] > 0:
         partial = cuda.shared.array(WARP, float32)
-        total = float32(0.0)
-        for j in range(lane, hd, lanes):
-            total += qkv[t, first + j] * qkv[t, first + j]
-        inv = float32(1.0) / math.sqrt(_block_sum(partial, total) / float32(hd) + eps)
+        inv = _inv_rms(partial, qkv, t, first, hd, eps)
         for j in range(lane, hd, lanes):
             qkv[t, first + j] = qkv[t, first + j] * inv * weight[j]
         cuda.syncthreads()  # a pair's two halves may have been normed by two lanes
@@ -356,12 +330,8 @@ def launch_product(fmt: int, w, x, bias, out, col0: int = 0, launch: Launch | No
     product[grid, (launch.lanes, launch.rows)](fmt, w, x, bias, out, col0)
 
 
-def launch_rms_norm(x, n_heads: int, weight, eps: float, out, launch: Launch | None = None) -> None:
-    rms_norm[(x.shape[0], n_heads), (launch or LAUNCH).lanes](x, n_heads, weight, np.float32(eps), out)
-
-
-def launch_add_rows(x, y, weight, eps: float, launch: Launch | None = None) -> None:
-    add_rows[x.shape[0], (launch or LAUNCH).lanes](x, y, weight, np.float32(eps))
+def launch_rms_norm(x, weight, eps: float, out, launch: Launch | None = None) -> None:
+    rms_norm[x.shape[0], (launch or LAUNCH).lanes](x, weight, np.float32(eps), out)
 
 
 def launch_add_norm(x, y, post_weight, eps: float, weight, out, launch: Launch | None = None) -> None:

@@ -45,6 +45,11 @@ def layer_problem(layer: LayerWeights) -> str | None:
     return next(filter(None, map(matrix_problem, _matrices(layer))), None)
 
 
+def head_bytes(weights: Weights) -> int:
+    """The device bytes of the output layer: its matrix as stored, its norm as float32."""
+    return weights.output.raw.nbytes + weights.output_norm.nbytes
+
+
 def layer_bytes(layer: LayerWeights) -> int:
     """The device bytes of a layer's weights: its matrices as stored, its norms and biases as float32."""
     return sum(m.raw.nbytes + (0 if m.bias is None else m.bias.nbytes) for m in _matrices(layer)) + sum(
@@ -139,10 +144,6 @@ class DeviceKV:
         self.shape = (n_layers, n_ctx, n_head_kv, head_dim)
         self._arrays = None
 
-    @property
-    def n_bytes(self) -> int:
-        return 2 * 2 * int(np.prod(self.shape))
-
     def arrays(self) -> tuple:
         if self._arrays is None:
             self._arrays = (cuda.device_array(self.shape, np.uint16), cuda.device_array(self.shape, np.uint16))
@@ -165,21 +166,16 @@ class Offload:
                 tables[id(rope)] = ((cuda.to_device(rope.cos), cuda.to_device(rope.sin)), rope.n_rot, rope.neox)
         self.layers = [DeviceLayer.upload(weights.layers[il], tables[id(ropes[il])])
                        for il in range(self.first, c.n_layer)]
-        self.weight_bytes = sum(layer_bytes(weights.layers[il]) for il in range(self.first, c.n_layer))
         self.output_norm = _vector(weights.output_norm)  # the last add_norm's weight, with or without the head
         if head:
             self.output = DeviceMatrices([weights.output])
             self.n_vocab = weights.output.n_rows
-            self.weight_bytes += weights.output.raw.nbytes + weights.output_norm.nbytes
         self.n_ff = max((weights.layers[il].ffn_down.n_cols for il in range(self.first, c.n_layer)
                          if weights.layers[il].ffn_down is not None), default=0)
         self._scratch: dict[int, dict] = {}
 
     def new_kv(self, n_ctx: int) -> DeviceKV:
         return DeviceKV(self.n_layers, n_ctx, self.config.n_head_kv, self.config.head_dim)
-
-    def kv_bytes(self, n_ctx: int) -> int:
-        return self.new_kv(n_ctx).n_bytes
 
     def scratch(self, n: int) -> dict:
         """Device arrays for a call of n tokens, made once per n up to REUSED_TOKENS."""
@@ -210,7 +206,7 @@ class Offload:
         xd = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
         pos = cuda.to_device(positions.astype(np.int64))
         first_norm = self.layers[0].attn_norm if self.layers else self.output_norm
-        kernels.launch_rms_norm(xd, 1, first_norm, c.rms_eps, h)
+        kernels.launch_rms_norm(xd, first_norm, c.rms_eps, h)
         for i, layer in enumerate(self.layers):
             self._attention(i, layer, xd, pos, segments, s)
             following = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.output_norm

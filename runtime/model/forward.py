@@ -122,8 +122,8 @@ class Transformer:
             self.add_ffn(il, layer, x, scratch)
         if self.offload is not None:  # the hidden state crosses to the device and back once
             x = self.offload.run(x, positions, segments, output)
-            if self.offload.head:
-                return softcap(x, c.final_softcap) if c.final_softcap and output in ("last", "all") else x
+            if self.offload.head:  # x is what `output` asks for, logits not yet capped
+                return self.capped(x) if output in ("last", "all") else x
         if output == "none":
             return None
         if output == "last":
@@ -132,7 +132,12 @@ class Transformer:
         if output == "hidden":
             return x
         (logits,) = self.project(x, w.output, keep=True)
-        return softcap(logits, c.final_softcap) if c.final_softcap else logits
+        return self.capped(logits)
+
+    def capped(self, logits: np.ndarray) -> np.ndarray:
+        """The final logits' soft-capping (gemma2), where the model has one."""
+        cap = self.config.final_softcap
+        return softcap(logits, cap) if cap else logits
 
     # The layer's steps. Each runs as one numba call (`kernels/layer.py`) where the layer's products allow
     # (`fused.FusedLayer`), else as the Python steps below it: the same kernels in the same order.

@@ -79,7 +79,7 @@ class Model:
             n_ctx = min(DEFAULT_N_CTX, self.config.n_ctx_train)
         self.n_ctx = int(n_ctx)
         self.kv_type = kv_type
-        check_memory(self.context_bytes, f"a context of {self.n_ctx} tokens")
+        check_memory(self.context_bytes_for(self.config.n_layer), f"a context of {self.n_ctx} tokens")
         self.batch_size = max(1, int(batch_size))
         self.n_threads = set_threads(n_threads or physical_cores())
         self.transformer = Transformer(self.config, self.weights, self.n_ctx)
@@ -110,9 +110,12 @@ class Model:
     def context_bytes(self) -> int:
         """Host memory one context of n_ctx positions can take: its KV cache of the CPU layers (and the rope
         tables, made once)."""
+        return self.context_bytes_for(self.n_cpu_layers)
+
+    def context_bytes_for(self, n_layers: int) -> int:
+        """`context_bytes` with n_layers on the CPU (before -ngl is settled: every layer)."""
         c = self.config
-        layers = c.n_layer if getattr(self, "gpu", None) is None else self.n_cpu_layers
-        return KVCache.n_bytes_for(layers, self.n_ctx, c.kv_dim, self.kv_type) + self.n_ctx * c.n_rot * 4
+        return KVCache.n_bytes_for(n_layers, self.n_ctx, c.kv_dim, self.kv_type) + self.n_ctx * c.n_rot * 4
 
     @property
     def cache(self) -> KVCache:
