@@ -11,6 +11,7 @@ in sorted order. With `SOURCE_DATE_EPOCH` set the same inputs give the same byte
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -31,6 +32,7 @@ from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
 from runtime.targets import Interpreter, choose
 from runtime.tokenizer import Tokenizer
+from runtime.webui import page_file
 
 from . import bytecode, deps, gpu, kernels, layout, platforms
 from .archive import ArchiveWriter, copy_progress, make_executable
@@ -173,20 +175,24 @@ def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging
 
 def target_trees(targets: list[Target], sites: dict[str, Path], staging: Path, runs_here: str | None,
                  hook: Path | None = None) -> dict[str, dict[str, layout.File]]:
-    """Each target's site-packages/: its wheels, our staged runtime and web UI; bytecode when it runs this
-    Python's version; the precompiled kernels (numba's machine code for this OS) only for `runs_here`; the
-    start-up hook (`hook`, bundler/gpu.py) for targets with GPU support."""
+    """Each target's site-packages/: its wheels, our staged runtime and the web page (`webui_root`); bytecode
+    when it runs this Python's version; the precompiled kernels (numba's machine code for this OS) only for
+    `runs_here`; the start-up hook (`hook`, bundler/gpu.py) for targets with GPU support."""
     hasher = layout.Hasher()
     here = "{}.{}".format(*sys.version_info[:2])
     trees = {}
     for target in targets:
-        ours = target.name == runs_here
-        roots = [(sites[target.name], ""), (staging, ""), (REPO / "webui", "webui/")]
-        trees[target.name] = layout.gather(
-            roots + ([(hook, "")] if target.gpu and hook else []),
-            lambda relative, ours=ours: deps.should_skip(relative, with_kernels=ours),
-            with_bytecode=target.python == here, hasher=hasher)
+        skip = functools.partial(deps.should_skip, with_kernels=target.name == runs_here)
+        folders = [sites[target.name], staging] + ([hook] if target.gpu and hook else [])
+        roots = [layout.Root(folder, "", skip) for folder in folders] + [webui_root()]
+        trees[target.name] = layout.gather(roots, with_bytecode=target.python == here, hasher=hasher)
     return trees
+
+
+def webui_root(folder: Path = REPO / "webui") -> layout.Root:
+    """The chat page's files of `folder` (runtime/webui.py's `page_file`, the server's own rule), under webui/:
+    not the folder's READMEs, its doc/ screenshots or vendor/refresh.sh."""
+    return layout.Root(folder, "webui/", lambda relative: not page_file(relative))
 
 
 def gpu_paths(target: Target, wheels: list[deps.Wheel], site: Path) -> set[str]:

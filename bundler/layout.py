@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import bytecode
 
@@ -113,11 +114,20 @@ def data_file(relative: str, data: bytes, mode: int = 0o644) -> File:
     return File(relative, mode, hashlib.sha256(data).hexdigest(), len(data), data)
 
 
-def gather(roots: list[tuple[Path, str]], skip, with_bytecode: bool, hasher: Hasher) -> dict[str, File]:
-    """The files of one target's site-packages/: each (folder, prefix) of `roots` put under its prefix,
-    less what `skip(relative path)` refuses; with bytecode beside every module when `with_bytecode`."""
+class Root(NamedTuple):
+    """A folder whose files go under `prefix` in site-packages/, less those `skip` refuses (given each one's path
+    relative to `folder`)."""
+
+    folder: Path
+    prefix: str
+    skip: Callable[[Path], bool]
+
+
+def gather(roots: list[Root], with_bytecode: bool, hasher: Hasher) -> dict[str, File]:
+    """The files of one target's site-packages/: each of `roots` put under its prefix, less what its `skip`
+    refuses; with bytecode beside every module when `with_bytecode`."""
     files: dict[str, File] = {}
-    for root, prefix in roots:
+    for root, prefix, skip in roots:
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root)
             if not path.is_file() or skip(relative):

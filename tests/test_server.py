@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.server.app import ServerState, create_app
+from runtime.server.app import ServerState, create_app, load_webui
 from runtime.server.engine import Engine, Job
 from tests.live_server import ServerThread
 
@@ -242,6 +242,23 @@ def test_health_is_503_while_loading():
     health, completion = asyncio.run(scenario())
     assert health.status_code == 503 and completion.status_code == 503
     assert completion.json()["error"]["code"] == "loading"
+
+
+def test_the_web_ui_serves_the_pages_files_not_its_docs_screenshots_or_licenses(tmp_path):
+    for relative in ("index.html", "vendor/katex/fonts/a.woff2", "vendor/katex/LICENSE", "doc/screenshot.png",
+                     "README.md"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    state = ServerState(model_alias="x", webui=load_webui(tmp_path))
+    assert sorted(state.webui) == ["index.html", "vendor/katex/fonts/a.woff2"]
+
+    async def scenario() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            paths = ["/", "/vendor/katex/fonts/a.woff2", "/doc/screenshot.png", "/README.md"]
+            return [(await client.get(path)).status_code for path in paths]
+
+    assert asyncio.run(scenario()) == [200, 200, 404, 404]
 
 
 def test_numerically_extreme_sampling_works_and_disturbs_no_one(server):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.model import Model
+from ..webui import SERVED_SUFFIXES, page_file
 from .engine import Engine
 
 
@@ -35,14 +36,16 @@ class ServerState:
 
 
 def load_webui(directory: Path | None) -> dict[str, tuple[bytes, str]]:
-    """The static UI's files, read once into memory (works the same from a directory or an archive)."""
+    """The static UI's files, read once into memory (works the same from a directory or an archive): the page's
+    files (runtime/webui.py) of the kinds it serves, so not its licenses nor its doc/ folder's screenshots."""
     files: dict[str, tuple[bytes, str]] = {}
     if directory is None or not directory.is_dir():
         return files
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and path.suffix in (".html", ".css", ".js", ".svg", ".ico", ".png", ".json", ".woff2"):
+        relative = path.relative_to(directory)
+        if path.is_file() and page_file(relative) and relative.suffix in SERVED_SUFFIXES:
             media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if media.startswith("text/") or media == "application/javascript":
                 media += "; charset=utf-8"
-            files[path.relative_to(directory).as_posix()] = (path.read_bytes(), media)
+            files[relative.as_posix()] = (path.read_bytes(), media)
     return files
