@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,3 +36,40 @@ def chat_page(browser, url: str, model_name: str) -> Iterator:
     yield page
     context.close()
     assert not errors, errors
+
+
+# window.fetch answers /v1/chat/completions with a stream the test controls: nothing until
+# `window.fakeReply.send(text)` delivers a content delta, `window.fakeReply.chunk(data)` any event (usage);
+# `window.fakeReply.end()` finishes it; Stop aborts it. `window.fakeReply.requests` holds the request bodies.
+FAKE_STREAM = """() => {
+    const realFetch = window.fetch;
+    const encoder = new TextEncoder();
+    const event = (data) => encoder.encode(`data: ${JSON.stringify(data)}\\n\\n`);
+    window.fakeReply = { requests: [] };
+    window.fetch = (url, options) => {
+        if (!String(url).includes('chat/completions')) return realFetch(url, options);
+        window.fakeReply.requests.push(JSON.parse(options.body));
+        const stream = new ReadableStream({ start(controller) {
+            window.fakeReply.send = (text) =>
+                controller.enqueue(event({choices: [{index: 0, delta: {content: text}}]}));
+            window.fakeReply.chunk = (data) => controller.enqueue(event(data));
+            window.fakeReply.end = () => {
+                controller.enqueue(encoder.encode('data: [DONE]\\n\\n'));
+                controller.close();
+            };
+            options.signal.addEventListener('abort',
+                () => controller.error(new DOMException('The user aborted a request.', 'AbortError')));
+        } });
+        return Promise.resolve(new Response(stream, {headers: {'Content-Type': 'text/event-stream'}}));
+    };
+}"""
+
+
+def stored(page, conversations: list[dict], current: str | None = None) -> None:
+    """The page reloaded with these conversations in its localStorage (`current` open), as if made earlier."""
+    page.evaluate("""([conversations, current]) => {
+        localStorage.setItem('llamapyz.conversations', conversations);
+        if (current) localStorage.setItem('llamapyz.current', current);
+    }""", [json.dumps(conversations), current])
+    page.reload()
+    page.wait_for_selector("#conversations")

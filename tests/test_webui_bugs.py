@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser import chat_page
+from tests.browser import FAKE_STREAM, chat_page
 from tests.live_server import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -41,31 +41,6 @@ def send(page, text: str) -> None:
 
 def stored_settings(page) -> dict:
     return page.evaluate("JSON.parse(localStorage.getItem('llamapyz.settings') || '{}')")
-
-
-# window.fetch answers /v1/chat/completions with a stream the test controls: nothing until
-# `window.fakeReply.send(text)` delivers a content delta; `window.fakeReply.end()` finishes it; Stop aborts it.
-FAKE_STREAM = """() => {
-    const realFetch = window.fetch;
-    const encoder = new TextEncoder();
-    const event = (data) => encoder.encode(`data: ${JSON.stringify(data)}\\n\\n`);
-    window.fakeReply = { requests: [] };
-    window.fetch = (url, options) => {
-        if (!String(url).includes('chat/completions')) return realFetch(url, options);
-        window.fakeReply.requests.push(JSON.parse(options.body));
-        const stream = new ReadableStream({ start(controller) {
-            window.fakeReply.send = (text) =>
-                controller.enqueue(event({choices: [{index: 0, delta: {content: text}}]}));
-            window.fakeReply.end = () => {
-                controller.enqueue(encoder.encode('data: [DONE]\\n\\n'));
-                controller.close();
-            };
-            options.signal.addEventListener('abort',
-                () => controller.error(new DOMException('The user aborted a request.', 'AbortError')));
-        } });
-        return Promise.resolve(new Response(stream, {headers: {'Content-Type': 'text/event-stream'}}));
-    };
-}"""
 
 
 def test_waiting_indicator_until_the_first_token(page):

@@ -298,7 +298,8 @@ def test_streamed_reply_through_the_page(page):
     last = page.locator(".msg.assistant .msg-body").last
     assert last.evaluate("(body, text) => body.innerHTML === Render.html(text)", REPLY)
     assert page.locator(".msg.assistant .stats").last.inner_text().startswith("2000 tokens")
-    assert page.locator(".msg.assistant .regenerate").count() == 1 and page.locator(".msg.user .edit").count() == 1
+    # every message has its actions again once the reply ended
+    assert page.locator(".msg.assistant .regenerate").count() == 2 and page.locator(".msg.user .edit").count() == 2
 
 
 def test_page_assets_are_served(tiny_page_server):
