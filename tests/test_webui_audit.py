@@ -84,6 +84,7 @@ def shoot(page, name: str) -> None:
 
 
 def test_desktop_light_and_dark(page):
+    page.set_viewport_size({"width": 1200, "height": 900})  # the whole conversation: README.md's screenshot
     page.evaluate("localStorage.setItem('llamapyz.theme', 'light')")
     page.reload()
     page.wait_for_selector(".msg.assistant .katex")

@@ -6,7 +6,7 @@
 import { loadModelName } from "./header.js";
 import { send } from "./reply.js";
 import { wireSettings } from "./settings.js";
-import { closeSidebar, sidebarOpen, startNewChat } from "./sidebar.js";
+import { closeSidebar, NARROW, openSidebar, sidebarOpen, startNewChat } from "./sidebar.js";
 import { current, state } from "./store.js";
 import { $, copyWith, onRefresh, refresh } from "./ui.js";
 
@@ -43,11 +43,10 @@ $("messages").addEventListener("click", (event) => {
 });
 
 // The keyboard hint only where there is a keyboard and room for it: a phone's placeholder would be cut off.
-const WIDE = window.matchMedia("(min-width: 721px)");
 function placeholder() {
-  $("input").placeholder = WIDE.matches ? "Send a message (Enter to send, Shift+Enter for a new line)" : "Message";
+  $("input").placeholder = NARROW.matches ? "Message" : "Send a message (Enter to send, Shift+Enter for a new line)";
 }
-WIDE.addEventListener("change", placeholder);
+NARROW.addEventListener("change", placeholder);
 placeholder();
 
 // Keyboard shortcuts (listed in Settings): Ctrl+Shift+O a new chat, Shift+Escape the message box, Escape
@@ -67,7 +66,7 @@ document.addEventListener("keydown", (event) => {
     state.controller.abort();
   } else if (mod && !event.shiftKey && event.key.toLowerCase() === "k") {
     event.preventDefault();
-    document.body.classList.add("sidebar-open");
+    openSidebar();
     $("search").focus();
     $("search").select();
   }

@@ -13,7 +13,12 @@ function samplerInputs() {
     const input = Object.assign(document.createElement("input"), { id: sampler.id, type: "number" });
     if (sampler.min !== undefined) input.min = sampler.min;
     if (sampler.max !== undefined) input.max = sampler.max;
-    input.step = sampler.integer ? "1" : String(sampler.step ?? "any");
+    input.step = sampler.integer ? "1" : "0.01";
+    // what min/max/step cannot say (above 0, a whole number): Done refuses it, as it refuses the rest
+    input.addEventListener("input", () => {
+      const value = input.value === "" ? "" : Number(input.value);
+      input.setCustomValidity(validSetting(sampler, value) ? "" : "not a valid value");
+    });
     label.append(sampler.label, input);
     return label;
   });
@@ -28,7 +33,10 @@ export function openSettings() {
 
 function fillSettings(s) {
   $("system-prompt").value = s.systemPrompt;
-  for (const sampler of SAMPLERS) $(sampler.id).value = s[sampler.name];
+  for (const sampler of SAMPLERS) {
+    $(sampler.id).value = s[sampler.name];
+    $(sampler.id).setCustomValidity("");
+  }
   $("api-key").value = s.apiKey;
   showServerDefaults();
 }

@@ -12,7 +12,15 @@ export function closeSidebar() {
   document.body.classList.remove("sidebar-open");
   $("toggle-sidebar").setAttribute("aria-expanded", "false");
 }
-export const sidebarOpen = () => document.body.classList.contains("sidebar-open");
+// Only a narrow screen folds the sidebar away (style.css): a wide one always shows it.
+export const NARROW = window.matchMedia("(max-width: 720px)");
+export const sidebarOpen = () => NARROW.matches && document.body.classList.contains("sidebar-open");
+
+export function openSidebar() {
+  if (!NARROW.matches) return;
+  document.body.classList.add("sidebar-open");
+  $("toggle-sidebar").setAttribute("aria-expanded", "true");
+}
 
 let renaming = null; // the id of the conversation whose title is being edited
 

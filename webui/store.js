@@ -9,16 +9,16 @@ const KEYS = { conversations: "llamapyz.conversations", settings: "llamapyz.sett
 // (its --temp, --top-p, -n, …): only what the user set is sent. `min`/`max` bound the valid values
 // (`above`: strictly above it); `integer` ones take whole numbers only.
 export const SAMPLERS = [
-  { name: "temperature", field: "temperature", id: "temperature", label: "Temperature", min: 0, max: 5, step: 0.05 },
-  { name: "topP", field: "top_p", id: "top-p", label: "Top p", min: 0, max: 1, step: 0.01 },
+  { name: "temperature", field: "temperature", id: "temperature", label: "Temperature", min: 0, max: 5 },
+  { name: "topP", field: "top_p", id: "top-p", label: "Top p", min: 0, max: 1 },
   { name: "topK", field: "top_k", id: "top-k", label: "Top k", min: 0, integer: true },
-  { name: "minP", field: "min_p", id: "min-p", label: "Min p", min: 0, max: 1, step: 0.01 },
+  { name: "minP", field: "min_p", id: "min-p", label: "Min p", min: 0, max: 1 },
   { name: "repeatPenalty", field: "repeat_penalty", id: "repeat-penalty", label: "Repeat penalty", above: 0,
-    max: 10, step: 0.05 },
+    max: 10 },
   { name: "presencePenalty", field: "presence_penalty", id: "presence-penalty", label: "Presence penalty", min: -2,
-    max: 2, step: 0.1 },
+    max: 2 },
   { name: "frequencyPenalty", field: "frequency_penalty", id: "frequency-penalty", label: "Frequency penalty",
-    min: -2, max: 2, step: 0.1 },
+    min: -2, max: 2 },
   { name: "seed", field: "seed", id: "seed", label: "Seed", integer: true },
   { name: "maxTokens", field: "max_tokens", id: "max-tokens", label: "Max tokens", min: 1, integer: true },
 ];

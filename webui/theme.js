@@ -1,16 +1,13 @@
 // Light, dark, or the system's choice ("auto", the default): kept in localStorage and applied before the page
-// is drawn (this script runs in <head>), so a dark page never flashes light. style.css picks its colours
-// with light-dark() from the root's color-scheme; the code theme is switched through its stylesheets' media.
+// is drawn (this script runs in <head>), so a dark page never flashes light. The root's data-theme is always
+// the theme in effect, "light" or "dark" (auto follows the system as it changes), and style.css and the
+// code theme's stylesheets key on it alone.
 "use strict";
 
 const Theme = (() => {
   const KEY = "llamapyz.theme";
   const CHOICES = ["auto", "light", "dark"];
-  const MEDIA = { // the highlight.js themes' media for each choice
-    auto: { light: "(prefers-color-scheme: light)", dark: "(prefers-color-scheme: dark)" },
-    light: { light: "all", dark: "not all" },
-    dark: { light: "not all", dark: "all" },
-  };
+  const SYSTEM_DARK = window.matchMedia("(prefers-color-scheme: dark)");
 
   function get() {
     try {
@@ -21,12 +18,12 @@ const Theme = (() => {
     }
   }
 
-  function apply(choice) {
-    const root = document.documentElement;
-    if (choice === "auto") delete root.dataset.theme;
-    else root.dataset.theme = choice;
+  function apply() {
+    const choice = get();
+    const theme = choice === "auto" ? (SYSTEM_DARK.matches ? "dark" : "light") : choice;
+    document.documentElement.dataset.theme = theme;
     for (const link of document.querySelectorAll("link[data-code-theme]")) {
-      link.media = MEDIA[choice][link.dataset.codeTheme];
+      link.media = link.dataset.codeTheme === theme ? "all" : "not all";
     }
   }
 
@@ -36,10 +33,11 @@ const Theme = (() => {
     try {
       localStorage.setItem(KEY, next);
     } catch { /* private mode: it lasts until the page is closed */ }
-    apply(next);
+    apply();
     return next;
   }
 
-  apply(get());
+  SYSTEM_DARK.addEventListener("change", apply);
+  apply();
   return { get, cycle };
 })();
