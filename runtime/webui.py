@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-SERVED_SUFFIXES = (".html", ".css", ".js", ".svg", ".ico", ".png", ".json", ".woff2")
+# The kinds of file the server serves, with their media types: fixed here, not guessed by `mimetypes`, which on
+# Windows reads the registry (where .js can be text/plain, and a browser refuses an ES module served so).
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".woff2": "font/woff2",
+}
 
 
 def page_file(relative: PurePath) -> bool:
@@ -15,4 +26,4 @@ def page_file(relative: PurePath) -> bool:
     page's."""
     if "doc" in relative.parts[:-1]:
         return False
-    return relative.suffix in SERVED_SUFFIXES or relative.name.startswith("LICENSE")
+    return relative.suffix in MEDIA_TYPES or relative.name.startswith("LICENSE")

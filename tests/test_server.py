@@ -245,20 +245,23 @@ def test_health_is_503_while_loading():
 
 
 def test_the_web_ui_serves_the_pages_files_not_its_docs_screenshots_or_licenses(tmp_path):
-    for relative in ("index.html", "vendor/katex/fonts/a.woff2", "vendor/katex/LICENSE", "doc/screenshot.png",
-                     "README.md"):
+    for relative in ("index.html", "app.js", "vendor/katex/fonts/a.woff2", "vendor/katex/LICENSE",
+                     "doc/screenshot.png", "README.md"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
     state = ServerState(model_alias="x", webui=load_webui(tmp_path))
-    assert sorted(state.webui) == ["index.html", "vendor/katex/fonts/a.woff2"]
+    assert sorted(state.webui) == ["app.js", "index.html", "vendor/katex/fonts/a.woff2"]
 
-    async def scenario() -> list[int]:
+    async def scenario() -> list[tuple[int, str]]:
         transport = httpx.ASGITransport(app=create_app(state))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            paths = ["/", "/vendor/katex/fonts/a.woff2", "/doc/screenshot.png", "/README.md"]
-            return [(await client.get(path)).status_code for path in paths]
+            paths = ["/", "/app.js", "/vendor/katex/fonts/a.woff2", "/doc/screenshot.png", "/README.md"]
+            responses = [await client.get(path) for path in paths]
+            return [(r.status_code, r.headers["content-type"] if r.status_code == 200 else "") for r in responses]
 
-    assert asyncio.run(scenario()) == [200, 200, 404, 404]
+    # ES modules load only as JavaScript: the media types are ours, never the platform's guess
+    assert asyncio.run(scenario()) == [(200, "text/html; charset=utf-8"), (200, "text/javascript; charset=utf-8"),
+                                       (200, "font/woff2"), (404, ""), (404, "")]
 
 
 def test_numerically_extreme_sampling_works_and_disturbs_no_one(server):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import mimetypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..model.model import Model
-from ..webui import SERVED_SUFFIXES, page_file
+from ..webui import MEDIA_TYPES, page_file
 from .engine import Engine
 
 
@@ -43,9 +42,6 @@ def load_webui(directory: Path | None) -> dict[str, tuple[bytes, str]]:
         return files
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if path.is_file() and page_file(relative) and relative.suffix in SERVED_SUFFIXES:
-            media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if media.startswith("text/") or media == "application/javascript":
-                media += "; charset=utf-8"
-            files[relative.as_posix()] = (path.read_bytes(), media)
+        if path.is_file() and page_file(relative) and relative.suffix in MEDIA_TYPES:
+            files[relative.as_posix()] = (path.read_bytes(), MEDIA_TYPES[relative.suffix])
     return files
