@@ -53,7 +53,7 @@ class ServerConfig:
 
 
 # llama-cpp-python's chat_format names → ours (BUILTIN); None leaves the model's own template
-CHAT_FORMATS = {"chatml": "chatml", "gemma": "gemma", "llama-3": "llama3", "llama3": "llama3", "plain": "plain"}
+CHAT_FORMATS = {**{name: name for name in BUILTIN}, "llama-3": "llama3"}
 SERVER_KEYS = {"host": str, "port": int, "api_key": str}
 MODEL_KEYS = {  # config key -> (ModelSpec field, type)
     "n_ctx": ("n_ctx", int), "n_threads": ("n_threads", int), "n_gpu_layers": ("n_gpu_layers", int),
