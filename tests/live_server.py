@@ -58,7 +58,7 @@ class ServerThread:
     def __init__(self, model: Path, **options) -> None:
         self.options = ServeOptions(model=model, port=free_port(), open_browser=False, **options)
         self.url = f"http://127.0.0.1:{self.options.port}"
-        self.state, self.server = create_server(self.options)
+        self.state, self.server = create_server(self.options, say=lambda text: None)
         load_engine(self.options, self.state, say=lambda text: None)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -70,8 +70,7 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-        if self.state.engine is not None:
-            self.state.engine.stop()
+        self.state.pool.stop()
 
 
 class ServerProcess:

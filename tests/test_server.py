@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from runtime.server.app import ServerState, create_app, load_webui
+from runtime.server.config import ModelSpec
 from runtime.server.engine import Engine, Job
+from runtime.server.models import ModelPool
 from tests.live_server import ServerThread
 
 N_CTX = 64
@@ -217,7 +219,9 @@ def test_overloaded_is_503(tiny_llama):
     from runtime import Model
 
     engine = Engine(Model.load(tiny_llama, n_ctx=N_CTX), n_slots=1, max_queue=1)  # not started: nothing is admitted
-    state = ServerState(model_alias="tiny", engine=engine)
+    pool = ModelPool([ModelSpec(tiny_llama, "tiny")], load=lambda spec: engine)
+    pool.load(pool.default)
+    state = ServerState(pool=pool)
 
     async def scenario() -> httpx.Response:
         loop = asyncio.get_running_loop()
@@ -232,7 +236,9 @@ def test_overloaded_is_503(tiny_llama):
 
 
 def test_health_is_503_while_loading():
-    state = ServerState(model_alias="x")
+    pool = ModelPool([ModelSpec("x.gguf", "x")], load=lambda spec: None, load_timeout_s=0.2)
+    pool.default.loading = True  # and never done: a request waits its load_timeout_s, then gives up
+    state = ServerState(pool=pool)
 
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(state))
@@ -249,7 +255,7 @@ def test_the_web_ui_serves_the_pages_files_not_its_docs_screenshots_or_licenses(
                      "doc/screenshot.png", "README.md"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
-    state = ServerState(model_alias="x", webui=load_webui(tmp_path))
+    state = ServerState(pool=ModelPool([ModelSpec("x.gguf", "x")], load=lambda spec: None), webui=load_webui(tmp_path))
     assert sorted(state.webui) == ["app.js", "index.html", "vendor/katex/fonts/a.woff2"]
 
     async def scenario() -> list[tuple[int, str]]:

@@ -1,9 +1,11 @@
-"""`llamapyz serve`: the OpenAI-compatible HTTP server and web UI in front of the engine.
+"""`llamapyz serve`: the OpenAI-compatible HTTP server and web UI in front of the engines.
 
     serve(ServeOptions(model="model.gguf", port=8080))
+    serve(ServeOptions(model="a.gguf", models=[ModelSpec("a.gguf", "a"), ModelSpec("b.gguf", "b", n_ctx=8192)]))
 
-The HTTP server starts at once (so /health answers 503 while the model loads), the model is loaded on a
-background thread, then the engine thread starts and /health turns 200.
+The HTTP server starts at once (so /health answers 503 while the model loads), the first model is loaded on
+a background thread (every model, with `preload`), then its engine thread starts and /health turns 200. The
+others load when a request first names them (`models.ModelPool`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 import threading
 import time
 import webbrowser
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from ..gguf import Source
 from ..kernels import cache as kernel_cache
 from ..model.model import Model, check_memory, settle
 from .app import ServerState, create_app, load_webui
-from .engine import Engine
+from .config import ModelSpec
+from .engine import COMPUTE, Engine
+from .models import ModelPool
 from .security import allowed_hosts
 
 DEFAULT_WEBUI = Path(__file__).resolve().parents[2] / "webui"
@@ -38,7 +43,7 @@ log = logging.getLogger("llamapyz.server")
 
 @dataclass
 class ServeOptions:
-    model: Source
+    model: Source | None = None  # one model; or `models`
     host: str = "127.0.0.1"
     port: int = 8080
     n_ctx: int | None = None
@@ -59,38 +64,64 @@ class ServeOptions:
     sampling: dict[str, Any] = field(default_factory=dict)  # defaults for requests that do not say
     n_gpu_layers: int = 0  # -ngl
     main_gpu: int = 0
+    models: list[ModelSpec] = field(default_factory=list)  # several models: their own settings override the above
+    models_max: int = 4  # most models loaded at once (0: no limit)
+    preload: bool = False  # load every model at start (up to models_max), not on first use
+    load_timeout_s: float = 300.0  # how long a request waits for its model to load
+
+    def specs(self) -> list[ModelSpec]:
+        """The models to serve, each setting a model leaves unset filled in from the options above."""
+        if not self.models:
+            source = self.model[0] if isinstance(self.model, tuple) else self.model
+            return [ModelSpec(self.model, self.alias or Path(str(source)).stem, self.chat_template, self.n_ctx,
+                              self.n_threads, self.n_gpu_layers, self.main_gpu, self.batch_size)]
+        defaults = {"chat_template": self.chat_template, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
+                    "n_gpu_layers": self.n_gpu_layers, "main_gpu": self.main_gpu, "batch_size": self.batch_size}
+        return [replace(spec, **{k: v for k, v in defaults.items() if getattr(spec, k) is None})
+                for spec in self.models]
+
+
+def engine_loader(options: ServeOptions, say=print) -> Callable[[ModelSpec], Engine]:
+    """What loads one model and starts its engine (raising what went wrong), for `ModelPool`."""
+    several = len(options.specs()) > 1
+
+    def load(spec: ModelSpec) -> Engine:
+        said = (lambda text: say(f"{spec.alias}: {text}")) if several else say
+        started = time.perf_counter()
+        if several:
+            said("loading")
+        model = Model.load(spec.source, n_ctx=spec.n_ctx, n_threads=spec.n_threads, kv_type=options.kv_type,
+                           batch_size=spec.batch_size or options.batch_size, n_gpu_layers=spec.n_gpu_layers or 0,
+                           main_gpu=spec.main_gpu or 0, gpu_contexts=options.n_slots)
+        for line in model.gpu.lines():
+            said(line)
+        check_memory(model.context_bytes * options.n_slots, f"{options.n_slots} slots of {model.n_ctx} tokens")
+        if model.n_ctx > model.config.n_ctx_train:
+            said(f"warning: a context of {model.n_ctx} tokens is longer than the {model.config.n_ctx_train} the "
+                 "model was trained on: expect worse answers past that")
+        if spec.chat_template:
+            model.set_chat_template(spec.chat_template)
+        model.chat_template.render([{"role": "user", "content": "hi"}])  # fail now, not on the first request
+        with COMPUTE:  # another model's engine may be running
+            warm_up(model, said)
+        settle()
+        engine = Engine(model, n_slots=options.n_slots, max_queue=options.max_queue).start()
+        kv_mib = model.cache.n_bytes * options.n_slots / 2**20
+        said(f"model loaded in {time.perf_counter() - started:.1f} s: n_ctx {model.n_ctx}, {options.n_slots} slots "
+             f"(KV cache up to {kv_mib:.0f} MiB), {model.n_threads} threads")
+        return engine
+
+    return load
 
 
 def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
-    """Load the model and start the engine; on failure the server stays up and /health reports the error."""
-    started = time.perf_counter()
-    try:
-        model = Model.load(options.model, n_ctx=options.n_ctx, n_threads=options.n_threads,
-                           kv_type=options.kv_type, batch_size=options.batch_size,
-                           n_gpu_layers=options.n_gpu_layers, main_gpu=options.main_gpu,
-                           gpu_contexts=options.n_slots)
-        for line in model.gpu.lines():
-            say(line)
-        check_memory(model.context_bytes * options.n_slots, f"{options.n_slots} slots of {model.n_ctx} tokens")
-        if model.n_ctx > model.config.n_ctx_train:
-            say(f"warning: a context of {model.n_ctx} tokens is longer than the {model.config.n_ctx_train} the "
-                "model was trained on: expect worse answers past that")
-        if options.chat_template:
-            model.set_chat_template(options.chat_template)
-        model.chat_template.render([{"role": "user", "content": "hi"}])  # fail now, not on the first request
-        warm_up(model, say)
-        settle()
-        engine = Engine(model, n_slots=options.n_slots, max_queue=options.max_queue).start()
-    except Exception as exc:  # whatever it is, the server must say so and end, never wait "loading" forever
-        if not isinstance(exc, (LlamapyzError, OSError, ValueError)):
-            log.exception("loading the model failed")
-        state.load_error = f"the model could not be loaded: {exc}"
-        state.load_hint = getattr(exc, "hint", None)
-        return
-    kv_mib = model.cache.n_bytes * options.n_slots / 2**20
-    say(f"model loaded in {time.perf_counter() - started:.1f} s: n_ctx {model.n_ctx}, {options.n_slots} slots "
-        f"(KV cache up to {kv_mib:.0f} MiB), {model.n_threads} threads")
-    state.engine = engine
+    """Load the first model (every one, up to models_max, with `preload`); on failure the server stays up and
+    /health reports the error."""
+    pool = state.pool
+    for served in pool.models[:(pool.models_max or None) if options.preload else 1]:
+        pool.load(served)
+        if served.load_error and served is pool.default:
+            return
 
 
 def warm_up(model: Model, say=None) -> None:
@@ -114,11 +145,11 @@ def warm_up(model: Model, say=None) -> None:
             say(f"kernels compiled in {time.perf_counter() - started:.1f} s")
 
 
-def create_server(options: ServeOptions) -> tuple[ServerState, uvicorn.Server]:
-    """The app's shared state (no model yet: see `load_engine`) and the uvicorn server that will run it."""
-    source = options.model[0] if isinstance(options.model, tuple) else options.model
-    alias = options.alias or Path(str(source)).stem
-    state = ServerState(model_alias=alias, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
+def create_server(options: ServeOptions, say=print) -> tuple[ServerState, uvicorn.Server]:
+    """The app's shared state (no model loaded yet: see `load_engine`) and the uvicorn server that will run it."""
+    pool = ModelPool(options.specs(), engine_loader(options, say), models_max=options.models_max,
+                     load_timeout_s=options.load_timeout_s)
+    state = ServerState(pool=pool, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
                         body_timeout_s=options.body_timeout_s,
                         allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
                         cors_origins=tuple(options.cors_origins), webui=load_webui(options.webui),
@@ -141,8 +172,8 @@ def has_display() -> bool:
 
 
 def serve(options: ServeOptions, say=print) -> None:
-    state, server = create_server(options)
-    alias = state.model_alias
+    state, server = create_server(options, say)
+    names = ", ".join(served.alias for served in state.pool.models)
     url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}:{options.port}/"
     loader = threading.Thread(target=load_engine, args=(options, state, say), name="llamapyz-load", daemon=True)
 
@@ -151,19 +182,17 @@ def serve(options: ServeOptions, say=print) -> None:
         if state.engine is None:  # /health has said 503 with the error meanwhile; the process ends with it
             server.should_exit = True
             return
-        if state.engine is not None:
-            say(f"llamapyz: serving {alias} at {url}  (OpenAI API at {url}v1, Ctrl+C to stop)")
-            if options.open_browser and has_display():
-                webbrowser.open(url)
-            elif options.open_browser:
-                say("no display found: open the URL above in a browser")
+        say(f"llamapyz: serving {names} at {url}  (OpenAI API at {url}v1, Ctrl+C to stop)")
+        if options.open_browser and has_display():
+            webbrowser.open(url)
+        elif options.open_browser:
+            say("no display found: open the URL above in a browser")
 
     loader.start()
     threading.Thread(target=on_ready, daemon=True).start()
     try:
         server.run()
     finally:
-        if state.engine is not None:
-            state.engine.stop()
+        state.pool.stop()
     if state.load_error:
-        raise LlamapyzError(state.load_error, hint=state.load_hint)
+        raise LlamapyzError(f"the model could not be loaded: {state.load_error}", hint=state.pool.default.load_hint)

@@ -14,24 +14,25 @@ from .. import __version__
 from ..generation import Step
 from ..tools import ToolStream, parse_calls
 from . import schema
-from .http import collect_steps, endpoint, read_json, ready_state, run_job, sse_response
+from .http import collect_steps, endpoint, read_json, run_job, server_state, sse_response
 from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, tool_request, usage
 
 
 @endpoint
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not, with tools and structured outputs."""
-    state = ready_state(request)
+    state = server_state(request)
     fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
-    model = state.model
-    tools = tool_request(fields, model)
-    prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
-    logprobs = fields["top_logprobs"] if fields["logprobs"] else None
-    job = await run_in_threadpool(make_job, state, fields, prompt, logprobs, "messages", asyncio.get_running_loop(),
-                                  model.chat_template.end_of_turn, tools)
-    await run_job(state, job)
+    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+        model = served.model
+        tools = tool_request(fields, model)
+        prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
+        logprobs = fields["top_logprobs"] if fields["logprobs"] else None
+        job = await run_in_threadpool(make_job, served, fields, prompt, logprobs, "messages",
+                                      asyncio.get_running_loop(), model.chat_template.end_of_turn, tools)
+        await run_job(served, job)
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": ident, "created": created, "model": state.model_alias,
+    base = {"id": ident, "created": created, "model": served.alias,
             "system_fingerprint": f"llamapyz-{__version__}"}
     names = {tool["function"]["name"] for tool in tools.tools} if tools.active else None  # calls to read
 
@@ -53,10 +54,10 @@ async def chat_completions(request: Request) -> Response:
                     "finish_reason": finish}
 
         opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        return sse_response(job, request, state, fields, {**base, "object": "chat.completion.chunk"}, [opening],
+        return sse_response(job, request, served, fields, {**base, "object": "chat.completion.chunk"}, [opening],
                             chunk, last)
 
-    steps = await collect_steps(job, request, state)
+    steps = await collect_steps(job, request, served)
     text, finish = "".join(s.text for s in steps), steps[-1].finish_reason if steps else None
     message: dict = {"role": "assistant", "content": text}
     if names is not None:
@@ -96,15 +97,16 @@ def tool_delta(events: list[tuple]) -> dict:
 @endpoint
 async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions, streaming or not."""
-    state = ready_state(request)
+    state = server_state(request)
     fields = schema.validate(await read_json(request), schema.COMPLETION, state.sampling_defaults)
-    model = state.model
-    prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
-    logprobs = fields["logprobs"]
-    job = await run_in_threadpool(make_job, state, fields, prompt, logprobs, "prompt", asyncio.get_running_loop())
-    await run_job(state, job)
+    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+        model = served.model
+        prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
+        logprobs = fields["logprobs"]
+        job = await run_in_threadpool(make_job, served, fields, prompt, logprobs, "prompt", asyncio.get_running_loop())
+        await run_job(served, job)
     ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": ident, "object": "text_completion", "created": created, "model": state.model_alias,
+    base = {"id": ident, "object": "text_completion", "created": created, "model": served.alias,
             "system_fingerprint": f"llamapyz-{__version__}"}
     echo = model.detokenize(prompt) if fields["echo"] else ""
 
@@ -131,10 +133,10 @@ async def completions(request: Request) -> Response:
             return {"index": 0, "text": step.text, "logprobs": block, "finish_reason": None}
 
         opening = [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}] if echo else []
-        return sse_response(job, request, state, fields, base, opening, chunk,
+        return sse_response(job, request, served, fields, base, opening, chunk,
                             lambda finish: {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
 
-    steps = await collect_steps(job, request, state)
+    steps = await collect_steps(job, request, served)
     return JSONResponse({
         **base,
         "choices": [{"index": 0, "text": echo + "".join(s.text for s in steps),

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from ..model.model import Model
 from . import schema
 from .engine import Job
-from .http import endpoint, engine_error, events, read_json, ready_state, run_job
+from .http import endpoint, engine_error, events, read_json, run_job, server_state
 from .schema import ApiError
 
 # OpenAI's own limits per request, so a client that batches its inputs for OpenAI's API (up to 2,048 inputs,
@@ -31,7 +31,7 @@ async def embeddings(request: Request) -> Response:
     of at most n_ctx tokens, and at most MAX_TOTAL_TOKENS (300,000) tokens in all. The engine evaluates the
     inputs a piece at a time between other requests' decode steps; a client that goes away cancels the rest.
     """
-    state = ready_state(request)
+    state = server_state(request)
     fields = schema.validate(await read_json(request), schema.EMBEDDING)
     raw = fields["input"]
     if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
@@ -41,11 +41,12 @@ async def embeddings(request: Request) -> Response:
     if len(raw) > MAX_INPUTS:
         raise ApiError(400, f"input has {len(raw)} items; at most {MAX_INPUTS} are allowed per request",
                        param="input", code="too_many_inputs")
-    inputs = await run_in_threadpool(tokenize_inputs, state.model, raw)
-    job = Job(prompt=[], generation=None, loop=asyncio.get_running_loop(), inputs=inputs)
-    await run_job(state, job)
+    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+        inputs = await run_in_threadpool(tokenize_inputs, served.model, raw)
+        job = Job(prompt=[], generation=None, loop=asyncio.get_running_loop(), inputs=inputs)
+        await run_job(served, job)
     vectors = None
-    async for kind, value in events(job, request, state):
+    async for kind, value in events(job, request, served):
         if kind == "error":
             raise engine_error(value)
         if kind == "embeddings":
@@ -57,7 +58,7 @@ async def embeddings(request: Request) -> Response:
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()}
             for i, v in enumerate(vectors)]
     n_tokens = sum(len(t) for t in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": state.model_alias,
+    return JSONResponse({"object": "list", "data": data, "model": served.alias,
                          "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
 

@@ -12,6 +12,11 @@ cached prefix changes a request's output (see `model/forward.py`).
 An embedding request holds a slot too, and each turn evaluates one piece of it: one forward pass over up to
 batch_size tokens of one input (the bound of a prefill pass), so decode steps go on between its pieces and a
 cancelled one stops at the next turn; its vectors are the same bits however its pieces are spread out.
+
+A server of several models has an engine per model. They take turns: a turn runs holding `COMPUTE`, one lock
+for the process, so two models never compute at once. Each would use every core anyway, and numba's
+`workqueue` threading layer (what it falls back to without OpenMP or TBB) must not be entered from two
+threads at once.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import numpy as np
 from ..errors import LlamapyzError
 from ..generation import Generation, Step
 from ..model.model import Context, Embedding, Model, Prompt
+from ..threads import set_threads
 
 log = logging.getLogger("llamapyz.engine")
+
+COMPUTE = threading.Lock()  # held for each engine turn and each model's warm-up: one model computes at a time
 
 
 class Overloaded(LlamapyzError):
@@ -138,6 +146,7 @@ class Engine:
     # --- the engine thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        set_threads(self.model.n_threads)  # numba's thread count is per thread: this one's is the model's -t
         while True:
             with self.wake:
                 while not self.stopping and not self.waiting and self.n_running == 0:
@@ -146,7 +155,8 @@ class Engine:
                     break
                 self._admit()
             try:
-                self._turn()
+                with COMPUTE:
+                    self._turn()
             except Exception as exc:  # never let one bad request take the engine down
                 log.exception("engine step failed")
                 for slot in self.slots:

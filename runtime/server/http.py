@@ -15,6 +15,7 @@ from ..errors import ContextOverflowError
 from ..generation import Step
 from .engine import Job, Overloaded
 from .jobs import usage
+from .models import ServedModel
 from .schema import ApiError
 from .state import ServerState
 
@@ -58,11 +59,8 @@ async def read_json(request: Request) -> object:
     return value
 
 
-def ready_state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.llamapyz
-    if state.engine is None:
-        raise ApiError(503, state.load_error or "the model is still loading", code="loading")
-    return state
+def server_state(request: Request) -> ServerState:
+    return request.app.state.llamapyz
 
 
 def endpoint(handler):
@@ -82,14 +80,14 @@ def endpoint(handler):
     return wrapped
 
 
-async def run_job(state: ServerState, job: Job) -> None:
+async def run_job(served: ServedModel, job: Job) -> None:
     try:
-        state.engine.submit(job)
+        served.engine.submit(job)
     except Overloaded as exc:
         raise ApiError(503, str(exc), code="overloaded") from None
 
 
-async def events(job: Job, request: Request, state: ServerState) -> AsyncIterator[tuple[str, object]]:
+async def events(job: Job, request: Request, served: ServedModel) -> AsyncIterator[tuple[str, object]]:
     """The job's events; cancels the job if the client goes away (or the consumer stops listening)."""
     finished = False
     try:
@@ -107,7 +105,7 @@ async def events(job: Job, request: Request, state: ServerState) -> AsyncIterato
                 return
     finally:
         if not finished:
-            state.engine.cancel(job)
+            served.engine.cancel(job)
 
 
 def engine_error(exc: object) -> ApiError:
@@ -120,10 +118,10 @@ def engine_error(exc: object) -> ApiError:
     return ApiError(500, f"generation failed: {exc}")
 
 
-async def collect_steps(job: Job, request: Request, state: ServerState) -> list[Step]:
+async def collect_steps(job: Job, request: Request, served: ServedModel) -> list[Step]:
     """Every step of a job (a non-streaming response)."""
     steps = []
-    async for kind, value in events(job, request, state):
+    async for kind, value in events(job, request, served):
         if kind == "error":
             raise engine_error(value)
         if kind == "step":
@@ -131,7 +129,7 @@ async def collect_steps(job: Job, request: Request, state: ServerState) -> list[
     return steps
 
 
-def sse_response(job: Job, request: Request, state: ServerState, fields: dict, base: dict, opening: list[dict],
+def sse_response(job: Job, request: Request, served: ServedModel, fields: dict, base: dict, opening: list[dict],
                  chunk: Callable[[Step], dict | None], last: Callable[[str | None], dict]) -> StreamingResponse:
     """A job as server-sent events: the opening choices, one chunk per step with something to say, the last
     choice (finish_reason, timings), the usage chunk if asked for, then [DONE]; an error ends the stream."""
@@ -141,7 +139,7 @@ def sse_response(job: Job, request: Request, state: ServerState, fields: dict, b
         for choice in opening:
             yield sse({**base, "choices": [choice]})
         finish = None
-        async for kind, value in events(job, request, state):
+        async for kind, value in events(job, request, served):
             if kind == "error":
                 yield sse(engine_error(value).body())
                 return

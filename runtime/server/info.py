@@ -9,31 +9,38 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__, cpu
 from . import schema
-from .http import endpoint, read_json, ready_state
+from .http import endpoint, read_json, server_state
 from .jobs import token_text
 from .schema import ApiError
-from .state import ServerState
 
 
 @endpoint
 async def models(request: Request) -> Response:
-    """The one model this server runs."""
-    state = ready_state(request)
-    model = state.model
-    meta = {"n_vocab": model.n_vocab, "n_ctx": model.n_ctx, "n_ctx_train": model.config.n_ctx_train,
-            "n_embd": model.n_embd, "size": model.file_bytes, "architecture": model.config.arch}
-    return JSONResponse({"object": "list", "data": [
-        {"id": state.model_alias, "object": "model", "created": int(state.started), "owned_by": "llamapyz",
-         "meta": meta}]})
+    """The models this server runs, each with its state (loaded, loading, not loaded, failed); the loaded
+    ones with their metadata."""
+    state = server_state(request)
+    data = []
+    for served in state.pool.models:
+        entry = {"id": served.alias, "object": "model", "created": int(state.started), "owned_by": "llamapyz",
+                 "status": served.state}
+        engine = served.engine
+        if engine is not None:
+            model = engine.model
+            entry["meta"] = {"n_vocab": model.n_vocab, "n_ctx": model.n_ctx, "n_ctx_train": model.config.n_ctx_train,
+                             "n_embd": model.n_embd, "size": model.file_bytes, "architecture": model.config.arch}
+        data.append(entry)
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def health(request: Request) -> Response:
-    """200 {"status": "ok"} once the model is loaded; 503 while loading (or if loading failed)."""
-    state: ServerState = request.app.state.llamapyz
-    if state.engine is not None:
+    """200 {"status": "ok"} once the default model (the first) is loaded; 503 while it loads (or if loading
+    failed). The others load when first asked for."""
+    served = server_state(request).pool.default
+    if served.engine is not None:
         return JSONResponse({"status": "ok"})
-    if state.load_error:
-        return JSONResponse({"status": "error", "error": {"message": state.load_error, "code": 503}}, 503)
+    if served.load_error:
+        message = f"the model could not be loaded: {served.load_error}"
+        return JSONResponse({"status": "error", "error": {"message": message, "code": 503}}, 503)
     return JSONResponse({"status": "loading model", "error": {"message": "Loading model", "type": "unavailable_error",
                                                               "code": 503}}, 503)
 
@@ -41,34 +48,37 @@ async def health(request: Request) -> Response:
 @endpoint
 async def tokenize(request: Request) -> Response:
     """Text to token ids (llama.cpp's /tokenize)."""
-    state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.TOKENIZE)
-    tokens = await run_in_threadpool(state.model.tokenize, fields["content"], add_special=fields["add_special"])
+    async with server_state(request).pool.use(fields["model"]) as served:
+        model = served.model
+    tokens = await run_in_threadpool(model.tokenize, fields["content"], add_special=fields["add_special"])
     if fields["with_pieces"]:
-        return JSONResponse({"tokens": [{"id": t, "piece": token_text(state.model, t)} for t in tokens]})
+        return JSONResponse({"tokens": [{"id": t, "piece": token_text(model, t)} for t in tokens]})
     return JSONResponse({"tokens": tokens})
 
 
 @endpoint
 async def detokenize(request: Request) -> Response:
     """Token ids to text (llama.cpp's /detokenize)."""
-    state = ready_state(request)
     fields = schema.validate(await read_json(request), schema.DETOKENIZE)
+    async with server_state(request).pool.use(fields["model"]) as served:
+        model = served.model
     tokens = fields["tokens"]
-    if tokens and (min(tokens) < 0 or max(tokens) >= state.model.n_vocab):
-        raise ApiError(400, f"token ids must be in [0, {state.model.n_vocab})", param="tokens")
-    return JSONResponse({"content": await run_in_threadpool(state.model.detokenize, tokens)})
+    if tokens and (min(tokens) < 0 or max(tokens) >= model.n_vocab):
+        raise ApiError(400, f"token ids must be in [0, {model.n_vocab})", param="tokens")
+    return JSONResponse({"content": await run_in_threadpool(model.detokenize, tokens)})
 
 
 @endpoint
 async def props(request: Request) -> Response:
-    """Model metadata and server settings (llama.cpp's /props)."""
-    state = ready_state(request)
-    model, engine = state.model, state.engine
+    """Model metadata and server settings (llama.cpp's /props; `?model=NAME` for another than the first)."""
+    state = server_state(request)
+    async with state.pool.use(request.query_params.get("model")) as served:
+        model, engine = served.model, served.engine
     metadata = {k: v for k, v in model.gguf.metadata.items()
                 if k.startswith("general.") and isinstance(v, (str, int, float, bool))}
     return JSONResponse({
-        "model_alias": state.model_alias, "model_path": str(model.gguf.path), "build_info": f"llamapyz {__version__}",
+        "model_alias": served.alias, "model_path": str(model.gguf.path), "build_info": f"llamapyz {__version__}",
         "n_ctx": model.n_ctx, "total_slots": len(engine.slots), "n_vocab": model.n_vocab, "n_embd": model.n_embd,
         "n_layer": model.config.n_layer, "architecture": model.config.arch, "file_bytes": model.file_bytes,
         "n_threads": model.n_threads, "cpu_tier": cpu.active().name, "gpu": model.gpu.as_json(),
@@ -82,9 +92,9 @@ async def props(request: Request) -> Response:
 
 @endpoint
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    state = ready_state(request)
-    engine = state.engine
+    """Prometheus text format (the first model's; `?model=NAME` for another)."""
+    async with server_state(request).pool.use(request.query_params.get("model")) as served:
+        engine = served.engine
     stats, busy = engine.stats, engine.busy_s
 
     def rate(n: int, seconds: float) -> float:

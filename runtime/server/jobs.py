@@ -12,8 +12,8 @@ from ..model.model import Model
 from ..sampling import SamplingParams
 from ..tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, marker_tokens, prepare_messages
 from .engine import Job
+from .models import ServedModel
 from .schema import ApiError
-from .state import ServerState
 
 MAX_STOP_STRINGS = 16
 
@@ -94,12 +94,12 @@ def check_prompt_fits(prompt: list[int], model: Model, param: str) -> None:
                        n_prompt_tokens=len(prompt), n_ctx=model.n_ctx)
 
 
-def make_job(state: ServerState, fields: dict, prompt: list[int], logprobs: int | None, param: str,
+def make_job(served: ServedModel, fields: dict, prompt: list[int], logprobs: int | None, param: str,
              loop: asyncio.AbstractEventLoop, end_of_turn: str | None = None, tools: ToolRequest | None = None
              ) -> Job:
     """A job for the engine; `end_of_turn` (chat only: the template's markup) stops it besides `stop`.
     Compiling a grammar may take a while: call this in the thread pool."""
-    model = state.model
+    model = served.model
     check_prompt_fits(prompt, model, param)
     room = model.n_ctx - len(prompt)
     max_tokens = fields["max_completion_tokens"] or fields["max_tokens"] or room

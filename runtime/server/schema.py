@@ -164,7 +164,8 @@ RESPONSE_FORMAT = {"anyOf": [
             "strict": {"type": "boolean"}}}}}]}
 
 SAMPLING = [
-    Field("model", "string", "Any name: the server runs one model (the response names it)."),
+    Field("model", "string", "Which model (its alias or file name; /v1/models lists them). With one model, any "
+          "name; with several, none is the first."),
     Field("max_tokens", "integer", "Most tokens to generate (default: until end of generation or a full "
           "context).", minimum=1),
     Field("max_completion_tokens", "integer", "Same as max_tokens (OpenAI's newer name).", minimum=1),
@@ -221,17 +222,21 @@ COMPLETION = [
 EMBEDDING = [
     Field("input", ("string", "array"), "A string or a list of strings (or token id lists).", required=True,
           shape=EMBEDDING_INPUT),
-    Field("model", "string", "Accepted and ignored."),
+    Field("model", "string", "Which model (its alias or file name); with one model, any name."),
     Field("encoding_format", "string", "float (default) or base64.", default="float", enum=("float", "base64")),
 ]
 
+MODEL = Field("model", "string", "Which model's tokenizer (default: the first).")
+
 TOKENIZE = [
     Field("content", "string", "Text to tokenize.", required=True),
+    MODEL,
     Field("add_special", "boolean", "Add BOS/EOS as the model does.", default=True),
     Field("with_pieces", "boolean", "Also return each token's text.", default=False),
 ]
 
 DETOKENIZE = [
+    MODEL,
     Field("tokens", "array", "Token ids.", required=True, items="integer",
           shape={"type": "array", "items": {"type": "integer", "minimum": 0}}),
 ]

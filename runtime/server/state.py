@@ -1,4 +1,4 @@
-"""What the server's handlers share: the engine (once loaded), settings, the web UI's files."""
+"""What the server's handlers share: the models, settings, the web UI's files."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ from typing import Any
 from ..model.model import Model
 from ..webui import MEDIA_TYPES, page_file
 from .engine import Engine
+from .models import ModelPool
 
 
 @dataclass
 class ServerState:
-    """What the handlers share. `engine` is None while the model is loading (then /health says 503)."""
+    """What the handlers share: the models (`pool`; each loaded when first used) and the server's settings."""
 
-    model_alias: str
+    pool: ModelPool
     api_key: str | None = None
-    engine: Engine | None = None
-    load_error: str | None = None
-    load_hint: str | None = None
     max_body_bytes: int = 16 << 20  # a request body above it is a 413
     body_timeout_s: float | None = 30.0  # a body not all arrived by then (after the headers) is a 408
     allowed_hosts: tuple[str, ...] | None = None  # Host names answered (security.allowed_hosts); None: any
@@ -29,9 +27,22 @@ class ServerState:
     webui: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (content, media type)
     started: float = field(default_factory=time.time)
 
+    # the default (first) model's, for a server of one model
+    @property
+    def model_alias(self) -> str:
+        return self.pool.default.alias
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.pool.default.engine
+
     @property
     def model(self) -> Model:
-        return self.engine.model
+        return self.pool.default.model
+
+    @property
+    def load_error(self) -> str | None:
+        return self.pool.default.load_error
 
 
 def load_webui(directory: Path | None) -> dict[str, tuple[bytes, str]]:
