@@ -293,3 +293,141 @@ def test_scroll_to_bottom_button(page):
     page.wait_for_selector("#send:not([hidden])")
     assert re.search(r"more text$", shown(page)[-1])
     assert page.locator("#messages").evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 2
+
+
+def import_file(page, data) -> None:
+    page.set_input_files("#import-file", files=[{"name": "chats.json", "mimeType": "application/json",
+                                                  "buffer": json.dumps(data).encode()}])
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('import')")
+
+
+FULL_STORAGE = """(full) => {
+    window.realSetItem ??= Storage.prototype.setItem;
+    Storage.prototype.setItem = function (key, value) {
+        if (full && key === 'llamapyz.conversations') throw new DOMException('full', 'QuotaExceededError');
+        return window.realSetItem.call(this, key, value);
+    };
+}"""
+
+
+def test_a_full_storage_is_said_and_the_page_goes_on(page):
+    fake(page)
+    exchange(page, "kept", "yes")
+    page.evaluate(FULL_STORAGE, True)
+    exchange(page, "not kept", "no")  # no script error, and Send comes back
+    assert shown(page)[-2:] == ["user: not kept", "assistant: no"]
+    assert page.inner_text("#status").startswith("not saved: the browser's storage is full")
+    page.evaluate(FULL_STORAGE, False)
+    exchange(page, "room again", "yes")
+    assert page.inner_text("#status") == ""
+    page.evaluate(FULL_STORAGE, True)
+    import_file(page, {"conversations": [{"title": "Too much", "messages": []}]})
+    assert page.inner_text("#status") == "import failed: the browser's storage is full"
+    assert titles(page) == ["kept"]  # nothing half imported
+
+
+def test_importing_malformed_and_version_1_files(page):
+    import_file(page, {"llamapyz": 1, "conversations": [
+        {"title": {"not": "text"}, "created": 2, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "parts"}]},
+            {"role": "assistant", "content": {"an": "object"}}]},
+        {"id": "tree", "title": "Tree", "created": 1, "leaf": "d", "messages": [
+            {"id": "a", "parent": "b", "role": "assistant", "content": "a root reply"},  # its parent comes later
+            {"id": "b", "parent": "a", "role": "user", "content": "B"},
+            {"id": "b", "parent": "b", "role": "assistant", "content": "a duplicate id"},
+            {"id": "d", "parent": "b", "role": "user", "content": "D"}]},
+    ]})
+    assert page.inner_text("#status") == "imported 2 conversations"
+    assert titles(page) == ["Imported chat", "Tree"]
+    assert shown(page) == ["user: parts", "assistant: "]
+    page.click(".conv-title:has-text('Tree')")
+    assert shown(page) == ["assistant: a root reply", "user: B", "user: D"]
+    # a reply that answers nothing has nothing to regenerate; the one after it has
+    assert page.locator(".msg.assistant .regenerate").count() == 0
+
+
+def test_renaming_keeps_its_text_while_a_reply_ends_and_focus_follows_actions(page):
+    fake(page)
+    exchange(page, "first", "one")
+    page.click("#new-chat")
+    page.fill("#input", "second")
+    page.press("#input", "Enter")
+    page.locator(".conv-item", has_text="first").locator(".conv-rename").click()
+    page.keyboard.type("Renamed")
+    page.evaluate("window.fakeReply.send('two'); window.fakeReply.end()")  # re-renders the list
+    page.wait_for_selector("#send:not([hidden])")
+    assert page.evaluate("document.activeElement.value") == "Renamed"
+    page.keyboard.press("Enter")
+    assert titles(page) == ["second", "Renamed"]
+    assert page.evaluate("document.activeElement.textContent") == "Renamed"  # the title, not the page
+
+    page.locator(".conv-item", has_text="second").locator(".conv-title").dblclick()
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.textContent") == "second"
+    page.keyboard.press("Tab")  # its ✎
+    page.keyboard.press("Tab")  # its ×
+    page.keyboard.press("Enter")
+    assert titles(page) == ["Renamed"]
+    assert page.evaluate("document.activeElement.textContent") == "Renamed"
+    page.locator(".msg.assistant .delete").click()
+    assert page.evaluate("document.activeElement.id") == "input"
+
+
+def test_another_conversation_opens_at_its_end_with_its_own_system_prompt(page):
+    long = [{"role": role, "content": f"message {i}\n\n" + "a line of text\n\n" * 6}
+            for i, role in enumerate(["user", "assistant"] * 15)]
+    stored(page, [{"id": "one", "title": "One", "created": 2, "messages": long},
+                  {"id": "two", "title": "Two", "created": 1, "systemPrompt": "Be terse.", "messages": long}], "one")
+    page.wait_for_selector(".msg")
+    page.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
+    page.locator("#scroll-down").wait_for(state="visible")
+    page.click(".conv-title:has-text('Two')")
+    assert page.locator("#messages").evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 2
+    assert page.locator("#scroll-down").is_hidden()
+
+    page.click("#system-box summary")
+    page.click("#conversation-system")
+    page.keyboard.press("Control+Shift+O")  # a new chat from within the field: the field shows its prompt
+    assert page.input_value("#conversation-system") == ""
+    assert page.locator("#system-summary").inner_text() == "none"
+
+
+def test_importing_while_a_reply_streams_keeps_its_conversation_open(page):
+    fake(page)
+    page.fill("#input", "hello")
+    page.press("#input", "Enter")
+    page.evaluate("window.fakeReply.send('Hi')")
+    import_file(page, {"conversations": [{"title": "Imported", "messages": [{"role": "user", "content": "x"}]}]})
+    assert titles(page) == ["Imported", "hello"]
+    answer(page, " there")
+    assert shown(page) == ["user: hello", "assistant: Hi there"]
+    assert page.locator(".conv-item.active").inner_text().startswith("hello")
+
+
+def test_sending_after_a_failed_regeneration_goes_on_from_its_parent(page):
+    # the first reply regenerated, and that failed: the failure is what shows, beside the old reply's branch
+    messages = [{"id": "u1", "parent": None, "role": "user", "content": "first"},
+                {"id": "a1", "parent": "u1", "role": "assistant", "content": "one"},
+                {"id": "u2", "parent": "a1", "role": "user", "content": "second"},
+                {"id": "a2", "parent": "u2", "role": "assistant", "content": "two"},
+                {"id": "e", "parent": "u1", "role": "assistant", "content": "", "error": "Error: down"}]
+    stored(page, [{"id": "c", "title": "first", "created": 1, "messages": messages, "leaf": "e"}], "c")
+    assert shown(page) == ["user: first", "assistant: Error: down"]
+    fake(page)
+    exchange(page, "again", "ok")
+    assert last_request(page)["messages"] == [{"role": "user", "content": "first"},
+                                              {"role": "user", "content": "again"}]
+    assert shown(page) == ["user: first", "user: again", "assistant: ok"]
+
+
+def test_escape_in_a_search_clears_it_and_leaves_the_reply_streaming(page):
+    fake(page)
+    exchange(page, "first", "one")
+    page.fill("#input", "second")
+    page.press("#input", "Enter")
+    page.fill("#search", "first")
+    page.press("#search", "Escape")
+    assert page.input_value("#search") == ""
+    assert page.locator("#stop").is_visible()
+    page.press("#search", "Escape")  # an empty search: Escape stops the reply, as anywhere
+    page.wait_for_selector("#send:not([hidden])")

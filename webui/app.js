@@ -50,7 +50,8 @@ NARROW.addEventListener("change", placeholder);
 placeholder();
 
 // Keyboard shortcuts (listed in Settings): Ctrl+Shift+O a new chat, Shift+Escape the message box, Escape
-// stops the reply (or closes the sidebar on a phone), Ctrl+K searches the conversations. ⌘ for Ctrl on a Mac.
+// stops the reply (or closes the sidebar on a phone; in a search with text, it clears it), Ctrl+K searches the
+// conversations. ⌘ for Ctrl on a Mac.
 document.addEventListener("keydown", (event) => {
   if ($("settings").open) return; // the dialog has its own keys
   const mod = event.ctrlKey || event.metaKey;
@@ -62,7 +63,7 @@ document.addEventListener("keydown", (event) => {
     $("input").focus();
   } else if (event.key === "Escape" && sidebarOpen()) {
     closeSidebar();
-  } else if (event.key === "Escape" && state.controller) {
+  } else if (event.key === "Escape" && state.controller && !(event.target === $("search") && $("search").value)) {
     state.controller.abort();
   } else if (mod && !event.shiftKey && event.key.toLowerCase() === "k") {
     event.preventDefault();

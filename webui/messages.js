@@ -51,7 +51,7 @@ function messageElement(message, conversation) {
     }
     if (message.role === "user") {
       footer.append(button("Edit", "edit", () => edit(el, conversation, message), "Edit and resend this message"));
-    } else {
+    } else if (message.parent) { // a reply at the root (an import's) answers nothing to ask again
       footer.append(button("Regenerate", "regenerate", () => regenerate(conversation, message),
         "Regenerate this reply"));
     }
@@ -90,6 +90,7 @@ function deleteMessage(conversation, message) {
   removeMessage(conversation, message);
   save();
   refresh();
+  $("input").focus(); // its button is gone
 }
 
 // Editing a user message: an editor across the row; Send adds the edited text as a new version (a branch:
@@ -164,9 +165,13 @@ $("scroll-down").addEventListener("click", () => {
 
 // --- rendering --------------------------------------------------------------------------------------------
 
+let shownId = null; // the conversation rendered last
+
 export function renderMessages() {
   const box = $("messages");
   const conversation = current();
+  const opened = (conversation?.id ?? null) !== shownId; // another conversation: shown from its end
+  shownId = conversation?.id ?? null;
   const path = conversation ? pathOf(conversation) : [];
   if (!path.length) {
     const empty = document.createElement("div");
@@ -176,15 +181,16 @@ export function renderMessages() {
   } else {
     box.replaceChildren(...path.map((m) => messageElement(m, conversation)));
   }
-  renderSystemPrompt(conversation);
-  followEnd();
+  renderSystemPrompt(conversation, opened);
+  followEnd(opened);
 }
 
-// The conversation's own system prompt (a new chat starts with the default from Settings).
-function renderSystemPrompt(conversation) {
+// The conversation's own system prompt (a new chat starts with the default from Settings). While it is being
+// typed the field is left alone, unless another conversation opened (Ctrl+Shift+O from within it).
+function renderSystemPrompt(conversation, opened = false) {
   const prompt = conversation?.systemPrompt ?? state.settings.systemPrompt;
   const field = $("conversation-system");
-  if (document.activeElement !== field) field.value = prompt;
+  if ((opened || document.activeElement !== field) && field.value !== prompt) field.value = prompt;
   $("system-summary").textContent = prompt.trim() ? prompt.trim().split("\n")[0] : "none";
   field.disabled = Boolean(state.controller);
 }

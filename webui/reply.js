@@ -14,10 +14,13 @@ import { refresh } from "./ui.js";
 export async function send(text) {
   const conversation = current() || newConversation();
   if (!conversation.messages.length) conversation.title = text.slice(0, 40) || "New chat";
-  // an error is not part of the conversation: it goes before the conversation goes on
+  // an error is not part of the conversation: it goes before the conversation goes on, from its parent (not
+  // from the branch of a sibling, which removeMessage shows)
   let path = pathOf(conversation);
   while (path.length && path.at(-1).error) {
+    const { parent } = path.at(-1);
     removeMessage(conversation, path.at(-1));
+    conversation.leaf = parent;
     path = pathOf(conversation);
   }
   const message = addMessage(conversation, path.at(-1), { role: "user", content: text });

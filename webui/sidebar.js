@@ -26,6 +26,8 @@ let renaming = null; // the id of the conversation whose title is being edited
 
 function renderConversations() {
   const list = $("conversations");
+  // a title being typed keeps its box, text and focus (a reply ending re-renders): the list catches up after
+  if (renaming && document.activeElement === list.querySelector(".conv-rename-box")) return;
   const query = $("search").value;
   const shown = listConversations(query);
   list.replaceChildren(...shown.map(conversationItem));
@@ -43,10 +45,13 @@ function conversationItem(c) {
   }
   const open = button(c.title, "conv-title", () => {
     if (state.controller) return; // finish or stop the reply first
+    const folding = sidebarOpen(); // a phone's sidebar goes, and the focus to the message box
     state.currentId = c.id;
     save();
     refresh();
     closeSidebar();
+    if (folding) $("input").focus();
+    else focusTitle(c.id);
   });
   if (c.id === state.currentId) open.setAttribute("aria-current", "true");
   open.title = c.title;
@@ -57,11 +62,18 @@ function conversationItem(c) {
     if (!confirm(`Delete "${c.title}"?`)) return;
     deleteConversation(c);
     refresh();
+    if (state.currentId) focusTitle(state.currentId); // its button is gone
+    else $("new-chat").focus();
   }, `Delete "${c.title}"`);
   remove.title = "Delete";
   remove.disabled = rename.disabled = Boolean(state.controller) && c.id === state.currentId;
   item.append(open, rename, remove);
   return item;
+}
+
+// (re-rendering the list replaces its buttons, and with them the focus)
+function focusTitle(id) {
+  [...$("conversations").children].find((li) => li.dataset.id === id)?.querySelector(".conv-title").focus();
 }
 
 function startRename(c) {
@@ -88,11 +100,16 @@ function renameBox(c) {
     }
     renderConversations();
   };
+  // from the keyboard, the focus goes back to the title (the box is gone)
   box.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") finish(true);
-    if (event.key === "Escape") {
+    if (event.key === "Enter" && !event.isComposing) {
+      event.preventDefault(); // or its key press would click the focused title: open it and lose the focus
+      finish(true);
+      focusTitle(c.id);
+    } else if (event.key === "Escape") {
       event.stopPropagation();
       finish(false);
+      focusTitle(c.id);
     }
   });
   box.addEventListener("blur", () => finish(true));

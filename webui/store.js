@@ -3,6 +3,8 @@
 // reply adds a sibling, a new branch, and the conversation shows the path from the root to its `leaf`.
 "use strict";
 
+import { $, setStatus } from "./ui.js";
+
 const KEYS = { conversations: "llamapyz.conversations", settings: "llamapyz.settings", current: "llamapyz.current" };
 
 // The sampling settings, each as the page shows it and the request field it sets. "" = the server's default
@@ -65,6 +67,14 @@ export const newId = () => Date.now().toString(36) + Math.random().toString(36).
 
 const ROLES = ["user", "assistant", "system"];
 
+// A message's text: a string (or number), or the text of an OpenAI-style list of parts; nothing else
+// ("[object Object]" is no one's message).
+function textOf(content) {
+  if (typeof content === "string" || typeof content === "number") return String(content);
+  if (Array.isArray(content)) return content.map((part) => textOf(part?.text ?? part)).join("");
+  return "";
+}
+
 // A conversation as stored, exported or imported, checked and completed: every message with an id and a
 // parent among the messages before it (what version 1 stored, a plain list, becomes one chain), a leaf.
 // Anything unusable is dropped, not trusted.
@@ -78,7 +88,7 @@ export function cleanConversation(raw) {
     const id = typeof m.id === "string" && !ids.has(m.id) ? m.id : newId();
     let parent = linear ? (messages.at(-1)?.id ?? null) : m.parent ?? null;
     if (!ids.has(parent)) parent = null;
-    const message = { id, parent, role: m.role, content: String(m.content ?? "") };
+    const message = { id, parent, role: m.role, content: textOf(m.content) };
     if (m.stats) message.stats = String(m.stats);
     if (m.error) message.error = String(m.error);
     if (Number.isFinite(m.contextTokens)) message.contextTokens = m.contextTokens;
@@ -88,7 +98,7 @@ export function cleanConversation(raw) {
   const created = Number(raw.created) || Date.now();
   return {
     id: typeof raw.id === "string" && raw.id ? raw.id : newId(),
-    title: String(raw.title || "Imported chat").slice(0, 80),
+    title: (typeof raw.title === "string" && raw.title.trim() ? raw.title : "Imported chat").slice(0, 80),
     created,
     updated: Number(raw.updated) || created,
     systemPrompt: String(raw.systemPrompt ?? ""),
@@ -105,11 +115,22 @@ export const state = {
   controller: null, // AbortController of the reply being streamed
 };
 
+const NOT_SAVED = "not saved: the browser's storage is full (export, then delete some conversations)";
+
+// Returns whether it was kept. A full storage (QuotaExceededError) must not break the page: the change lasts
+// until it is closed, and the header says so until a save works again.
 export function save() {
-  localStorage.setItem(KEYS.conversations, JSON.stringify(state.conversations));
-  localStorage.setItem(KEYS.settings, JSON.stringify(state.settings));
-  if (state.currentId) localStorage.setItem(KEYS.current, state.currentId);
-  else localStorage.removeItem(KEYS.current);
+  try {
+    localStorage.setItem(KEYS.conversations, JSON.stringify(state.conversations));
+    localStorage.setItem(KEYS.settings, JSON.stringify(state.settings));
+    if (state.currentId) localStorage.setItem(KEYS.current, state.currentId);
+    else localStorage.removeItem(KEYS.current);
+  } catch (error) {
+    setStatus(error.name === "QuotaExceededError" ? NOT_SAVED : `not saved: ${error.message}`);
+    return false;
+  }
+  if ($("status").textContent.startsWith("not saved")) setStatus("");
+  return true;
 }
 
 export const current = () => state.conversations.find((c) => c.id === state.currentId) || null;
@@ -213,8 +234,13 @@ export function importConversations(data) {
     if (known.has(c.id)) c.id = newId();
     known.add(c.id);
   }
+  const before = { conversations: state.conversations, currentId: state.currentId };
   state.conversations = [...valid, ...state.conversations];
-  if (valid.length) state.currentId = valid[0].id;
-  save();
+  // the first one opens, unless a reply is streaming into the open one
+  if (valid.length && !state.controller) state.currentId = valid[0].id;
+  if (!save()) {
+    Object.assign(state, before);
+    throw new Error("the browser's storage is full");
+  }
   return valid.length;
 }
