@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     archive = args.archive.resolve()
     bundle = open_bundle(archive)
-    size_mib, model_mib = archive.stat().st_size / 2**20, bundle.model_size / 2**20
-    print(f"archive {archive.name}: {size_mib:.1f} MiB = model {model_mib:.1f} MiB + "
+    size_mib, model_mib = archive.stat().st_size / 2**20, sum(m[0].size for m in bundle.stored().values()) / 2**20
+    print(f"archive {archive.name}: {size_mib:.1f} MiB = weights {model_mib:.1f} MiB + "
           f"{size_mib - model_mib:.1f} MiB runtime and dependencies")
 
     with tempfile.TemporaryDirectory() as tmp:

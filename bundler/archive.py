@@ -1,10 +1,11 @@
 """The zip writer behind `.pyz` archives: a shebang line, then a zip whose entries are reproducible.
 
 Two things the stdlib's `zipapp` cannot do:
-- store one entry (the GGUF) uncompressed with its data at an aligned file offset, so the runtime can
-  memory-map it in place (mmap offsets must be multiples of the page size; 64 KiB covers every page size
-  in use, like llamafile's zipalign). The alignment is bought with a padding record in the entry's local
-  extra field;
+- store entries (the GGUFs) uncompressed with their data at aligned file offsets, so the runtime can
+  memory-map them in place (mmap offsets must be multiples of the page size; 64 KiB covers every page size
+  in use, like llamafile's zipalign). The alignment is bought with a padding record in each entry's local
+  extra field; where the room needed is too short for a record (1 to 5 bytes), an empty entry written
+  first moves the header along;
 - make the bytes a function of the inputs only: every entry gets the same timestamp and explicit
   permissions, and callers add entries in a fixed order.
 """
@@ -17,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from stat import S_IFREG
 
-ALIGNMENT = 1 << 16  # data offset of the aligned entry: a multiple of 64 KiB
+ALIGNMENT = 1 << 16  # data offsets of the aligned entries: multiples of 64 KiB
 PADDING_ID = 0xD935  # the extra-field id Android's zipalign uses for alignment padding
 LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header
 ZIP64_EXTRA_SIZE = 4 + 16  # zipfile adds this record to the local header of zip64 entries
+MIN_PADDING = 4 + 2  # the shortest padding record: id and size, then the alignment
 COPY_CHUNK = 8 << 20
 
 Progress = Callable[[int, int], None]  # (bytes copied, total bytes)
@@ -71,9 +73,12 @@ class ArchiveWriter:
         info = self._info(name, 0o644, compress=False)
         info.file_size = size
         zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for reserving a zip64 record
-        header_offset = self._file.tell()
-        before_padding = header_offset + LOCAL_HEADER_SIZE + len(name.encode()) + (ZIP64_EXTRA_SIZE if zip64 else 0)
-        info.extra = padding_record((-before_padding) % alignment, alignment)
+        header = LOCAL_HEADER_SIZE + len(name.encode()) + (ZIP64_EXTRA_SIZE if zip64 else 0)
+        gap = (-(self._file.tell() + header)) % alignment
+        if 0 < gap < MIN_PADDING:  # no record is that short: an empty entry moves the header past the next boundary
+            self.add_bytes(f"{name}.padding", b"", compress=False)
+            gap = (-(self._file.tell() + header)) % alignment
+        info.extra = padding_record(gap, alignment)
         with open(path, "rb") as src, self._zip.open(info, "w", force_zip64=zip64) as dst:
             data_offset = self._file.tell()
             copied = 0
@@ -93,10 +98,10 @@ def padding_record(n_bytes: int, alignment: int) -> bytes:
     """An extra-field record of exactly `n_bytes` (0, or 6 up to 65535): id, size, alignment, zeros."""
     if n_bytes == 0:
         return b""
-    if not 6 <= n_bytes <= 0xFFFF:
+    if not MIN_PADDING <= n_bytes <= 0xFFFF:
         # A record needs its 4-byte header plus the 2-byte alignment field, and an extra field is capped
-        # at 64 KiB. The aligned entry is written first, right after the shebang, where neither happens.
-        raise ValueError(f"cannot pad a zip entry by {n_bytes} bytes; write the aligned entry first")
+        # at 64 KiB: add_aligned asks for neither (it pads by less than 64 KiB, or adds an entry first).
+        raise ValueError(f"cannot pad a zip entry by {n_bytes} bytes")
     return struct.pack("<HHH", PADDING_ID, n_bytes - 4, min(alignment, 0xFFFF)) + bytes(n_bytes - 6)
 
 

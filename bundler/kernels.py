@@ -2,8 +2,8 @@
 
 A user's first run would otherwise spend ~10 s compiling. Here, for every target this machine can run
 (`runtime.cpu.runnable`: each tier with and without its extras), a child process imports the staged
-`runtime/` on the archive's own site-packages, forced to that target, loads the model and runs the
-server's warm-up, which compiles every kernel the model needs with the argument types serving uses.
+`runtime/` on the archive's own site-packages, forced to that target, loads each model and runs the
+server's warm-up, which compiles every kernel the models need with the argument types serving uses.
 numba writes the results beside the staged sources (`runtime/kernels/__pycache__/`), keyed by target and
 stamped by the kernels' source hash (`runtime/kernels/cache.py`); they ship in site-packages/ and load on
 the user's machine as if compiled there. Targets this machine cannot run (other tiers, other
@@ -30,8 +30,9 @@ WARM_UP = """
 import sys
 from runtime import Model
 from runtime.server import warm_up
-warm_up(Model.load(sys.argv[1], n_ctx=256, n_threads=1), say=print)
-"""  # argv[1]: a GGUF; prints what the server would say about compiling (tests/test_tiers.py reads it)
+for path in sys.argv[1:]:
+    warm_up(Model.load(path, n_ctx=256, n_threads=1), say=print)
+"""  # argv[1:]: GGUFs; prints what the server would say about compiling (tests/test_tiers.py reads it)
 
 
 def choose_targets(spec: str) -> list[cpu.Target]:
@@ -55,13 +56,14 @@ def stage_runtime(repo: Path, staging: Path) -> None:
     save_category_classes(target / "tokenizer" / CLASSES_FILE.name)
 
 
-def precompile(staging: Path, site: Path, model: Path, targets: list[cpu.Target], say: Callable[[str], None]) -> None:
-    """Compile the kernels `model` needs for each target into `staging/runtime/kernels/__pycache__/`."""
+def precompile(staging: Path, site: Path, models: list[Path], targets: list[cpu.Target],
+               say: Callable[[str], None]) -> None:
+    """Compile the kernels `models` need for each target into `staging/runtime/kernels/__pycache__/`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "LLAMAPYZ_", "PYTHON"))}
     env.update(PYTHONPATH=os.pathsep.join([str(staging), str(site)]), PYTHONDONTWRITEBYTECODE="1")  # -S: no site
     for n, target in enumerate(targets, 1):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-S", "-c", WARM_UP, str(model)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-S", "-c", WARM_UP, *map(str, models)], capture_output=True, text=True,
                               env={**env, cpu.ENV_TIER: target.name}, cwd=staging)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -3,10 +3,12 @@
 The archive (written by `bundler/build.py`):
 
     #!/usr/bin/env python3
-    <model>.gguf        stored, its data at a multiple of 64 KiB: memory-mapped in place, never extracted
+    <model>.gguf …      each model stored, its data at a multiple of 64 KiB: memory-mapped in place, never
+                        extracted (a file two models share is stored once)
     .args               baked-in default arguments, one per line; a `...` line marks where the user's go
     __main__.py         this file
-    manifest.json       model file, size and sha256; versions; Python and platform tags; build time
+    manifest.json       the models in order, the first the default: file, size, sha256, alias, settings;
+                        versions; Python and platform tags; build time
     _llamapyz_targets.py  runtime/targets.py: which target fits this interpreter, as pip decides
     environment.json    shiv's build settings (entry point, build id)
     _bootstrap/         shiv's bootstrap: puts the extracted site-packages/ on sys.path and calls the entry
@@ -59,49 +61,70 @@ class BundleError(Exception):
 
 
 @dataclass
+class BundledModel:
+    """One model the archive serves (an entry of the manifest's "models"), and where its weights are."""
+
+    file: str  # the archive entry holding the GGUF (models may share one)
+    size: int
+    sha256: str
+    alias: str  # the model name the API shows and requests ask for
+    settings: dict  # its own serving settings (n_ctx, chat_template, …: runtime/server/config.py's ModelSpec)
+    offset: int  # file offset of the GGUF's first byte inside the archive
+    archive: Path
+
+    @property
+    def source(self) -> tuple[Path, int, int]:
+        """What `load_gguf` takes to map the weights straight from the archive."""
+        return self.archive, self.offset, self.size
+
+
+@dataclass
 class Bundle:
     path: Path
     manifest: dict
     args: list[str]  # baked-in arguments, `...` included
-    model_offset: int  # file offset of the GGUF's first byte inside the archive
+    models: list[BundledModel]  # in the manifest's order: the first is the default
 
-    @property
-    def model_name(self) -> str:
-        return self.manifest["model"]["file"]
-
-    @property
-    def model_size(self) -> int:
-        return self.manifest["model"]["size"]
-
-    @property
-    def model_source(self) -> tuple[Path, int, int]:
-        """What `load_gguf` takes to map the weights straight from the archive."""
-        return self.path, self.model_offset, self.model_size
+    def stored(self) -> dict[str, list[BundledModel]]:
+        """Each GGUF entry, and the models it serves (one file may serve several aliases)."""
+        by_file: dict[str, list[BundledModel]] = {}
+        for model in self.models:
+            by_file.setdefault(model.file, []).append(model)
+        return by_file
 
 
 def open_bundle(path: str | Path) -> Bundle:
-    """Read the manifest and baked-in arguments, and find where the weights start inside the archive."""
+    """Read the manifest and baked-in arguments, and find where each model's weights start in the archive."""
     path = Path(path).resolve()
     try:
         with zipfile.ZipFile(path) as zf:
             manifest = json.loads(zf.read(MANIFEST))
             names = set(zf.namelist())
             args = zf.read(ARGS).decode().splitlines() if ARGS in names else []
-            entry = zf.getinfo(manifest["model"]["file"])
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+            entries = {m["file"]: zf.getinfo(m["file"]) for m in manifest["models"]}
+            listed = [(m["file"], m["size"], m["sha256"], m["alias"], m.get("settings") or {})
+                      for m in manifest["models"]]
+    except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: not a complete llamapyz archive ({exc})",
                           hint="the file may be truncated or damaged; copy it again") from None
-    if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != manifest["model"]["size"]:
-        raise BundleError(f"{path}: the model entry is compressed or has the wrong size",
-                          hint="rebuild the archive with build.py")
+    if not listed:
+        raise BundleError(f"{path}: the manifest lists no model", hint="rebuild the archive with build.py")
+    offsets = {}
     with open(path, "rb") as f:
-        f.seek(entry.header_offset)  # absolute: zipfile accounts for the shebang before the zip
-        header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
-    if header[0] != b"PK\x03\x04":
-        raise BundleError(f"{path}: no zip header at offset {entry.header_offset}", hint="copy the file again")
-    name_len, extra_len = header[-2:]
-    return Bundle(path, manifest, [a for a in args if a.strip()],
-                  entry.header_offset + LOCAL_HEADER.size + name_len + extra_len)
+        for file, size, *_ in listed:
+            entry = entries[file]
+            if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != size:
+                raise BundleError(f"{path}: the model entry {file} is compressed or has the wrong size",
+                                  hint="rebuild the archive with build.py")
+            f.seek(entry.header_offset)  # absolute: zipfile accounts for the shebang before the zip
+            header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
+            if header[0] != b"PK\x03\x04":
+                raise BundleError(f"{path}: no zip header at offset {entry.header_offset}", hint="copy the file again")
+            name_len, extra_len = header[-2:]
+            offsets[file] = entry.header_offset + LOCAL_HEADER.size + name_len + extra_len
+    models = [BundledModel(file, size, sha256, alias, settings, offsets[file], path)
+              for file, size, sha256, alias, settings in listed]
+    return Bundle(path, manifest, [a for a in args if a.strip()], models)
 
 
 def merge_args(baked: list[str], user: list[str]) -> list[str]:
@@ -155,12 +178,27 @@ def _version(text: str) -> tuple[int, ...]:
 # --- --version and --verify ---------------------------------------------------------------------------------
 
 def version_line(bundle: Bundle) -> str:
-    """What the archive is, and (a second line) its GPU support, if it has any."""
+    """What the archive is and was built for, its GPU support (if it has any), and a line for each model."""
     m = bundle.manifest
-    line = (f"llamapyz {m['llamapyz_version']} — {m['name']} ({bundle.model_name}), "
-            f"built {m['built_at']} for {describe_targets(m['targets'])}")
     gpu = describe_gpu(m["targets"])
-    return f"{line}\n{gpu}" if gpu else line
+    lines = [f"llamapyz {m['llamapyz_version']} — {m['name']}, built {m['built_at']} for "
+             f"{describe_targets(m['targets'])}", *[gpu] * bool(gpu)]
+    return "\n".join(lines + [describe_model(model, default=n == 0) for n, model in enumerate(bundle.models)])
+
+
+def describe_model(model: BundledModel, default: bool = False) -> str:
+    """"model smollm2 (the default): SmolLM2-135M-Instruct.Q4_1.gguf, 93.8 MiB; n_ctx=2048"."""
+    settings = describe_settings(model.settings)
+    return (f"model {model.alias}{' (the default)' * default}: {model.file}, {model.size / 2**20:.1f} MiB"
+            + f"; {settings}" * bool(settings))
+
+
+def describe_settings(settings: dict, width: int = 24) -> str:
+    """"n_ctx=2048, chat_template=chatml", each value cut to `width` characters (a Jinja template is long)."""
+    def short(text: str) -> str:
+        return text if len(text) <= width and "\n" not in text else text.splitlines()[0][:width - 1] + "…"
+
+    return ", ".join(f"{key}={short(str(value))}" for key, value in settings.items())
 
 
 def describe_gpu(carried: dict) -> str | None:
@@ -191,7 +229,7 @@ def part_sizes(bundle: Bundle) -> list[tuple[str, int]]:
         stored = {i.filename: i.compress_size for i in zf.infolist()}
         indexes = read_indexes(zf, bundle.manifest)
     users = Counter(entry for files in indexes.values() for entry in {f[1] for f in files if f[1].startswith(BLOBS)})
-    parts = [("weights", stored[bundle.model_name]),
+    parts = [("weights", sum(stored[file] for file in bundle.stored())),
              ("runtime, every target", sum(n for name, n in stored.items() if name.startswith(COMMON)))]
     if len(indexes) > 1:  # (one target has everything under site-packages/)
         parts.append(("shared by some targets", sum(stored[entry] for entry, n in users.items() if n > 1)))
@@ -207,27 +245,11 @@ def size_table(parts: list[tuple[str, int]]) -> str:
 
 
 def verify(bundle: Bundle, say=print) -> bool:
-    """Re-hash the weights against the manifest, check every other entry's CRC and every blob's sha256
-    against its name, and that each target's files are all there; say what is wrong."""
-    expected = bundle.manifest["model"]["sha256"]
-    digest = hashlib.sha256()
-    with open(bundle.path, "rb") as f:
-        f.seek(bundle.model_offset)
-        remaining = bundle.model_size
-        while remaining and (block := f.read(min(HASH_CHUNK, remaining))):
-            digest.update(block)
-            remaining -= len(block)
-    ok = True
-    if remaining:
-        say(f"FAILED {bundle.model_name}: the archive ends {remaining} bytes before the weights do")
-        ok = False
-    elif digest.hexdigest() != expected:
-        say(f"FAILED {bundle.model_name}: sha256 {digest.hexdigest()}, the manifest says {expected}")
-        ok = False
-    else:
-        say(f"ok     {bundle.model_name}: {bundle.model_size:,} bytes, sha256 {expected}")
+    """Re-hash each model's weights against the manifest, check every other entry's CRC and every blob's
+    sha256 against its name, and that each target's files are all there; say what is wrong."""
+    ok = all([_verify_weights(models, say) for models in bundle.stored().values()])  # a line for each
     with zipfile.ZipFile(bundle.path) as zf:
-        others = [i for i in zf.infolist() if i.filename != bundle.model_name]
+        others = [i for i in zf.infolist() if i.filename not in bundle.stored()]
         bad = [f"{i.filename} ({problem})" for i in others if (problem := _check_entry(zf, i))]
         try:
             indexes = read_indexes(zf, bundle.manifest)
@@ -251,6 +273,27 @@ def verify(bundle: Bundle, say=print) -> bool:
     ok = ok and not bad
     say("OK" if ok else "the archive is damaged: copy it again from its source, or rebuild it")
     return ok
+
+
+def _verify_weights(models: list[BundledModel], say) -> bool:
+    """Hash one GGUF entry in place; one line naming it and the models it serves (`models`: all the same file)."""
+    model = models[0]
+    named = f"{model.file} ({', '.join(m.alias for m in models)})"
+    digest = hashlib.sha256()
+    with open(model.archive, "rb") as f:
+        f.seek(model.offset)
+        remaining = model.size
+        while remaining and (block := f.read(min(HASH_CHUNK, remaining))):
+            digest.update(block)
+            remaining -= len(block)
+    if remaining:
+        say(f"FAILED {named}: the archive ends {remaining} bytes before the weights do")
+    elif digest.hexdigest() != model.sha256:
+        say(f"FAILED {named}: sha256 {digest.hexdigest()}, the manifest says {model.sha256}")
+    else:
+        say(f"ok     {named}: {model.size:,} bytes, sha256 {model.sha256}")
+        return True
+    return False
 
 
 def _check_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:

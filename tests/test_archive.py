@@ -40,6 +40,28 @@ def test_aligned_entry_lands_on_a_64k_boundary_and_reads_back(tmp_path, name, sh
         assert zf.getinfo("__main__.py").external_attr >> 16 & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("gap", range(8))  # the room the second header leaves before a 64 KiB boundary
+def test_several_aligned_entries_each_land_on_a_boundary_even_with_too_little_room_for_padding(tmp_path, gap):
+    """After the first model the room left is anything: 1 to 5 bytes is too short for a padding record, so an
+    empty entry goes first and the second model's header lands past the next boundary."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes((bytes(range(256)) * 768)[:3 * ALIGNMENT - 30 - len("b.gguf") - gap])  # then: header, gap
+    second.write_bytes(b"second model" * 1000)
+    archive = tmp_path / "a.pyz"
+    with ArchiveWriter(archive, "/usr/bin/env python3", DATE) as w:
+        offsets = [w.add_aligned("a.gguf", first), w.add_aligned("b.gguf", second)]
+        w.add_bytes("__main__.py", b"print('hi')\n")
+    raw = archive.read_bytes()
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+        for offset, name, payload in zip(offsets, ("a.gguf", "b.gguf"), (first, second), strict=True):
+            assert offset % ALIGNMENT == 0 and raw[offset:offset + payload.stat().st_size] == payload.read_bytes()
+            assert zf.read(name) == payload.read_bytes()
+    assert offsets[1] == offsets[0] + (4 if 0 < gap < 6 else 3) * ALIGNMENT
+    assert names == ["a.gguf", *(["b.gguf.padding"] if 0 < gap < 6 else []), "b.gguf", "__main__.py"]
+
+
 def test_same_inputs_give_the_same_bytes(tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"weights" * 5000)
@@ -54,5 +76,5 @@ def test_padding_records_have_the_exact_length_or_are_refused():
         record = padding_record(n, ALIGNMENT)
         assert len(record) == n and record[:2] == b"\x35\xd9"
     for n in (1, 5, 0x10000):
-        with pytest.raises(ValueError, match="aligned entry first"):
+        with pytest.raises(ValueError, match="cannot pad"):
             padding_record(n, ALIGNMENT)

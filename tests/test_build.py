@@ -40,7 +40,7 @@ def archive(tmp_path_factory) -> Path:
     result = build("-o", str(out), "--args", BAKED)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
-    assert "[4/4]" in result.stderr and "weights: 94/94 MiB" in result.stderr  # stages and bytes copied
+    assert "[4/4]" in result.stderr and "SmolLM2-135M-Instruct.Q4_1.gguf: 94/94 MiB" in result.stderr  # bytes copied
     return out
 
 
@@ -58,12 +58,13 @@ def test_the_archive_is_an_executable_zipapp_with_the_weights_stored_and_aligned
     assert archive.read_bytes()[:23] == b"#!/usr/bin/env python3\n"
     assert os.access(archive, os.X_OK)
     bundle = open_bundle(archive)
-    assert bundle.model_offset % 65536 == 0
+    (model,) = bundle.models
+    assert model.offset % 65536 == 0 and (model.alias, model.settings) == ("smollm2", {})
     assert bundle.manifest["args"] == [*BAKED.split(), "..."]
-    assert bundle.manifest["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert model.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-        assert names[0] == bundle.model_name and zf.getinfo(names[0]).compress_type == zipfile.ZIP_STORED
+        assert names[0] == model.file and zf.getinfo(names[0]).compress_type == zipfile.ZIP_STORED
         assert names[1:] == sorted(names[1:])
         for needed in ("__main__.py", "_bootstrap/__init__.py", "environment.json", "site-packages/numba/__init__.py",
                        "site-packages/runtime/cli.py", "site-packages/webui/index.html"):
@@ -104,7 +105,7 @@ def zip_entries(path: Path) -> dict[str, tuple[int, int, tuple, int]]:
 def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, bare):
     from openai import OpenAI
 
-    bundle = open_bundle(archive)
+    (model,) = open_bundle(archive).models
     env = {**bare, "PYTHONUNBUFFERED": "1"}
     with ServerProcess(None, "-t", "2", "--temp", "0.5", "-ngl", "99", launcher=in_env(env, str(archive))) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
@@ -121,15 +122,15 @@ def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, 
         pid = server_pid(server)
         maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
         mapped = [line.split() for line in maps if line.endswith(str(archive))]
-        weights = [m for m in mapped if int(m[2], 16) == bundle.model_offset]
+        weights = [m for m in mapped if int(m[2], 16) == model.offset]
         assert weights, "the weights are not mapped from the archive:\n" + "\n".join(maps)
         start, end = (int(x, 16) for x in weights[0][0].split("-"))
-        assert end - start >= bundle.model_size and weights[0][1].startswith("r")
+        assert end - start >= model.size and weights[0][1].startswith("r")
 
         cache = Path(bare["HOME"]) / ".cache" / "llamapyz" / "pyz"
         extracted = [p for p in cache.rglob("*") if p.is_file()]
         assert any(p.name == "cli.py" and p.parent.name == "runtime" for p in extracted)
-        copies = [p for p in extracted if p.stat().st_size == bundle.model_size or p.read_bytes()[:4] == b"GGUF"]
+        copies = [p for p in extracted if p.stat().st_size == model.size or p.read_bytes()[:4] == b"GGUF"]
         assert not copies, f"weights copied into the cache: {copies}"
     assert "first run of this archive: unpacking" in server.output
     target = choose(detect())
@@ -157,15 +158,15 @@ def test_version_is_fast_and_verify_catches_one_flipped_byte(archive, bare, tmp_
 
     damaged = tmp_path / "damaged.pyz"
     shutil.copy2(archive, damaged)
-    bundle = open_bundle(damaged)
+    (model,) = open_bundle(damaged).models
     with open(damaged, "r+b") as f:
-        f.seek(bundle.model_offset + 1234567)
+        f.seek(model.offset + 1234567)
         byte = f.read(1)[0]
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0x80]))
     result = run(damaged, bare, "--verify")
     assert result.returncode == 1
-    assert result.stdout.startswith(f"FAILED {bundle.model_name}: sha256 ")
+    assert result.stdout.startswith(f"FAILED {model.file} (smollm2): sha256 ")
 
 
 def test_help_lists_the_options_and_the_baked_in_arguments(archive, bare):
@@ -203,7 +204,7 @@ def test_build_validates_and_bundles_a_local_model_under_its_own_name(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "tiny.pyz" and "gpt2 tokenizer" in result.stderr
     bundle = open_bundle(tmp_path / "tiny.pyz")
-    assert bundle.manifest["name"] == "tiny" and bundle.model_name == "tiny.gguf"
+    assert bundle.manifest["name"] == "tiny" and [(m.file, m.alias) for m in bundle.models] == [("tiny.gguf", "tiny")]
     assert bundle.manifest["args"] == ["..."]
 
 

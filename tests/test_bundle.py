@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -33,15 +34,22 @@ def here_target(python: str | None = None) -> dict:
             "wheels": [{"name": "numpy", "version": "2", "tags": [f"{cp}-{cp}-{platform_tag}"]}]}
 
 
-def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, ...] = ("-c", "64", "...")) -> Path:
-    """A `.pyz` with the layout the bundler writes, less site-packages: enough for the start-up stage."""
+TWO_MODELS = [("tiny", "tiny.gguf", {}), ("tiny-chatml", "tiny.gguf", {"chat_template": "chatml", "n_ctx": 128}),
+              ("gemma", "gemma.gguf", {"n_ctx": 64})]  # (alias, file, settings): the first two share a file
+
+
+def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, ...] = ("-c", "64", "..."),
+                 models: list[tuple[str, str, dict]] | None = None) -> Path:
+    """A `.pyz` with the layout the bundler writes, less site-packages: enough for the start-up stage.
+    `models`: (alias, file, settings) of each (default: one, tiny.gguf); the files are tiny synthetic models."""
     targets = targets or {"here": here_target()}
-    model = tmp_path / "tiny.gguf"
-    write_model(model)
-    data = model.read_bytes()
+    models = models or [("tiny", "tiny.gguf", {})]
+    files = {file: tmp_path / file for _, file, _ in models}
+    for n, (file, path) in enumerate(files.items()):
+        write_model(path, arch="gemma3" if file.startswith("gemma") else "llama", seed=n)
     archive = tmp_path / "tiny.pyz"
     with ArchiveWriter(archive, "/usr/bin/env python3", (2024, 1, 1, 0, 0, 0)) as w:
-        offset = w.add_aligned(model.name, model)
+        offsets = {file: w.add_aligned(file, path) for file, path in files.items()}
         w.add_bytes(".args", "".join(f"{a}\n" for a in args).encode())
         w.add_file("__main__.py", REPO / "runtime" / "bundle.py")
         w.add_file("_llamapyz_targets.py", REPO / "runtime" / "targets.py")
@@ -49,8 +57,9 @@ def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, .
         w.add_bytes("environment.json", json.dumps({"build_id": "0" * 16}).encode())
         w.add_bytes("manifest.json", json.dumps({
             "name": "tiny", "llamapyz_version": "0.0.test", "built_at": "2024-01-01T00:00:00Z",
-            "model": {"file": model.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                      "offset": offset},
+            "models": [{"file": file, "size": files[file].stat().st_size, "alias": alias, "settings": settings,
+                        "sha256": hashlib.sha256(files[file].read_bytes()).hexdigest(), "offset": offsets[file]}
+                       for alias, file, settings in models],
             "targets": targets}).encode())
         w.add_bytes("site-packages/runtime/x.py", b"x = 1\n" * 100)
         for name in targets:
@@ -70,13 +79,32 @@ def flip_byte(path: Path, offset: int) -> None:
 def test_the_weights_are_mapped_from_inside_the_archive(tmp_path):
     archive = make_archive(tmp_path)
     bundle = open_bundle(archive)
-    assert bundle.model_offset == bundle.manifest["model"]["offset"] and bundle.model_offset % 65536 == 0
+    (model,) = bundle.models
+    assert model.offset == bundle.manifest["models"][0]["offset"] and model.offset % 65536 == 0
+    assert (model.file, model.alias, model.settings) == ("tiny.gguf", "tiny", {})
     assert bundle.args == ["-c", "64", "..."]
-    with load_gguf(bundle.model_source) as inside, load_gguf(tmp_path / "tiny.gguf") as original:
+    assert model.source == (archive, model.offset, (tmp_path / "tiny.gguf").stat().st_size)
+    with load_gguf(model.source) as inside, load_gguf(tmp_path / "tiny.gguf") as original:
         assert inside.metadata.keys() == original.metadata.keys()
         assert inside.get("general.architecture") == "llama"
         for name, tensor in original.tensors.items():
             np.testing.assert_array_equal(inside.tensors[name].raw, tensor.raw)
+
+
+def test_each_model_is_mapped_from_its_own_aligned_entry_and_a_shared_file_once(tmp_path):
+    archive = make_archive(tmp_path, models=TWO_MODELS)
+    bundle = open_bundle(archive)
+    assert [(m.alias, m.file, m.settings) for m in bundle.models] == TWO_MODELS  # in order: the first the default
+    tiny, tiny_chatml, gemma = bundle.models
+    assert tiny.source == tiny_chatml.source != gemma.source
+    assert [m.offset for m in bundle.models] == [m["offset"] for m in bundle.manifest["models"]]
+    assert all(m.offset % 65536 == 0 for m in bundle.models)
+    assert bundle.stored() == {"tiny.gguf": [tiny, tiny_chatml], "gemma.gguf": [gemma]}
+    for model in (tiny, gemma):
+        with load_gguf(model.source) as inside, load_gguf(tmp_path / model.file) as original:
+            assert inside.get("general.architecture") == original.get("general.architecture")
+            for name, tensor in original.tensors.items():
+                np.testing.assert_array_equal(inside.tensors[name].raw, tensor.raw)
 
 
 def test_verify_passes_then_names_what_a_flipped_byte_broke(tmp_path):
@@ -85,12 +113,47 @@ def test_verify_passes_then_names_what_a_flipped_byte_broke(tmp_path):
     assert verify(open_bundle(archive), say=lines.append)
     assert lines[-1] == "OK"
 
-    bundle = open_bundle(archive)
-    flip_byte(archive, bundle.model_offset + bundle.model_size // 2)
+    (model,) = open_bundle(archive).models
+    flip_byte(archive, model.offset + model.size // 2)
     lines.clear()
     assert not verify(open_bundle(archive), say=lines.append)
-    assert lines[0].startswith("FAILED tiny.gguf: sha256 ")
+    assert lines[0].startswith("FAILED tiny.gguf (tiny): sha256 ")
     assert "damaged" in lines[-1]
+
+
+def test_verify_hashes_each_stored_model_and_names_the_damaged_one(tmp_path):
+    archive = make_archive(tmp_path, models=TWO_MODELS)
+    lines: list[str] = []
+    assert verify(open_bundle(archive), say=lines.append)
+    assert [line.split(":")[0] for line in lines[:2]] == ["ok     tiny.gguf (tiny, tiny-chatml)",
+                                                          "ok     gemma.gguf (gemma)"]
+    gemma = open_bundle(archive).models[2]
+    flip_byte(archive, gemma.offset + gemma.size - 1)
+    lines.clear()
+    assert not verify(open_bundle(archive), say=lines.append)
+    assert lines[0].startswith("ok     tiny.gguf (tiny, tiny-chatml): ")
+    assert lines[1].startswith("FAILED gemma.gguf (gemma): sha256 ") and "damaged" in lines[-1]
+
+
+@pytest.mark.parametrize("damage", ["missing", "compressed", "size"])
+def test_a_model_entry_that_is_missing_compressed_or_of_another_size_is_refused_at_start(tmp_path, damage):
+    archive = make_archive(tmp_path, models=TWO_MODELS)
+    with zipfile.ZipFile(archive) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    manifest = json.loads(entries["manifest.json"])
+    if damage == "missing":
+        manifest["models"][2]["file"] = "other.gguf"
+    elif damage == "size":
+        manifest["models"][2]["size"] += 1
+    damaged = tmp_path / "damaged.pyz"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        for name, data in entries.items():
+            compressed = damage == "compressed" and name == "gemma.gguf"
+            zf.writestr(name, json.dumps(manifest) if name == "manifest.json" else data,
+                        zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED)
+    expected = "not a complete" if damage == "missing" else "gemma.gguf is compressed or has the wrong size"
+    with pytest.raises(BundleError, match=expected):
+        open_bundle(damaged)
 
 
 def test_verify_catches_a_damaged_runtime_file(tmp_path):
@@ -162,9 +225,20 @@ def test_the_archive_answers_version_and_verify_before_unpacking_anything(tmp_pa
     archive = make_archive(tmp_path)
     result = run_archive(archive, "--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("llamapyz 0.0.test — tiny (tiny.gguf), built 2024-01-01T00:00:00Z for CPython")
+    assert result.stdout.startswith("llamapyz 0.0.test — tiny, built 2024-01-01T00:00:00Z for CPython")
+    assert result.stdout.splitlines()[1].startswith("model tiny (the default): tiny.gguf, ")
     result = run_archive(archive, "--verify")
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "OK"
+
+
+def test_version_lists_every_model_with_its_settings(tmp_path):
+    result = run_archive(make_archive(tmp_path, models=TWO_MODELS), "--version")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"model tiny \(the default\): tiny\.gguf, \d+\.\d MiB", lines[1])
+    assert re.fullmatch(r"model tiny-chatml: tiny\.gguf, \d+\.\d MiB; chat_template=chatml, n_ctx=128", lines[2])
+    assert re.fullmatch(r"model gemma: gemma\.gguf, \d+\.\d MiB; n_ctx=64", lines[3])
+    assert lines[4].split()[0] == "weights"
 
 
 def test_an_archive_for_another_python_says_so_instead_of_failing_on_numpy(tmp_path):

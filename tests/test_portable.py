@@ -189,7 +189,7 @@ def runs(archive: Path, python: str | None, root: Path) -> tuple[str, set[str]]:
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.usage.completion_tokens > 0 and reply.model == "tiny-llama"
         maps = Path(f"/proc/{server.process.pid}/maps").read_text().splitlines()  # env and the launcher exec
-        offset = open_bundle(archive).model_offset
+        offset = open_bundle(archive).models[0].offset
         assert any(line.endswith(str(archive)) and int(line.split()[2], 16) == offset for line in maps)
     assert "first run of this archive: unpacking its Python runtime for" in server.output
     (target,) = (Path(env["HOME"]) / ".cache" / "llamapyz" / "pyz").iterdir()
@@ -223,10 +223,11 @@ def test_version_lists_every_target_and_the_size_of_each_part(archive):
     result = subprocess.run([sys.executable, str(archive), "--version"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "HOME": "/nonexistent"})
     assert result.returncode == 0, result.stderr
-    first, *table = result.stdout.splitlines()
+    first, model, *table = result.stdout.splitlines()
+    assert model.startswith("model tiny-llama (the default): tiny-llama.gguf, ")
     assert first.endswith(f"for CPython {', '.join(PYTHONS)} on Linux x86-64; CPython {', '.join(PYTHONS)} on "
                           f"macOS arm64; CPython {', '.join(PYTHONS)} on Windows x86-64")
     parts = {line.rsplit(None, 2)[0].strip(): float(line.split()[-2]) for line in table}
     assert {"weights", "runtime, every target", "shared by some targets", *TARGETS} <= parts.keys()
     assert abs(sum(parts.values()) - archive.stat().st_size / 2**20) < 0.1 * len(parts)
-    assert open_bundle(archive).manifest["format"] == 2
+    assert open_bundle(archive).manifest["format"] == 3
