@@ -431,3 +431,41 @@ def test_escape_in_a_search_clears_it_and_leaves_the_reply_streaming(page):
     assert page.locator("#stop").is_visible()
     page.press("#search", "Escape")  # an empty search: Escape stops the reply, as anywhere
     page.wait_for_selector("#send:not([hidden])")
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """The tiny llama and a tiny qwen2 behind one server."""
+    from runtime.server.config import ModelSpec
+    from tests.live_server import ServerThread
+    from tests.synth import write_model
+
+    qwen = tmp_path_factory.mktemp("qwen") / "tiny-qwen2.gguf"
+    write_model(qwen, "qwen2", "Q4_0", seed=1)
+    llama = tmp_path_factory.mktemp("llama") / "tiny-llama.gguf"
+    write_model(llama, "llama", "Q8_0")
+    models = [ModelSpec(str(llama), "tiny-llama"), ModelSpec(str(qwen), "tiny-qwen2")]
+    with ServerThread(None, models=models, n_ctx=256, n_slots=1, sampling={"max_tokens": 4}) as live:
+        yield live
+
+
+def test_with_several_models_the_header_offers_a_choice(browser, tiny_page_server, two_models):
+    with chat_page(browser, tiny_page_server.url, "tiny-llama") as page:  # one model: no choice
+        assert page.locator("#model-picker").is_hidden() and page.locator("#model-name").is_visible()
+    with chat_page(browser, two_models.url, "tiny-llama") as page:
+        page.set_default_timeout(30_000)
+        picker = page.locator("#model-picker")
+        assert picker.is_visible()
+        assert picker.locator("option").all_inner_texts() == ["tiny-llama", "tiny-qwen2 (not loaded)"]
+        requests = []
+        page.on("request", lambda r: requests.append(r.post_data_json) if "chat/completions" in r.url else None)
+        picker.select_option("tiny-qwen2")  # loads it
+        page.wait_for_function("document.querySelector('#model-picker option:nth-child(2)').textContent"
+                               " === 'tiny-qwen2'")
+        assert page.title() == "tiny-qwen2 \u00b7 llamapyz"
+        page.fill("#input", "hello")
+        page.press("#input", "Enter")
+        stats = page.wait_for_selector(".msg.assistant .stats").inner_text()
+        assert requests[-1]["model"] == "tiny-qwen2" and stats.startswith("tiny-qwen2 \u00b7 4 tokens")
+        page.reload()  # the choice is kept
+        page.wait_for_function("document.querySelector('#model-picker').value === 'tiny-qwen2'")

@@ -1,10 +1,11 @@
-// The page's header: the model's name (also the tab's title), what the server says (loading, needs an API
-// key, unreachable), how much of the context the open conversation uses, and the light/dark switch.
+// The page's header: the model's name (also the tab's title; with several models, a choice between them),
+// what the server says (loading, needs an API key, unreachable), how much of the context the open
+// conversation uses, and the light/dark switch.
 "use strict";
 
 import { getJson } from "./api.js";
 import { showServerDefaults } from "./settings.js";
-import { current, pathOf, state } from "./store.js";
+import { current, pathOf, save, state } from "./store.js";
 import { $, onRefresh, setStatus } from "./ui.js";
 
 const NEEDS_KEY = "this server needs an API key: open Settings";
@@ -16,8 +17,16 @@ export async function loadModelName() {
   try {
     const { status, body } = await getJson("v1/models");
     if (body) {
-      $("model-name").textContent = body.data?.[0]?.id || "llamapyz";
-      document.title = `${$("model-name").textContent} \u00b7 llamapyz`;
+      const models = body.data || [];
+      state.models = models.map((m) => m.id);
+      renderModelPicker(models);
+      const name = showModelName();
+      const model = models.find((m) => m.id === name);
+      if (model?.status === "loading") { // the server is starting: it says so, and the page asks again
+        setStatus(LOADING);
+        setTimeout(loadModelName, 1000);
+        return;
+      }
       if ([NEEDS_KEY, LOADING, UNREACHABLE].includes($("status").textContent)) setStatus("");
       loadProps();
     } else if (status === 401) {
@@ -31,6 +40,43 @@ export async function loadModelName() {
   }
 }
 
+// The model requests name: with several on the server, the one chosen (or the first); "" with one, whose
+// name need not be sent.
+export function chosenModel() {
+  if (state.models.length < 2) return "";
+  return state.models.includes(state.settings.model) ? state.settings.model : state.models[0];
+}
+
+function showModelName() {
+  const name = chosenModel() || state.models[0] || "llamapyz";
+  $("model-name").textContent = name;
+  document.title = `${name} \u00b7 llamapyz`;
+  return name;
+}
+
+// With several models, a choice in the header (each named with its state when not loaded: choosing it loads
+// it); the heading stays for screen readers.
+function renderModelPicker(models) {
+  const picker = $("model-picker");
+  const several = models.length > 1;
+  picker.hidden = !several;
+  $("model-name").classList.toggle("visually-hidden", several);
+  picker.replaceChildren(...models.map((m) => Object.assign(document.createElement("option"), {
+    value: m.id, textContent: m.status && m.status !== "loaded" ? `${m.id} (${m.status})` : m.id,
+  })));
+  if (several) picker.value = chosenModel();
+}
+
+$("model-picker").addEventListener("change", async () => {
+  state.settings.model = $("model-picker").value;
+  save();
+  const name = showModelName();
+  setStatus(`loading ${name}\u2026`); // a model not loaded yet loads now: /props waits for it
+  await loadProps();
+  if ($("status").textContent === `loading ${name}\u2026`) setStatus("");
+  loadModelName(); // its state in the list
+});
+
 // A request with the API key succeeded: the header stops asking for one.
 export function keyAccepted() {
   if ($("status").textContent === NEEDS_KEY) {
@@ -42,7 +88,8 @@ export function keyAccepted() {
 // The server's context size and sampling defaults (the Settings' placeholders).
 async function loadProps() {
   try {
-    const { body } = await getJson("props");
+    const model = chosenModel();
+    const { body } = await getJson(model ? `props?model=${encodeURIComponent(model)}` : "props");
     if (!body) return;
     state.serverProps = body;
     showServerDefaults();

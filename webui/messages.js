@@ -40,7 +40,8 @@ function messageElement(message, conversation) {
   const footer = document.createElement("div");
   footer.className = "msg-foot";
   if (message.stats) {
-    footer.append(Object.assign(document.createElement("span"), { className: "stats", textContent: message.stats }));
+    const stats = message.model ? `${message.model} \u00b7 ${message.stats}` : message.stats;
+    footer.append(Object.assign(document.createElement("span"), { className: "stats", textContent: stats }));
   }
   if (!state.controller) {
     const siblings = siblingsOf(conversation, message);

@@ -4,7 +4,7 @@
 "use strict";
 
 import { streamChat } from "./api.js";
-import { keyAccepted } from "./header.js";
+import { chosenModel, keyAccepted } from "./header.js";
 import { followEnd, messageView } from "./messages.js";
 import {
   addMessage, current, newConversation, pathOf, removeMessage, save, SAMPLERS, state,
@@ -50,6 +50,7 @@ function chatRequest(conversation, parent) {
     .map(({ role, content }) => ({ role, content }));
   if (conversation.systemPrompt.trim()) messages.unshift({ role: "system", content: conversation.systemPrompt });
   const request = { messages };
+  if (chosenModel()) request.model = chosenModel();
   for (const sampler of SAMPLERS) {
     if (state.settings[sampler.name] !== "") request[sampler.field] = state.settings[sampler.name];
   }
@@ -60,6 +61,7 @@ function chatRequest(conversation, parent) {
 async function reply(conversation, parent) {
   const request = chatRequest(conversation, parent);
   const message = addMessage(conversation, parent, { role: "assistant", content: "" });
+  if (request.model) message.model = request.model;
   state.controller = new AbortController();
   refresh();
   followEnd(true);

@@ -26,7 +26,7 @@ export const SAMPLERS = [
 ];
 
 export const DEFAULT_SETTINGS = {
-  version: 2, systemPrompt: "", apiKey: "", ...Object.fromEntries(SAMPLERS.map((s) => [s.name, ""])),
+  version: 2, systemPrompt: "", apiKey: "", model: "", ...Object.fromEntries(SAMPLERS.map((s) => [s.name, ""])),
 };
 // what version 1 stored for every user (it saved its defaults too): read as the server's defaults
 const V1_DEFAULTS = { temperature: 0.7, topP: 0.95, maxTokens: 512 };
@@ -54,6 +54,7 @@ function loadSettings() {
   const settings = { ...DEFAULT_SETTINGS, ...stored, version: DEFAULT_SETTINGS.version };
   settings.systemPrompt = String(settings.systemPrompt ?? "");
   settings.apiKey = String(settings.apiKey ?? "");
+  settings.model = String(settings.model ?? "");
   for (const sampler of SAMPLERS) {
     if (!stored.version && settings[sampler.name] === V1_DEFAULTS[sampler.name]) settings[sampler.name] = "";
     if (!validSetting(sampler, settings[sampler.name])) settings[sampler.name] = "";
@@ -92,6 +93,7 @@ export function cleanConversation(raw) {
     if (m.stats) message.stats = String(m.stats);
     if (m.error) message.error = String(m.error);
     if (Number.isFinite(m.contextTokens)) message.contextTokens = m.contextTokens;
+    if (typeof m.model === "string" && m.model) message.model = m.model;
     messages.push(message);
     ids.add(id);
   }
@@ -112,6 +114,7 @@ export const state = {
   currentId: localStorage.getItem(KEYS.current),
   settings: loadSettings(),
   serverProps: {}, // /props: n_ctx and default_generation_settings (the samplers' placeholders)
+  models: [], // the server's models (/v1/models): with several, the header offers a choice
   controller: null, // AbortController of the reply being streamed
 };
 
