@@ -152,7 +152,7 @@ def test_serve_ends_with_the_error_when_the_model_cannot_load(tmp_path):
 
 
 def test_api_key_file_is_read_and_checked(tmp_path):
-    from runtime.cli import read_api_key
+    from runtime.serve_cli import read_api_key
 
     key_file = tmp_path / "key"
     key_file.write_text("s3cret  with spaces\nsecond line\n")

@@ -122,6 +122,7 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
         pool.load(served)
         if served.load_error and served is pool.default:
             return
+    pool.started = True
 
 
 def warm_up(model: Model, say=None) -> None:

@@ -33,10 +33,11 @@ async def models(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """200 {"status": "ok"} once the default model (the first) is loaded; 503 while it loads (or if loading
-    failed). The others load when first asked for."""
-    served = server_state(request).pool.default
-    if served.engine is not None:
+    """200 {"status": "ok"} once the default model (the first; with --preload, every one) is loaded; 503 while
+    it loads (or if loading failed). The others load when first asked for."""
+    pool = server_state(request).pool
+    served = pool.default
+    if served.engine is not None and pool.started:
         return JSONResponse({"status": "ok"})
     if served.load_error:
         message = f"the model could not be loaded: {served.load_error}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LlamapyzError
-from ..model.model import Model
+from ..model.model import Model, release_heap, settle
 from .config import ModelSpec
 from .engine import Engine
 from .schema import ApiError
@@ -82,6 +82,7 @@ class ModelPool:
         self.models_max = models_max  # 0: no limit
         self.load_timeout_s = load_timeout_s
         self.lock = threading.Lock()  # guards every ServedModel's engine/loading/pending
+        self.started = False  # the models to load at start are loaded (/health)
 
     # --- finding a model ---------------------------------------------------------------------------------
 
@@ -175,7 +176,12 @@ class ModelPool:
         engine.stop()
         engine.model.gguf.close()
         del engine
-        gc.collect()  # the model's arrays hold the mapping: unmapped once they are collected
+        # what loading made was frozen out of the collector's sight (model.settle): let it see again, so that
+        # the model's cycles go (its arrays hold the mapping, unmapped once they are collected), then freeze
+        # what is left; and give the freed heap back to the system
+        gc.unfreeze()
+        settle()
+        release_heap()
         log.info("unloaded %s", served.alias)
 
     def unload(self, name: str) -> None:

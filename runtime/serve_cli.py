@@ -1,0 +1,239 @@
+"""The command line's serving side, shared by `llamapyz serve` and an archive's own command: the options, the
+models to serve (-m files, a --config file's, or the archive's), and starting the server."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .errors import LlamapyzError
+from .gguf import load_gguf
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+CPU_TIER_OPTION = click.option(
+    "--cpu-tier", default=None, envvar="LLAMAPYZ_CPU_TIER", metavar="TIER",
+    help="Use the kernels of this CPU tier instead of the best one this CPU runs: x86-64-avx512[+vnni], "
+         "x86-64-avx2[+vnni], x86-64-ssse3, aarch64-dotprod, aarch64-neon (also $LLAMAPYZ_CPU_TIER).")
+
+
+GPU_OPTIONS = [
+    click.option("-ngl", "--n-gpu-layers", type=click.IntRange(min=-1), default=0,
+                 help="Run the last N layers on an NVIDIA GPU (llama.cpp's option; -1 or more than the model's "
+                      "layers: all of them and the output layer). Needs numba-cuda (pip install llamapyz[cuda], or "
+                      "an archive built with --gpu cuda); without a usable GPU, one warning and the CPU."),
+    click.option("-mg", "--main-gpu", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Which GPU -ngl uses, when there are several."),
+]
+
+
+def with_options(options: list) -> Callable[[F], F]:
+    """A decorator applying click options in the order listed (the first shown first in --help)."""
+    def apply(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def use_cpu_tier(forced: str | None, say: Callable[[str], None] | None = None) -> None:
+    """Detect the CPU and fix the kernels' target before anything is compiled: a CPU below every tier, or a
+    forced tier it cannot run, is one error line and exit code 1 (via `friendly_errors`)."""
+    from . import cpu
+
+    found = cpu.detect()
+    target = cpu.activate(cpu.choose(found, forced))
+    say = say or functools.partial(click.echo, err=True)
+    say(f"cpu: {target.describe()}{' (forced)' if forced else ''}; {cpu.describe(found)}")
+
+
+
+def check_origins(ctx: click.Context, param: click.Parameter, origins: tuple[str, ...]) -> tuple[str, ...]:
+    """--cors-origin values as browsers send them in `Origin`: scheme://host[:port], no path (a final / dropped)."""
+    checked = []
+    for origin in origins:
+        origin = origin.rstrip("/")
+        if origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", origin):
+            raise click.BadParameter(f"{origin!r} is not an origin like https://app.example.com:8443 (or *)")
+        checked.append(origin)
+    return tuple(checked)
+
+
+SERVE_OPTIONS = [
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."),
+    click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
+    click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+                 help="Threads (default: physical cores)."),
+    click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=0), default=0,
+                 help="Context size of each slot in tokens (default: 4096 or the model's maximum if smaller)."),
+    click.option("-np", "--parallel", "n_slots", type=click.IntRange(1, 64), default=4, show_default=True,
+                 help="Slots: requests decoded together; more wait in a queue."),
+    click.option("--queue-size", type=click.IntRange(min=0), default=64, show_default=True,
+                 help="Requests that may wait for a slot; beyond that the server answers 503."),
+    click.option("-b", "--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+                 help="Prompt tokens processed per batch."),
+    click.option("--cache-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True,
+                 help="KV cache element type."),
+    click.option("--api-key", default=None, envvar="LLAMAPYZ_API_KEY",
+                 help="Require 'Authorization: Bearer KEY' on the API (also $LLAMAPYZ_API_KEY)."),
+    click.option("--api-key-file", default=None, type=click.Path(dir_okay=False),
+                 help="Read the API key from this file's first line (keeps it off the command line)."),
+    click.option("--max-body-mib", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True,
+                 help="Largest request body; a bigger one is answered 413."),
+    click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True,
+                 help="Seconds a client has to send a request's body, counted from its headers; a slower one is "
+                      "answered 408 and disconnected."),
+    click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+                 help="Also answer requests whose Host header is NAME (repeatable; *.example.com: any name under it; "
+                      "*: any). Bound to a loopback address the server answers only localhost, 127.0.0.1 and [::1] "
+                      "(against DNS rebinding); bound elsewhere, any Host unless this option is given."),
+    click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", callback=check_origins,
+                 help="Let web pages from ORIGIN (e.g. https://app.example.com; *: any) call the API from a "
+                      "browser (CORS; repeatable). Default: no CORS headers."),
+    click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+                 help="A server config: llama-cpp-python's JSON shape (or TOML) with several models, each with its "
+                      "model_alias and settings. Options given here override it."),
+    click.option("-a", "--alias", default=None,
+                 help="Model name shown by the API (default: the file's name); with several models, give each "
+                      "a model_alias in --config."),
+    click.option("--models-max", type=click.IntRange(min=0), default=4, show_default=True,
+                 help="Most models loaded at once (0: no limit); loading another first unloads the least "
+                      "recently used idle one."),
+    click.option("--preload", is_flag=True,
+                 help="Load every model at start (up to --models-max) instead of when a request first names it."),
+    click.option("--load-timeout-s", type=click.FloatRange(min=0, min_open=True), default=300, show_default=True,
+                 help="How long a request waits for its model to load before a 503."),
+    click.option("--chat-template", default=None,
+                 help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
+    click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
+    CPU_TIER_OPTION,
+    *GPU_OPTIONS,
+    # Defaults for requests that do not set them (llama.cpp's server options of the same names); unset, the
+    # API's own defaults apply (`/props` shows them).
+    click.option("--temp", "temperature", type=click.FloatRange(0, 5), default=None,
+                 help="Default temperature (0: greedy)."),
+    click.option("--top-k", type=click.IntRange(min=0), default=None, help="Default top-k (0: off)."),
+    click.option("--top-p", type=click.FloatRange(0, 1), default=None, help="Default top-p."),
+    click.option("--min-p", type=click.FloatRange(0, 1), default=None, help="Default min-p."),
+    click.option("--repeat-penalty", type=click.FloatRange(min=0), default=None,
+                 help="Default repeat penalty (1: off)."),
+    click.option("-n", "--n-predict", "max_tokens", type=click.IntRange(min=1), default=None,
+                 help="Default most tokens per reply (unset: until the end or a full context)."),
+]
+
+
+# the command line's per-model options and the ModelSpec settings they set (for every model, when given)
+PER_MODEL = {"n_ctx": "n_ctx", "threads": "n_threads", "n_gpu_layers": "n_gpu_layers", "main_gpu": "main_gpu",
+             "batch_size": "batch_size", "chat_template": "chat_template"}
+SERVER_KEYS = ("host", "port", "api_key")  # what a config's top level may set
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave the option `name` (on the command line, baked-in arguments included, or its
+    environment variable), not just left its default."""
+    source = ctx.get_parameter_source(name)
+    return source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def read_server_config(path: str | None, say: Callable[[str], None]) -> Any:
+    """The --config file (`server.config.ServerConfig`), its warnings said; None without one."""
+    if path is None:
+        return None
+    from .server.config import read_config
+
+    config = read_config(path)
+    for warning in config.warnings:
+        say(f"warning: {warning}")
+    return config
+
+
+def file_spec(path: str) -> Any:
+    """A model given with -m: named after its file."""
+    from pathlib import Path
+
+    from .server.config import ModelSpec
+
+    return ModelSpec(path, Path(path).stem)
+
+
+def start_server(ctx: click.Context, specs: list, config: Any, **options: Any) -> None:
+    """Serve `specs` (`ModelSpec`s: from -m, --config or the archive), the options given on the command line
+    overriding the config's."""
+    if config is not None:
+        for key, value in config.server.items():
+            if not given(ctx, key):
+                options[key] = value
+    if options["alias"] is not None:
+        if len(specs) > 1:
+            raise LlamapyzError("--alias names one model, and there are several",
+                                hint="give each its model_alias in the --config file")
+        specs[0].alias = options["alias"]
+    for option, setting in PER_MODEL.items():
+        if given(ctx, option):
+            for spec in specs:
+                setattr(spec, setting, options[option] or None)  # -c 0: the model's default
+    seen: dict[str, Any] = {}
+    for spec in specs:
+        if spec.alias in seen:
+            raise LlamapyzError(f"two models are called \"{spec.alias}\"",
+                                hint="give them different model_alias values in a --config file")
+        seen[spec.alias] = spec
+    run(specs, **options)
+
+
+def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
+        queue_size: int, batch_size: int, cache_type: str, api_key: str | None, api_key_file: str | None,
+        max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
+        cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
+        n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, models_max: int, preload: bool,
+        load_timeout_s: float, **sampling: Any) -> None:
+    import socket
+
+    say = functools.partial(click.echo, err=True)
+    if api_key_file is not None:
+        api_key = read_api_key(api_key_file, given=api_key)
+    use_cpu_tier(cpu_tier, say)
+    from .server import ServeOptions
+    from .server import serve as run_server
+
+    for spec in specs:
+        load_gguf(spec.source).close()  # a missing or broken file is a clear error now, not a 503 later
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise LlamapyzError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="another server may be using that port; pick one with --port") from None
+    run_server(ServeOptions(models=specs, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
+                            n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
+                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
+                            allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
+                            chat_template=chat_template, open_browser=not nobrowser,
+                            n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, models_max=models_max,
+                            preload=preload, load_timeout_s=load_timeout_s,
+                            sampling={k: v for k, v in sampling.items() if v is not None}),
+               say=say)
+
+
+def read_api_key(path: str, given: str | None) -> str:
+    """The key in the first line of `path` (its line ending dropped, nothing else)."""
+    if given is not None:
+        raise LlamapyzError("both --api-key and --api-key-file are given", hint="use one of them")
+    try:
+        with open(path, encoding="utf-8") as file:
+            key = file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlamapyzError(f"cannot read the API key file {path}: {exc}") from None
+    if not key:
+        raise LlamapyzError(f"the API key file {path} is empty", hint="put the key on its first line")
+    return key
+
+

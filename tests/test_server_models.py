@@ -1,0 +1,170 @@
+"""Several models behind one server (runtime/server/models.py), on two tiny synthetic models of different
+architectures: each request's `model` picks one (alias, file name or stem), and each answers as it does served
+alone; unknown names are a 404 naming the others; models load on first use, at most models_max at once, and a
+request for a model that is loading waits for it; a model that cannot load hurts no other."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from runtime.server.config import ModelSpec
+from tests.live_server import ServerProcess, ServerThread
+from tests.synth import write_model
+
+N_CTX = 256
+GREEDY = {"temperature": 0, "max_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    llama, qwen = folder / "tiny-llama.gguf", folder / "tiny-qwen2.gguf"
+    write_model(llama, "llama", "Q8_0")
+    write_model(qwen, "qwen2", "Q4_0", seed=1)
+    return llama, qwen
+
+
+def specs(files) -> list[ModelSpec]:
+    return [ModelSpec(str(files[0]), "llama-a"), ModelSpec(str(files[1]), "qwen-b")]
+
+
+def chat(server, model: str | None, text: str = "Hello there", **fields) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": text}], **GREEDY, **fields}
+    if model is not None:
+        body["model"] = model
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+
+
+def answer(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def states(server) -> dict[str, str]:
+    return {m["id"]: m["status"] for m in httpx.get(server.url + "/v1/models").json()["data"]}
+
+
+@pytest.fixture(scope="module")
+def alone(files) -> dict[str, list[str]]:
+    """Each model's answers to two prompts, served alone."""
+    answers = {}
+    for alias, path in zip(["llama-a", "qwen-b"], files, strict=True):
+        with ServerThread(path, n_ctx=N_CTX, n_slots=2) as live:
+            answers[alias] = [answer(chat(live, None, text)) for text in ("Hello there", "Count to five")]
+    return answers
+
+
+def test_each_request_gets_the_model_it_names(files, alone):
+    with ServerThread(None, models=specs(files), n_ctx=N_CTX, n_slots=2) as live:
+        assert states(live) == {"llama-a": "loaded", "qwen-b": "not loaded"}  # the first loads at start
+        for _ in range(2):  # alternating, by alias, file name and stem
+            for alias, names in (("llama-a", ["llama-a", "tiny-llama.gguf"]), ("qwen-b", ["qwen-b", "tiny-qwen2"])):
+                for name in names:
+                    response = chat(live, name)
+                    assert answer(response) == alone[alias][0]
+                    assert response.json()["model"] == alias
+        assert states(live) == {"llama-a": "loaded", "qwen-b": "loaded"}
+        assert answer(chat(live, None)) == alone["llama-a"][0]  # no name: the first
+
+        missing = chat(live, "gpt-4")
+        assert missing.status_code == 404
+        error = missing.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert "llama-a, qwen-b" in error["message"]
+
+        # concurrent requests to both, each as it is alone
+        asks = [("llama-a", "Hello there"), ("qwen-b", "Count to five"), ("qwen-b", "Hello there"),
+                ("llama-a", "Count to five")] * 2
+        with ThreadPoolExecutor(len(asks)) as pool:
+            got = list(pool.map(lambda ask: answer(chat(live, *ask)), asks))
+        prompts = {"Hello there": 0, "Count to five": 1}
+        assert got == [alone[alias][prompts[text]] for alias, text in asks]
+
+        props = httpx.get(live.url + "/props", params={"model": "qwen-b"}).json()
+        assert props["model_alias"] == "qwen-b" and props["architecture"] == "qwen2"
+        tokens = httpx.post(live.url + "/tokenize", json={"content": "hi", "model": "qwen-b"}).json()["tokens"]
+        assert tokens and httpx.post(live.url + "/detokenize", json={"tokens": tokens, "model": "qwen-b"}
+                                     ).json()["content"].endswith("hi")
+        models = httpx.get(live.url + "/v1/models").json()["data"]
+        assert [m["meta"]["architecture"] for m in models] == ["llama", "qwen2"]
+
+
+def test_at_most_models_max_are_loaded(files, alone):
+    with ServerThread(None, models=specs(files), n_ctx=N_CTX, n_slots=2, models_max=1) as live:
+        assert answer(chat(live, "qwen-b")) == alone["qwen-b"][0]
+        assert states(live) == {"llama-a": "not loaded", "qwen-b": "loaded"}  # llama-a made room
+        first = live.state.pool.models[0]
+        assert first.engine is None
+        assert answer(chat(live, "llama-a", "Count to five")) == alone["llama-a"][1]  # loaded again
+        assert states(live) == {"llama-a": "loaded", "qwen-b": "not loaded"}
+
+
+def test_requests_wait_for_their_model_to_load(files, alone):
+    with ServerThread(None, models=specs(files), n_ctx=N_CTX, n_slots=2) as live:
+        loads = []
+        load = live.state.pool.load_engine
+        live.state.pool.load_engine = lambda spec: loads.append(spec.alias) or load(spec)
+        with ThreadPoolExecutor(4) as pool:  # all arrive before it is loaded: one load, four answers
+            got = list(pool.map(lambda _: answer(chat(live, "qwen-b")), range(4)))
+        assert got == [alone["qwen-b"][0]] * 4 and loads == ["qwen-b"]
+
+
+def test_a_model_that_cannot_load_hurts_no_other(files, tmp_path, alone):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    models = [*specs(files), ModelSpec(str(broken), "broken")]
+    with ServerThread(None, models=models, n_ctx=N_CTX, n_slots=2) as live:
+        failed = chat(live, "broken")
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "load_failed"
+        assert "broken" in failed.json()["error"]["message"]
+        assert states(live)["broken"] == "failed"
+        assert answer(chat(live, "qwen-b")) == alone["qwen-b"][0]
+        assert httpx.get(live.url + "/health").status_code == 200
+
+
+def test_serve_takes_several_models_and_a_config(files, tmp_path, alone):
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"port": 1, "models": [{"model": str(files[1]), "model_alias": "qwen-b",
+                                                           "n_ctx": N_CTX, "offload_kqv": True}]}))
+    # the port given here overrides the config's; -m adds a model beside the config's
+    with ServerProcess(None, "--config", str(config), "-m", str(files[0]), "-c", str(N_CTX), "-np", "2") as live:
+        assert states(live) == {"qwen-b": "loaded", "tiny-llama": "not loaded"}
+        assert answer(chat(live, "tiny-llama")) == alone["llama-a"][0]
+        assert answer(chat(live, "qwen-b")) == alone["qwen-b"][0]
+
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_two_real_models_behind_one_server(smollm2_path, gemma3_path, smollm2_server, tmp_path):
+    """SmolLM2 and Gemma 3 behind one server answer as each does served alone (greedy), alternately and at
+    once; with --models-max 1 each switch unloads the other, and the memory goes with it."""
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": [{"model": str(smollm2_path), "model_alias": "smollm2"},
+                                             {"model": str(gemma3_path), "model_alias": "gemma"}]}))
+    asks = [(alias, text) for text in PROMPTS for alias in ("gemma", "smollm2")]
+    alone = {("smollm2", text): answer(chat(smollm2_server, None, text, max_tokens=24)) for text in PROMPTS}
+    with ServerProcess(gemma3_path, "-c", "2048", "-t", "2") as gemma:
+        alone |= {("gemma", text): answer(chat(gemma, None, text, max_tokens=24)) for text in PROMPTS}
+
+    with ServerProcess(None, "--config", str(config), "-c", "2048", "-t", "2", "--models-max", "1") as live:
+        rss = {}
+        for alias, text in asks:  # alternating: every request switches models
+            assert answer(chat(live, alias, text, max_tokens=24)) == alone[alias, text]
+            rss[alias] = live.rss_mib()
+            assert states(live) == {"smollm2": "loaded" if alias == "smollm2" else "not loaded",
+                                    "gemma": "loaded" if alias == "gemma" else "not loaded"}
+        # Gemma's weights (253 MB) and KV cache went when SmolLM2 (98 MB) took its place
+        assert rss["smollm2"] < rss["gemma"] - 100, rss
+
+    with ServerProcess(None, "--config", str(config), "-c", "2048", "-t", "2", "--preload") as live:
+        assert states(live) == {"smollm2": "loaded", "gemma": "loaded"}
+        with ThreadPoolExecutor(len(asks)) as pool:  # both at once
+            got = list(pool.map(lambda ask: answer(chat(live, ask[0], ask[1], max_tokens=24)), asks))
+        assert got == [alone[ask] for ask in asks]
