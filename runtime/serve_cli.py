@@ -65,6 +65,34 @@ def check_origins(ctx: click.Context, param: click.Parameter, origins: tuple[str
     return tuple(checked)
 
 
+def check_autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """--autoscale MIN..MAX as (MIN, MAX)."""
+    if value is None:
+        return None
+    from .scale.options import parse_autoscale
+
+    try:
+        return parse_autoscale(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+RAY_OPTIONS = [
+    click.option("--ray", is_flag=True,
+                 help="Serve as replicas on Ray Serve (a running cluster, else a local one), each with -t threads; "
+                      "requests sharing a prompt prefix go to the same replica. Needs pip install 'llamapyz[ray]'."),
+    click.option("--replicas", type=click.IntRange(min=1), default=None, help="With --ray: this many replicas "
+                 "(default 1)."),
+    click.option("--autoscale", default=None, metavar="MIN..MAX", callback=check_autoscale,
+                 help="With --ray: between MIN and MAX replicas, as the load asks."),
+    click.option("--ray-address", default=None, metavar="ADDRESS",
+                 help="With --ray: the cluster to join (auto, or ray://HEAD:10001); default: the one running on this "
+                      "machine, else a new local one."),
+    click.option("--no-prefix-routing", is_flag=True,
+                 help="With --ray: route by load only (Ray's default), ignoring prompt prefixes."),
+]
+
+
 SERVE_OPTIONS = [
     click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."),
     click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
@@ -114,6 +142,7 @@ SERVE_OPTIONS = [
     click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
     CPU_TIER_OPTION,
     *GPU_OPTIONS,
+    *RAY_OPTIONS,
     # Defaults for requests that do not set them (llama.cpp's server options of the same names); unset, the
     # API's own defaults apply (`/props` shows them).
     click.option("--temp", "temperature", type=click.FloatRange(0, 5), default=None,
@@ -192,10 +221,10 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
         max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
         cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
         n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, models_max: int, preload: bool,
-        load_timeout_s: float, **sampling: Any) -> None:
-    import socket
-
+        load_timeout_s: float, ray: bool, replicas: int | None, autoscale: tuple[int, int] | None,
+        ray_address: str | None, no_prefix_routing: bool, **sampling: Any) -> None:
     say = functools.partial(click.echo, err=True)
+    scale = scale_options(ray, replicas, autoscale, ray_address, no_prefix_routing)
     if api_key_file is not None:
         api_key = read_api_key(api_key_file, given=api_key)
     use_cpu_tier(cpu_tier, say)
@@ -204,6 +233,48 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
 
     for spec in specs:
         load_gguf(spec.source).close()  # a missing or broken file is a clear error now, not a 503 later
+    if scale is None or scale.address is None:  # a joined cluster listens on its head node, not here
+        check_port(host, port)
+    options = ServeOptions(models=specs, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
+                           n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
+                           api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
+                           allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
+                           chat_template=chat_template, open_browser=not nobrowser,
+                           n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, models_max=models_max,
+                           preload=preload, load_timeout_s=load_timeout_s,
+                           sampling={k: v for k, v in sampling.items() if v is not None})
+    if scale is not None:
+        from .scale.launch import serve_on_ray
+
+        serve_on_ray(options, scale, say)
+    else:
+        run_server(options, say=say)
+
+
+def scale_options(ray: bool, replicas: int | None, autoscale: tuple[int, int] | None, address: str | None,
+                  no_prefix_routing: bool) -> Any:
+    """The --ray options as a `scale.options.ScaleOptions` (None without --ray), Ray's presence checked first."""
+    if not ray:
+        for name, value in (("--replicas", replicas), ("--autoscale", autoscale), ("--ray-address", address),
+                            ("--no-prefix-routing", no_prefix_routing or None)):
+            if value is not None:
+                raise click.UsageError(f"{name} needs --ray")
+        return None
+    if replicas is not None and autoscale is not None:
+        raise click.UsageError("give --replicas or --autoscale, not both")
+    from .scale.launch import require_ray
+    from .scale.options import ScaleOptions
+
+    require_ray()
+    low, high = autoscale or (None, None)
+    return ScaleOptions(replicas=replicas or 1, min_replicas=low, max_replicas=high, address=address,
+                        prefix_routing=not no_prefix_routing)
+
+
+def check_port(host: str, port: int) -> None:
+    """A port another server holds is a clear error now, not uvicorn's traceback later."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -212,15 +283,6 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
         except OSError as exc:
             raise LlamapyzError(f"cannot listen on {host}:{port}: {exc.strerror}",
                                 hint="another server may be using that port; pick one with --port") from None
-    run_server(ServeOptions(models=specs, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
-                            n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
-                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
-                            allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
-                            chat_template=chat_template, open_browser=not nobrowser,
-                            n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, models_max=models_max,
-                            preload=preload, load_timeout_s=load_timeout_s,
-                            sampling={k: v for k, v in sampling.items() if v is not None}),
-               say=say)
 
 
 def read_api_key(path: str, given: str | None) -> str:

@@ -146,15 +146,21 @@ def warm_up(model: Model, say=None) -> None:
             say(f"kernels compiled in {time.perf_counter() - started:.1f} s")
 
 
-def create_server(options: ServeOptions, say=print) -> tuple[ServerState, uvicorn.Server]:
-    """The app's shared state (no model loaded yet: see `load_engine`) and the uvicorn server that will run it."""
+def create_state(options: ServeOptions, say=print) -> ServerState:
+    """The app's shared state, no model loaded yet (see `load_engine`): what a server, or each replica of a
+    scaled-out one (runtime/scale), builds its app from."""
     pool = ModelPool(options.specs(), engine_loader(options, say), models_max=options.models_max,
                      load_timeout_s=options.load_timeout_s)
-    state = ServerState(pool=pool, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
-                        body_timeout_s=options.body_timeout_s,
-                        allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
-                        cors_origins=tuple(options.cors_origins), webui=load_webui(options.webui),
-                        sampling_defaults=dict(options.sampling))
+    return ServerState(pool=pool, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
+                       body_timeout_s=options.body_timeout_s,
+                       allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
+                       cors_origins=tuple(options.cors_origins), webui=load_webui(options.webui),
+                       sampling_defaults=dict(options.sampling))
+
+
+def create_server(options: ServeOptions, say=print) -> tuple[ServerState, uvicorn.Server]:
+    """The app's shared state (no model loaded yet: see `load_engine`) and the uvicorn server that will run it."""
+    state = create_state(options, say)
     # h11 named, not "auto": the limits below are h11's (httptools, where installed, would ignore them).
     # No limit_concurrency: it counts idle and stalled connections too, so a few slow sockets would turn away
     # real clients; the engine's queue (--queue-size, then 503) already bounds the work.

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -96,7 +98,13 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format (the first model's; `?model=NAME` for another)."""
     async with server_state(request).pool.use(request.query_params.get("model")) as served:
         engine = served.engine
-    stats, busy = engine.stats, engine.busy_s
+    return Response(metrics_text(engine.stats, engine.busy_s, engine.n_running, engine.n_waiting),
+                    media_type="text/plain; version=0.0.4")
+
+
+def metrics_text(stats: dict, busy: dict, n_running: int, n_waiting: int) -> str:
+    """An engine's counters (or several engines' summed: runtime/scale) in Prometheus' text format."""
+    stats = collections.Counter(stats)
 
     def rate(n: int, seconds: float) -> float:
         return n / seconds if seconds > 0 else 0.0
@@ -110,8 +118,8 @@ async def metrics(request: Request) -> Response:
          rate(stats["prompt_tokens"], busy["prompt"])),
         ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s (all slots together).",
          rate(stats["decode_rows"], busy["decode"])),
-        ("requests_processing", "gauge", "Requests in a slot.", engine.n_running),
-        ("requests_deferred", "gauge", "Requests waiting for a slot.", engine.n_waiting),
+        ("requests_processing", "gauge", "Requests in a slot.", n_running),
+        ("requests_deferred", "gauge", "Requests waiting for a slot.", n_waiting),
         ("requests_total", "counter", "Requests completed.", stats["requests"]),
         ("requests_cancelled_total", "counter", "Requests cancelled (client went away).", stats["requests_cancelled"]),
         ("n_decode_total", "counter", "Batched decode steps.", stats["decode_steps"]),
@@ -119,4 +127,4 @@ async def metrics(request: Request) -> Response:
     lines = []
     for name, kind, help_text, value in rows:
         lines += [f"# HELP llamapyz:{name} {help_text}", f"# TYPE llamapyz:{name} {kind}", f"llamapyz:{name} {value}"]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    return "\n".join(lines) + "\n"
