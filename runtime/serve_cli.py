@@ -224,7 +224,7 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
         load_timeout_s: float, ray: bool, replicas: int | None, autoscale: tuple[int, int] | None,
         ray_address: str | None, no_prefix_routing: bool, **sampling: Any) -> None:
     say = functools.partial(click.echo, err=True)
-    scale = scale_options(ray, replicas, autoscale, ray_address, no_prefix_routing)
+    scale = scale_options(ray, replicas, autoscale, ray_address, no_prefix_routing, cpu_tier)
     if api_key_file is not None:
         api_key = read_api_key(api_key_file, given=api_key)
     use_cpu_tier(cpu_tier, say)
@@ -252,7 +252,7 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
 
 
 def scale_options(ray: bool, replicas: int | None, autoscale: tuple[int, int] | None, address: str | None,
-                  no_prefix_routing: bool) -> Any:
+                  no_prefix_routing: bool, cpu_tier: str | None) -> Any:
     """The --ray options as a `scale.options.ScaleOptions` (None without --ray), Ray's presence checked first."""
     if not ray:
         for name, value in (("--replicas", replicas), ("--autoscale", autoscale), ("--ray-address", address),
@@ -268,7 +268,7 @@ def scale_options(ray: bool, replicas: int | None, autoscale: tuple[int, int] | 
     require_ray()
     low, high = autoscale or (None, None)
     return ScaleOptions(replicas=replicas or 1, min_replicas=low, max_replicas=high, address=address,
-                        prefix_routing=not no_prefix_routing)
+                        prefix_routing=not no_prefix_routing, cpu_tier=cpu_tier)
 
 
 def check_port(host: str, port: int) -> None:

@@ -2,11 +2,13 @@
 
 - `ServerThread`: the app and engine in this process (quick to start; for the tiny synthetic models).
 - `ServerProcess`: `llamapyz serve` as a child process, exactly as a user runs it (for the real models).
+- `RayServer`: `llamapyz serve --ray` as a child process, with the local Ray cluster it starts.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -130,3 +132,50 @@ def wait_idle(url: str, timeout_s: float = 10) -> dict[str, float]:
         if (now["requests_processing"] == now["requests_deferred"] == 0) or time.monotonic() > deadline:
             return now
         time.sleep(0.05)
+
+
+REPLICA_TITLE = b"ServeReplica:llamapyz:llamapyz-replica"  # Ray's process title for a --ray replica
+
+
+class RayServer:
+    """`llamapyz serve --ray …` in a child process (its own local Ray cluster), its output in a file (Ray says a lot:
+    a pipe nobody reads would fill and stall it)."""
+
+    def __init__(self, model: Path, log: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.command = [sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "--port", str(self.port),
+                        "--nobrowser", "--ray", *args]
+
+    def __enter__(self) -> RayServer:
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(self.command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"})
+        try:
+            wait_healthy(self.url, 240, alive=lambda: self.process.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            self.__exit__()
+            raise RuntimeError(f"{exc}; its output:\n{self.log.read_text()[-5000:]}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # as Ctrl+C: the app and the local cluster go
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def replica_pids() -> list[int]:
+    """The processes of this machine's --ray replicas (found by the title Ray gives them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if REPLICA_TITLE in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids

@@ -193,9 +193,11 @@ async def relay(stream, events: bool):
 def build(options: ServeOptions, scale: ScaleOptions):
     """The application, ready for `serve.run`: the front bound to the replicas' deployment."""
     threads = options.n_threads or 1
+    gpu = any(spec.n_gpu_layers for spec in options.specs())  # -ngl, or a config's n_gpu_layers
+    env = {"LLAMAPYZ_CPU_TIER": scale.cpu_tier} if scale.cpu_tier else {}
     replica = serve.deployment(LlamapyzReplica).options(
         name="llamapyz-replica",
-        ray_actor_options={"num_cpus": threads, "num_gpus": 1 if options.n_gpu_layers else 0},
+        ray_actor_options={"num_cpus": threads, "num_gpus": 1 if gpu else 0, "runtime_env": {"env_vars": env}},
         max_ongoing_requests=2 * options.n_slots,  # a queue as deep as the slots: the next one is ready at once
         health_check_period_s=HEALTH_PERIOD_S, health_check_timeout_s=HEALTH_TIMEOUT_S,
         graceful_shutdown_timeout_s=5, logging_config=LOGGING,

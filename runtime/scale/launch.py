@@ -5,6 +5,7 @@ The only module the command line imports for --ray; it imports Ray, and says how
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -68,11 +69,18 @@ def deploy(options: ServeOptions, scale: ScaleOptions, say: Callable[[str], None
     return f"http://{host}:{options.port}/"
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_on_ray(options: ServeOptions, scale: ScaleOptions, say: Callable[[str], None] = print) -> None:
     """The command: deploy, say where, and keep the application up until Ctrl+C."""
     require_ray()
     from ray import serve
 
+    # SIGTERM (a service manager, `kill`) ends the command as Ctrl+C does: the application is deleted and a local
+    # cluster this command started is shut down with it, not left running
+    signal.signal(signal.SIGTERM, interrupt)
     connect(scale.address, say)
     try:
         url = deploy(options, scale, say)

@@ -13,6 +13,7 @@ class ScaleOptions:
     max_replicas: int | None = None
     address: str | None = None  # --ray-address: "auto", "ray://host:10001"; None: the local one, else a new one
     prefix_routing: bool = True  # False: Ray's usual balancing, ignoring prefixes (for comparison)
+    cpu_tier: str | None = None  # --cpu-tier, for the replicas (each picks its own CPU's best tier otherwise)
 
     @property
     def autoscale(self) -> bool:
