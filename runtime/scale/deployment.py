@@ -27,6 +27,7 @@ import ray
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.config import RequestRouterConfig
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
@@ -131,6 +132,9 @@ class LlamapyzFront:
                 break
             except RayActorError:
                 log.warning("a replica failed before answering (attempt %d)", attempt + 1)
+            except BackPressureError:  # --queue-size requests wait for a replica already: as the engine's full queue
+                return error(ApiError(503, "the server is busy: every replica is full and the queue too; try again "
+                                           "later", code="overloaded"))
             except RayTaskError as exc:
                 log.error("a replica failed: %s", exc)
                 return error(ApiError(500, "internal server error (see the replica's log)"))
@@ -199,6 +203,7 @@ def build(options: ServeOptions, scale: ScaleOptions):
         name="llamapyz-replica",
         ray_actor_options={"num_cpus": threads, "num_gpus": 1 if gpu else 0, "runtime_env": {"env_vars": env}},
         max_ongoing_requests=2 * options.n_slots,  # a queue as deep as the slots: the next one is ready at once
+        max_queued_requests=max(1, options.max_queue),  # --queue-size wait in the front, more get a 503 (Ray: >= 1)
         health_check_period_s=HEALTH_PERIOD_S, health_check_timeout_s=HEALTH_TIMEOUT_S,
         graceful_shutdown_timeout_s=5, logging_config=LOGGING,
         **({"autoscaling_config": {"min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas,
