@@ -469,3 +469,41 @@ def test_with_several_models_the_header_offers_a_choice(browser, tiny_page_serve
         assert requests[-1]["model"] == "tiny-qwen2" and stats.startswith("tiny-qwen2 \u00b7 4 tokens")
         page.reload()  # the choice is kept
         page.wait_for_function("document.querySelector('#model-picker').value === 'tiny-qwen2'")
+
+
+def test_the_page_works_where_storage_is_blocked(browser, tiny_page_server):
+    context = browser.new_context()
+    context.add_init_script("Object.defineProperty(window, 'localStorage', "
+                            "{get() { throw new DOMException('The operation is insecure.', 'SecurityError'); }})")
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(tiny_page_server.url + "/")
+    page.wait_for_function("document.querySelector('#model-name').textContent === 'tiny-llama'")
+    page.evaluate(FAKE_STREAM)
+    exchange(page, "hello", "hi")  # the chat works; nothing can be kept, and the header says so
+    assert shown(page) == ["user: hello", "assistant: hi"]
+    assert page.locator("#status").inner_text().startswith("not saved")
+    context.close()
+    assert not errors, errors
+
+
+def test_shift_escape_in_the_editor_keeps_the_edit(page):
+    fake(page)
+    exchange(page, "first", "one")
+    page.click(".msg.user .edit")
+    page.fill(".edit-box", "first, changed")
+    page.press(".edit-box", "Shift+Escape")
+    assert page.evaluate("document.activeElement.id") == "input"
+    assert page.input_value(".edit-box") == "first, changed"
+
+
+def test_a_reply_stopped_before_its_first_token_is_not_sent_back(page):
+    fake(page)
+    page.fill("#input", "first")
+    page.press("#input", "Enter")
+    page.wait_for_selector("#stop:not([hidden])")
+    page.click("#stop")
+    page.wait_for_selector("#send:not([hidden])")
+    exchange(page, "second", "two")
+    assert [m["content"] for m in last_request(page)["messages"]] == ["first", "second"]

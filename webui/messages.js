@@ -109,7 +109,7 @@ function edit(el, conversation, message) {
   });
   const cancel = button("Cancel", "edit-cancel", renderMessages);
   editor.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") {
+    if (event.key === "Escape" && !event.shiftKey) { // Shift+Escape: to the message box, the edit kept
       event.stopPropagation();
       renderMessages();
     } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {

@@ -46,7 +46,8 @@ export async function regenerate(conversation, message) {
 // sampling settings the user set: the server's defaults apply to the rest.
 function chatRequest(conversation, parent) {
   const path = pathOf(conversation);
-  const messages = path.slice(0, path.indexOf(parent) + 1).filter((m) => !m.error)
+  // neither errors nor replies stopped before their first token are part of what the model is told
+  const messages = path.slice(0, path.indexOf(parent) + 1).filter((m) => !m.error && m.content !== "")
     .map(({ role, content }) => ({ role, content }));
   if (conversation.systemPrompt.trim()) messages.unshift({ role: "system", content: conversation.systemPrompt });
   const request = { messages };

@@ -40,9 +40,19 @@ export function validSetting(sampler, value) {
     !(sampler.above !== undefined && value <= sampler.above);
 }
 
+// A stored string, or null: also where the browser blocks storage (cookies off: a SecurityError), so that the
+// page still starts, with nothing remembered.
+function stored(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
 function load(key, fallback) {
   try {
-    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+    return JSON.parse(stored(key)) ?? fallback;
   } catch {
     return fallback;
   }
@@ -111,7 +121,7 @@ export function cleanConversation(raw) {
 
 export const state = {
   conversations: load(KEYS.conversations, []).map(cleanConversation).filter(Boolean),
-  currentId: localStorage.getItem(KEYS.current),
+  currentId: stored(KEYS.current),
   settings: loadSettings(),
   serverProps: {}, // /props: n_ctx and default_generation_settings (the samplers' placeholders)
   models: [], // the server's models (/v1/models): with several, the header offers a choice
