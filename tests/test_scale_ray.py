@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.live_server import RayServer, metrics, replica_pids
+from tests.live_server import RayServer, replica_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model,
               # found, not imported: Ray runs in the server's processes, never in pytest's
@@ -24,23 +24,34 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model,
 
 REQUEST_TIMEOUT_S = 60.0  # no request may take longer, replica killed or not
 REPLACED_TIMEOUT_S = 120.0  # a killed replica is replaced (and has loaded its model) within this
+KEY = "test-key"  # the server asks for one, so that the front's own answers (/metrics) are seen to respect it
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "serve.log"
-    with RayServer(smollm2_path, log, "--replicas", "2", "-t", "1", "-np", "8", "-c", "1024") as live:
+    with RayServer(smollm2_path, log, "--replicas", "2", "-t", "1", "-np", "8", "-c", "1024",
+                   "--api-key", KEY) as live:
         yield live
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=REQUEST_TIMEOUT_S, max_retries=0)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=REQUEST_TIMEOUT_S, max_retries=0)
 
 
 def chat(server, messages: list[dict], **fields) -> httpx.Response:
     body = {"messages": messages, "max_tokens": 8, "temperature": 0, **fields}
-    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=REQUEST_TIMEOUT_S)
+    return httpx.post(server.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=REQUEST_TIMEOUT_S)
+
+
+def metrics(server) -> dict[str, float]:
+    """/metrics as {name: value}: every replica's counters summed by the front."""
+    response = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10)
+    assert response.status_code == 200, response.text
+    return {name.removeprefix("llamapyz:"): float(value)
+            for name, value in (line.split() for line in response.text.splitlines() if line and line[0] != "#")}
 
 
 def test_the_openai_clients_calls_and_the_models_list(server, client):
@@ -51,12 +62,13 @@ def test_the_openai_clients_calls_and_the_models_list(server, client):
         model="smollm2", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0,
         stream=True) if chunk.choices]
     assert "".join(pieces) == reply.choices[0].message.content  # greedy: the same words, streamed
-    listed = httpx.get(server.url + "/v1/models", timeout=10).json()
+    listed = httpx.get(server.url + "/v1/models", headers=AUTH, timeout=10).json()
     assert [(m["id"], m["status"]) for m in listed["data"]] == [("SmolLM2-135M-Instruct.Q4_1", "loaded")]
+    assert httpx.get(server.url + "/metrics", timeout=10).status_code == 401  # the key guards the front's answer too
 
 
 def test_16_clients_50_requests_each_all_succeed_on_both_replicas(server, client):
-    before = metrics(server.url)["requests_total"]
+    before = metrics(server)["requests_total"]
 
     def one_client(i: int) -> list[str]:
         served = []
@@ -72,7 +84,7 @@ def test_16_clients_50_requests_each_all_succeed_on_both_replicas(server, client
         served = [name for names in pool.map(one_client, range(16)) for name in names]
     assert len(served) == 800 and len(set(served)) == 2
     time.sleep(3)  # replicas post their counters every 2 s
-    after = metrics(server.url)
+    after = metrics(server)
     assert after["requests_total"] - before >= 800 and after["replicas"] == 2  # /metrics: both replicas summed
 
 
@@ -99,7 +111,8 @@ def stream_once(url: str, i: int) -> tuple[str, str | None]:
     """One streamed chat: ("done", replica), or ("error", what the client saw: a 503 or an error event)."""
     body = {"messages": [{"role": "user", "content": f"Stream {i}: count slowly."}], "max_tokens": 24,
             "stream": True, "temperature": 0.7}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=REQUEST_TIMEOUT_S) as response:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=AUTH,
+                      timeout=REQUEST_TIMEOUT_S) as response:
         if response.status_code != 200:
             error = json.loads(response.read())["error"]
             assert response.status_code == 503 and error["code"] == "replica_failed", error

@@ -113,8 +113,6 @@ class LlamapyzFront:
         self.prefix_routing = prefix_routing
 
     async def __call__(self, http: HttpRequest) -> Response:
-        if http.method == "GET" and http.url.path == "/metrics":
-            return await self.metrics(http.query_params.get("model"))
         try:
             body = await asyncio.wait_for(self.read_body(http), self.body_timeout_s)
         except asyncio.TimeoutError:
@@ -140,6 +138,11 @@ class LlamapyzFront:
                 return error(ApiError(500, "internal server error (see the replica's log)"))
         else:
             return error(REPLICA_FAILED)
+        if request.method == "GET" and request.path == "/metrics" and status == 200:
+            # the replica's answer says the request passed its guards (Host, API key, model name); the numbers
+            # are every replica's, summed
+            stream.cancel()
+            return await self.metrics(http.query_params.get("model"))
         media = dict((k.decode().lower(), v.decode()) for k, v in headers).get("content-type", "")
         response = StreamingResponse(relay(stream, media.startswith("text/event-stream")), status_code=status)
         response.raw_headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
@@ -164,7 +167,7 @@ class LlamapyzFront:
 
     async def metrics(self, model: str | None) -> Response:
         """The replicas' counters summed (gauges: the replicas alive now), in the single server's format, plus
-        how many replicas reported lately."""
+        how many replicas reported lately. `model`: an alias (default: the first model)."""
         total = await self.board.total.remote(model)
         text = metrics_text(total["stats"], total["busy_s"], total["running"], total["waiting"])
         text += ("# HELP llamapyz:replicas Replicas that reported in the last few seconds.\n"
