@@ -90,6 +90,16 @@ def smollm2_server(smollm2_path: Path):
         yield server
 
 
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment with nothing but a Python without site-packages, and an empty home (and cache), for
+    running archives as a colleague would (tests/live_server.py `bare_python`); one per test module, so that
+    each starts with an empty cache."""
+    from tests.live_server import bare_python
+
+    return bare_python(tmp_path_factory.mktemp("bare"))
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's chromium, headless, through Playwright (tests/browser.py), for the web UI tests."""

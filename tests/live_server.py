@@ -56,6 +56,20 @@ def in_env(env: dict[str, str], *command: str) -> list[str]:
     return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
 
 
+BUILD_EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every test build
+
+
+def build(*args: str, cwd: Path = REPO, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    """`python build.py ARGS…`, reproducibly (a fixed SOURCE_DATE_EPOCH), its output captured."""
+    return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": BUILD_EPOCH}, timeout=timeout)
+
+
+def run_archive(archive: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """An archive run with ARGS in exactly the environment `env` (see `bare_python`), its output captured."""
+    return subprocess.run(in_env(env, str(archive), *args), capture_output=True, text=True, timeout=600)
+
+
 class ServerThread:
     def __init__(self, model: Path, **options) -> None:
         self.options = ServeOptions(model=model, port=free_port(), open_browser=False, **options)

@@ -7,7 +7,6 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -18,19 +17,14 @@ import pytest
 from bundler import bytecode
 from runtime.bundle import open_bundle
 from runtime.cpu import choose, detect, runnable
-from tests.live_server import ServerProcess, bare_python, in_env
+from tests.live_server import ServerProcess, build, in_env
+from tests.live_server import run_archive as run
 from tests.synth import write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCH = "1700000000"  # SOURCE_DATE_EPOCH of every build here
 BAKED = "-c 1024 --temp 0.3 -np 2"
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
-
-
-def build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH}, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +36,6 @@ def archive(tmp_path_factory) -> Path:
     assert result.stdout.strip() == str(out)
     assert "[4/4]" in result.stderr and "SmolLM2-135M-Instruct.Q4_1.gguf: 94/94 MiB" in result.stderr  # bytes copied
     return out
-
-
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory) -> dict[str, str]:
-    """An environment with nothing but a Python without site-packages, and an empty home (and cache)."""
-    return bare_python(tmp_path_factory.mktemp("bare"))
-
-
-def run(archive: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(in_env(env, str(archive), *args), capture_output=True, text=True, timeout=600)
 
 
 def test_the_archive_is_an_executable_zipapp_with_the_weights_stored_and_aligned(archive):

@@ -6,7 +6,6 @@ NVRTC, nvJitLink and libdevice, so that it compiles a kernel to PTX with no GPU 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from bundler import deps, gpu
 from bundler.platforms import PORTABLE_PLATFORMS, native, parse, target
 from runtime.bundle import describe_gpu, open_bundle
 from runtime.errors import LlamapyzError
-from tests.live_server import bare_python, in_env
+from tests.live_server import bare_python, build, in_env
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_NAMES = {"numba-cuda", "cuda-bindings", "nvidia-nvvm", "nvidia-cuda-nvrtc", "nvidia-nvjitlink",
@@ -134,11 +133,6 @@ def test_version_says_which_targets_have_gpu_support():
     assert describe_gpu(carried) == ("GPU offload (-ngl): cuda13, for NVIDIA driver 580 or newer, on Linux x86-64, "
                                      "Windows x86-64; none on macOS arm64")
     assert describe_gpu({"a": {"python": "3.12", "platform": "linux-x86_64"}}) is None  # built before --gpu
-
-
-def build(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, error, hint", [

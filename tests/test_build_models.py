@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,18 +16,14 @@ import pytest
 from bundler.models import REGISTRY
 from runtime.bundle import open_bundle
 from runtime.cpu import choose, detect
-from tests.live_server import ServerProcess, bare_python, in_env
+from tests.live_server import ServerProcess, build, in_env
+from tests.live_server import run_archive as run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2, GEMMA = REGISTRY["smollm2"].filename, REGISTRY["gemma3-270m"].filename
 KEY = "sesame"
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
-
-
-def build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +40,6 @@ def built(tmp_path_factory, smollm2_path, gemma3_path) -> tuple[Path, str]:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     return out, result.stderr
-
-
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory) -> dict[str, str]:
-    return bare_python(tmp_path_factory.mktemp("bare"))
-
-
-def run(archive: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(in_env(env, str(archive), *args), capture_output=True, text=True, timeout=600)
 
 
 def test_each_model_file_is_stored_once_and_aligned_and_the_manifest_lists_every_alias_in_order(built):
