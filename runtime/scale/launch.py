@@ -78,10 +78,11 @@ def serve_on_ray(options: ServeOptions, scale: ScaleOptions, say: Callable[[str]
     require_ray()
     from ray import serve
 
-    # SIGTERM (a service manager, `kill`) ends the command as Ctrl+C does: the application is deleted and a local
-    # cluster this command started is shut down with it, not left running
-    signal.signal(signal.SIGTERM, interrupt)
     connect(scale.address, say)
+    # SIGTERM (a service manager, `kill`) ends the command as Ctrl+C does: the application is deleted and a local
+    # cluster this command started is shut down with it. Set after ray.init, whose own handler would leave the
+    # cluster's agent processes running.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         url = deploy(options, scale, say)
         names = ", ".join(spec.alias for spec in options.specs())
