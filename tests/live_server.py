@@ -175,7 +175,7 @@ class RayServer:
 
     def __exit__(self, *exc: object) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # as Ctrl+C: the app and the local cluster go
+            self.process.send_signal(signal.SIGTERM)  # as a service manager stops it: the app and the cluster go
             try:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
@@ -184,12 +184,21 @@ class RayServer:
 
 def replica_pids() -> list[int]:
     """The processes of this machine's --ray replicas (found by the title Ray gives them)."""
-    pids = []
+    return [pid for pid, command in processes() if REPLICA_TITLE in command]
+
+
+def ray_pids() -> list[int]:
+    """Every Ray process on this machine: its workers and agents (`ray::…`), the raylet, the GCS."""
+    return [pid for pid, command in processes()
+            if command.startswith(b"ray::") or b"/raylet" in command or b"gcs_server" in command]
+
+
+def processes() -> list[tuple[int, bytes]]:
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if REPLICA_TITLE in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
+                found.append((int(entry.name), (entry / "cmdline").read_bytes()))
             except OSError:
                 pass
-    return pids
+    return found

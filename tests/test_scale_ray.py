@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.live_server import RayServer, replica_pids
+from tests.live_server import RayServer, ray_pids, replica_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model,
               # found, not imported: Ray runs in the server's processes, never in pytest's
@@ -31,9 +31,15 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "serve.log"
+    if ray_pids():  # --ray would join it, and the checks below count this machine's Ray processes
+        pytest.skip("a Ray cluster is already running on this machine")
     with RayServer(smollm2_path, log, "--replicas", "2", "-t", "1", "-np", "8", "-c", "1024",
                    "--api-key", KEY) as live:
         yield live
+    deadline = time.monotonic() + 30
+    while ray_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_pids(), "stopped with SIGTERM, the command left Ray processes running"
 
 
 @pytest.fixture(scope="module")
