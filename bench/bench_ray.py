@@ -2,13 +2,14 @@
 cost), and the prompt cache's hit rate with and without prefix-aware routing.
 
     python bench/bench_ray.py smollm2 [--cores 2] [-n 48] [--clients 8] [--conversations 16 --turns 4]
+    python bench/bench_ray.py smollm2 --cache-only --conversations 24 --at-once 8 --think-s 1
 
 Throughput: every configuration gets the same cores in all (`--cores`: one replica with them all, two with half
 each), `--clients` streaming clients at once, each asking different questions at temperature 0 with max_tokens
 fixed and end-of-generation ignored, for `--rounds` rounds. Cache: `--conversations` chats of `--turns` turns,
-four at a time, over two replicas; the hit rate is the share of prompt tokens served from a cache
-(sum of timings.cache_n over sum of cache_n + prompt_n), taken over turns 2 and later (a first turn has
-nothing to hit but the chat template's opening).
+`--at-once` at a time (each user pausing `--think-s` on average between turns), over two replicas; the hit
+rate is the share of prompt tokens served from a cache (sum of timings.cache_n over sum of cache_n +
+prompt_n), taken over turns 2 and later (a first turn has nothing to hit but the chat template's opening).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -56,7 +58,7 @@ def throughput(url: str, clients: int, rounds: int, max_tokens: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def hit_rate(url: str, conversations: int, turns: int) -> tuple[float, int]:
+def hit_rate(url: str, conversations: int, turns: int, at_once: int, think_s: float) -> tuple[float, int]:
     """(cache hit rate over turns 2+, requests whose turn moved to another replica than the turn before)."""
     def conversation(i: int) -> list[tuple[int, int, str]]:
         messages = [{"role": "system", "content": "You are a helpful assistant."},
@@ -69,9 +71,10 @@ def hit_rate(url: str, conversations: int, turns: int) -> tuple[float, int]:
             seen.append((reply["timings"]["cache_n"], reply["timings"]["prompt_n"],
                          response.headers.get("llamapyz-replica", "")))
             messages += [reply["choices"][0]["message"], {"role": "user", "content": f"Tell me more ({turn})."}]
+            time.sleep(random.uniform(0, 2 * think_s))  # the user reads and types: others' requests come between
         return seen
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(at_once) as pool:
         chats = list(pool.map(conversation, range(conversations)))
     later = [turn for seen in chats for turn in seen[1:]]
     moved = sum(a[2] != b[2] for seen in chats for a, b in zip(seen, seen[1:], strict=False))
@@ -95,26 +98,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conversations", type=int, default=16)
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--at-once", type=int, default=4, help="conversations going on at the same time")
+    parser.add_argument("--think-s", type=float, default=0.0, help="mean pause between a reply and the next turn")
+    parser.add_argument("--cache-only", action="store_true", help="only the cache hit rates")
     args = parser.parse_args()
     path = resolve_model(args.model)
     log = Path(tempfile.mkdtemp()) / "serve.log"
     print(f"model {path.name}; CPU {cpu_name()}, {args.cores} cores; {args.clients} clients x {args.rounds} rounds x "
           f"{args.max_tokens} tokens; {args.parallel} slots per replica")
     common = ["-np", str(args.parallel), "-c", "2048"]
-    with ServerProcess(path, "-t", str(args.cores), *common) as server:
-        rate = throughput(server.url, args.clients, args.rounds, args.max_tokens)
-        print(f"plain server, -t {args.cores}: {rate:.1f} tok/s")
-    for replicas in (1, 2):
+    if not args.cache_only:
+        with ServerProcess(path, "-t", str(args.cores), *common) as server:
+            rate = throughput(server.url, args.clients, args.rounds, args.max_tokens)
+            print(f"plain server, -t {args.cores}: {rate:.1f} tok/s")
+    for replicas in (1, 2)[1 if args.cache_only else 0:]:
         threads = max(1, args.cores // replicas)
         with RayServer(path, log, "--replicas", str(replicas), "-t", str(threads), *common) as server:
-            rate = throughput(server.url, args.clients, args.rounds, args.max_tokens)
-            print(f"--ray --replicas {replicas} -t {threads}: {rate:.1f} tok/s")
+            if not args.cache_only:
+                rate = throughput(server.url, args.clients, args.rounds, args.max_tokens)
+                print(f"--ray --replicas {replicas} -t {threads}: {rate:.1f} tok/s")
             if replicas == 2:
-                hits, moved = hit_rate(server.url, args.conversations, args.turns)
+                hits, moved = hit_rate(server.url, args.conversations, args.turns, args.at_once, args.think_s)
                 print(f"  prefix-aware routing: cache hit rate {hits:.1%} (turns 2+), {moved} turns moved replica")
     with RayServer(path, log, "--replicas", "2", "-t", str(max(1, args.cores // 2)), "--no-prefix-routing",
                    *common) as server:
-        hits, moved = hit_rate(server.url, args.conversations, args.turns)
+        hits, moved = hit_rate(server.url, args.conversations, args.turns, args.at_once, args.think_s)
         print(f"  --no-prefix-routing: cache hit rate {hits:.1%} (turns 2+), {moved} turns moved replica")
 
 
