@@ -220,10 +220,14 @@ def test_context_use_is_the_servers_count(page):
 
 def test_theme_switch_cycles_and_is_kept(page):
     background = "getComputedStyle(document.body).backgroundColor"
+    # in "auto" the page follows the system's change event, which may come a frame after the change
+    in_effect = "(theme) => document.documentElement.dataset.theme === theme"
     page.emulate_media(color_scheme="light")
+    page.wait_for_function(in_effect, arg="light", timeout=2_000)
     assert page.get_attribute("#theme", "aria-label").startswith("Theme: as the system's")
     auto_light = page.evaluate(background)
     page.emulate_media(color_scheme="dark")
+    page.wait_for_function(in_effect, arg="dark", timeout=2_000)
     auto_dark = page.evaluate(background)
     assert auto_light != auto_dark
     page.click("#theme")
