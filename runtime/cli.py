@@ -21,8 +21,7 @@ from .serve_cli import (
     CPU_TIER_OPTION,
     GPU_OPTIONS,
     SERVE_OPTIONS,
-    file_spec,
-    read_server_config,
+    given_models,
     start_server,
     use_cpu_tier,
     with_options,
@@ -271,9 +270,7 @@ def build(ctx: click.Context) -> None:
 def serve(ctx: click.Context, model_paths: tuple[str, ...], config_path: str | None, **options: Any) -> None:
     """Serve an OpenAI-compatible API and a chat UI (http://HOST:PORT/): one model, or several (-m repeated, or
     --config), picked by each request's "model"."""
-    say = functools.partial(click.echo, err=True)
-    config = read_server_config(config_path, say)
-    specs = [*(config.models if config else []), *map(file_spec, model_paths)]
+    config, specs = given_models(config_path, model_paths)
     if not specs:
         raise click.UsageError("give a model (-m FILE) or a config file (--config FILE)")
     start_server(ctx, specs, config, **options)
@@ -303,8 +300,7 @@ def archive_command(ctx: click.Context, model_paths: tuple[str, ...], config_pat
     elif verify:
         sys.exit(0 if verify_bundle(bundle, say=click.echo) else 1)
     else:
-        config = read_server_config(config_path, functools.partial(click.echo, err=True))
-        specs = [*(config.models if config else []), *map(file_spec, model_paths)]
+        config, specs = given_models(config_path, model_paths)
         if not specs:  # the archive's own, each with the settings it was built with
             specs = [ModelSpec(m.source, m.alias, **m.settings) for m in bundle.models]
         start_server(ctx, specs, config, **options)

@@ -160,7 +160,6 @@ SERVE_OPTIONS = [
 # the command line's per-model options and the ModelSpec settings they set (for every model, when given)
 PER_MODEL = {"n_ctx": "n_ctx", "threads": "n_threads", "n_gpu_layers": "n_gpu_layers", "main_gpu": "main_gpu",
              "batch_size": "batch_size", "chat_template": "chat_template"}
-SERVER_KEYS = ("host", "port", "api_key")  # what a config's top level may set
 
 
 def given(ctx: click.Context, name: str) -> bool:
@@ -182,13 +181,15 @@ def read_server_config(path: str | None, say: Callable[[str], None]) -> Any:
     return config
 
 
-def file_spec(path: str) -> Any:
-    """A model given with -m: named after its file."""
+def given_models(config_path: str | None, model_paths: tuple[str, ...]) -> tuple[Any, list]:
+    """The --config file (None without one) and the models it and -m name (`ModelSpec`s, each -m one named
+    after its file), in that order."""
     from pathlib import Path
 
     from .server.config import ModelSpec
 
-    return ModelSpec(path, Path(path).stem)
+    config = read_server_config(config_path, functools.partial(click.echo, err=True))
+    return config, [*(config.models if config else []), *(ModelSpec(p, Path(p).stem) for p in model_paths)]
 
 
 def start_server(ctx: click.Context, specs: list, config: Any, **options: Any) -> None:

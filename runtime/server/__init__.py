@@ -81,9 +81,9 @@ class ServeOptions:
                 for spec in self.models]
 
 
-def engine_loader(options: ServeOptions, say=print) -> Callable[[ModelSpec], Engine]:
-    """What loads one model and starts its engine (raising what went wrong), for `ModelPool`."""
-    several = len(options.specs()) > 1
+def engine_loader(options: ServeOptions, several: bool, say=print) -> Callable[[ModelSpec], Engine]:
+    """What loads one model and starts its engine (raising what went wrong), for `ModelPool`; with `several`
+    models, its lines name the model."""
 
     def load(spec: ModelSpec) -> Engine:
         said = (lambda text: say(f"{spec.alias}: {text}")) if several else say
@@ -149,7 +149,8 @@ def warm_up(model: Model, say=None) -> None:
 def create_state(options: ServeOptions, say=print) -> ServerState:
     """The app's shared state, no model loaded yet (see `load_engine`): what a server, or each replica of a
     scaled-out one (runtime/scale), builds its app from."""
-    pool = ModelPool(options.specs(), engine_loader(options, say), models_max=options.models_max,
+    specs = options.specs()
+    pool = ModelPool(specs, engine_loader(options, len(specs) > 1, say), models_max=options.models_max,
                      load_timeout_s=options.load_timeout_s)
     return ServerState(pool=pool, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
                        body_timeout_s=options.body_timeout_s,

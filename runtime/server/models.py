@@ -184,12 +184,6 @@ class ModelPool:
         release_heap()
         log.info("unloaded %s", served.alias)
 
-    def unload(self, name: str) -> None:
-        with self.lock:
-            served = self.find(name)
-            if served.engine is not None:
-                self._unload(served)
-
     def stop(self) -> None:
         """Stop every engine (the server is ending)."""
         with self.lock:
