@@ -137,6 +137,10 @@ SERVE_OPTIONS = [
                  help="Load every model at start (up to --models-max) instead of when a request first names it."),
     click.option("--load-timeout-s", type=click.FloatRange(min=0, min_open=True), default=300, show_default=True,
                  help="How long a request waits for its model to load before a 503."),
+    click.option("--model-switch-s", type=click.FloatRange(min=0), default=5, show_default=True,
+                 help="With --models-max reached and every loaded model busy, how long a request for another "
+                      "model waits before the least recently used one is drained (it finishes what it runs, then "
+                      "unloads) to make room; models switch at most once per this time."),
     click.option("--chat-template", default=None,
                  help="Override the model's chat template: chatml, gemma, llama3, plain, or a Jinja2 template text."),
     click.option("--nobrowser", is_flag=True, help="Do not open the chat UI in a browser."),
@@ -222,8 +226,8 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
         max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
         cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
         n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, models_max: int, preload: bool,
-        load_timeout_s: float, ray: bool, replicas: int | None, autoscale: tuple[int, int] | None,
-        ray_address: str | None, no_prefix_routing: bool, **sampling: Any) -> None:
+        load_timeout_s: float, model_switch_s: float, ray: bool, replicas: int | None,
+        autoscale: tuple[int, int] | None, ray_address: str | None, no_prefix_routing: bool, **sampling: Any) -> None:
     say = functools.partial(click.echo, err=True)
     scale = scale_options(ray, replicas, autoscale, ray_address, no_prefix_routing, cpu_tier)
     if api_key_file is not None:
@@ -242,7 +246,7 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
                            allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
                            chat_template=chat_template, open_browser=not nobrowser,
                            n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, models_max=models_max,
-                           preload=preload, load_timeout_s=load_timeout_s,
+                           preload=preload, load_timeout_s=load_timeout_s, model_switch_s=model_switch_s,
                            sampling={k: v for k, v in sampling.items() if v is not None})
     if scale is not None:
         from .scale.launch import serve_on_ray

@@ -1,17 +1,22 @@
 """Several models behind one server (runtime/server/models.py), on two tiny synthetic models of different
 architectures: each request's `model` picks one (alias, file name or stem), and each answers as it does served
 alone; unknown names are a 404 naming the others; models load on first use, at most models_max at once, and a
-request for a model that is loading waits for it; a model that cannot load hurts no other."""
+request for a model that is loading waits for it; a model that cannot load hurts no other; with models_max
+reached, a model that requests wait for gets its turn within the switch time however busy the others are,
+and a client that gives up while it waits moves no model."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from runtime.server.config import ModelSpec
+from runtime.server.models import POLL_S
 from tests.live_server import ServerProcess, ServerThread
 from tests.synth import write_model
 
@@ -170,3 +175,104 @@ def test_two_real_models_behind_one_server(smollm2_path, gemma3_path, smollm2_se
         with ThreadPoolExecutor(len(asks)) as pool:  # both at once
             got = list(pool.map(lambda ask: answer(chat(live, ask[0], ask[1], max_tokens=24)), asks))
         assert got == [alone[ask] for ask in asks]
+
+
+# --- fairness with --models-max reached: a waiting model's turn comes, and a client that leaves moves nothing ---
+
+SWITCH_S = 0.5  # model_switch_s of these tests
+NO_EOG = {"0": -100, "1": -100}  # the tiny models' end-of-generation tokens, barred: a completion runs its max_tokens
+
+
+def slow_down(served, step_s: float) -> None:
+    """Each decode step of `served`'s engine takes `step_s` more: its requests stay in the engine (not in
+    HTTP) most of their time, as a real model's do."""
+    model = served.engine.model
+    decode = model.decode_batch
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(step_s)
+        return decode(*args, **kwargs)
+
+    model.decode_batch = slow_decode
+
+
+def keep_busy(live, alias: str, n_clients: int, stop: threading.Event, answers: list) -> list[threading.Thread]:
+    """`n_clients` clients asking `alias` one chat after another until `stop`: twice its slots, so it is never
+    idle; each answer (its end time, its text or status) goes to `answers`."""
+
+    def client() -> None:
+        while not stop.is_set():
+            response = chat(live, alias)
+            answers.append((time.monotonic(), response.json()["choices"][0]["message"]["content"]
+                            if response.status_code == 200 else response.status_code))
+
+    threads = [threading.Thread(target=client) for _ in range(n_clients)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(answers) < 2 * n_clients:
+        assert time.monotonic() < deadline, "the stream did not start"
+        time.sleep(0.01)
+    return threads
+
+
+def test_a_waiting_model_is_served_within_the_switch_time_under_a_steady_stream(files, alone):
+    """With models_max 1 and a steady stream for llama-a (it is never idle), a request for qwen-b waits at
+    most SWITCH_S before llama-a is drained: its running requests finish, it unloads, qwen-b loads and
+    answers. Then llama-a's requests wait their turn the same way, and its stream goes on."""
+    with ServerThread(None, models=specs(files), n_ctx=N_CTX, n_slots=2, models_max=1, model_switch_s=SWITCH_S,
+                      load_timeout_s=20) as live:
+        slow_down(live.state.pool.models[0], 0.02)  # 8 tokens: 160 ms at least
+        stop, answers = threading.Event(), []
+        threads = keep_busy(live, "llama-a", 4, stop, answers)
+        started = time.monotonic()
+        other = chat(live, "qwen-b")
+        waited = time.monotonic() - started
+        deadline = time.monotonic() + 20
+        while not any(end > started + waited for end, _ in answers):  # llama-a's turn again
+            assert time.monotonic() < deadline, "llama-a was not served again"
+            time.sleep(0.01)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert answer(other) == alone["qwen-b"][0]
+    # the bound: SWITCH_S, then llama-a's last 8-token chats finish and qwen-b loads (a tiny model: well
+    # under a second; without the switch it waited for its load_timeout_s, 20 s, and got a 503)
+    assert waited < SWITCH_S + 5, waited
+    assert {text for _, text in answers} == {alone["llama-a"][0]}  # every one answered, as alone
+
+
+def test_a_client_that_gives_up_while_waiting_moves_no_model(files):
+    """A client for qwen-b gives up while llama-a is busy (after llama-a's drain for it began): the drain is
+    dropped, llama-a takes requests again at once, and qwen-b is never loaded, not even once llama-a is idle."""
+    with ServerThread(None, models=specs(files), n_ctx=N_CTX, n_slots=2, models_max=1, model_switch_s=SWITCH_S,
+                      load_timeout_s=20) as live:
+        pool = live.state.pool
+        first, loads = pool.models[0], []
+        load = pool.load_engine
+        pool.load_engine = lambda spec: loads.append(spec.alias) or load(spec)
+        slow_down(first, 0.05)  # a 60-token reply holds llama-a for 3 s at least
+        long_reply: dict = {}
+        busy = threading.Thread(target=lambda: long_reply.setdefault("response", httpx.post(
+            live.url + "/v1/completions", timeout=60,
+            json={"model": "llama-a", "prompt": "Once", "max_tokens": 60, "logit_bias": NO_EOG})))
+        busy.start()
+        deadline = time.monotonic() + 30
+        while first.engine.n_running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s: past SWITCH_S
+            httpx.post(live.url + "/v1/chat/completions", timeout=1.0,
+                       json={"model": "qwen-b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        drained_at_give_up = first.draining
+        deadline = time.monotonic() + 5
+        while first.draining or any(m.waits for m in pool.models):  # the gone client is noticed at its next poll
+            assert time.monotonic() < deadline, "the abandoned wait still counts"
+            time.sleep(0.01)
+        quick = chat(live, "llama-a", max_tokens=2)  # llama-a takes requests again, beside the long one
+        assert quick.status_code == 200 and busy.is_alive()
+        busy.join(60)
+        time.sleep(4 * POLL_S)  # llama-a is idle now: a wait that still counted would load qwen-b here
+        assert states(live) == {"llama-a": "loaded", "qwen-b": "not loaded"} and loads == []
+    assert drained_at_give_up  # the switch had begun (and was dropped)
+    assert long_reply["response"].json()["usage"]["completion_tokens"] == 60

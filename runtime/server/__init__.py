@@ -68,6 +68,7 @@ class ServeOptions:
     models_max: int = 4  # most models loaded at once (0: no limit)
     preload: bool = False  # load every model at start (up to models_max), not on first use
     load_timeout_s: float = 300.0  # how long a request waits for its model to load
+    model_switch_s: float = 5.0  # models_max reached: how long a request waits before a busy model is drained
 
     def specs(self) -> list[ModelSpec]:
         """The models to serve, each setting a model leaves unset filled in from the options above."""
@@ -151,7 +152,7 @@ def create_state(options: ServeOptions, say=print) -> ServerState:
     scaled-out one (runtime/scale), builds its app from."""
     specs = options.specs()
     pool = ModelPool(specs, engine_loader(options, len(specs) > 1, say), models_max=options.models_max,
-                     load_timeout_s=options.load_timeout_s)
+                     load_timeout_s=options.load_timeout_s, switch_s=options.model_switch_s)
     return ServerState(pool=pool, api_key=options.api_key, max_body_bytes=options.max_body_bytes,
                        body_timeout_s=options.body_timeout_s,
                        allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),

@@ -23,7 +23,7 @@ async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not, with tools and structured outputs."""
     state = server_state(request)
     fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
-    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
         model = served.model
         tools = tool_request(fields, model)
         prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
@@ -99,7 +99,7 @@ async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions, streaming or not."""
     state = server_state(request)
     fields = schema.validate(await read_json(request), schema.COMPLETION, state.sampling_defaults)
-    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
         model = served.model
         prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
         logprobs = fields["logprobs"]

@@ -41,7 +41,7 @@ async def embeddings(request: Request) -> Response:
     if len(raw) > MAX_INPUTS:
         raise ApiError(400, f"input has {len(raw)} items; at most {MAX_INPUTS} are allowed per request",
                        param="input", code="too_many_inputs")
-    async with state.pool.use(fields["model"]) as served:  # loaded, if need be
+    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
         inputs = await run_in_threadpool(tokenize_inputs, served.model, raw)
         job = Job(prompt=[], generation=None, loop=asyncio.get_running_loop(), inputs=inputs)
         await run_job(served, job)

@@ -52,7 +52,7 @@ async def health(request: Request) -> Response:
 async def tokenize(request: Request) -> Response:
     """Text to token ids (llama.cpp's /tokenize)."""
     fields = schema.validate(await read_json(request), schema.TOKENIZE)
-    async with server_state(request).pool.use(fields["model"]) as served:
+    async with server_state(request).pool.use(fields["model"], request.is_disconnected) as served:
         model = served.model
     tokens = await run_in_threadpool(model.tokenize, fields["content"], add_special=fields["add_special"])
     if fields["with_pieces"]:
@@ -64,7 +64,7 @@ async def tokenize(request: Request) -> Response:
 async def detokenize(request: Request) -> Response:
     """Token ids to text (llama.cpp's /detokenize)."""
     fields = schema.validate(await read_json(request), schema.DETOKENIZE)
-    async with server_state(request).pool.use(fields["model"]) as served:
+    async with server_state(request).pool.use(fields["model"], request.is_disconnected) as served:
         model = served.model
     tokens = fields["tokens"]
     if tokens and (min(tokens) < 0 or max(tokens) >= model.n_vocab):
@@ -76,7 +76,7 @@ async def detokenize(request: Request) -> Response:
 async def props(request: Request) -> Response:
     """Model metadata and server settings (llama.cpp's /props; `?model=NAME` for another than the first)."""
     state = server_state(request)
-    async with state.pool.use(request.query_params.get("model")) as served:
+    async with state.pool.use(request.query_params.get("model"), request.is_disconnected) as served:
         model, engine = served.model, served.engine
     metadata = {k: v for k, v in model.gguf.metadata.items()
                 if k.startswith("general.") and isinstance(v, (str, int, float, bool))}
@@ -96,7 +96,7 @@ async def props(request: Request) -> Response:
 @endpoint
 async def metrics(request: Request) -> Response:
     """Prometheus text format (the first model's; `?model=NAME` for another)."""
-    async with server_state(request).pool.use(request.query_params.get("model")) as served:
+    async with server_state(request).pool.use(request.query_params.get("model"), request.is_disconnected) as served:
         engine = served.engine
     return Response(metrics_text(engine.stats, engine.busy_s, engine.n_running, engine.n_waiting),
                     media_type="text/plain; version=0.0.4")

@@ -3,6 +3,20 @@ slots and prompt cache). Models load when a request first names them (or all at 
 `models_max` at once: loading one more first unloads the least recently used idle one. A request for a model
 that is loading waits for it, up to `load_timeout_s`.
 
+Fairness, when `models_max` are loaded and none is idle (a steady stream of requests keeps them busy): a
+request for another model waits, and once the oldest such request has waited `switch_s` (--model-switch-s,
+default 5 s), the pool *drains* the least recently used loaded model that has been loaded for `switch_s` at
+least: new requests for it wait (they do not enter its engine), the ones it runs finish, then it is unloaded
+and the waiting model loads (the one whose request has waited longest first). Requests for the drained model
+then wait their turn the same way. So a request's model starts to take a loaded one's place within
+`switch_s` of its arrival (or of that model's own load, if later) plus what the drained model was still
+running; then it loads; and models switch at most once per `switch_s` however busy both are. Everything
+stays bounded by `load_timeout_s`, after which a waiting request gets a 503.
+
+A request whose client goes away while it waits stops waiting (`use` polls `gone`), and stops counting: a
+switch that nobody waits for any more is dropped (its drained model takes requests again), and a client
+that left never starts a load or an unload (a load already under way finishes).
+
 Loading runs on a thread of its own (a model takes seconds to map and warm up); requests wait on the event
 loop, polling, so a waiting request holds no thread. Nothing here computes: the engines do.
 """
@@ -14,9 +28,9 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlamapyzError
@@ -28,6 +42,14 @@ from .schema import ApiError
 log = logging.getLogger("llamapyz.server")
 
 POLL_S = 0.05  # how often a waiting request looks again
+DEFAULT_SWITCH_S = 5.0  # --model-switch-s: how long a request waits before its model takes a busy one's place
+
+
+@dataclass(eq=False)
+class Wait:
+    """One request waiting for its model (by identity: two may start at the same time)."""
+
+    since: float  # time.monotonic() of its arrival
 
 
 @dataclass(eq=False)
@@ -38,7 +60,15 @@ class ServedModel:
     load_error: str | None = None  # why it could not be loaded (kept: a broken file stays broken)
     load_hint: str | None = None
     last_used: float = 0.0  # time.monotonic() of its last request
+    loaded_at: float = 0.0  # time.monotonic() of its last load
     pending: int = 0  # requests between finding it and handing their job to its engine
+    draining: bool = False  # making room for a waiting model: takes no new request, unloaded once idle
+    waits: set[Wait] = field(default_factory=set)  # the requests waiting for it
+
+    @property
+    def waited_since(self) -> float:
+        """When the request that has waited longest for it arrived."""
+        return min(wait.since for wait in self.waits)
 
     @property
     def alias(self) -> str:
@@ -57,9 +87,10 @@ class ServedModel:
 
     @property
     def idle(self) -> bool:
-        """Loaded, and nothing running, waiting or about to be handed over: it may be unloaded."""
-        return (self.engine is not None and not self.pending and self.engine.n_running == 0
-                and self.engine.n_waiting == 0)
+        """Loaded, and nothing running, queued or about to be handed over, nor (unless it is draining)
+        requests waiting to enter it (a model just loaded for them is not idle): it may be unloaded."""
+        return (self.engine is not None and not self.pending and (self.draining or not self.waits)
+                and self.engine.n_running == 0 and self.engine.n_waiting == 0)
 
     def names(self) -> set[str]:
         """What a request's `model` may say for it: its alias, its file's name or stem, its path."""
@@ -75,13 +106,14 @@ class ModelPool:
     engine (raising what went wrong)."""
 
     def __init__(self, specs: list[ModelSpec], load: Callable[[ModelSpec], Engine], models_max: int = 0,
-                 load_timeout_s: float = 300.0) -> None:
+                 load_timeout_s: float = 300.0, switch_s: float = DEFAULT_SWITCH_S) -> None:
         self.models = [ServedModel(spec) for spec in specs]
         self.default = self.models[0]
         self.load_engine = load
         self.models_max = models_max  # 0: no limit
         self.load_timeout_s = load_timeout_s
-        self.lock = threading.Lock()  # guards every ServedModel's engine/loading/pending
+        self.switch_s = switch_s
+        self.lock = threading.Lock()  # guards every ServedModel's engine/loading/pending/draining/waits
         self.started = False  # the models to load at start are loaded (/health)
 
     # --- finding a model ---------------------------------------------------------------------------------
@@ -105,44 +137,82 @@ class ModelPool:
                        type="invalid_request_error", param="model", code="model_not_found")
 
     @asynccontextmanager
-    async def use(self, name: object) -> AsyncIterator[ServedModel]:
+    async def use(self, name: object, gone: Callable[[], Awaitable[bool]] | None = None
+                  ) -> AsyncIterator[ServedModel]:
         """The model `name` names, loaded (waiting for it up to load_timeout_s), kept from being unloaded
-        until the block ends (by then the request's job is in its engine, which keeps it busy)."""
+        until the block ends (by then the request's job is in its engine, which keeps it busy). `gone`
+        (the request's `is_disconnected`) is asked at each poll: a client that left stops the wait."""
         served = self.find(name)
-        deadline = time.monotonic() + self.load_timeout_s
-        while True:
-            with self.lock:
-                if served.engine is not None:
-                    served.pending += 1
-                    served.last_used = time.monotonic()
-                    break
-                if served.load_error:
-                    raise ApiError(503, f"the model \"{served.alias}\" could not be loaded: {served.load_error}",
-                                   code="load_failed")
-                if not served.loading:
-                    self._start_loading(served)
-            if time.monotonic() > deadline:
-                raise ApiError(503, f"the model \"{served.alias}\" is still loading after {self.load_timeout_s:g} s;"
-                                    " try again later", code="loading")
-            await asyncio.sleep(POLL_S)
+        await self._wait_for(served, gone)
         try:
             yield served
         finally:
             with self.lock:
                 served.pending -= 1
 
+    async def _wait_for(self, served: ServedModel, gone: Callable[[], Awaitable[bool]] | None) -> None:
+        """Return once `served` is loaded and takes requests, counted in its `pending`."""
+        wait = Wait(time.monotonic())
+        deadline = wait.since + self.load_timeout_s
+        try:
+            while True:
+                with self.lock:
+                    if served.engine is not None and not served.draining:
+                        served.pending += 1
+                        served.last_used = time.monotonic()
+                        return
+                    if served.load_error:
+                        raise ApiError(503, f"the model \"{served.alias}\" could not be loaded: {served.load_error}",
+                                       code="load_failed")
+                    served.waits.add(wait)
+                    self._arrange()
+                if time.monotonic() > deadline:
+                    raise ApiError(503, f"the model \"{served.alias}\" is still loading (or waiting for another to "
+                                        f"make room) after {self.load_timeout_s:g} s; try again later", code="loading")
+                await asyncio.sleep(POLL_S)
+                if gone is not None and await gone():  # before its next `_arrange`: a client that left moves nothing
+                    raise ApiError(400, "the client went away while its model was being loaded")
+        finally:
+            with self.lock:
+                if wait in served.waits:
+                    served.waits.discard(wait)
+                    self._arrange()  # a switch nobody waits for any more is dropped
+
     # --- loading and unloading ---------------------------------------------------------------------------
 
+    def _arrange(self) -> None:
+        """Called with the lock held, at each poll of a waiting request and when a wait ends: load the models
+        requests wait for while there is room (unloading an idle model, a drained one first); for those left
+        waiting `switch_s`, drain loaded models (the module's docstring); drop drains nobody needs now."""
+        now = time.monotonic()
+        wanted = sorted((m for m in self.models if m.waits and m.engine is None and not m.loading
+                         and not m.load_error), key=lambda m: m.waited_since)
+        while wanted and self._make_room():
+            self._start_loading(wanted.pop(0))
+        draining = [m for m in self.models if m.draining]
+        for served in draining[len(wanted):]:  # more drains than models that wait: a client left
+            served.draining = False
+            log.info("%s takes requests again: nothing waits for its place any more", served.alias)
+        for served in wanted[len(draining):]:
+            if now - served.waited_since < self.switch_s:
+                break  # the others have waited less
+            victims = [m for m in self.models if m.engine is not None and not m.draining
+                       and now - m.loaded_at >= self.switch_s]
+            if not victims:
+                break
+            victim = min(victims, key=lambda m: m.last_used)
+            victim.draining = True
+            log.info("%s: draining it, to make room for %s (waiting %.1f s)", victim.alias, served.alias,
+                     now - served.waited_since)
+
     def _start_loading(self, served: ServedModel) -> None:
-        """Load `served` on a thread, once there is room (called with the lock held; without room, it waits
-        for the next call)."""
-        if not self._make_room():
-            return
+        """Load `served` on a thread (called with the lock held, once `_make_room` said there is room)."""
         served.loading = True
         threading.Thread(target=self.load, args=(served,), name=f"llamapyz-load-{served.alias}", daemon=True).start()
 
     def _make_room(self) -> bool:
-        """Whether another model may load now, unloading the least recently used idle one if the pool is full."""
+        """Whether another model may load now, unloading an idle one if the pool is full: a drained one
+        first, else the least recently used."""
         if not self.models_max:
             return True
         busy = [m for m in self.models if m.engine is not None or m.loading]
@@ -150,8 +220,8 @@ class ModelPool:
             return True
         idle = [m for m in busy if m.idle]
         if not idle:
-            return False  # every loaded model is working: wait for one to finish
-        self._unload(min(idle, key=lambda m: m.last_used))
+            return False  # every loaded model is working: wait for one to finish (or to be drained)
+        self._unload(min(idle, key=lambda m: (not m.draining, m.last_used)))
         return True
 
     def load(self, served: ServedModel) -> None:
@@ -168,11 +238,12 @@ class ModelPool:
                 served.load_hint = getattr(exc, "hint", None)
             return
         with self.lock:
-            served.engine, served.loading, served.last_used = engine, False, time.monotonic()
+            served.engine, served.loading = engine, False
+            served.last_used = served.loaded_at = time.monotonic()
 
     def _unload(self, served: ServedModel) -> None:
         """Stop its engine and let its weights, KV cache and mapping go (called with the lock held)."""
-        engine, served.engine = served.engine, None
+        engine, served.engine, served.draining = served.engine, None, False
         engine.stop()
         engine.model.gguf.close()
         del engine
