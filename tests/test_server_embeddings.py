@@ -1,6 +1,7 @@
 """/v1/embeddings on a tiny synthetic model: the engine runs an embedding request a piece at a time between
-decode steps (so generation goes on beside it), a client that goes away cancels it, its limits are 400s
-before any work, and the pieces give the same vectors, bit for bit, as one call."""
+decode steps (so generation goes on beside it), embedding requests give their slots to waiting requests
+between inputs, a client that goes away cancels it, its limits are 400s before any work, and the pieces give
+the same vectors, bit for bit, as one call."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ NO_EOS = {"0": -100}  # the tiny model's end-of-generation token, barred so a co
 
 
 def post(url: str, path: str, body: object, timeout: float = 60) -> httpx.Response:
-    return httpx.post(url + path, content=json.dumps(body), timeout=timeout)
+    return httpx.post(url + path, content=json.dumps(body), timeout=timeout,
+                      headers={"Content-Type": "application/json"})
 
 
 def vectors_of(response: httpx.Response) -> np.ndarray:
@@ -137,6 +139,51 @@ def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_llama):
     reference = Model.load(tiny_llama, n_ctx=N_CTX)
     alone = reference.embed_tokens([reference.tokenize(text) for text in inputs])
     assert vectors_of(finished["response"]).tobytes() == alone.tobytes()
+
+
+def test_a_completion_gets_a_slot_promptly_behind_embeddings_that_hold_every_slot(tiny_llama):
+    """Three embedding requests of 120 inputs each hold both slots (and the queue); a completion sent then
+    takes the slot of the first one to finish an input (they share slots by turns: between two inputs, an
+    embedding request gives its slot to whoever waits), so its first token comes a few pieces later, not
+    after a whole embedding request. The embeddings, moved from slot to slot between inputs (never inside
+    one: inputs of 1 to 20 tokens, in pieces of 8), give the vectors they give alone, bit for bit."""
+    rng = np.random.default_rng(1)
+    requests = [[rng.integers(2, 200, 1 + (i * 7 + r) % 20).tolist() for i in range(120)] for r in range(3)]
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=2, batch_size=8) as live:
+        model, engine, log = live.state.model, live.state.engine, []
+        contexts: dict[int, set[int]] = {}  # id(embedding) -> ids of the contexts its pieces ran in
+        real_chunk = model.embed_chunk
+
+        def piece(embedding):
+            contexts.setdefault(id(embedding), set()).add(id(embedding.ctx))
+            log.append("embed")
+            return real_chunk(embedding)
+
+        model.embed_chunk = piece
+        spy(model, "decode_batch", lambda: log.append("decode"))
+        real_submit = engine.submit
+        engine.submit = lambda job: (log.append("submit") if job.generation is not None else None, real_submit(job))
+        results: dict[int, httpx.Response] = {}
+        threads = [threading.Thread(target=lambda r=r: results.setdefault(r, post(
+            live.url, "/v1/embeddings", {"input": requests[r], "encoding_format": "base64"}))) for r in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while engine.n_running + engine.n_waiting < 3 or log.count("embed") < 10:
+            assert time.monotonic() < deadline, "the embeddings did not start"
+            time.sleep(0.001)
+        completion = post(live.url, "/v1/completions", {"prompt": "hello", "max_tokens": 4, "logit_bias": NO_EOS})
+        for thread in threads:
+            thread.join(60)
+    assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 4
+    submitted, first_token = log.index("submit"), log.index("decode")
+    # the pieces before its first token: the rest of a turn, one more turn's pieces, its own turn's (without
+    # sharing it waited for a whole request: 120 inputs, 215 pieces at least)
+    assert log[submitted:first_token].count("embed") <= 6, log[submitted:first_token]
+    assert sum(len(ids) > 1 for ids in contexts.values()) >= 2  # requests did change slots
+    reference = Model.load(tiny_llama, n_ctx=N_CTX)
+    for r in range(3):
+        assert vectors_of(results[r]).tobytes() == reference.embed_tokens(requests[r]).tobytes()
 
 
 # --- a client that goes away cancels it -----------------------------------------------------------------------

@@ -9,9 +9,15 @@ a token to feed (the last token of a prompt that is done, or the token sampled l
 cancelled request leaves at the next turn; a new one joins at the next turn. Neither batching nor the
 cached prefix changes a request's output (see `model/forward.py`).
 
-An embedding request holds a slot too, and each turn evaluates one piece of it: one forward pass over up to
+An embedding request takes a slot too, and each turn evaluates one piece of it: one forward pass over up to
 batch_size tokens of one input (the bound of a prefill pass), so decode steps go on between its pieces and a
-cancelled one stops at the next turn; its vectors are the same bits however its pieces are spread out.
+cancelled one stops at the next turn. Slots are shared by turns: whenever a request waits, an embedding
+request that has just finished one of its inputs gives its slot up and goes to the back of the queue, its
+progress kept in its job (between inputs an embedding needs nothing of its context: the next input starts at
+position 0, in whichever slot it lands). So a chat waits at most one input's pieces for a slot, however many
+embedding requests hold them, and its vectors are the same bits however its pieces are spread out.
+
+A cancelled request leaves the queue at once (`requests_deferred` counts only requests that still wait).
 
 A server of several models has an engine per model. They take turns: a turn runs holding `COMPUTE`, one lock
 for the process, so two models never compute at once. Each would use every core anyway, and numba's
@@ -76,6 +82,7 @@ class Job:
     cancelled: bool = False
     timings: Timings = field(default_factory=Timings)
     inputs: list[list[int]] = field(default_factory=list)  # embedding requests: the tokenized inputs
+    embedding: Embedding | None = None  # an embedding request's progress (kept while it waits for a slot again)
 
     def emit(self, kind: str, value: object) -> None:
         try:
@@ -90,7 +97,6 @@ class Slot:
     context: Context
     job: Job | None = None
     prompt: Prompt | None = None  # until the first token is sampled
-    embedding: Embedding | None = None  # an embedding request's progress
     next_token: int | None = None  # to be fed at the next decode step
     last_used: float = 0.0
     started: float = 0.0
@@ -131,8 +137,13 @@ class Engine:
             self.wake.notify()
 
     def cancel(self, job: Job) -> None:
+        """Stop a job: one that waits leaves the queue now; one in a slot leaves at the next turn."""
         job.cancelled = True
         with self.wake:
+            for i, waiting in enumerate(self.waiting):
+                if waiting is job:  # by identity: two jobs may hold equal fields
+                    del self.waiting[i]
+                    break
             self.wake.notify()
 
     @property
@@ -141,7 +152,9 @@ class Engine:
 
     @property
     def n_waiting(self) -> int:
-        return len(self.waiting)
+        """Requests waiting for a slot (a cancelled one no longer counts)."""
+        with self.wake:
+            return sum(not job.cancelled for job in self.waiting)
 
     # --- the engine thread -----------------------------------------------------------------------------
 
@@ -179,6 +192,8 @@ class Engine:
             slot = max(free, key=lambda s: (s.context.common_prefix(job.prompt), -s.last_used))
             slot.job, slot.started, slot.next_token, slot.prompt = job, time.perf_counter(), None, None
             if job.generation is None:
+                if job.embedding is not None:  # back from the queue, between two inputs: on in this slot
+                    job.embedding.ctx = slot.context
                 continue
             try:
                 slot.prompt = self.model.start_prompt(job.prompt, slot.context)
@@ -247,18 +262,23 @@ class Engine:
         job = slot.job
         started = time.perf_counter()
         try:
-            if slot.embedding is None:
-                slot.embedding = self.model.start_embedding(job.inputs, slot.context)
-            n_tokens = 0 if slot.embedding.done else self.model.embed_chunk(slot.embedding)
+            if job.embedding is None:
+                job.embedding = self.model.start_embedding(job.inputs, slot.context)
+            n_tokens = 0 if job.embedding.done else self.model.embed_chunk(job.embedding)
         except (LlamapyzError, ValueError) as exc:
             self._finish(slot, error=exc)
             return
         self.busy_s["prompt"] += time.perf_counter() - started
         job.timings.prompt_n += n_tokens
         self.stats["prompt_tokens"] += n_tokens
-        if slot.embedding.done:
-            job.emit("embeddings", slot.embedding.vectors)
+        if job.embedding.done:
+            job.emit("embeddings", job.embedding.vectors)
             self._finish(slot)
+        elif not job.embedding.parts:  # between two inputs: the slot goes to a request that waits, if any
+            with self.wake:
+                if any(not waiting.cancelled for waiting in self.waiting):
+                    self.waiting.append(job)
+                    slot.job, slot.last_used = None, time.perf_counter()
 
     def _finish(self, slot: Slot, error: Exception | None = None) -> None:
         job, now = slot.job, time.perf_counter()
@@ -269,5 +289,5 @@ class Engine:
         else:
             job.emit("done", job.timings)
         self.stats["requests_cancelled" if job.cancelled else "requests"] += 1
-        slot.job, slot.prompt, slot.next_token, slot.embedding = None, None, None, None
+        slot.job, slot.prompt, slot.next_token = None, None, None
         slot.last_used, slot.first_token_at = now, 0.0
