@@ -14,6 +14,7 @@ from . import schema
 from .engine import Job
 from .http import endpoint, engine_error, events, read_json, run_job, server_state
 from .schema import ApiError
+from .text_bounds import check_text_fits
 
 # OpenAI's own limits per request, so a client that batches its inputs for OpenAI's API (up to 2,048 inputs,
 # 300,000 tokens) gets its vectors here too rather than a 400. The token limit bounds the work one request
@@ -28,8 +29,10 @@ async def embeddings(request: Request) -> Response:
     """OpenAI embeddings: mean-pooled, L2-normalized final hidden states.
 
     Limits, checked before any work (each a 400 with param "input"): at most MAX_INPUTS (2,048) inputs, each
-    of at most n_ctx tokens, and at most MAX_TOTAL_TOKENS (300,000) tokens in all. The engine evaluates the
-    inputs a piece at a time between other requests' decode steps; a client that goes away cancels the rest.
+    of at most n_ctx tokens (a string too long for that whatever its tokens is refused untokenized), and at
+    most MAX_TOTAL_TOKENS (300,000) tokens in all. The engine evaluates the inputs a piece at a time between
+    other requests' decode steps, and gives its slot to a waiting request between two inputs; a client that
+    goes away cancels the rest.
     """
     state = server_state(request)
     fields = schema.validate(await read_json(request), schema.EMBEDDING)
@@ -64,8 +67,13 @@ async def embeddings(request: Request) -> Response:
 
 def tokenize_inputs(model: Model, raw: list) -> list[list[int]]:
     """Each input as token ids (strings tokenized, id lists checked), within the limits; run in a worker
-    thread, once for all inputs. Stops at the first input over a limit, so a request far over the token
-    limit costs no more than the limit's worth of tokenizing."""
+    thread, once for all inputs. A string whose length alone shows it cannot fit in the context is refused
+    before any tokenizing (`text_bounds`); tokenizing stops at the first input over a limit, so a request far
+    over the token limit costs no more than the limit's worth of tokenizing."""
+    for item in raw:
+        if isinstance(item, str):
+            check_text_fits(model, len(item), model.n_ctx, "an input", f"more than the context of {model.n_ctx}",
+                            "input")
     inputs, n_total = [], 0
     for item in raw:
         if isinstance(item, str):

@@ -14,6 +14,7 @@ from . import schema
 from .http import endpoint, read_json, server_state
 from .jobs import token_text
 from .schema import ApiError
+from .text_bounds import check_text_fits
 
 
 @endpoint
@@ -50,10 +51,15 @@ async def health(request: Request) -> Response:
 
 @endpoint
 async def tokenize(request: Request) -> Response:
-    """Text to token ids (llama.cpp's /tokenize)."""
+    """Text to token ids (llama.cpp's /tokenize). A text whose length alone shows it is more tokens than the
+    model's context is refused untokenized (400 `context_length_exceeded`, `text_bounds`): no prompt of this
+    model could hold it, and tokenizing megabytes holds the GIL every other request needs; tokenize such a
+    text in pieces."""
     fields = schema.validate(await read_json(request), schema.TOKENIZE)
     async with server_state(request).pool.use(fields["model"], request.is_disconnected) as served:
         model = served.model
+    check_text_fits(model, len(fields["content"]), model.n_ctx, "the content",
+                    f"more than the context of {model.n_ctx}: tokenize it in pieces", "content")
     tokens = await run_in_threadpool(model.tokenize, fields["content"], add_special=fields["add_special"])
     if fields["with_pieces"]:
         return JSONResponse({"tokens": [{"id": t, "piece": token_text(model, t)} for t in tokens]})

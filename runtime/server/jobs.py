@@ -14,6 +14,7 @@ from ..tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, 
 from .engine import Job
 from .models import ServedModel
 from .schema import ApiError
+from .text_bounds import check_text_fits
 
 MAX_STOP_STRINGS = 16
 
@@ -130,10 +131,14 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = None) -> list[int]:
-    """The prompt tokens of a conversation (checked message by message), rendered with the tools."""
+    """The prompt tokens of a conversation (checked message by message), rendered with the tools. Contents
+    whose length alone cannot fit in the context are refused before rendering (templates render every
+    message's content)."""
     clean = [chat_message(i, message) for i, message in enumerate(messages)]
     if not clean:
         raise ApiError(400, "messages must not be empty", param="messages")
+    check_text_fits(model, sum(len(message["content"]) for message in clean), model.n_ctx - 1, "the messages' content",
+                    f"which does not leave room for an answer in the context of {model.n_ctx} tokens", "messages")
     clean, context = prepare_messages(clean, tools)
     try:
         return model.chat_tokens(clean, **context)
@@ -204,6 +209,8 @@ def completion_prompt(prompt: str | list, model: Model) -> list[int]:
             if min(prompt) < 0 or max(prompt) >= model.n_vocab:
                 raise ApiError(400, f"prompt token ids must be in [0, {model.n_vocab})", param="prompt")
             return list(prompt)
+    check_text_fits(model, len(prompt), model.n_ctx - 1, "the prompt",
+                    f"which does not leave room for an answer in the context of {model.n_ctx} tokens", "prompt")
     tokens = model.tokenize(prompt)
     if not tokens:
         raise ApiError(400, "the prompt is empty", param="prompt")
