@@ -117,6 +117,12 @@ SERVE_OPTIONS = [
     click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True,
                  help="Seconds a client has to send a request's body, counted from its headers; a slower one is "
                       "answered 408 and disconnected."),
+    click.option("--header-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True,
+                 help="Seconds a client has to send a request's line and headers, counted from connecting (or from "
+                      "the previous response); a slower one is disconnected (408 if it sent part)."),
+    click.option("--max-connections", type=click.IntRange(min=1), default=None,
+                 help="Most connections open at once; more are answered 503 and closed (default: 1024, or less "
+                      "to stay within the file-descriptor limit, ulimit -n)."),
     click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
                  help="Also answer requests whose Host header is NAME (repeatable; *.example.com: any name under it; "
                       "*: any). Bound to a loopback address the server answers only localhost, 127.0.0.1 and [::1] "
@@ -223,7 +229,8 @@ def start_server(ctx: click.Context, specs: list, config: Any, **options: Any) -
 
 def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
         queue_size: int, batch_size: int, cache_type: str, api_key: str | None, api_key_file: str | None,
-        max_body_mib: float, body_timeout_s: float, allowed_hosts: tuple[str, ...],
+        max_body_mib: float, body_timeout_s: float, header_timeout_s: float, max_connections: int | None,
+        allowed_hosts: tuple[str, ...],
         cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
         n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, models_max: int, preload: bool,
         load_timeout_s: float, model_switch_s: float, ray: bool, replicas: int | None,
@@ -243,6 +250,7 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
     options = ServeOptions(models=specs, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
                            n_slots=n_slots, max_queue=queue_size, batch_size=batch_size, kv_type=cache_type,
                            api_key=api_key, max_body_bytes=int(max_body_mib * 2**20), body_timeout_s=body_timeout_s,
+                           header_timeout_s=header_timeout_s, max_connections=max_connections,
                            allowed_hosts=allowed_hosts, cors_origins=cors_origins, alias=alias,
                            chat_template=chat_template, open_browser=not nobrowser,
                            n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, models_max=models_max,

@@ -27,7 +27,8 @@ def server(tiny_llama):
 
 def post(server, path: str, body, **kwargs) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(server.url + path, content=content, timeout=30, **kwargs)
+    headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+    return httpx.post(server.url + path, content=content, timeout=30, headers=headers, **kwargs)
 
 
 def sse_events(response: httpx.Response) -> list:
@@ -351,7 +352,8 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(tiny_llama):
                 yield b"a" * 100
             yield b'", "max_tokens": 1}'
 
-        chunked = httpx.post(live.url + "/v1/completions", content=chunks(), timeout=30)  # no Content-Length
+        chunked = httpx.post(live.url + "/v1/completions", content=chunks(), timeout=30,  # no Content-Length
+                             headers={"Content-Type": "application/json"})
     assert small.status_code == 200
     for response in (big, chunked):
         assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"

@@ -29,11 +29,11 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..server import ServeOptions
+from ..server.http import read_body
 from ..server.info import metrics_text
 from ..server.schema import ApiError
 from .options import ScaleOptions
@@ -149,21 +149,11 @@ class LlamapyzFront:
         return response
 
     async def read_body(self, http: HttpRequest) -> bytes:
-        declared = http.headers.get("content-length", "")
-        too_big = ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes",
-                           code="request_too_large", type="invalid_request_error")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise too_big
-        chunks, size = [], 0
-        try:
-            async for chunk in http.stream():
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise too_big
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "the client went away before sending the whole body") from None
-        return b"".join(chunks)
+        """The body, within --max-body-mib (the single server's `read_body`). Whether it may be read as JSON
+        (its Content-Type, else a 415) is the replica's to say: it runs the single server's app, whose
+        `read_json` decides, so a request gets the same answer (a 404 for an unknown path, a 415 for a body
+        that is not sent as JSON) with or without --ray."""
+        return await read_body(http, self.max_body_bytes)
 
     async def metrics(self, model: str | None) -> Response:
         """The replicas' counters summed (gauges: the replicas alive now), in the single server's format, plus

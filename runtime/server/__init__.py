@@ -30,13 +30,14 @@ from ..kernels import cache as kernel_cache
 from ..model.model import Model, check_memory, settle
 from .app import ServerState, create_app, load_webui
 from .config import ModelSpec
+from .connections import HEADER_TIMEOUT_S, ConnectionLimits, connection_cap
 from .engine import COMPUTE, Engine
 from .models import ModelPool
 from .security import allowed_hosts
 
 DEFAULT_WEBUI = Path(__file__).resolve().parents[2] / "webui"
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
-MAX_HEADER_BYTES = 16 << 10  # a request line and headers beyond it are a 400 (h11's own default, stated)
+MAX_HEADER_BYTES = 16 << 10  # a request line and headers beyond it are a 431 (h11's own default, stated)
 
 log = logging.getLogger("llamapyz.server")
 
@@ -55,6 +56,8 @@ class ServeOptions:
     api_key: str | None = None
     max_body_bytes: int = 16 << 20
     body_timeout_s: float | None = 30.0
+    header_timeout_s: float | None = HEADER_TIMEOUT_S  # a request's line and headers, from connect (None: no limit)
+    max_connections: int | None = None  # open at once; None: from the file-descriptor limit (connection_cap)
     allowed_hosts: tuple[str, ...] = ()  # beyond the loopback names (see security.allowed_hosts)
     cors_origins: tuple[str, ...] = ()
     alias: str | None = None
@@ -163,11 +166,14 @@ def create_state(options: ServeOptions, say=print) -> ServerState:
 def create_server(options: ServeOptions, say=print) -> tuple[ServerState, uvicorn.Server]:
     """The app's shared state (no model loaded yet: see `load_engine`) and the uvicorn server that will run it."""
     state = create_state(options, say)
-    # h11 named, not "auto": the limits below are h11's (httptools, where installed, would ignore them).
-    # No limit_concurrency: it counts idle and stalled connections too, so a few slow sockets would turn away
-    # real clients; the engine's queue (--queue-size, then 503) already bounds the work.
+    # h11, not "auto": the limits below are h11's (httptools, where installed, would ignore them), kept by our
+    # subclass of uvicorn's h11 protocol (connections.py: the head's deadline and size, the connection cap).
+    # No limit_concurrency: uvicorn checks it only once a request's head is in, counting idle and stalled
+    # connections too, so stalled sockets would pass it and turn real clients away; the engine's queue
+    # (--queue-size, then 503) bounds the work, the connection cap the sockets.
+    limits = ConnectionLimits(options.header_timeout_s, connection_cap(options.max_connections, say))
     config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=2, http="h11",
+                            access_log=False, timeout_graceful_shutdown=2, http=limits.protocol(),
                             timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     return state, uvicorn.Server(config)
 

@@ -78,6 +78,7 @@ def openapi_document() -> dict:
         if fields is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": schema.schema_of(fields)}}}
+            operation["responses"]["415"] = {"description": "The body is not sent as application/json"}
         if path not in OPEN_PATHS:
             operation["security"] = [{"bearer": []}]
         paths[path] = {method.lower(): operation}
@@ -115,6 +116,12 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
+    """A 405 for a method the path does not take; but a path the server has nothing at is a 404 whatever the
+    method (the web UI's catch-all route takes GET only, so Starlette would call a POST to any path a 405)."""
+    state: ServerState = request.app.state.llamapyz
+    path = request.url.path
+    if path not in API_PATHS and path != "/" and path.lstrip("/") not in state.webui:
+        return await not_found(request, exc)
     response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
                                        type="invalid_request_error"))
     allow = (getattr(exc, "headers", None) or {}).get("Allow")  # Starlette's 405 names the route's methods

@@ -1,5 +1,13 @@
 """HTTP plumbing every endpoint uses: reading a JSON body within limits, OpenAI-shaped errors, a job's
-events (cancelled when the client goes away), and server-sent events."""
+events (cancelled when the client goes away), and server-sent events.
+
+A body is read as JSON only when its Content-Type says JSON (`application/json`, or any `type/x+json`), else
+the answer is a 415 (`require_json_media_type`). Why: a web page on any site may send a "simple" cross-site
+request (a form's `application/x-www-form-urlencoded`, `multipart/form-data` or `text/plain`, or fetch with
+no Content-Type) without a CORS preflight, and the browser delivers it even though the page cannot read the
+answer; were such a body parsed as JSON, any page the user visits could make the local server generate, load
+models or spend its slots. A JSON Content-Type is not one a page may send cross-site without a preflight,
+which the server answers with no CORS headers unless --cors-origin allows the page."""
 
 from __future__ import annotations
 
@@ -28,10 +36,25 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-async def read_json(request: Request) -> object:
-    """The request's JSON body, within --max-body-mib (else a 413). Its deadline (--body-timeout-s) is kept
-    by `security.BodyDeadlineMiddleware`: reading past it raises that 408 from here."""
-    limit = request.app.state.llamapyz.max_body_bytes
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header names JSON: `application/json` or any `type/subtype+json`, in any case,
+    with or without parameters (`; charset=utf-8`)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return bool(kind) and (media == "application/json" or (subtype.endswith("+json") and len(subtype) > 5))
+
+
+def require_json_media_type(content_type: str | None) -> None:
+    """A 415 unless the Content-Type names JSON (see the module's docstring for why)."""
+    if not is_json_media_type(content_type):
+        given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise ApiError(415, f"the request body must be JSON, sent with Content-Type: application/json (it came "
+                            f"with {given[:100]}; curl: -H 'Content-Type: application/json')",
+                       code="unsupported_media_type", type="invalid_request_error")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, within `limit` bytes (else a 413), as it is declared or as it comes (chunked)."""
     too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large",
                        type="invalid_request_error")
     declared = request.headers.get("content-length", "")
@@ -46,7 +69,15 @@ async def read_json(request: Request) -> object:
             chunks.append(chunk)
     except ClientDisconnect:  # nobody is left to answer; not an error of ours to log
         raise ApiError(400, "the client went away before sending the whole body") from None
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> object:
+    """The request's JSON body: sent as JSON (else a 415, before any of it is read), within --max-body-mib
+    (else a 413). Its deadline (--body-timeout-s) is kept by `security.BodyDeadlineMiddleware`: reading past
+    it raises that 408 from here."""
+    require_json_media_type(request.headers.get("content-type"))
+    body = await read_body(request, request.app.state.llamapyz.max_body_bytes)
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, integers of 5,000 digits, nesting 1,000 deep
