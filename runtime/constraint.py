@@ -14,6 +14,9 @@ the grammar accepts; once it can take nothing more, generation stops (`Constrain
 llguidance needs the model's tokens as bytes. Building its tokenizer walks the whole vocabulary (0.5-2 s),
 so it is built once per model, on the first constrained request (`llg_tokenizer`), under a lock.
 
+What a grammar may cost, and the threads llguidance's work runs on (compiling, and each token's mask, off
+the engine thread), are `grammar_limits`' concern: no request's grammar can crash or stall the process.
+
 JSON is written compactly (no free whitespace between tokens: `{"a": 1, "b": [2, 3]}`), so a small model
 cannot loop on newlines; strings and numbers are free as the schema allows.
 """
@@ -22,21 +25,21 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import weakref
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 import llguidance
 import numpy as np
 
-from .errors import LlamapyzError
+from . import grammar_limits as limits
+from .grammar_limits import WORKERS, GrammarError, Timed, check_grammar, check_schema
 from .tokenizer import TokenType
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
-
-
-class GrammarError(LlamapyzError, ValueError):
-    """A grammar or JSON schema that llguidance cannot compile (the request's fault: a 400)."""
 
 
 # JSON as the output format: compact separators, no free whitespace (see the module's docstring); also
@@ -59,6 +62,7 @@ class Grammar:
     def json_schema(cls, schema: Any) -> Grammar:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        check_schema(schema)
         try:
             definition = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_FORMAT)
         except (ValueError, TypeError) as exc:
@@ -71,19 +75,38 @@ class Grammar:
 
     @classmethod
     def lark(cls, text: str) -> Grammar:
-        """A Lark grammar (llguidance's dialect) or a llama.cpp GBNF grammar (converted to Lark)."""
+        """A Lark grammar (llguidance's dialect) or a llama.cpp GBNF grammar (converted to Lark, on a worker)."""
+        check_grammar(text)
+        return cls(WORKERS.run(cls._lark_definition, text, what="converting the grammar"), "grammar")
+
+    @classmethod
+    def around_schema(cls, text: str, schema: Any) -> Grammar:
+        """Our own Lark grammar `text` embedding `schema` (`%json`): the schema's limits apply, not the text's."""
+        check_schema(schema)
+        return cls(cls._lark_definition(text), "grammar")
+
+    @staticmethod
+    def _lark_definition(text: str) -> str:
         try:
-            definition = llguidance.grammar_from("grammar", text)
-        except (ValueError, TypeError) as exc:
+            return llguidance.grammar_from("grammar", text)
+        except (ValueError, TypeError, RecursionError) as exc:
             raise GrammarError(str(exc)) from None
-        return cls(definition, "grammar")
 
     def constraint(self, tokenizer: Tokenizer) -> Constraint:
-        return Constraint(llg_tokenizer(tokenizer), self.definition, tokenizer.n_vocab)
+        """A new matcher at the grammar's start, its first mask computed: compiled on a worker within
+        COMPILE_TIMEOUT_S, and refused if that mask took over MASK_BUDGET_S (never call from the engine)."""
+        lltokenizer = llg_tokenizer(tokenizer)
+        constraint = WORKERS.run(Constraint, lltokenizer, self.definition, tokenizer.n_vocab,
+                                 timeout_s=limits.COMPILE_TIMEOUT_S)
+        constraint.prepare()
+        constraint.wait()
+        return constraint
 
 
 class Constraint:
-    """One request's place in its grammar."""
+    """One request's place in its grammar. Each token's mask is computed on a worker: `prepare` starts it
+    (right after a token is sampled, so it overlaps the next forward pass), `ready` says whether it is done,
+    `mask` applies it (waiting for it if need be)."""
 
     def __init__(self, lltokenizer: llguidance.LLTokenizer, definition: str, n_vocab: int) -> None:
         self.matcher = llguidance.LLMatcher(lltokenizer, definition, log_level=0, limits=_LIMITS)
@@ -91,22 +114,67 @@ class Constraint:
             raise GrammarError(f"the grammar does not compile: {self.matcher.get_error()}")
         self.n_vocab = n_vocab
         self.bitmask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)  # bit t of the mask: token t allowed
+        self.next: Timed[None] | None = None  # the next token's mask, being computed
 
     @property
     def complete(self) -> bool:
         """The grammar can take nothing more (a closed JSON object, the end of a grammar's language)."""
         return self.matcher.is_stopped()
 
+    @property
+    def ready(self) -> bool:
+        """Whether `mask` can run without waiting."""
+        return self.next is not None and self.next.future.done()
+
+    def overdue(self, now: float) -> GrammarError | None:
+        """Why the request must end, if the mask being computed has taken longer than MASK_BUDGET_S (or waited
+        for a worker longer than COMPILE_TIMEOUT_S); else None."""
+        timed = self.next
+        if timed is None or timed.future.done():
+            return None
+        if timed.ran_s(now) > limits.MASK_BUDGET_S:
+            return too_costly()
+        if not timed.started and now - timed.submitted > limits.COMPILE_TIMEOUT_S:
+            return GrammarError(f"no grammar worker was free for {limits.COMPILE_TIMEOUT_S:g} s")
+        return None
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on a worker) once the mask being computed is done."""
+        if self.next is not None:
+            self.next.future.add_done_callback(lambda _: callback())
+
+    def prepare(self) -> None:
+        """Start computing the next token's mask on a worker."""
+        if self.next is None:
+            self.next = WORKERS.submit(self._compute)
+
+    def wait(self) -> None:
+        """Wait for the mask `prepare` started (starting it if need be); a GrammarError if it failed, or as soon
+        as it has run longer than MASK_BUDGET_S (the worker finishes it alone)."""
+        self.prepare()
+        timed = self.next
+        while True:
+            try:
+                timed.future.result(timeout=limits.MASK_BUDGET_S / 4)
+            except FutureTimeout:
+                error = self.overdue(time.perf_counter())
+                if error is not None:
+                    raise error from None
+                continue
+            if timed.ran_s() > limits.MASK_BUDGET_S:
+                raise too_costly()
+            return
+
     def allowed(self) -> np.ndarray:
         """(n_vocab,) bool: the tokens that can come next."""
-        self._compute()
+        self.wait()
         return self._unpacked()
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of tokens that cannot come next to -inf, in place. Between JSON's strings only a
         few tokens are allowed: then only their words of the bitmask are unpacked (0.1 instead of 0.3 ms for
         Gemma's 262k tokens); otherwise the whole mask is."""
-        self._compute()
+        self.wait()
         words = np.flatnonzero(self.bitmask)
         if len(words) == 0:
             raise GrammarError("no token can continue the constrained output")
@@ -121,6 +189,7 @@ class Constraint:
         logits[tokens] = kept
 
     def _compute(self) -> None:
+        """On a worker: the mask for the matcher's state now."""
         self.matcher.unsafe_compute_mask_ptr(self.bitmask.ctypes.data, self.bitmask.nbytes)
         self._check()
 
@@ -128,6 +197,10 @@ class Constraint:
         return np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[:self.n_vocab].view(bool)
 
     def advance(self, token: int) -> None:
+        """Take the sampled token."""
+        if self.next is not None:  # a worker may still be computing a mask on the matcher: let it finish
+            self.next.future.exception()
+            self.next = None
         if not self.matcher.consume_token(token):
             self._check()
             raise GrammarError(f"token {token} does not continue the constrained output")
@@ -137,17 +210,24 @@ class Constraint:
             raise GrammarError(f"constrained decoding failed: {self.matcher.get_error()}")
 
 
+def too_costly() -> GrammarError:
+    return GrammarError(f"the constraint is too costly: computing one token's allowed set took longer than "
+                        f"{limits.MASK_BUDGET_S * 1e3:.0f} ms")
+
+
 class LazyConstraint:
     """A constraint that starts once the output contains `trigger` (llama.cpp's lazy grammars): before,
     the model writes freely; from the trigger on, the output must follow `grammar`, which begins right
     after the trigger. `anchored`: only a trigger at the very start of the output (after whitespace) counts.
     `special`: control tokens whose text is output text (a trigger may be one, e.g. Mistral's
-    [TOOL_CALLS])."""
+    [TOOL_CALLS]). The grammar is compiled here, with the request, not on the engine thread when the
+    trigger comes."""
 
     def __init__(self, grammar: Grammar, trigger: str, tokenizer: Tokenizer, special: frozenset[int] = frozenset(),
                  anchored: bool = False) -> None:
-        self.grammar, self.trigger, self.anchored = grammar, trigger.encode(), anchored
+        self.trigger, self.anchored = trigger.encode(), anchored
         self.tokenizer, self.special = tokenizer, special
+        self.compiled = grammar.constraint(tokenizer)  # what the trigger activates
         self.seen = b""  # the output so far (unanchored: only its last len(trigger) - 1 bytes)
         self.active: Constraint | None = None
         self.off = False  # anchored and the output started otherwise: it stays free
@@ -155,6 +235,21 @@ class LazyConstraint:
     @property
     def complete(self) -> bool:
         return self.active is not None and self.active.complete
+
+    @property
+    def ready(self) -> bool:
+        return self.active is None or self.active.ready
+
+    def overdue(self, now: float) -> GrammarError | None:
+        return self.active.overdue(now) if self.active is not None else None
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        if self.active is not None:
+            self.active.when_ready(callback)
+
+    def prepare(self) -> None:
+        if self.active is not None:
+            self.active.prepare()
 
     def mask(self, logits: np.ndarray) -> None:
         if self.active is not None:
@@ -176,7 +271,7 @@ class LazyConstraint:
                 self.seen = self.seen[max(0, len(self.seen) - len(self.trigger) + 1):]
             return
         rest = head[at + len(self.trigger):]
-        constraint = self.grammar.constraint(self.tokenizer)
+        constraint = self.compiled
         if self.anchored:
             rest = self.trigger + rest  # the trigger ("{") is the grammar's own first byte
         try:  # what the trigger's token wrote past it, in whatever tokens: llguidance reads bytes

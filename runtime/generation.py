@@ -7,7 +7,7 @@ stop string; a matched stop string and everything after it is never released.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_sof
 
 if TYPE_CHECKING:
     from .constraint import Constraint, LazyConstraint
+    from .grammar_limits import GrammarError
     from .model.model import Model
     from .tokenizer import Tokenizer
 
@@ -94,6 +95,22 @@ class Generation:
     def n_generated(self) -> int:
         return len(self.history) - self.n_prompt
 
+    @property
+    def ready(self) -> bool:
+        """Whether `step` can run without waiting: the constraint's next mask, computed on a worker while the
+        forward pass ran, is done (always, without a constraint)."""
+        return self.constraint is None or self.constraint.ready
+
+    def overdue(self, now: float) -> GrammarError | None:
+        """Why the request must end, if its constraint's mask has taken longer than its budget (`step` would
+        fail); else None."""
+        return self.constraint.overdue(now) if self.constraint is not None else None
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from another thread) once `ready` may have turned true."""
+        if self.constraint is not None:
+            self.constraint.when_ready(callback)
+
     def step(self, logits: np.ndarray) -> Step:
         """Sample the next token from logits (n_vocab,); the returned Step's finish_reason ends the request."""
         params = self.params
@@ -127,6 +144,8 @@ class Generation:
                 step.text += self._flush()
                 step.finish_reason = "length"
         self.finish_reason = step.finish_reason
+        if self.constraint is not None and not step.finish_reason:
+            self.constraint.prepare()  # the next mask, on a worker, while the next forward pass runs
         return step
 
     def _flush(self) -> str:

@@ -271,7 +271,7 @@ def _calls_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer
     first = "rest" if after_opening else "call"
     lark = (f"start: {first}{repeat}\ncall: {opening} rest\nrest: {rest}\n"
             f"body: %json {json.dumps({**body, 'x-guidance': JSON_FORMAT})}\n")
-    return Grammar.lark(lark)
+    return Grammar.around_schema(lark, body)
 
 
 def _closed(tool: dict) -> dict:

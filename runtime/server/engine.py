@@ -38,11 +38,13 @@ import numpy as np
 
 from ..errors import LlamapyzError
 from ..generation import Generation, Step
+from ..grammar_limits import MASK_BUDGET_S, GrammarError
 from ..model.model import Context, Embedding, Model, Prompt
 from ..threads import set_threads
 
 log = logging.getLogger("llamapyz.engine")
 
+MASK_POLL_S = MASK_BUDGET_S / 4  # how often the engine looks whether a mask it waits for is overdue
 COMPUTE = threading.Lock()  # held for each engine turn and each model's warm-up: one model computes at a time
 
 
@@ -98,6 +100,7 @@ class Slot:
     job: Job | None = None
     prompt: Prompt | None = None  # until the first token is sampled
     next_token: int | None = None  # to be fed at the next decode step
+    logits: np.ndarray | None = None  # (n_vocab,) waiting for the job's constraint to compute its mask
     last_used: float = 0.0
     started: float = 0.0
     first_token_at: float = 0.0
@@ -162,8 +165,9 @@ class Engine:
         set_threads(self.model.n_threads)  # numba's thread count is per thread: this one's is the model's -t
         while True:
             with self.wake:
-                while not self.stopping and not self.waiting and self.n_running == 0:
-                    self.wake.wait()
+                while not self.stopping and not self._has_work():
+                    # only masks being computed: woken when one is done, or to end an overdue one
+                    self.wake.wait(MASK_POLL_S if self.n_running else None)
                 if self.stopping:
                     break
                 self._admit()
@@ -203,12 +207,31 @@ class Engine:
             job.timings.cache_n = slot.prompt.cached
             job.timings.prompt_n = len(job.prompt) - slot.prompt.cached
 
+    def _has_work(self) -> bool:
+        """Whether a turn has something to do: a waiting job and a free slot, or a job in a slot that is not
+        just waiting for its mask (called with the lock held)."""
+        if self.waiting and any(slot.job is None for slot in self.slots):
+            return True
+        now = time.perf_counter()
+        return any(slot.job is not None and (slot.logits is None or slot.job.generation.ready
+                                             or slot.job.generation.overdue(now) is not None)
+                   for slot in self.slots)
+
     def _turn(self) -> None:
-        """One loop turn: drop cancelled jobs, a piece of each embedding, one prefill pass, one batched
-        decode step."""
+        """One loop turn: drop cancelled jobs, sample the tokens whose masks came, a piece of each embedding,
+        one prefill pass, one batched decode step."""
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot)
+        now = time.perf_counter()
+        for slot in self.slots:
+            if slot.job is not None and slot.logits is not None:
+                overdue = slot.job.generation.overdue(now)
+                if overdue is not None:
+                    self._finish(slot, error=overdue)
+                elif slot.job.generation.ready:
+                    logits, slot.logits = slot.logits, None
+                    self._advance(slot, logits)
         for slot in self.slots:
             if slot.job is not None and slot.job.generation is None:
                 self._embed(slot)
@@ -240,10 +263,19 @@ class Engine:
             self._advance(slot, row)
 
     def _advance(self, slot: Slot, logits: np.ndarray) -> None:
-        """Sample one token for the slot's job from its logits and hand it over."""
+        """Sample one token for the slot's job from its logits and hand it over; if its constraint's mask is
+        still being computed (on a grammar worker), keep the logits for a later turn: the others go on."""
         job = slot.job
+        if not job.generation.ready:
+            slot.logits, slot.next_token = logits.copy(), None  # the row is the model's buffer: reused next step
+            job.generation.when_ready(self._wake_up)
+            return
         try:
             step: Step = job.generation.step(logits)
+        except GrammarError as exc:  # its constraint failed or cost too much: said in one line
+            log.warning("a constrained request ended: %s", exc)
+            self._finish(slot, error=exc)
+            return
         except Exception as exc:  # this request's own sampling (its parameters, its constraint): it alone ends
             log.exception("sampling failed for one request")
             self._finish(slot, error=exc)
@@ -255,6 +287,11 @@ class Engine:
             self._finish(slot)
         else:
             slot.next_token = step.token
+
+    def _wake_up(self) -> None:
+        """From a grammar worker: a mask the engine may be waiting for is done."""
+        with self.wake:
+            self.wake.notify()
 
     def _embed(self, slot: Slot) -> None:
         """One piece of the slot's embedding request (`Model.embed_chunk`); its vectors go out once the last
@@ -289,5 +326,5 @@ class Engine:
         else:
             job.emit("done", job.timings)
         self.stats["requests_cancelled" if job.cancelled else "requests"] += 1
-        slot.job, slot.prompt, slot.next_token = None, None, None
+        slot.job, slot.prompt, slot.next_token, slot.logits = None, None, None, None
         slot.last_used, slot.first_token_at = now, 0.0

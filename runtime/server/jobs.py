@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from ..chat import ChatTemplateError
-from ..constraint import Grammar, GrammarError
+from ..constraint import Grammar
 from ..generation import Generation, Step
+from ..grammar_limits import GrammarError, WorkersBusy
 from ..model.model import Model
 from ..sampling import SamplingParams
 from ..tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, marker_tokens, prepare_messages
@@ -76,6 +77,8 @@ def output_grammar(fields: dict) -> tuple[Grammar | None, str]:
             return Grammar.json_schema(spec["schema"]), "response_format"
     except GrammarError as exc:
         raise ApiError(400, str(exc), param=asked[-1]) from None
+    except WorkersBusy as exc:
+        raise ApiError(503, str(exc), code="overloaded") from None
     raise ApiError(400, f"response_format type {kind!r} is not supported (use 'text', 'json_object' or "
                    "'json_schema')", param="response_format")
 
@@ -106,21 +109,23 @@ def make_job(served: ServedModel, fields: dict, prompt: list[int], logprobs: int
     max_tokens = fields["max_completion_tokens"] or fields["max_tokens"] or room
     grammar, param = output_grammar(fields)
     keep_text: frozenset[int] = frozenset()
-    if tools is not None and tools.active:
-        keep_text = marker_tokens(tools.syntax, model.tokenizer)
-        forced = call_grammar(tools, model.tokenizer)
-        if forced is not None and grammar is not None:
-            raise ApiError(400, "a forced tool call (tool_choice) cannot also follow a response_format or grammar",
-                           param="tool_choice")
-        if forced is not None:
-            grammar, param = forced, "tools"
     try:
+        if tools is not None and tools.active:
+            keep_text = marker_tokens(tools.syntax, model.tokenizer)
+            if tools.forced and grammar is not None:
+                raise ApiError(400, "a forced tool call (tool_choice) cannot also follow a response_format or "
+                               "grammar", param="tool_choice")
+            if tools.forced:
+                param = "tools"
+                grammar = call_grammar(tools, model.tokenizer)
         constraint = grammar.constraint(model.tokenizer) if grammar is not None else None
         if constraint is None and tools is not None:  # tool_choice auto: a call, once begun, follows the schemas
             param = "tools"
             constraint = lazy_call_constraint(tools, model.tokenizer)
     except GrammarError as exc:  # named after the field whose grammar did not compile
         raise ApiError(400, str(exc), param=param) from None
+    except WorkersBusy as exc:
+        raise ApiError(503, str(exc), code="overloaded") from None
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
                             stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
                             logprobs=logprobs, constraint=constraint, keep_text=keep_text)
