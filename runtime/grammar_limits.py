@@ -78,11 +78,19 @@ def shorten(message: str, limit: int = ERROR_CHARS) -> str:
 # --- budgets, checked before llguidance sees the input ------------------------------------------------------
 
 def check_schema(schema: Any, what: str = "the JSON schema") -> None:
-    """Raise GrammarError if `schema` (parsed JSON) has more than MAX_SCHEMA_OBJECTS objects or
-    MAX_SCHEMA_VALUES values, or a chain of `$ref`s deeper than MAX_REF_DEPTH. Walks without recursion, and
-    stops as soon as a limit is passed."""
+    """Raise GrammarError if `schema` (parsed JSON) is over a limit: `check_size`, and a chain of `$ref`s
+    deeper than MAX_REF_DEPTH."""
+    check_size(schema, what)
+    if ref_depth(schema) > MAX_REF_DEPTH:
+        raise GrammarError(f"{what} chains more than {MAX_REF_DEPTH} $refs one inside another")
+
+
+def check_size(value: Any, what: str) -> None:
+    """Raise GrammarError if `value` (parsed JSON: a schema, or a list of them) holds more than
+    MAX_SCHEMA_OBJECTS objects or MAX_SCHEMA_VALUES values. Walks without recursion, and stops as soon as a
+    limit is passed."""
     n_objects = n_values = 0
-    todo = [schema]
+    todo = [value]
     while todo:
         value = todo.pop()
         n_values += 1
@@ -94,9 +102,6 @@ def check_schema(schema: Any, what: str = "the JSON schema") -> None:
         if n_objects > MAX_SCHEMA_OBJECTS or n_values > MAX_SCHEMA_VALUES:
             raise GrammarError(f"{what} is too large: more than {MAX_SCHEMA_OBJECTS} objects or {MAX_SCHEMA_VALUES} "
                                "values (each a rule for the grammar engine)")
-    depth = ref_depth(schema)
-    if depth > MAX_REF_DEPTH:
-        raise GrammarError(f"{what} chains more than {MAX_REF_DEPTH} $refs one inside another")
 
 
 def ref_depth(schema: Any) -> int:

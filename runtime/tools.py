@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .constraint import JSON_FORMAT, Grammar, LazyConstraint
 from .errors import LlamapyzError
 from .generation import prefix_overlap
+from .grammar_limits import GrammarError, check_schema, check_size
 from .tokenizer import TokenType
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ class ToolRequest:
         names = [tool["function"]["name"] for tool in checked]
         if len(set(names)) != len(names):
             raise ToolError("tools: function names must be unique")
+        try:  # before the template renders them into the prompt, and long before they are compiled
+            check_size([tool["function"]["parameters"] for tool in checked], "the tools' parameters")
+            for i, tool in enumerate(checked):
+                check_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
+        except GrammarError as exc:
+            raise ToolError(str(exc)) from None
         if choice is None:
             choice = "auto"
         if isinstance(choice, dict):

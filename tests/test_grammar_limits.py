@@ -266,3 +266,31 @@ def stream(url: str, body: dict) -> tuple[str, list[float], list[dict]]:
             for choice in events[-1].get("choices", []):
                 text += choice.get("delta", {}).get("content") or ""
     return text, arrivals, events
+
+
+def test_nothing_is_compiled_on_the_engine_thread(tokenizer, monkeypatch):
+    """tool_choice auto's grammar is compiled with the request (LazyConstraint's constructor, in the thread
+    pool), not when the model opens a call, on the engine thread; and masks are computed on the workers."""
+    from runtime.constraint import LazyConstraint
+
+    compiled_on, masks_on = [], []
+    compile_grammar, compute = Grammar.constraint, Constraint._compute
+
+    def recording_compile(self: Grammar, tok: Tokenizer) -> Constraint:
+        compiled_on.append(threading.current_thread().name)
+        return compile_grammar(self, tok)
+
+    def recording_compute(self: Constraint) -> None:
+        masks_on.append(threading.current_thread().name)
+        compute(self)
+
+    monkeypatch.setattr(Grammar, "constraint", recording_compile)
+    monkeypatch.setattr(Constraint, "_compute", recording_compute)
+    lazy = LazyConstraint(Grammar.lark('start: "ab"'), "<", tokenizer)
+    assert compiled_on == [threading.current_thread().name]
+    for token in tokenizer.encode("x<", add_special=False, parse_special=False):  # the trigger: the call starts
+        lazy.advance(token)
+    assert lazy.active is not None and len(compiled_on) == 1  # nothing compiled at the trigger
+    lazy.prepare()
+    assert lazy.active.wait() is None and lazy.ready
+    assert masks_on and all(name.startswith("llamapyz-grammar") for name in masks_on)
