@@ -251,18 +251,18 @@ def test_a_client_that_gives_up_while_waiting_moves_no_model(files):
         first, loads = pool.models[0], []
         load = pool.load_engine
         pool.load_engine = lambda spec: loads.append(spec.alias) or load(spec)
-        slow_down(first, 0.05)  # a 60-token reply holds llama-a for 3 s at least
+        slow_down(first, 0.05)  # an 80-token reply holds llama-a for 4 s at least
         long_reply: dict = {}
         busy = threading.Thread(target=lambda: long_reply.setdefault("response", httpx.post(
             live.url + "/v1/completions", timeout=60,
-            json={"model": "llama-a", "prompt": "Once", "max_tokens": 60, "logit_bias": NO_EOG})))
+            json={"model": "llama-a", "prompt": "Once", "max_tokens": 80, "logit_bias": NO_EOG})))
         busy.start()
         deadline = time.monotonic() + 30
         while first.engine.n_running == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1 s: past SWITCH_S
-            httpx.post(live.url + "/v1/chat/completions", timeout=1.0,
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1.5 s: past SWITCH_S
+            httpx.post(live.url + "/v1/chat/completions", timeout=1.5,
                        json={"model": "qwen-b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         drained_at_give_up = first.draining
         deadline = time.monotonic() + 5
@@ -275,4 +275,4 @@ def test_a_client_that_gives_up_while_waiting_moves_no_model(files):
         time.sleep(4 * POLL_S)  # llama-a is idle now: a wait that still counted would load qwen-b here
         assert states(live) == {"llama-a": "loaded", "qwen-b": "not loaded"} and loads == []
     assert drained_at_give_up  # the switch had begun (and was dropped)
-    assert long_reply["response"].json()["usage"]["completion_tokens"] == 60
+    assert long_reply["response"].json()["usage"]["completion_tokens"] == 80
