@@ -406,10 +406,10 @@ def test_the_deadline_starts_again_after_each_response_on_a_kept_alive_connectio
     with raw(heads) as sock:
         sock.sendall(whole)
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
-        time.sleep(HEADER_TIMEOUT_S * 0.6)
+        time.sleep(HEADER_TIMEOUT_S * 0.4)
         sock.sendall(whole[:10])
-        time.sleep(HEADER_TIMEOUT_S * 0.3)
-        sock.sendall(whole[10:])  # in time, if only just
+        time.sleep(HEADER_TIMEOUT_S * 0.2)
+        sock.sendall(whole[10:])  # in time, in parts
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
         sock.sendall(HALF_HEAD)
@@ -474,9 +474,8 @@ def test_connections_over_the_cap_are_turned_away_logged_once_and_the_server_rec
     from runtime.server import connections
 
     monkeypatch.setattr(connections, "LOG_EVERY_S", 1.0)
-    cap, extra = 16, 8
-    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, header_timeout_s=HEADER_TIMEOUT_S,
-                      max_connections=cap) as live:
+    cap, extra, timeout_s = 16, 8, 3.0
+    with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, header_timeout_s=timeout_s, max_connections=cap) as live:
         caplog.set_level("WARNING", logger="llamapyz.server")
         stalled = [raw(live) for _ in range(cap)]
         try:
@@ -490,10 +489,10 @@ def test_connections_over_the_cap_are_turned_away_logged_once_and_the_server_rec
                 assert json.loads(body)["error"]["code"] == "overloaded"
             busy = httpx.get(live.url + "/health", timeout=5)  # refused at once, not left waiting
             assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-            assert time.monotonic() - started < HEADER_TIMEOUT_S * 0.9  # all while the cap was held
+            assert not select.select(stalled, [], [], 0)[0]  # all that while the cap was held
             for sock in stalled:
                 assert closed_after(sock, started)[0] == b""
-            assert HEADER_TIMEOUT_S * 0.9 <= time.monotonic() - started < HEADER_TIMEOUT_S + HEAD_MARGIN_S
+            assert timeout_s * 0.9 <= time.monotonic() - started < timeout_s + HEAD_MARGIN_S
             assert httpx.get(live.url + "/health", timeout=5).status_code == 200
             assert httpx.post(live.url + "/tokenize", json={"content": "hi"}, timeout=5).status_code == 200
             time.sleep(1.5)  # the period's summary line
