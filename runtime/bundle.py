@@ -50,6 +50,7 @@ ARGS = ".args"
 USER_ARGS = "..."  # the line in .args where the user's own arguments are inserted
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: signature ... name length, extra length
 HASH_CHUNK = 8 << 20
+MAX_ERROR_CHARS = 400  # an error line's length (runtime/errors.py's; this module imports nothing of ours)
 
 
 class BundleError(Exception):
@@ -178,10 +179,13 @@ def _version(text: str) -> tuple[int, ...]:
 # --- --version and --verify ---------------------------------------------------------------------------------
 
 def version_line(bundle: Bundle) -> str:
-    """What the archive is and was built for, its GPU support (if it has any), and a line for each model."""
+    """What the archive is and was built for (with several models, the first line names them all: the
+    archive's name is the first one's by default), its GPU support (if it has any), and a line for each model."""
     m = bundle.manifest
     gpu = describe_gpu(m["targets"])
-    lines = [f"llamapyz {m['llamapyz_version']} — {m['name']}, built {m['built_at']} for "
+    aliases = [model.alias for model in bundle.models]
+    several = f": {len(aliases)} models ({', '.join(aliases)})" if len(aliases) > 1 else ""
+    lines = [f"llamapyz {m['llamapyz_version']} — {m['name']}{several}, built {m['built_at']} for "
              f"{describe_targets(m['targets'])}", *[gpu] * bool(gpu)]
     return "\n".join(lines + [describe_model(model, default=n == 0) for n, model in enumerate(bundle.models)])
 
@@ -366,7 +370,10 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, mode: int) 
 
 
 def fail(exc: BundleError) -> None:
-    print(f"error: {exc}", file=sys.stderr)
+    message = str(exc)
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[:MAX_ERROR_CHARS]}…({len(message) - MAX_ERROR_CHARS} more characters)"
+    print(f"error: {message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)
     sys.exit(1)

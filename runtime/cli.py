@@ -15,11 +15,12 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import LlamapyzError
+from .errors import LlamapyzError, clip
 from .gguf import GGUFFile, load_gguf
 from .serve_cli import (
     CPU_TIER_OPTION,
     GPU_OPTIONS,
+    MODEL_FILE_HINT,
     SERVE_OPTIONS,
     given_models,
     start_server,
@@ -40,7 +41,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LlamapyzError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {clip(str(exc))}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             sys.exit(1)
@@ -48,7 +49,7 @@ def friendly_errors(func: F) -> F:
             sys.stderr.close()
             sys.exit(0)
         except OSError as exc:
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            click.echo(clip(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -64,14 +65,14 @@ class _UsageErrors:
             return super().main(args, prog_name, standalone_mode=False, **extra)  # type: ignore[misc]
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else prog_name or "llamapyz"
-            click.echo(f"error: {exc.format_message()}", err=True)
-            click.echo(f"hint: `{command} --help` lists the options", err=True)
+            click.echo(f"error: {clip(exc.format_message())}", err=True)
+            click.echo(f"hint: {getattr(exc, 'hint', None) or f'`{command} --help` lists the options'}", err=True)
             sys.exit(1)
         except click.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(f"error: {clip(exc.format_message())}", err=True)
             sys.exit(1)
 
 
@@ -89,7 +90,22 @@ def main() -> None:
     """llamapyz: one GGUF model, one self-running Python file."""
 
 
-model_file = click.Path(exists=True, dir_okay=False, readable=True)
+class ModelFile(click.Path):
+    """A GGUF file that must exist: one that does not is the usual option error, with a hint about models
+    instead of "--help lists the options"."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, readable=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            exc.hint = MODEL_FILE_HINT  # type: ignore[attr-defined]  # read by _UsageErrors
+            raise
+
+
+model_file = ModelFile()
 
 
 # --- inspect -------------------------------------------------------------------------------------------

@@ -6,14 +6,26 @@ into one line plus a hint and a non-zero exit; the server (later) into OpenAI-sh
 
 from __future__ import annotations
 
+MAX_MESSAGE_CHARS = 400  # an error line's length before "…(N more characters)": a corrupt file can name a
+# 3.7 MB key or value, and no one reads past a few hundred characters
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text) - limit} more characters)"
+
 
 class LlamapyzError(Exception):
-    """Base of every error llamapyz raises on purpose. `hint` says what the user can do about it."""
+    """Base of every error llamapyz raises on purpose. `hint` says what the user can do about it. The message
+    is clipped (`clip`) once, here, so that every place that prints or answers it (the CLI's error line, the
+    server's log, /health, a 503) gets a line of bounded length."""
 
     hint: str = ""
 
     def __init__(self, message: str, *, hint: str = "") -> None:
-        super().__init__(message)
+        super().__init__(clip(message))
         if hint:
             self.hint = hint
 
@@ -42,6 +54,13 @@ class ModelFetchError(LlamapyzError):
 
 class UnsupportedModelError(LlamapyzError):
     """The GGUF holds a model llamapyz cannot run: an unknown architecture, a missing tensor or key."""
+
+
+class NonFiniteError(LlamapyzError):
+    """The model computed NaN or infinite values (logits, an embedding): its weights hold some, which only a
+    corrupt file does. Found at load by the server's warm-up, else by the request that meets them."""
+
+    hint = "the model file is corrupt; download or copy it again"
 
 
 class ContextOverflowError(LlamapyzError):

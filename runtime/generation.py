@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_softmax, sample
+from .sampling import SamplingParams, apply_logit_bias, apply_penalties, log_softmax, require_finite, sample
 
 if TYPE_CHECKING:
     from .constraint import Constraint, LazyConstraint
@@ -115,6 +115,7 @@ class Generation:
         """Sample the next token from logits (n_vocab,); the returned Step's finish_reason ends the request."""
         params = self.params
         logits = logits.astype(np.float32, copy=True)
+        require_finite(logits)  # before bias, penalties and masks, which may set -inf on purpose
         apply_logit_bias(logits, params.logit_bias)
         recent = self.history if params.repeat_last_n == -1 else self.history[len(self.history) - params.repeat_last_n:]
         apply_penalties(logits, recent if params.repeat_last_n else [], params)

@@ -130,7 +130,7 @@ class GGUFFile:
             self._parse()
         except GGUFError as exc:
             self.close()
-            raise GGUFError(f"{path}: {exc}") from None  # every message names the file, once
+            raise GGUFError(f"{path}: {exc}", hint=exc.hint) from None  # every message names the file, once
         except BaseException:
             self.close()
             raise
@@ -166,16 +166,20 @@ class GGUFFile:
         try:
             return self.tensors[name]
         except KeyError:
-            raise GGUFError(f"{self.path}: no tensor named {name!r}") from None
+            raise GGUFError(f"{self.path}: no tensor named {_quoted(name)}") from None
 
     # --- parsing -------------------------------------------------------------------------------------
 
     def _parse(self) -> None:
         cur = _Cursor(memoryview(self.buffer))
-        magic = bytes(cur.take(4, "magic"))
-        if magic != GGUF_MAGIC:
-            hint = " (a big-endian GGUF; only little-endian files are supported)" if magic == b"FUGG" else ""
-            raise GGUFError(f"not a GGUF file: magic {magic!r} at offset {self.offset}{hint}")
+        start = bytes(self.buffer[:len(GGUF_MAGIC)])
+        if not GGUF_MAGIC.startswith(start):  # first: a README is not a "truncated or corrupt" GGUF (b"GG" may be)
+            if start == b"FUGG":
+                raise GGUFError("a big-endian GGUF file; only little-endian files are supported",
+                                hint="convert it to a little-endian GGUF (llama.cpp's gguf tools)")
+            raise GGUFError(f"not a GGUF file (it starts with {bytes(self.buffer[:16])!r}, a GGUF file with "
+                            f"{GGUF_MAGIC!r})", hint="llamapyz runs GGUF model files: give the path of a .gguf file")
+        cur.take(len(GGUF_MAGIC), "magic")
         self.version = cur.u32("version")
         if self.version not in SUPPORTED_VERSIONS:
             raise GGUFError(f"unsupported GGUF version {self.version} "
@@ -193,15 +197,15 @@ class GGUFFile:
             at = cur.pos
             key = cur.string("metadata key")
             if key in self.metadata:
-                raise GGUFError(f"duplicate metadata key {key!r} at offset {at}")
-            value_type = cur.u32(f"type of {key!r}")
+                raise GGUFError(f"duplicate metadata key {_quoted(key)} at offset {at}")
+            value_type = cur.u32(f"type of {_quoted(key)}")
             self.value_types[key] = _type_name(value_type, cur)
             self.metadata[key] = _read_value(cur, value_type, key, depth=0)
 
         self.alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if (not isinstance(self.alignment, int) or isinstance(self.alignment, bool) or self.alignment <= 0
                 or self.alignment & (self.alignment - 1)):
-            raise GGUFError(f"general.alignment must be a power of two, got {self.alignment!r}")
+            raise GGUFError(f"general.alignment must be a power of two, got {_quoted(self.alignment)}")
 
         infos = [_read_tensor_info(cur) for _ in range(n_tensors)]
         self.data_offset = _align(cur.pos, self.alignment)
@@ -215,17 +219,17 @@ class GGUFFile:
         tensors: dict[str, Tensor] = {}
         for name, ne, type_id, offset in infos:
             if name in tensors:
-                raise GGUFError(f"duplicate tensor name {name!r}")
+                raise GGUFError(f"duplicate tensor name {_quoted(name)}")
             fmt = format_of(type_id, tensor=name)
             if ne[0] % fmt.block_size:
-                raise GGUFError(f"tensor {name!r}: first dimension {ne[0]} is not a multiple of the "
+                raise GGUFError(f"tensor {_quoted(name)}: first dimension {ne[0]} is not a multiple of the "
                                 f"{fmt.name} block size {fmt.block_size}")
             n_elements = int(np.prod(ne, dtype=object))
             n_bytes = fmt.n_bytes(n_elements)
             if offset % self.alignment:
-                raise GGUFError(f"tensor {name!r}: data offset {offset} is not aligned to {self.alignment}")
+                raise GGUFError(f"tensor {_quoted(name)}: data offset {offset} is not aligned to {self.alignment}")
             if offset + n_bytes > data_size:
-                raise GGUFError(f"tensor {name!r}: {n_bytes} bytes at data offset {offset} run past the end "
+                raise GGUFError(f"tensor {_quoted(name)}: {n_bytes} bytes at data offset {offset} run past the end "
                                 f"of the file ({data_size} bytes of tensor data; truncated?)")
             start = self.data_offset + offset
             row_bytes = fmt.n_bytes(ne[0])
@@ -235,8 +239,8 @@ class GGUFFile:
         ordered = sorted(tensors.values(), key=lambda t: t.offset)
         for a, b in zip(ordered, ordered[1:], strict=False):
             if a.offset + a.n_bytes > b.offset:
-                raise GGUFError(f"tensor {a.name!r} ({a.type_name} {list(a.ne)}, {a.n_bytes} bytes at data offset "
-                                f"{a.offset}) overlaps tensor {b.name!r} at data offset {b.offset}")
+                raise GGUFError(f"tensor {_quoted(a.name)} ({a.type_name} {list(a.ne)}, {a.n_bytes} bytes at data "
+                                f"offset {a.offset}) overlaps tensor {_quoted(b.name)} at data offset {b.offset}")
         return tensors
 
 
@@ -273,6 +277,13 @@ def _map_range(file: Any, offset: int, length: int | None) -> tuple[mmap.mmap | 
     return mm, np.frombuffer(mm, dtype=np.uint8, count=length, offset=offset - base)
 
 
+def _quoted(value: object, limit: int = 80) -> str:
+    """A key, name or value as messages show it: its repr, cut to `limit` characters (a corrupt file's key may
+    be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text) - limit} more characters)"
+
+
 def _align(pos: int, alignment: int) -> int:
     return (pos + alignment - 1) // alignment * alignment
 
@@ -293,32 +304,32 @@ def _type_name(value_type: int, cur: _Cursor) -> str:
 
 def _read_value(cur: _Cursor, value_type: int, key: str, depth: int) -> Any:
     if value_type in _SCALARS:
-        value = cur.unpack(_SCALARS[value_type][1], f"value of {key!r}")
+        value = cur.unpack(_SCALARS[value_type][1], f"value of {_quoted(key)}")
         return value
     if value_type == STRING:
-        return cur.string(f"value of {key!r}")
+        return cur.string(f"value of {_quoted(key)}")
     if value_type == ARRAY:
         return _read_array(cur, key, depth)
-    raise GGUFError(f"{key!r}: unknown metadata value type {value_type} at offset {cur.pos - 4}")
+    raise GGUFError(f"{_quoted(key)}: unknown metadata value type {value_type} at offset {cur.pos - 4}")
 
 
 def _read_array(cur: _Cursor, key: str, depth: int) -> Any:
     if depth >= MAX_ARRAY_DEPTH:
-        raise GGUFError(f"{key!r}: arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {cur.pos}")
+        raise GGUFError(f"{_quoted(key)}: arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {cur.pos}")
     at = cur.pos
-    elem_type = cur.u32(f"element type of {key!r}")
-    count = cur.u64(f"element count of {key!r}")
+    elem_type = cur.u32(f"element type of {_quoted(key)}")
+    count = cur.u64(f"element count of {_quoted(key)}")
     if elem_type in _SCALARS:
         dtype = np.dtype(_NUMPY_OF_SCALAR[elem_type])
         if count * dtype.itemsize > cur.remaining:
-            raise GGUFError(f"{key!r}: array of {count} elements at offset {at} runs past the end of the file")
+            raise GGUFError(f"{_quoted(key)}: array of {count} elements at offset {at} runs past the end of the file")
         values = np.frombuffer(cur.take(count * dtype.itemsize, key), dtype=dtype)  # zero copy
         return values.astype(bool) if elem_type == 7 else values
     min_size = 8 if elem_type == STRING else 12 if elem_type == ARRAY else None
     if min_size is None:
-        raise GGUFError(f"{key!r}: unknown array element type {elem_type} at offset {at}")
+        raise GGUFError(f"{_quoted(key)}: unknown array element type {elem_type} at offset {at}")
     if count * min_size > cur.remaining:
-        raise GGUFError(f"{key!r}: array of {count} elements at offset {at} runs past the end of the file")
+        raise GGUFError(f"{_quoted(key)}: array of {count} elements at offset {at} runs past the end of the file")
     if elem_type == STRING:
         return _read_string_array(cur, key, count)
     return [_read_array(cur, key, depth + 1) for _ in range(count)]
@@ -332,11 +343,11 @@ def _read_string_array(cur: _Cursor, key: str, count: int) -> list[str]:
     append = out.append
     for i in range(count):
         if pos + 8 > end:
-            raise GGUFError(f"truncated file: {key!r}[{i}] at offset {pos}")
+            raise GGUFError(f"truncated file: {_quoted(key)}[{i}] at offset {pos}")
         (n,) = unpack(buf, pos)
         pos += 8
         if n > end - pos:
-            raise GGUFError(f"{key!r}[{i}] at offset {pos - 8} claims {n} bytes, only {end - pos} remain")
+            raise GGUFError(f"{_quoted(key)}[{i}] at offset {pos - 8} claims {n} bytes, only {end - pos} remain")
         data = bytes(buf[pos:pos + n])
         pos += n
         try:
@@ -350,12 +361,12 @@ def _read_string_array(cur: _Cursor, key: str, count: int) -> list[str]:
 def _read_tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
     at = cur.pos
     name = cur.string("tensor name")
-    n_dims = cur.u32(f"dimension count of tensor {name!r}")
+    n_dims = cur.u32(f"dimension count of tensor {_quoted(name)}")
     if not 1 <= n_dims <= MAX_DIMS:
-        raise GGUFError(f"tensor {name!r} at offset {at}: {n_dims} dimensions (1..{MAX_DIMS} allowed)")
-    ne = tuple(cur.u64(f"dimension of tensor {name!r}") for _ in range(n_dims))
+        raise GGUFError(f"tensor {_quoted(name)} at offset {at}: {n_dims} dimensions (1..{MAX_DIMS} allowed)")
+    ne = tuple(cur.u64(f"dimension of tensor {_quoted(name)}") for _ in range(n_dims))
     if any(d == 0 for d in ne) or int(np.prod(ne, dtype=object)) >= 1 << 62:
-        raise GGUFError(f"tensor {name!r} at offset {at}: invalid shape {list(ne)}")
-    type_id = cur.u32(f"type of tensor {name!r}")
-    offset = cur.u64(f"data offset of tensor {name!r}")
+        raise GGUFError(f"tensor {_quoted(name)} at offset {at}: invalid shape {list(ne)}")
+    type_id = cur.u32(f"type of tensor {_quoted(name)}")
+    offset = cur.u64(f"data offset of tensor {_quoted(name)}")
     return name, ne, type_id, offset

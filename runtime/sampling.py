@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import NonFiniteError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -42,6 +44,13 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+def require_finite(values: np.ndarray, what: str = "logits") -> None:
+    """NaN or infinite values out of the model (its weights hold some: a corrupt file) end the request with
+    a `NonFiniteError` saying so, instead of a token drawn from nonsense, an IndexError, or NaN in JSON."""
+    if not np.isfinite(values).all():
+        raise NonFiniteError(f"the model computed NaN or infinite {what}: its weights hold NaN or infinite values")
 
 
 def apply_logit_bias(logits: np.ndarray, bias: dict[int, float]) -> None:
@@ -78,6 +87,8 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
         ids = np.argpartition(-logits, params.top_k - 1)[:params.top_k]
     else:  # sorting a 262k vocabulary costs ~15 ms a token; the negligible tail need not be sorted
         ids = np.flatnonzero(logits >= logits.max() - NEGLIGIBLE_LOGIT_GAP)
+    if not len(ids) or np.isnan(logits[ids]).any():  # NaN logits (`Generation.step` refuses them before)
+        require_finite(logits)
     ids = ids[np.argsort(-logits[ids], kind="stable")]
     probs = np.exp(log_softmax(logits[ids]))
     if params.top_p < 1.0:

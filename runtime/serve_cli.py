@@ -4,7 +4,9 @@ models to serve (-m files, a --config file's, or the archive's), and starting th
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +16,10 @@ from .errors import LlamapyzError
 from .gguf import load_gguf
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_FILE_HINT = ("check the path: llamapyz runs a GGUF model file (.gguf) on this machine, such as those on "
+                   "Hugging Face (search for \"GGUF\")")
+MAX_API_KEY_CHARS = 4096  # beyond this, proxies and servers (ours: 16 KiB of headers) refuse the header
 
 
 CPU_TIER_OPTION = click.option(
@@ -158,9 +164,11 @@ SERVE_OPTIONS = [
     click.option("--temp", "temperature", type=click.FloatRange(0, 5), default=None,
                  help="Default temperature (0: greedy)."),
     click.option("--top-k", type=click.IntRange(min=0), default=None, help="Default top-k (0: off)."),
-    click.option("--top-p", type=click.FloatRange(0, 1), default=None, help="Default top-p."),
+    # each range the API's own for that field (runtime/server/schema.py), so a default given here is never one
+    # that every request not setting it would then be refused for
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None, help="Default top-p."),
     click.option("--min-p", type=click.FloatRange(0, 1), default=None, help="Default min-p."),
-    click.option("--repeat-penalty", type=click.FloatRange(min=0), default=None,
+    click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Default repeat penalty (1: off)."),
     click.option("-n", "--n-predict", "max_tokens", type=click.IntRange(min=1), default=None,
                  help="Default most tokens per reply (unset: until the end or a full context)."),
@@ -205,10 +213,16 @@ def given_models(config_path: str | None, model_paths: tuple[str, ...]) -> tuple
 def start_server(ctx: click.Context, specs: list, config: Any, **options: Any) -> None:
     """Serve `specs` (`ModelSpec`s: from -m, --config or the archive), the options given on the command line
     overriding the config's."""
+    key_source = "$LLAMAPYZ_API_KEY" if ctx.get_parameter_source("api_key") == \
+        click.core.ParameterSource.ENVIRONMENT else "--api-key"
     if config is not None:
         for key, value in config.server.items():
             if not given(ctx, key):
                 options[key] = value
+                if key == "api_key":
+                    key_source = f"\"api_key\" in {ctx.params.get('config_path') or 'the config file'}"
+    if options["api_key"] is None and options["api_key_file"] is None and os.environ.get("LLAMAPYZ_API_KEY") == "":
+        options["api_key"], key_source = "", "$LLAMAPYZ_API_KEY"  # click reads it as unset: refused below
     if options["alias"] is not None:
         if len(specs) > 1:
             raise LlamapyzError("--alias names one model, and there are several",
@@ -224,7 +238,7 @@ def start_server(ctx: click.Context, specs: list, config: Any, **options: Any) -
             raise LlamapyzError(f"two models are called \"{spec.alias}\"",
                                 hint="give them different model_alias values in a --config file")
         seen[spec.alias] = spec
-    run(specs, **options)
+    run(specs, api_key_source=key_source, **options)
 
 
 def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_slots: int,
@@ -234,17 +248,20 @@ def run(specs: list, host: str, port: int, threads: int | None, n_ctx: int, n_sl
         cors_origins: tuple[str, ...], alias: str | None, chat_template: str | None, nobrowser: bool,
         n_gpu_layers: int, main_gpu: int, cpu_tier: str | None, models_max: int, preload: bool,
         load_timeout_s: float, model_switch_s: float, ray: bool, replicas: int | None,
-        autoscale: tuple[int, int] | None, ray_address: str | None, no_prefix_routing: bool, **sampling: Any) -> None:
+        autoscale: tuple[int, int] | None, ray_address: str | None, no_prefix_routing: bool,
+        api_key_source: str = "--api-key", **sampling: Any) -> None:
     say = functools.partial(click.echo, err=True)
     scale = scale_options(ray, replicas, autoscale, ray_address, no_prefix_routing, cpu_tier)
     if api_key_file is not None:
         api_key = read_api_key(api_key_file, given=api_key)
+    elif api_key is not None:
+        check_api_key(api_key, api_key_source)
     use_cpu_tier(cpu_tier, say)
     from .server import ServeOptions
     from .server import serve as run_server
 
     for spec in specs:
-        load_gguf(spec.source).close()  # a missing or broken file is a clear error now, not a 503 later
+        check_model_file(spec.source)  # a missing or broken file is a clear error now, not a 503 later
     if scale is None or scale.address is None:  # a joined cluster listens on its head node, not here
         check_port(host, port)
     options = ServeOptions(models=specs, host=host, port=port, n_ctx=n_ctx or None, n_threads=threads,
@@ -298,17 +315,71 @@ def check_port(host: str, port: int) -> None:
                                 hint="another server may be using that port; pick one with --port") from None
 
 
+def check_model_file(source: Any) -> None:
+    """Open a model's GGUF (a path, or a range of the archive) and close it: a file that is missing, unreadable
+    or no GGUF is a `LlamapyzError` with a hint now."""
+    from .server.config import has_chat_template
+
+    path = source[0] if isinstance(source, tuple) else source
+    try:
+        with load_gguf(source) as gguf:
+            has_chat_template(source, gguf)  # kept for /v1/models' "base_model"
+    except FileNotFoundError:
+        raise LlamapyzError(f"model file not found: {path}", hint=MODEL_FILE_HINT) from None
+    except OSError as exc:
+        raise LlamapyzError(f"cannot read the model file {path}: {exc.strerror or exc}", hint=MODEL_FILE_HINT) from None
+
+
 def read_api_key(path: str, given: str | None) -> str:
-    """The key in the first line of `path` (its line ending dropped, nothing else)."""
+    """The key in the first line of `path` (its line ending dropped, nothing else), checked (`check_api_key`).
+    The file must be a regular one, found so before it is read: a FIFO or a device would block the start (or
+    never end), so it is looked at first, opened without blocking, and looked at again once open."""
     if given is not None:
         raise LlamapyzError("both --api-key and --api-key-file are given", hint="use one of them")
+    where = f"the API key file {path}"
+    not_regular = LlamapyzError(f"{where} is not a regular file (a FIFO, a device or a socket would hold up the "
+                                "start)", hint="put the key in a plain file")
     try:
-        with open(path, encoding="utf-8") as file:
-            key = file.readline().rstrip("\r\n")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise not_regular
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, encoding="utf-8", newline="") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the two looks
+                raise not_regular
+            key = file.readline(MAX_API_KEY_CHARS + 2).rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise LlamapyzError(f"cannot read the API key file {path}: {exc}") from None
+        raise LlamapyzError(f"cannot read {where}: {exc}") from None
     if not key:
-        raise LlamapyzError(f"the API key file {path} is empty", hint="put the key on its first line")
-    return key
+        raise LlamapyzError(f"{where} is empty", hint="put the key on its first line")
+    return check_api_key(key, f"--api-key-file {path}")
+
+
+def check_api_key(key: str, where: str) -> str:
+    """`key` if a client can send it, else a `LlamapyzError` saying why not (`where`: the option, variable or
+    file that gave it, as the message begins). A client sends it in a header (`Authorization: Bearer KEY`),
+    whose value HTTP carries as bytes that servers read as latin-1 and clients write as ASCII, trimmed of
+    spaces at both ends; so a key is printable ASCII (space to ~), with no space at either end. An empty one
+    would serve without a key, which the user did not ask for."""
+    hint = ("use letters, digits and ASCII punctuation (e.g. the output of: python -c \"import secrets; "
+            "print(secrets.token_urlsafe())\")")
+    if key == "":
+        raise LlamapyzError(f"{where}: the API key is empty",
+                            hint="give a key, or leave the option out to serve without one")
+    if key.startswith("\ufeff"):
+        problem = "starts with a byte order mark (U+FEFF, left by some editors), which no client sends"
+        hint = "save the file without a byte order mark (UTF-8 without BOM, or ASCII)"
+    elif not key.strip():
+        problem = "is only whitespace"
+    elif key != key.strip(" \t"):
+        problem = "starts or ends with whitespace, which HTTP drops from a header before the server sees it"
+    elif len(key) > MAX_API_KEY_CHARS:
+        problem = f"is {len(key):,} characters long: more than the {MAX_API_KEY_CHARS:,} a header can carry"
+    else:
+        at, char = next(((i, c) for i, c in enumerate(key) if not " " <= c <= "~"), (-1, ""))
+        if at < 0:
+            return key
+        problem = (f"holds {ascii(char)} (character {at + 1}), which HTTP headers cannot carry: only printable "
+                   "ASCII can be sent")
+    raise LlamapyzError(f"{where}: the API key {problem}", hint=hint)
 
 

@@ -36,6 +36,7 @@ from runtime import Model
 from runtime.errors import LlamapyzError
 from runtime.gguf import load_gguf
 from runtime.quants import FORMATS
+from runtime.sampling import require_finite
 from tests.synth import (
     ARRAY,
     BOOL,
@@ -477,13 +478,15 @@ def exercise(path: Path, length: int, n_ctx: int | None) -> str:
 
 
 def run_model(model: Model) -> None:
-    """A few tokens of prefill, one decode step, the sampled token's text."""
+    """A few tokens of prefill, one decode step, the sampled token's text; the logits checked as the server's
+    warm-up checks them (NaN or inf: `NonFiniteError`, counted apart from "ok")."""
     ids = model.tokenize(PROMPT)[:max(1, min(4, model.n_ctx - 1))] or [0]
     logits = model.prefill(ids)
     assert logits.shape == (model.n_vocab,)
+    require_finite(logits)
     token = int(np.argmax(logits))
     if len(ids) < model.n_ctx:
-        model.decode(token)
+        require_finite(model.decode(token))
     model.detokenize([token])
 
 

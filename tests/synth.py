@@ -118,16 +118,20 @@ ARCH_FEATURES = {
 
 def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
                 n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = (), extra: tuple[str, ...] = (),
-                experts: bool = False, rope_freqs: bool = False, small: bool = False) -> None:
+                experts: bool = False, rope_freqs: bool = False, small: bool = False,
+                chat_template: bool = True) -> None:
     """A tiny random model of `arch` (an `ARCH_FEATURES` key) with its matrices in `weight_type`, less `omit`,
     plus `extra` F32 vectors (tensors no architecture uses). `experts`: llama as a Mixtral-style MoE (4
     experts, 2 used); `rope_freqs`: llama with Llama 3.1-style per-frequency rope factors; `small`: an eighth
-    of the width (n_embd 32, two heads of 16 sharing one KV head), for what runs under numba's CUDA simulator."""
+    of the width (n_embd 32, two heads of 16 sharing one KV head), for what runs under numba's CUDA simulator;
+    `chat_template`: False leaves tokenizer.chat_template out, as a base model's file does."""
     n_embd, n_ff, n_head, n_head_kv, head_dim = (32, 64, 2, 1, 16) if small else (256, 512, 4, 2, 64)
     features = ARCH_FEATURES[arch] | ({"experts"} if experts else set())
     n_expert, n_ff_expert = 4, (64 if small else 256)
     rng = np.random.default_rng(seed)
     tokenizer = byte_level_tokenizer()
+    if not chat_template:
+        del tokenizer["tokenizer.chat_template"]
     n_vocab = len(tokenizer["tokenizer.ggml.tokens"][1])
     a = arch
     metadata = {

@@ -266,3 +266,25 @@ def test_the_cache_folder_follows_each_systems_convention(monkeypatch, system, e
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "platform", system)
     assert bundle.cache_root() == Path(os.path.expanduser(expected))
+
+
+def test_version_names_every_model_on_its_first_line(tmp_path):
+    """A two-model archive's --version named only the first model in its heading (the archive's name, which is
+    the first model's alias unless --name was given)."""
+    result = run_archive(make_archive(tmp_path, models=TWO_MODELS), "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("llamapyz 0.0.test — tiny: 3 models (tiny, tiny-chatml, gemma), "
+                                                    "built 2024-01-01T00:00:00Z for CPython")
+    (tmp_path / "one").mkdir()
+    one = run_archive(make_archive(tmp_path / "one"), "--version")
+    assert one.stdout.startswith("llamapyz 0.0.test — tiny, built 2024-01-01T00:00:00Z for CPython")
+
+
+def test_the_start_up_error_line_is_capped(capsys):
+    from runtime.bundle import fail
+
+    with pytest.raises(SystemExit) as exited:
+        fail(BundleError("x" * 3_700_000, hint="copy it again"))
+    error, hint = capsys.readouterr().err.splitlines()
+    assert exited.value.code == 1 and len(error) < 500 and error.endswith("more characters)")
+    assert hint == "hint: copy it again"

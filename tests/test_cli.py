@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,231 @@ def test_run_offloads_with_ngl_and_says_so(tmp_path):
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: no NVIDIA GPU or driver found; running all layers on the CPU"]
+
+
+# --- issue 27: what a new user and a probe met at start-up ---------------------------------------------------
+
+
+@pytest.fixture
+def no_serving(monkeypatch) -> list:
+    """runtime.server.serve replaced by a list of the ServeOptions it was given: start-up checks run, no server."""
+    import runtime.server
+
+    started: list = []
+    monkeypatch.setattr(runtime.server, "serve", lambda options, say: started.append(options))
+    monkeypatch.delenv("LLAMAPYZ_API_KEY", raising=False)
+    return started
+
+
+def test_a_missing_model_file_is_an_error_line_and_a_hint_about_models(tmp_path, no_serving):
+    missing = str(tmp_path / "nope.gguf")
+    for args in (["run", "-m", missing, "-p", "x"], ["serve", "-m", missing, "--nobrowser"],
+                 ["tokenize", "-m", missing, "x"], ["inspect", missing]):
+        result = run(*args)
+        assert result.exit_code == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert lines[-2].startswith("error: ") and "nope.gguf" in lines[-2], (args, lines)
+        assert lines[-1].startswith("hint: ") and ".gguf" in lines[-1] and "--help" not in lines[-1], (args, lines)
+    assert not no_serving
+
+
+def test_a_file_that_is_not_gguf_is_named_so_not_truncated_or_corrupt(tmp_path, no_serving):
+    readme = tmp_path / "README.md"
+    readme.write_text("# llamapyz\n\nOne GGUF model, one self-running Python file.\n")
+    for args in (["run", "-m", str(readme), "-p", "x"], ["serve", "-m", str(readme), "--nobrowser"]):
+        result = run(*args)
+        assert result.exit_code == 1
+        error, hint = result.stderr.strip().splitlines()[-2:]
+        assert error == (f"error: {readme}: not a GGUF file (it starts with b'# llamapyz\\n\\nOne ', a GGUF file "
+                         "with b'GGUF')")
+        assert hint.startswith("hint: ") and "truncated" not in hint and "corrupt" not in hint
+
+
+def test_an_error_line_is_capped(tmp_path):
+    """A corrupt GGUF's one error line was 3.7 MB (issue 27): here a 1,000,000-character architecture name."""
+    path = tmp_path / "odd.gguf"
+    write_gguf(path, {"w": ("F32", (2, 8))}, metadata={}, arch="x" * 1_000_000)
+    result = run("run", "-m", str(path), "-p", "x")
+    assert result.exit_code == 1
+    error = result.stderr.strip().splitlines()[-2]
+    assert error.startswith("error: ") and "is not supported" not in error and len(error) < 500
+    assert error.endswith("more characters)")
+
+
+@pytest.mark.parametrize(("how", "key", "problem"), [
+    ("option", "", "--api-key: the API key is empty"),
+    ("env", "", "$LLAMAPYZ_API_KEY: the API key is empty"),
+    ("config", "", "the API key is empty"),
+    ("option", "   ", "--api-key: the API key is only whitespace"),
+    ("option", " s3cret", "--api-key: the API key starts or ends with whitespace"),
+    ("env", "s3cret\t", "$LLAMAPYZ_API_KEY: the API key starts or ends with whitespace"),
+    ("option", "\ufeffs3cret", "--api-key: the API key starts with a byte order mark"),
+    ("file", "\ufeffs3cret", "the API key starts with a byte order mark"),
+    ("option", "clé", "--api-key: the API key holds '\\xe9' (character 3), which HTTP headers cannot carry"),
+    ("config", "k\u00a0ey", "the API key holds '\\xa0' (character 2)"),
+    ("file", "s3cret\x07", "the API key holds '\\x07' (character 7)"),
+    ("archive", "", "--api-key: the API key is empty"),  # baked into an archive's .args: its command line
+    ("archive", "naïve", "--api-key: the API key holds '\\xef' (character 3)"),
+])
+def test_an_api_key_no_client_can_send_is_refused_at_start(tmp_path, no_serving, monkeypatch, how, key, problem):
+    """An empty key served without one; a key with a BOM, only whitespace or non-ASCII characters started but
+    could never match (HTTP headers are ASCII, trimmed): each is refused at start, saying why (issue 27)."""
+    from runtime.cli import archive_command
+
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    args = ["-m", str(model), "--nobrowser"]
+    if how in ("option", "archive"):
+        args += ["--api-key", key]
+    elif how == "env":
+        monkeypatch.setenv("LLAMAPYZ_API_KEY", key)
+    elif how == "file":
+        (tmp_path / "key").write_text(key + "\n", encoding="utf-8")
+        args += ["--api-key-file", str(tmp_path / "key")]
+    else:
+        config = tmp_path / "server.json"
+        config.write_text(json.dumps({"api_key": key, "models": [{"model": str(model)}]}))
+        args = ["--config", str(config), "--nobrowser"]
+    command = archive_command if how == "archive" else main
+    result = CliRunner().invoke(command, args if how == "archive" else ["serve", *args])
+    assert result.exit_code == 1, result.output
+    error, hint = result.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and problem in error and hint.startswith("hint: "), result.stderr
+    assert not no_serving  # nothing started
+
+
+def test_an_api_key_a_client_can_send_is_taken(tmp_path, no_serving, monkeypatch):
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    for key in ("s3cret", "with inner spaces", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./", "x" * 4096):
+        result = run("serve", "-m", str(model), "--nobrowser", "--api-key", key)
+        assert result.exit_code == 0, result.output
+        assert no_serving.pop().api_key == key
+    monkeypatch.setenv("LLAMAPYZ_API_KEY", "from-env")
+    assert run("serve", "-m", str(model), "--nobrowser").exit_code == 0 and no_serving.pop().api_key == "from-env"
+    assert run("serve", "-m", str(model), "--nobrowser", "--api-key", "x" * 4097).exit_code == 1
+
+
+def test_an_api_key_file_must_be_a_regular_file_and_is_never_waited_on(tmp_path):
+    """A FIFO as --api-key-file hung the start-up (issue 27): it is refused without being read."""
+    import os
+    import threading
+
+    from runtime.serve_cli import read_api_key
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_api_key(str(fifo), given=None))
+        except LlamapyzError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():  # blocked on the FIFO: free it (a writer lets open() return) before failing
+        with open(fifo, "w") as writer:
+            writer.write("key\n")
+        reader.join(timeout=5)
+        pytest.fail("read_api_key waited on a FIFO")
+    assert isinstance(outcome[0], LlamapyzError) and "is not a regular file" in str(outcome[0])
+    with pytest.raises(LlamapyzError, match="is not a regular file"):
+        read_api_key(str(tmp_path), given=None)  # a folder
+
+
+@pytest.mark.parametrize(("option", "value"), [("--repeat-penalty", "0"), ("--top-p", "0"), ("--temp", "5.5"),
+                                               ("--min-p", "1.5"), ("-n", "0"), ("--top-k", "-1")])
+def test_a_default_sampling_option_the_api_would_refuse_is_refused_at_start(tmp_path, no_serving, option, value):
+    """serve --repeat-penalty 0 was taken, then every request that did not set it got a 400 (issue 27): each
+    default option's range is the API's own for that field."""
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    result = run("serve", "-m", str(model), "--nobrowser", option, value)
+    assert result.exit_code == 1 and "error: Invalid value for" in result.stderr and option in result.stderr
+    assert not no_serving
+
+
+def test_the_default_sampling_options_bounds_are_the_apis(tmp_path, no_serving):
+    """At each bound a default option takes, the API's field and the sampler take the value too."""
+    from runtime.sampling import SamplingParams
+    from runtime.serve_cli import SERVE_OPTIONS
+    from runtime.server.schema import SAMPLING
+
+    fields = {f.name: f for f in SAMPLING}
+    options = {o.name: o for o in (make(lambda: None).__click_params__[0] for make in SERVE_OPTIONS)}
+    for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+        bound = options[name].type
+        for edge, is_open in ((bound.min, bound.min_open), (bound.max, bound.max_open)):
+            if edge is None:
+                continue
+            value = edge + (1e-6 if edge == bound.min else -1e-6) if is_open else edge
+            fields[name].check(value)  # no ApiError
+            SamplingParams(**{name: value})  # no ValueError
+        if bound.min is not None and bound.min_open:  # the open end itself: the API refuses it too
+            with pytest.raises(ValueError):
+                SamplingParams(**{name: bound.min})
+
+
+def interrupted(command: list[str], started: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """Run `command`, call `started` with the process once it is under way, then press Ctrl+C (SIGINT, as a
+    terminal sends it); the exit code and stderr."""
+    import signal
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started(process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
+    """Ctrl+C with a reply streaming printed two tracebacks, ~60 lines (uvicorn cancelled the stream after its
+    graceful-shutdown timeout): the engines stop first, so the stream ends (with an error event) and so does
+    the process, with one line."""
+    import threading
+
+    import httpx
+
+    from tests.live_server import free_port, wait_healthy
+
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+    port = free_port()
+    events: list[str] = []
+
+    def stream() -> None:
+        body = {"prompt": "the cat", "max_tokens": 100_000, "stream": True, "temperature": 0,
+                "logit_bias": {"0": -100, "1": -100}}  # no end of generation: it streams until interrupted
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as response:
+            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+    def started(process: subprocess.Popen) -> None:
+        wait_healthy(f"http://127.0.0.1:{port}", 120, alive=lambda: process.poll() is None)
+        threading.Thread(target=stream, daemon=True).start()
+        while len(events) < 1 and process.poll() is None:  # the reply is streaming
+            time.sleep(0.05)
+
+    code, stderr = interrupted([sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "-c", "100000",
+                                "-t", "1", "--nobrowser", "--port", str(port)], started)
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr
+    assert events and "shutting down" in events[-1]  # the client was told, not cut off
+
+
+def test_ctrl_c_while_run_streams_is_one_line(tmp_path):
+    model = tmp_path / "tiny.gguf"
+    write_model(model, "llama", "Q8_0")
+
+    def started(process: subprocess.Popen) -> None:
+        process.stdout.read(200)  # the prompt and generated text are coming
+
+    code, stderr = interrupted([sys.executable, "-m", "runtime.cli", "run", "-m", str(model), "-p", "the cat",
+                                "-n", "100000", "-c", "100000", "-t", "1", "--temp", "0"], started)  # never ends
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr

@@ -190,3 +190,35 @@ def test_hand_assembled_file_is_valid_when_nothing_is_wrong(tmp_path):
         assert np.array_equal(g.tensor("u").dequantize(), np.arange(8, dtype=np.float32))
         with pytest.raises(GGUFError, match="no tensor named 'v'"):
             g.tensor("v")
+
+
+def test_a_file_that_is_not_gguf_says_so_and_how_it_starts(tmp_path):
+    """`-m README.md` said "truncated or corrupt" (issue 27): the magic is checked first, the message says what
+    the file starts with, and the hint asks for a .gguf file instead of a fresh download."""
+    path = tmp_path / "README.md"
+    path.write_text("# llamapyz\n\nOne GGUF model, one self-running Python file.\n" * 20)
+    with pytest.raises(GGUFError) as caught:
+        load_gguf(path)
+    assert str(caught.value) == (f"{path}: not a GGUF file (it starts with b'# llamapyz\\n\\nOne ', a GGUF file "
+                                 "with b'GGUF')")
+    assert "truncated" not in caught.value.hint and ".gguf" in caught.value.hint
+
+
+@pytest.mark.parametrize("where", ["key", "tensor"])
+def test_a_huge_name_is_shown_in_a_few_hundred_characters(tmp_path, where):
+    """A corrupt file's 3.7 MB key made a 3.7 MB error line (issue 27): names are cut where messages quote them,
+    and every llamapyz error message is capped besides."""
+    huge = "k" * 1_000_000
+    data = (gguf_bytes([kv_u32(huge, 1), kv_u32(huge, 2)], []) if where == "key" else
+            gguf_bytes([], [tensor_info(huge, (8,), 0, 0)] * 2, F32_ROW))
+    with pytest.raises(GGUFError, match="duplicate") as caught:
+        load_gguf(write(tmp_path, data))
+    assert len(str(caught.value)) < 300 and "more characters)" in str(caught.value)
+
+
+def test_every_llamapyz_error_message_is_capped():
+    from runtime.errors import MAX_MESSAGE_CHARS, LlamapyzError
+
+    message = str(LlamapyzError("x" * 3_700_000))
+    assert message == "x" * MAX_MESSAGE_CHARS + f"…({3_700_000 - MAX_MESSAGE_CHARS} more characters)"
+    assert str(LlamapyzError("short")) == "short"

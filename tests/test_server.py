@@ -380,3 +380,73 @@ def test_request_tokenizing_runs_off_the_event_loop(tiny_llama):
                            ("/v1/embeddings", {"input": "hello"})):
             assert post(live, path, body).status_code == 200, path
     assert len(seen) >= 5 and live.thread not in seen
+
+
+# --- issue 27: numbers and logit_bias keys no request may turn into a 500 ---------------------------------------
+
+HUGE = "1" + "0" * 400  # an integer of 401 digits: float() overflows on it
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                                   "frequency_penalty"])
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_too_large_for_a_float_is_a_400(server, field, sign):
+    """A 400-digit integer in a number field was an OverflowError, a 500."""
+    for path, head in (("/v1/completions", '{"prompt": "a", "max_tokens": 1, '),
+                       ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a"}], "max_tokens": 1, ')):
+        response = post(server, path, f'{head}"{field}": {sign}{HUGE}}}')
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == field and error["type"] == "invalid_request_error" and len(error["message"]) < 200
+
+
+@pytest.mark.parametrize("field", ["top_k", "seed", "max_tokens", "repeat_last_n", "top_logprobs"])
+def test_a_huge_integer_in_an_integer_field_is_never_a_500(server, field):
+    body = '{"messages": [{"role": "user", "content": "a"}], "max_tokens": 1, "temperature": 0.5, '
+    response = post(server, "/v1/chat/completions", body.replace(f'"{field}": 1, ', "") + f'"{field}": {HUGE}}}')
+    assert response.status_code in (200, 400), response.text
+
+
+@pytest.mark.parametrize("key", ["1_0", "\u0661\u0660", " 5", "5 ", "+5", "-5", "0x5", "5\n", "", "1e1",
+                                 "9" * 5000])
+def test_logit_bias_keys_are_plain_decimal_token_ids(server, key):
+    """int() took "1_0" as token 10, Arabic-Indic digits, " 5": a key is ASCII digits only."""
+    body = {"prompt": "a", "max_tokens": 1, "logit_bias": {key: 5}}
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 400, (key, response.text)
+    error = response.json()["error"]
+    assert error["param"] == "logit_bias" and len(error["message"]) < 200
+
+
+def test_a_logit_bias_key_of_digits_is_its_token_and_its_bias_must_be_finite(server):
+    body = {"prompt": "a", "max_tokens": 1, "temperature": 0}
+    for key in ("10", "010"):
+        forced = post(server, "/v1/completions", {**body, "logit_bias": {key: 100}, "logprobs": 1}).json()
+        assert forced["choices"][0]["logprobs"]["tokens"] == [post(server, "/detokenize", {"tokens": [10]})
+                                                                   .json()["content"]]
+    nan = post(server, "/v1/completions", '{"prompt": "a", "max_tokens": 1, "logit_bias": {"10": NaN}}')
+    assert nan.status_code == 400 and nan.json()["error"]["param"] == "logit_bias"
+
+
+def test_top_p_zero_is_refused_by_the_schema_as_by_the_sampler(server):
+    response = post(server, "/v1/completions", {"prompt": "a", "max_tokens": 1, "top_p": 0})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "top_p"
+    spec = httpx.get(server.url + "/openapi.json").json()
+    top_p = spec["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert top_p["properties"]["top_p"]["exclusiveMinimum"] == 0
+
+
+def test_v1_models_says_which_models_are_base_models(tiny_llama, tmp_path):
+    """The registry's gemma3-270m is a base model, and the web UI offered it for chat without saying so: a model
+    whose file has no chat template (base models have none; llama.cpp's converter writes an instruct model's)
+    and that was given none is a `base_model` in /v1/models, loaded or not."""
+    from tests.synth import write_model
+
+    base = tmp_path / "tiny-base.gguf"
+    write_model(base, "llama", "Q8_0", chat_template=False)
+    specs = [ModelSpec(str(tiny_llama), "tiny-llama"), ModelSpec(str(base), "tiny-base"),
+             ModelSpec(str(base), "tiny-base-chatml", chat_template="chatml")]
+    with ServerThread(None, models=specs, n_ctx=N_CTX, n_slots=1) as live:
+        models = httpx.get(live.url + "/v1/models").json()["data"]
+    assert [(m["id"], m["status"], m["base_model"]) for m in models] == [
+        ("tiny-llama", "loaded", False), ("tiny-base", "not loaded", True), ("tiny-base-chatml", "not loaded", False)]

@@ -511,3 +511,24 @@ def test_a_reply_stopped_before_its_first_token_is_not_sent_back(page):
     page.wait_for_selector("#send:not([hidden])")
     exchange(page, "second", "two")
     assert [m["content"] for m in last_request(page)["messages"]] == ["first", "second"]
+
+
+def test_a_base_model_is_called_one_in_the_header(browser, tmp_path_factory):
+    """The registry's gemma3-270m, a base model, was offered for chat without a word (issue 27): /v1/models'
+    base_model (no chat template in its file) is said in the picker and in the heading."""
+    from runtime.server.config import ModelSpec
+    from tests.live_server import ServerThread
+    from tests.synth import write_model
+
+    folder = tmp_path_factory.mktemp("base")
+    llama, base = folder / "tiny-llama.gguf", folder / "tiny-base.gguf"
+    write_model(llama, "llama", "Q8_0")
+    write_model(base, "llama", "Q8_0", chat_template=False)
+    models = [ModelSpec(str(llama), "tiny-llama"), ModelSpec(str(base), "tiny-base")]
+    with ServerThread(None, models=models, n_ctx=64, n_slots=1) as live, \
+            chat_page(browser, live.url, "tiny-llama") as page:
+        assert page.locator("#model-picker option").all_inner_texts() == [
+            "tiny-llama", "tiny-base (not loaded; base model: completes text, not a chat)"]
+    with ServerThread(base, n_ctx=64, n_slots=1) as live, chat_page(browser, live.url, "tiny-base") as page:
+        assert page.locator("#model-name").inner_text() == "tiny-base (base model: completes text, not a chat)"
+        assert page.title() == "tiny-base \u00b7 llamapyz"

@@ -1,6 +1,6 @@
-// The page's header: the model's name (also the tab's title; with several models, a choice between them),
-// what the server says (loading, needs an API key, unreachable), how much of the context the open
-// conversation uses, and the light/dark switch.
+// The page's header: the model's name (also the tab's title; with several models, a choice between them; a
+// base model said to be one), what the server says (loading, needs an API key, unreachable), how much of the
+// context the open conversation uses, and the light/dark switch.
 "use strict";
 
 import { getJson } from "./api.js";
@@ -12,6 +12,8 @@ const NEEDS_KEY = "this server needs an API key: open Settings";
 const LOADING = "loading the model\u2026";
 const UNREACHABLE = "cannot reach the server";
 const FULL_SOON = 0.9; // of n_ctx: past this the context counter turns to a warning
+// what /v1/models' base_model means for a chat page (a model without a chat template, like gemma3-270m)
+const BASE_MODEL = "base model: completes text, not a chat";
 
 export async function loadModelName() {
   try {
@@ -19,6 +21,7 @@ export async function loadModelName() {
     if (body) {
       const models = body.data || [];
       state.models = models.map((m) => m.id);
+      state.baseModels = models.filter((m) => m.base_model).map((m) => m.id);
       renderModelPicker(models);
       const name = showModelName();
       const model = models.find((m) => m.id === name);
@@ -49,21 +52,24 @@ export function chosenModel() {
 
 function showModelName() {
   const name = chosenModel() || state.models[0] || "llamapyz";
-  $("model-name").textContent = name;
+  $("model-name").textContent = state.baseModels.includes(name) ? `${name} (${BASE_MODEL})` : name;
   document.title = `${name} \u00b7 llamapyz`;
   return name;
 }
 
 // With several models, a choice in the header (each named with its state when not loaded: choosing it loads
-// it); the heading stays for screen readers.
+// it; and whether it is a base model); the heading stays for screen readers.
 function renderModelPicker(models) {
   const picker = $("model-picker");
   const several = models.length > 1;
   picker.hidden = !several;
   $("model-name").classList.toggle("visually-hidden", several);
-  picker.replaceChildren(...models.map((m) => Object.assign(document.createElement("option"), {
-    value: m.id, textContent: m.status && m.status !== "loaded" ? `${m.id} (${m.status})` : m.id,
-  })));
+  picker.replaceChildren(...models.map((m) => {
+    const notes = [m.status && m.status !== "loaded" ? m.status : "", m.base_model ? BASE_MODEL : ""].filter(Boolean);
+    return Object.assign(document.createElement("option"), {
+      value: m.id, textContent: notes.length ? `${m.id} (${notes.join("; ")})` : m.id,
+    });
+  }));
   if (several) picker.value = chosenModel();
 }
 

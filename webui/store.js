@@ -12,7 +12,7 @@ const KEYS = { conversations: "llamapyz.conversations", settings: "llamapyz.sett
 // (`above`: strictly above it); `integer` ones take whole numbers only.
 export const SAMPLERS = [
   { name: "temperature", field: "temperature", id: "temperature", label: "Temperature", min: 0, max: 5 },
-  { name: "topP", field: "top_p", id: "top-p", label: "Top p", min: 0, max: 1 },
+  { name: "topP", field: "top_p", id: "top-p", label: "Top p", above: 0, max: 1 },
   { name: "topK", field: "top_k", id: "top-k", label: "Top k", min: 0, integer: true },
   { name: "minP", field: "min_p", id: "min-p", label: "Min p", min: 0, max: 1 },
   { name: "repeatPenalty", field: "repeat_penalty", id: "repeat-penalty", label: "Repeat penalty", above: 0,
@@ -125,6 +125,7 @@ export const state = {
   settings: loadSettings(),
   serverProps: {}, // /props: n_ctx and default_generation_settings (the samplers' placeholders)
   models: [], // the server's models (/v1/models): with several, the header offers a choice
+  baseModels: [], // those /v1/models calls base models (no chat template: they continue text, not a chat)
   controller: null, // AbortController of the reply being streamed
 };
 

@@ -31,7 +31,7 @@ from ..errors import ContextOverflowError, LlamapyzError
 from ..generation import Step, generate
 from ..gguf import GGUFFile, Source, load_gguf
 from ..gpu import setup as setup_gpu
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, require_finite
 from ..threads import physical_cores, set_threads
 from ..tokenizer import Tokenizer
 from .config import ModelConfig
@@ -321,6 +321,7 @@ class Model:
         if start + len(chunk) == len(ids):  # the input is done: mean-pool its hidden states, unit length
             parts = embedding.parts
             pooled = (np.concatenate(parts) if len(parts) > 1 else parts[0]).mean(axis=0)
+            require_finite(pooled, f"values for the embedding of input {embedding.index}")  # never NaN in JSON
             norm = float(np.linalg.norm(pooled))
             embedding.vectors[embedding.index] = pooled / norm if norm > 0 else pooled
             embedding.index, embedding.parts = embedding.index + 1, []

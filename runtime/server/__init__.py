@@ -10,6 +10,7 @@ others load when a request first names them (`models.ModelPool`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from ..errors import LlamapyzError
 from ..gguf import Source
 from ..kernels import cache as kernel_cache
 from ..model.model import Model, check_memory, settle
+from ..sampling import require_finite
 from .app import ServerState, create_app, load_webui
 from .config import ModelSpec
 from .connections import HEADER_TIMEOUT_S, ConnectionLimits, connection_cap
@@ -130,7 +132,9 @@ def load_engine(options: ServeOptions, state: ServerState, say=print) -> None:
 
 
 def warm_up(model: Model, say=None) -> None:
-    """A short prefill and a batched decode step, so the first request does not wait for the kernels.
+    """A short prefill and a batched decode step, so the first request does not wait for the kernels; their
+    logits must be finite (every layer's matrices and the output layer took part: NaN or inf in any of them
+    is a load error now, `NonFiniteError`, rather than every request's).
 
     On the first run for this CPU target (kernels neither precompiled into the archive nor cached by an
     earlier run) that compiles them, which takes a while: say so."""
@@ -142,8 +146,8 @@ def warm_up(model: Model, say=None) -> None:
         say(f"compiling the kernels for {target} (first run on this CPU tier; later runs load them) …")
     context = model.new_context()  # one is enough: kernels take the same types for any number of sequences
     tokens = model.tokenize("Hello, world.")
-    model.prefill(tokens, context)
-    model.decode_batch([tokens[-1]], [context])
+    require_finite(model.prefill(tokens, context), "logits for a test prompt")
+    require_finite(model.decode_batch([tokens[-1]], [context]), "logits for a test prompt")
     if fresh:
         kernel_cache.mark_warm(target, formats)
         if say:
@@ -203,6 +207,15 @@ def serve(options: ServeOptions, say=print) -> None:
         elif options.open_browser:
             say("no display found: open the URL above in a browser")
 
+    shutdown = server.shutdown
+
+    async def stop_engines_first(sockets: Any = None) -> None:
+        # Ctrl+C: every running job ends now ("the server is shutting down"), so open streams end and their
+        # connections close within uvicorn's graceful wait, rather than being cancelled after it (a traceback each)
+        await asyncio.to_thread(state.pool.stop)
+        await shutdown(sockets)
+
+    server.shutdown = stop_engines_first
     loader.start()
     threading.Thread(target=on_ready, daemon=True).start()
     try:

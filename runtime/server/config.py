@@ -19,7 +19,7 @@ from typing import Any
 
 from ..chat import BUILTIN
 from ..errors import LlamapyzError
-from ..gguf import Source
+from ..gguf import GGUFFile, Source, load_gguf
 
 
 class ConfigError(LlamapyzError):
@@ -43,6 +43,32 @@ class ModelSpec:
     def settings(self) -> dict[str, Any]:
         """The settings that are set (JSON-able: what an archive's manifest keeps beside the file)."""
         return {f.name: getattr(self, f.name) for f in fields(self)[2:] if getattr(self, f.name) is not None}
+
+    @property
+    def base_model(self) -> bool:
+        """Whether this is a base (pretrained, not chat-tuned) model, as far as can be told: its file has no
+        chat template (llama.cpp's converter writes the one an instruct model ships with; Gemma 3 270M's base
+        GGUF has none) and none was given for it. Such a model continues text; a chat gets a built-in
+        template's markup it was never trained on (/v1/models says so, and the web UI's header)."""
+        return self.chat_template is None and not has_chat_template(self.source)
+
+
+_CHAT_TEMPLATES: dict[Source, bool] = {}  # has_chat_template's answers, by file
+
+
+def has_chat_template(source: Source, gguf: GGUFFile | None = None) -> bool:
+    """Whether the GGUF at `source` carries `tokenizer.chat_template`, read once per process (start-up passes
+    the file it has open to check it: `gguf`). A file that cannot be read: True, claiming nothing."""
+    if source not in _CHAT_TEMPLATES:
+        try:
+            opened = gguf if gguf is not None else load_gguf(source)
+        except (LlamapyzError, OSError):
+            return True
+        template = opened.metadata.get("tokenizer.chat_template")
+        if gguf is None:
+            opened.close()
+        _CHAT_TEMPLATES[source] = isinstance(template, str) and bool(template.strip())
+    return _CHAT_TEMPLATES[source]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, NonFiniteError
 from ..generation import Step
 from .engine import Job, Overloaded
 from .jobs import usage
@@ -146,6 +146,8 @@ def engine_error(exc: object) -> ApiError:
         return exc
     if isinstance(exc, (ContextOverflowError, ValueError)):
         return ApiError(400, str(exc))
+    if isinstance(exc, NonFiniteError):  # the model's file is corrupt: ours, said plainly (tests/test_corrupt_weights)
+        return ApiError(500, f"{exc} ({exc.hint})", code="non_finite_output")
     return ApiError(500, f"generation failed: {exc}")
 
 

@@ -25,7 +25,7 @@ async def models(request: Request) -> Response:
     data = []
     for served in state.pool.models:
         entry = {"id": served.alias, "object": "model", "created": int(state.started), "owned_by": "llamapyz",
-                 "status": served.state}
+                 "status": served.state, "base_model": served.spec.base_model}
         engine = served.engine
         if engine is not None:
             model = engine.model

@@ -4,6 +4,8 @@ and the pieces of the responses built from a job's steps."""
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 
 from ..chat import ChatTemplateError
 from ..constraint import Grammar
@@ -23,13 +25,18 @@ MAX_STOP_STRINGS = 16
 def sampling_params(fields: dict, model: Model) -> SamplingParams:
     bias = {}
     for key, value in (fields["logit_bias"] or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise ApiError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
-        if not 0 <= token < model.n_vocab or not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ApiError(400, f"logit_bias: token {key} is outside the vocabulary or its bias is not a number",
+        # a token id in ASCII decimal digits, as OpenAI's clients write it: int() would also take "1_0" (10),
+        # " 5", "+5" and other scripts' digits
+        if not re.fullmatch(r"[0-9]+", key, re.ASCII):
+            raise ApiError(400, f"logit_bias keys must be token ids in decimal digits, got {key[:40]!r}",
                            param="logit_bias")
+        token = int(key) if len(key) <= 18 else model.n_vocab  # more digits than any vocabulary's ids: outside it
+        if not 0 <= token < model.n_vocab:
+            raise ApiError(400, f"logit_bias: token {key[:40]} is outside the vocabulary [0, {model.n_vocab})",
+                           param="logit_bias")
+        finite = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)  # any int: clipped
+        if isinstance(value, bool) or not finite:
+            raise ApiError(400, f"logit_bias: the bias of token {key} must be a finite number", param="logit_bias")
         bias[token] = float(max(-100.0, min(100.0, value)))
     try:
         return SamplingParams(temperature=fields["temperature"], top_k=fields["top_k"], top_p=fields["top_p"],

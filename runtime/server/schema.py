@@ -12,7 +12,8 @@ from typing import Any
 _JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    # an int is a number even past float's range (JSON's numbers have none): `Field.check` refuses it there
+    "number": lambda v: isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v),
     "boolean": lambda v: isinstance(v, bool),
     "array": lambda v: isinstance(v, list),
     "object": lambda v: isinstance(v, dict),
@@ -64,11 +65,17 @@ class Field:
             raise ApiError(400, f"'{self.name}' must be {' or '.join(self.types)}, got {_json_type(value)}",
                            param=self.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown = _shown_number(value)
             if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
                 relation = ">" if self.exclusive_minimum else ">="
-                raise ApiError(400, f"'{self.name}' must be {relation} {self.minimum}, got {value}", param=self.name)
+                raise ApiError(400, f"'{self.name}' must be {relation} {self.minimum}, got {shown}", param=self.name)
             if self.maximum is not None and value > self.maximum:
-                raise ApiError(400, f"'{self.name}' must be <= {self.maximum}, got {value}", param=self.name)
+                raise ApiError(400, f"'{self.name}' must be <= {self.maximum}, got {shown}", param=self.name)
+            if "number" in self.types and "integer" not in self.types and isinstance(value, int):
+                try:  # the sampler computes in floats: an integer of 400 digits overflowed there (a 500)
+                    value = float(value)
+                except OverflowError:
+                    raise ApiError(400, f"'{self.name}' is too large, got {shown}", param=self.name) from None
         if self.items == "integer" and isinstance(value, list):
             value = [int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**63 else v for v in value]
         if self.items and isinstance(value, list) and not all(_JSON_TYPES[self.items](v) for v in value):
@@ -92,6 +99,12 @@ class Field:
         if self.enum is not None:
             schema["enum"] = list(self.enum)
         return schema
+
+
+def _shown_number(value: int | float, digits: int = 24) -> str:
+    """A number as an error message shows it: an integer of hundreds of digits by its first ones and length."""
+    text = str(value)
+    return text if len(text) <= digits else f"{text[:digits]}… ({len(text.lstrip('-'))} digits)"
 
 
 def _json_type(value: Any) -> str:
@@ -170,7 +183,7 @@ SAMPLING = [
           "context).", minimum=1),
     Field("max_completion_tokens", "integer", "Same as max_tokens (OpenAI's newer name).", minimum=1),
     Field("temperature", "number", "0 = greedy.", default=0.8, minimum=0, maximum=5),
-    Field("top_p", "number", "Nucleus sampling.", default=0.95, minimum=0, maximum=1),
+    Field("top_p", "number", "Nucleus sampling.", default=0.95, minimum=0, exclusive_minimum=True, maximum=1),
     Field("top_k", "integer", "Keep the k most likely tokens (0 = all).", default=40, minimum=0),
     Field("min_p", "number", "Drop tokens below min_p times the best one's probability.", default=0.05,
           minimum=0, maximum=1),
