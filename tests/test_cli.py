@@ -424,8 +424,8 @@ def interrupted(command: list[str], started: Callable[[subprocess.Popen], None])
 
 def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
     """Ctrl+C with a reply streaming printed two tracebacks, ~60 lines (uvicorn cancelled the stream after its
-    graceful-shutdown timeout): the engines stop first, so the stream ends (with an error event) and so does
-    the process, with one line."""
+    graceful-shutdown timeout): the engines stop first, so the streams end (with an error event: the one in
+    the slot and the one queued for it) and so does the process, with one line."""
     import threading
 
     import httpx
@@ -435,25 +435,28 @@ def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
     model = tmp_path / "tiny.gguf"
     write_model(model, "llama", "Q8_0")
     port = free_port()
-    events: list[str] = []
+    events: list[list[str]] = [[], []]
 
-    def stream() -> None:
+    def stream(i: int) -> None:
         body = {"prompt": "the cat", "max_tokens": 100_000, "stream": True, "temperature": 0,
                 "logit_bias": {"0": -100, "1": -100}}  # no end of generation: it streams until interrupted
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as response:
-            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+            events[i].extend(line for line in response.iter_lines() if line.startswith("data: "))
 
     def started(process: subprocess.Popen) -> None:
         wait_healthy(f"http://127.0.0.1:{port}", 120, alive=lambda: process.poll() is None)
-        threading.Thread(target=stream, daemon=True).start()
-        while len(events) < 1 and process.poll() is None:  # the reply is streaming
+        for i in range(2):  # one slot: the second waits in the queue
+            threading.Thread(target=stream, args=(i,), daemon=True).start()
+        while not any(events) and process.poll() is None:  # a reply is streaming
             time.sleep(0.05)
+        time.sleep(0.5)
 
     code, stderr = interrupted([sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "-c", "100000",
-                                "-t", "1", "--nobrowser", "--port", str(port)], started)
+                                "-np", "1", "-t", "1", "--nobrowser", "--port", str(port)], started)
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr
-    assert events and "shutting down" in events[-1]  # the client was told, not cut off
+    for stream_events in events:  # each client was told, not cut off
+        assert stream_events and "shutting down" in stream_events[-1], events
 
 
 def test_ctrl_c_while_run_streams_is_one_line(tmp_path):

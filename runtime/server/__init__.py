@@ -210,9 +210,13 @@ def serve(options: ServeOptions, say=print) -> None:
     shutdown = server.shutdown
 
     async def stop_engines_first(sockets: Any = None) -> None:
-        # Ctrl+C: every running job ends now ("the server is shutting down"), so open streams end and their
-        # connections close within uvicorn's graceful wait, rather than being cancelled after it (a traceback each)
+        # Ctrl+C: every job ends now ("the server is shutting down"; the engine ends those in its slots, the
+        # queued ones are ended here), so open streams end and their connections close within uvicorn's
+        # graceful wait, rather than being cancelled after it (a traceback each)
         await asyncio.to_thread(state.pool.stop)
+        for served in state.pool.models:
+            for job in list(served.engine.waiting) if served.engine is not None else []:
+                job.emit("error", LlamapyzError("the server is shutting down"))
         await shutdown(sockets)
 
     server.shutdown = stop_engines_first
