@@ -244,15 +244,18 @@ def run(model_path: str, prompt: str, max_tokens: int, temperature: float, top_k
     started = time.perf_counter()
     first_token_at, n_generated = None, 0
     end_of_turn = model.chat_template.end_of_turn if chat else None  # the template's markup ends the reply
-    for step in model.generate(tokens, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
-                               top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                               stop=[end_of_turn] if end_of_turn else []):
-        if first_token_at is None:
-            first_token_at = time.perf_counter()
-        n_generated += 1
-        click.echo(step.text, nl=False)
-        sys.stdout.flush()
-    click.echo()
+    steps = model.generate(tokens, max_tokens=max_tokens, temperature=temperature, seed=seed, top_k=top_k,
+                           top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                           stop=[end_of_turn] if end_of_turn else [])
+    try:
+        for step in steps:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            n_generated += 1
+            click.echo(step.text, nl=False)
+            sys.stdout.flush()
+    finally:
+        click.echo()  # the text so far ends its line, before the timings or an error (NaN logits, Ctrl+C)
     ended = time.perf_counter()
     prefill_s = (first_token_at or ended) - started
     decode_s = ended - (first_token_at or ended)

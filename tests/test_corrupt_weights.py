@@ -155,6 +155,8 @@ def test_llamapyz_run_says_so_in_one_line_and_a_hint(models, model, prompt, word
     assert error.startswith("error: ") and words in error, result.stderr
     assert hint.startswith("hint: ") and "corrupt" in hint
     assert result.exception is None or isinstance(result.exception, SystemExit)
+    if model != "norm":  # the prompt was echoed: its line ends before the error's
+        assert result.stdout == f"{prompt}\n"
 
 
 def test_the_sampler_never_fails_on_nan_with_an_index_error():
