@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import LlamapyzError
 from ..generation import Generation, Step
-from ..grammar_limits import MASK_BUDGET_S, GrammarError
+from ..grammar_limits import MASK_BUDGET_S
 from ..model.model import Context, Embedding, Model, Prompt
 from ..threads import set_threads
 
@@ -272,11 +272,11 @@ class Engine:
             return
         try:
             step: Step = job.generation.step(logits)
-        except GrammarError as exc:  # its constraint failed or cost too much: said in one line
-            log.warning("a constrained request ended: %s", exc)
+        except LlamapyzError as exc:  # its constraint failed or cost too much, NaN logits: said in one line
+            log.warning("a request ended: %s", exc)
             self._finish(slot, error=exc)
             return
-        except Exception as exc:  # this request's own sampling (its parameters, its constraint): it alone ends
+        except Exception as exc:  # a bug: this request alone ends, and the traceback is logged
             log.exception("sampling failed for one request")
             self._finish(slot, error=exc)
             return
