@@ -77,7 +77,7 @@ def test_version_lists_every_model(built, bare):
     result = run(archive, bare, "--version")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("llamapyz ") and " — smol, built " in lines[0]
+    assert lines[0].startswith("llamapyz ") and " — smol: 3 models (smol, smol-plain, gemma3-270m), built " in lines[0]
     assert lines[1:4] == [f"model smol (the default): {SMOLLM2}, 93.8 MiB; n_ctx=512, batch_size=64",
                           f"model smol-plain: {SMOLLM2}, 93.8 MiB; chat_template=plain",
                           f"model gemma3-270m: {GEMMA}, 241.4 MiB"]
