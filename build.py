@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
 """Build a llamapyz archive from a GGUF model: `python build.py --help`."""
-from bundler.build import main
+from llamapyz.bundler.builder import main
 
 main()

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import ensure_llama_cpp  # noqa: E402
-from bundler.models import sha256_file  # noqa: E402
-from runtime.gguf import load_gguf  # noqa: E402
+from llamapyz.bundler.registry import sha256_file  # noqa: E402
+from llamapyz.gguf.reader import load_gguf  # noqa: E402
 from tests.dress import FAMILIES, QUANTS, derived_path  # noqa: E402
 
 OUT_DIR = ROOT / "tests" / "data" / "arch"

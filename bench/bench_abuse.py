@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import cpu_model  # noqa: E402
-from bundler.models import resolve_model  # noqa: E402
+from llamapyz.bundler.registry import resolve_model  # noqa: E402
 from tests.live_server import ServerProcess  # noqa: E402
 from tests.test_grammar_limits import gbnf_chain, lark_chain, nested_ref_chain, ref_chain  # noqa: E402
 

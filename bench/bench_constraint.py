@@ -19,12 +19,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_engine import cpu_model  # noqa: E402
-from bundler.models import resolve_model  # noqa: E402
-from runtime import cpu  # noqa: E402
-from runtime.constraint import Grammar, llg_tokenizer  # noqa: E402
-from runtime.generation import Generation  # noqa: E402
-from runtime.model.model import Model  # noqa: E402
-from runtime.sampling import SamplingParams  # noqa: E402
+from llamapyz.bundler.registry import resolve_model  # noqa: E402
+from llamapyz.decode.constraint import Grammar, llg_tokenizer  # noqa: E402
+from llamapyz.decode.generation import Generation  # noqa: E402
+from llamapyz.decode.sampling import SamplingParams  # noqa: E402
+from llamapyz.machine import cpu  # noqa: E402
+from llamapyz.model.model import Model  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},

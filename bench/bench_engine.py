@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.models import cache_dir, resolve_model  # noqa: E402
+from llamapyz.bundler.registry import cache_dir, resolve_model  # noqa: E402
 
 SHORT_PROMPT, CHAT_TOKENS, BUDGET_EXTRA_MIB = 20, 20, 150
 LLAMA_VENV = cache_dir().parent / "llama-cpp-python-venv"
@@ -52,9 +52,9 @@ OURS_SCRIPT = r"""
 import json, resource, sys, time
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args["root"])
-from runtime import Model
-from runtime.cpu import active
-from runtime.model.model import settle
+from llamapyz import Model
+from llamapyz.machine.cpu import active
+from llamapyz.model.model import settle
 def timed(fn, *fn_args):
     t = time.perf_counter(); fn(*fn_args); return time.perf_counter() - t
 t = time.perf_counter()
@@ -109,7 +109,7 @@ COMPILE_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[2])
 t = time.perf_counter()
-from runtime import Model
+from llamapyz import Model
 m = Model.load(sys.argv[1], n_ctx=256)
 m.prefill(list(range(100, 140))); m.decode(5)
 print(time.perf_counter() - t)
@@ -244,7 +244,7 @@ def main() -> None:
                                                               "all: one run per tier this machine runs")
     args = parser.parse_args()
     if args.cpu_tier == "all":
-        from runtime.cpu import detect, runnable
+        from llamapyz.machine.cpu import detect, runnable
 
         for target in runnable(detect()):
             print(f"\n=== {target.name}", file=sys.stderr if args.json else sys.stdout, flush=True)

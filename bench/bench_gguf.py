@@ -12,9 +12,9 @@ import argparse
 import resource
 import time
 
-from bundler.models import REGISTRY, fetch_model
-from runtime.gguf import load_gguf
-from runtime.tokenizer import Tokenizer
+from llamapyz.bundler.registry import REGISTRY, fetch_model
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.tokenizer import Tokenizer
 
 
 def rss_mib() -> float:

@@ -9,10 +9,10 @@ Each configuration (-ngl 0; n_layer // 2; -1: every layer and the output layer) 
 process, one after the other, so its GPU memory and peak RSS are its own; a child that fails or outlasts
 --child-timeout-s (default 600) is reported with the tail of its stderr and the others still run. Within a
 child:
-- load s: `Model.load(path, n_gpu_layers=N)`, the weights' upload included;
+- load s: `load_model(path, n_gpu_layers=N)`, the weights' upload included;
 - compile s: the first warm-up calls (a prefill of 8 tokens, one decode, the logits of 8 tokens) minus the
   same calls repeated: the kernels compiled, or loaded from numba's caches. The GPU kernels are compiled on
-  a machine's first use and cached (runtime/gpu/cache.py: runtime/gpu/__pycache__, or $NUMBA_CACHE_DIR), so
+  a machine's first use and cached (llamapyz/gpu/gpu_cache.py: llamapyz/gpu/__pycache__, or $NUMBA_CACHE_DIR), so
   on a fresh machine the first GPU configuration compiles and the next loads; the report says how many
   kernels each compiled and loaded. --cold-gpu-cache gives each its own empty GPU cache: every compile s is
   then how long the first compile takes. For -ngl 0 this is the CPU kernels (compiled, and much longer, when
@@ -64,8 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import cpu_model  # noqa: E402
-from bundler.models import resolve_model  # noqa: E402
-from runtime.errors import LlamapyzError  # noqa: E402  (imports nothing heavy: no numba in this process)
+from llamapyz.bundler.registry import resolve_model  # noqa: E402
+from llamapyz.errors import LlamapyzError  # noqa: E402  (imports nothing heavy: no numba in this process)
 
 MiB = 2**20
 MAX_RELATIVE_DIFF = 0.06  # of the CPU logits' range: tests/test_model.py's TOLERANCE, the CPU's int8 noise
@@ -92,10 +92,10 @@ SIZES = {"full": Sizes(512, 128, 20, 64, 8, 1), "quick": Sizes(64, 16, 20, 64, 8
 
 
 def child_info(args: dict) -> dict:
-    """The GPU `runtime.gpu.probe` finds (or why none) and the model's layer count."""
-    from runtime.gguf import load_gguf
-    from runtime.gpu import Device, probe
-    from runtime.model.config import ModelConfig
+    """The GPU `llamapyz.gpu.probe` finds (or why none) and the model's layer count."""
+    from llamapyz.gguf.reader import load_gguf
+    from llamapyz.gpu import Device, probe
+    from llamapyz.model.hparams import ModelConfig
 
     device = probe(args["main_gpu"])
     config = ModelConfig.from_metadata(load_gguf(args["path"]).metadata)
@@ -116,7 +116,7 @@ def gpu_free_bytes(main_gpu: int) -> int | None:
 def gpu_kernel_counts() -> dict | None:
     """How many GPU kernel specializations this process compiled and loaded from numba-cuda's cache (None:
     no GPU kernels ran, or the simulator's, which have no such counts)."""
-    kernels = sys.modules.get("runtime.gpu.kernels")
+    kernels = sys.modules.get("llamapyz.gpu.kernels")
     stats = [getattr(v, "stats", None) for v in vars(kernels).values()] if kernels else []
     stats = [s for s in stats if hasattr(s, "cache_misses")]
     if not stats:
@@ -129,13 +129,13 @@ def child_measure(args: dict) -> dict:
     """One configuration: load, warm up, `rounds` timed rounds, the check logits saved to args["logits"]."""
     import numpy as np
 
-    from runtime import Model
+    from llamapyz.loader import load_model
 
     if args["simulator"]:
         sys.setswitchinterval(1e-4)  # the simulator's scheduler polls its threads: switch often
     ngl, main_gpu = args["ngl"], args["main_gpu"]
     if ngl and args["cold_gpu_cache"]:  # before the kernels are defined: their cache locator asks then
-        from runtime.gpu import cache
+        from llamapyz.gpu import gpu_cache as cache
 
         cache.cache_folder = lambda: Path(args["cold_gpu_cache"], f"ngl{ngl}")
     free_before = gpu_free_bytes(main_gpu) if ngl else None  # makes the CUDA context before loading
@@ -146,7 +146,7 @@ def child_measure(args: dict) -> dict:
         return time.perf_counter() - t
 
     t = time.perf_counter()
-    model = Model.load(args["path"], n_ctx=args["n_ctx"], n_threads=args["threads"], n_gpu_layers=ngl,
+    model = load_model(args["path"], n_ctx=args["n_ctx"], n_threads=args["threads"], n_gpu_layers=ngl,
                        main_gpu=main_gpu)
     load_s = time.perf_counter() - t
     sizes = Sizes(**args["sizes"])

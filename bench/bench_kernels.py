@@ -45,14 +45,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import runtime  # noqa: E402,F401 - first: sets the thread-pool environment before numpy loads
+import llamapyz  # noqa: E402,F401 - first: sets the thread-pool environment before numpy loads
 
 # isort: split
 import numpy as np  # noqa: E402
 
-from bundler.models import resolve_model  # noqa: E402
-from runtime.gguf import Tensor  # noqa: E402
-from runtime.quants import FORMATS_BY_NAME  # noqa: E402
+from llamapyz.bundler.registry import resolve_model  # noqa: E402
+from llamapyz.gguf.quants import FORMATS_BY_NAME  # noqa: E402
+from llamapyz.gguf.reader import Tensor  # noqa: E402
 
 SHAPES = ((576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096))  # (n_rows, n_cols)
 DECODE_TOKENS, PREFILL_TOKENS = (1, 4), (64, 512)
@@ -118,7 +118,7 @@ def _sum_words() -> Callable:
 
 def read_bandwidth_gbs(threads: int) -> float:
     """Bytes summed per second over a 512 MiB array (resident before timing), best of 5."""
-    from runtime.threads import set_threads
+    from llamapyz.machine.threads import set_threads
 
     sum_words, words = _sum_words(), np.ones(BANDWIDTH_BYTES // 8, np.uint64)
     set_threads(threads)
@@ -131,7 +131,7 @@ def read_bandwidth_gbs(threads: int) -> float:
 
 def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Generator):
     """A QuantMatrix of random blocks; f16 fields (scales, mins) set to 0.01, as random bits may be NaN/inf."""
-    from runtime.kernels.linear import QuantMatrix
+    from llamapyz.kernels.linear import QuantMatrix
 
     fmt = FORMATS_BY_NAME[fmt_name]
     raw = rng.integers(0, 256, (n_rows, n_cols // fmt.block_size * fmt.type_size), dtype=np.uint8)
@@ -143,7 +143,7 @@ def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Genera
 
 
 def bench_shape(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> dict:
-    from runtime.kernels.linear import QuantizedRows
+    from llamapyz.kernels.linear import QuantizedRows
 
     m = random_matrix(fmt_name, n_rows, n_cols, rng)
     result: dict[str, Any] = dict(format=fmt_name, n_rows=n_rows, n_cols=n_cols, weight_bytes=m.raw.nbytes,
@@ -191,7 +191,7 @@ def projections(model) -> list[tuple[str, Any]]:
 
 def sweep_s(matrices: list[tuple[str, Any]], rng: np.random.Generator, repeats: int = 20) -> np.ndarray:
     """Seconds of each matrix's 1-token matvec, called in step order: the median over `repeats` sweeps."""
-    from runtime.kernels.linear import QuantizedRows
+    from llamapyz.kernels.linear import QuantizedRows
 
     inputs = [(QuantizedRows(rng.standard_normal((1, m.n_cols), dtype=np.float32)),
                np.empty((1, m.n_rows), np.float32)) for _, m in matrices]
@@ -214,7 +214,7 @@ def decode_steps_s(model, token: int, steps: int) -> list[float]:
 
 
 def bench_model(path: Path, threads: int, steps: int, rng: np.random.Generator) -> dict:
-    from runtime import Model
+    from llamapyz import Model
 
     model = Model.load(path, n_ctx=2048, n_threads=threads)
     prompt = model.tokenize(Path(__file__).read_text() * 20)[:LONG_PROMPT]
@@ -284,8 +284,8 @@ def main() -> None:
         say = functools.partial(print, file=sys.stderr, flush=True)
     if args.cpu_tier:
         os.environ["LLAMAPYZ_CPU_TIER"] = args.cpu_tier
-    from runtime.kernels import TARGET
-    from runtime.threads import physical_cores
+    from llamapyz.kernels import TARGET
+    from llamapyz.machine.threads import physical_cores
 
     threads = args.threads or physical_cores()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]

@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundler.models import fetch_model  # noqa: E402
+from llamapyz.bundler.registry import fetch_model  # noqa: E402
 from tests.live_server import ServerProcess  # noqa: E402
 
 REQUEST = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 16, "temperature": 0}

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runtime.bundle import COMMON, INDEXES, open_bundle  # noqa: E402
+from llamapyz.archive.launcher import COMMON, INDEXES, open_bundle  # noqa: E402
 from tests.portable_python import portable_python  # noqa: E402
 
 

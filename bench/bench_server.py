@@ -21,7 +21,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundler.models import resolve_model  # noqa: E402
+from llamapyz.bundler.registry import resolve_model  # noqa: E402
 from tests.live_server import ServerProcess  # noqa: E402
 
 QUESTIONS = ["Tell me about the sea.", "Describe a forest.", "Explain how rain forms.", "Write about a city.",

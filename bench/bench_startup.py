@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.bundle import open_bundle  # noqa: E402
+from llamapyz.archive.launcher import open_bundle  # noqa: E402
 from tests.live_server import ServerProcess, bare_python, in_env  # noqa: E402
 
 

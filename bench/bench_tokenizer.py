@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from bundler.models import REGISTRY, fetch_model
-from runtime.tokenizer import Tokenizer
+from llamapyz.bundler.registry import REGISTRY, fetch_model
+from llamapyz.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "smollm2-q4_1.json"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import os
 
-# CI has no GPU: numba-cuda's kernels (runtime/gpu) run under numba's CUDA simulator in the tests. numba reads
+# CI has no GPU: numba-cuda's kernels (llamapyz/gpu) run under numba's CUDA simulator in the tests. numba reads
 # the variable once, on its first import, so it is set before anything imports it.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundler.models import fetch_model
+from llamapyz.bundler.registry import fetch_model
 from tests.synth import SMALL_TENSORS, write_gguf, write_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,10 +39,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from bundler.models import cache_dir as models_cache_dir
-from bundler.models import fetch_model
-from runtime.gguf import GGUFFile, load_gguf
-from runtime.quants import dequantize
+from llamapyz.bundler.registry import cache_dir as models_cache_dir
+from llamapyz.bundler.registry import fetch_model
+from llamapyz.gguf.quants import dequantize
+from llamapyz.gguf.reader import GGUFFile, load_gguf
 from tests.quantize import quantize
 
 QUANTS = ("F16", "Q8_0", "Q4_K_M")

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime import Model
-from runtime.errors import LlamapyzError
-from runtime.gguf import load_gguf
-from runtime.quants import FORMATS
-from runtime.sampling import require_finite
+from llamapyz import Model
+from llamapyz.errors import LlamapyzError, require_finite
+from llamapyz.gguf.quants import FORMATS
+from llamapyz.gguf.reader import load_gguf
 from tests.synth import (
     ARRAY,
     BOOL,

@@ -1,4 +1,4 @@
-"""Compile every CUDA kernel of runtime/gpu to PTX for real GPUs, with no GPU and no simulator.
+"""Compile every CUDA kernel of llamapyz/gpu to PTX for real GPUs, with no GPU and no simulator.
 
 The simulator (what the other GPU tests run on) executes the kernels as Python, so it accepts what numba-cuda
 cannot compile: Python objects, untyped branches, unsupported functions. This compiles each kernel for
@@ -39,7 +39,8 @@ SIGNATURES = {
 
 
 def main() -> int:
-    from runtime.gpu import cache, kernels
+    from llamapyz.gpu import gpu_cache as cache
+    from llamapyz.gpu import kernels
 
     locator = kernels.product._cache._impl.locator  # compiled kernels are cached per user, our way
     if type(locator).__name__ != "GpuKernelLocator" or locator.get_cache_path() != str(cache.cache_folder()):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from runtime.server import ServeOptions, create_server, load_engine
+from llamapyz.server import ServeOptions, create_server, load_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ class ServerProcess:
                  env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [*(launcher or [sys.executable, "-m", "runtime.cli", "serve"]),
+        self.command = [*(launcher or [sys.executable, "-m", "llamapyz", "serve"]),
                         *(["-m", str(model)] if model else []), "--port", str(self.port), "--nobrowser", *args]
         self.env = env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process: subprocess.Popen | None = None
@@ -159,7 +159,7 @@ class RayServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.command = [sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "--port", str(self.port),
+        self.command = [sys.executable, "-m", "llamapyz", "serve", "-m", str(model), "--port", str(self.port),
                         "--nobrowser", "--ray", *args]
 
     def __enter__(self) -> RayServer:

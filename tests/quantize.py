@@ -6,8 +6,8 @@ rests on elementwise IEEE operations (division, multiplication, np.rint), max/mi
 casts: no sums, means, dot products or BLAS, whose rounding depends on the order a library picks.
 
 Each encoder takes float32 values of shape (..., n) with n a multiple of the block size and returns the raw
-bytes, uint8 of shape (..., n // block_size * type_size); the field layout comes from `runtime.quants`'
-format table, so the bytes decode with `runtime.quants.dequantize` and `gguf.quants.dequantize` alike.
+bytes, uint8 of shape (..., n // block_size * type_size); the field layout comes from `llamapyz.gguf.quants`'
+format table, so the bytes decode with `llamapyz.gguf.quants.dequantize` and `gguf.quants.dequantize` alike.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from runtime.quants import FORMATS_BY_NAME
+from llamapyz.gguf.quants import FORMATS_BY_NAME
 
 F32, F16 = np.float32, np.float16
 

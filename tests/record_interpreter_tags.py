@@ -15,7 +15,7 @@ from unittest import mock
 
 from packaging import _manylinux, _musllinux, tags
 
-from runtime.targets import Interpreter
+from llamapyz.archive.targets import Interpreter
 
 OUT = Path(__file__).resolve().parent / "data" / "interpreter_tags.json"
 

@@ -3,7 +3,7 @@ textbook attention over the full sequence, no caches, no chunks, no kernels. The
 checked against it (tests/test_model.py, tests/test_architectures.py), and it against llama.cpp's golden
 outputs (tests/test_reference_model.py).
 
-It is keyed on the same named options as the product (`runtime.model.config`: rope style, qk norm, post
+It is keyed on the same named options as the product (`llamapyz.model.hparams`: rope style, qk norm, post
 norms, sliding layers, soft-capping, experts ...), never on architecture names, and reads the tensor
 layouts straight from the file (fused `attn_qkv` / `ffn_up`, biases, 3-d expert tensors, rope factors).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.gguf import load_gguf
-from runtime.model.config import ModelConfig
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.model.hparams import ModelConfig
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

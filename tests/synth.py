@@ -14,8 +14,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-from runtime.gguf import load_gguf
-from runtime.quants import FORMATS, FORMATS_BY_NAME
+from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME
+from llamapyz.gguf.reader import load_gguf
 
 # --- well-formed files through gguf.GGUFWriter ------------------------------------------------------------
 
@@ -86,7 +86,7 @@ WEIGHT_SCALE = {"Q4_0": 0.01, "Q4_1": 0.005, "Q5_0": 0.005, "Q5_1": 0.003, "Q8_0
 
 def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:
     """GPT-2 byte-level BPE metadata: <|endoftext|> (BOS/EOS), <|im_end|> (EOG), the 256 byte tokens, a few merges."""
-    from runtime.tokenizer.bpe import byte_to_unicode
+    from llamapyz.tokenizer.bpe import byte_to_unicode
 
     merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r"]
     tokens = ["<|endoftext|>", "<|im_end|>", *byte_to_unicode(), *[m.replace(" ", "") for m in merges]]
@@ -104,7 +104,7 @@ def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:
     }
 
 
-# What each architecture's tiny model carries beyond llama's tensors (see runtime/model/config.py).
+# What each architecture's tiny model carries beyond llama's tensors (see llamapyz/model/hparams.py).
 ARCH_FEATURES = {
     "llama": set(),
     "qwen2": {"qkv_bias"},

@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bundler.models import sha256_file
-from runtime import Model
-from runtime.cli import main
+from llamapyz import Model
+from llamapyz.bundler.registry import sha256_file
+from llamapyz.cli.main import main
 from tests.dress import FAMILIES, QUANTS, derived_path
 
 DATA = Path(__file__).resolve().parent / "data" / "arch"

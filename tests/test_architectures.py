@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from runtime import Model, UnsupportedModelError
-from runtime.model.moe import route
+from llamapyz import Model, UnsupportedModelError
+from llamapyz.model.moe import route
 from tests.reference_model import ReferenceModel
 from tests.synth import write_model
 
@@ -126,7 +126,7 @@ def test_a_tensor_of_another_layout_is_refused(tmp_path):
 
 
 def test_per_layer_head_counts_are_refused_clearly():
-    from runtime.model.config import ModelConfig
+    from llamapyz.model.hparams import ModelConfig
 
     metadata = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
                 "llama.attention.head_count": [4, 8]}
@@ -152,7 +152,7 @@ GOOD = {"general.architecture": "llama", "llama.block_count": 2, "llama.embeddin
     ("embedding_length", 64.5, "an integer"),
 ])
 def test_hyper_parameters_the_forward_pass_cannot_use_are_refused_naming_the_key(key, value, rule):
-    from runtime.model.config import ModelConfig
+    from llamapyz.model.hparams import ModelConfig
 
     assert ModelConfig.from_metadata(GOOD).head_dim == 16  # the good file loads
     with pytest.raises(UnsupportedModelError, match=f"llama.{key} = .* must be .*{re.escape(rule)}"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.archive import ALIGNMENT, ArchiveWriter, padding_record
+from llamapyz.bundler.zipapp import ALIGNMENT, ArchiveWriter, padding_record
 
 DATE = (2024, 1, 2, 3, 4, 6)
 

@@ -1,4 +1,4 @@
-"""The row kernels (`runtime/kernels/blockdot.py`) against their numpy twin, bit for bit.
+"""The row kernels (`llamapyz/kernels/blockdot.py`) against their numpy twin, bit for bit.
 
 The twin unpacks each format's integer values from the raw blocks and repeats the kernels' arithmetic
 operation for operation: 8 int32 lanes per block (lane j: elements 4j..4j+3), the K-quants' sub-block
@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.kernels import KERNELS
-from runtime.kernels.blockdot import FORMATS
-from runtime.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
-from runtime.kernels.matvec import ACTIVATIONS, matmul_table
-from runtime.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.kernels import KERNELS
+from llamapyz.kernels.blockdot import FORMATS
+from llamapyz.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
+from llamapyz.kernels.matvec import ACTIVATIONS, matmul_table
 from tests.synth import random_blocks
 
 F32 = np.float32

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bundler import bytecode
-from runtime.bundle import open_bundle
-from runtime.cpu import choose, detect, runnable
+from llamapyz.archive.launcher import open_bundle
+from llamapyz.bundler import bytecode
+from llamapyz.machine.cpu import choose, detect, runnable
 from tests.live_server import ServerProcess, build, in_env
 from tests.live_server import run_archive as run
 from tests.synth import write_gguf
@@ -51,13 +51,13 @@ def test_the_archive_is_an_executable_zipapp_with_the_weights_stored_and_aligned
         assert names[0] == model.file and zf.getinfo(names[0]).compress_type == zipfile.ZIP_STORED
         assert names[1:] == sorted(names[1:])
         for needed in ("__main__.py", "_bootstrap/__init__.py", "environment.json", "site-packages/numba/__init__.py",
-                       "site-packages/runtime/cli.py", "site-packages/webui/index.html"):
+                       "site-packages/llamapyz/cli/main.py", "site-packages/webui/index.html"):
             assert needed in names
-        sources = [n for n in names if n.startswith("site-packages/runtime/") and n.endswith(".py")]
+        sources = [n for n in names if n.startswith("site-packages/llamapyz/") and n.endswith(".py")]
         for source in sources:  # bytecode beside every module, hash-checked (PEP 552: flags 3), not timestamped
             pyc = zf.read(bytecode.pyc_name(source))
             assert pyc[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(pyc[4:8], "little") == 3
-        kernels = [n for n in names if n.startswith("site-packages/runtime/kernels/__pycache__/")]
+        kernels = [n for n in names if n.startswith("site-packages/llamapyz/kernels/__pycache__/")]
         assert [n for n in kernels if n.endswith(".nbi")] and [n for n in kernels if n.endswith(".nbc")]
     (target,) = bundle.manifest["targets"].values()  # this interpreter on this machine
     assert target["kernels"] == [t.name for t in runnable(detect())]  # every tier this machine runs
@@ -113,7 +113,7 @@ def test_it_serves_from_a_bare_python_with_the_weights_mapped_in_place(archive, 
 
         cache = Path(bare["HOME"]) / ".cache" / "llamapyz" / "pyz"
         extracted = [p for p in cache.rglob("*") if p.is_file()]
-        assert any(p.name == "cli.py" and p.parent.name == "runtime" for p in extracted)
+        assert any(p.name == "main.py" and p.parent.name == "cli" for p in extracted)
         copies = [p for p in extracted if p.stat().st_size == model.size or p.read_bytes()[:4] == b"GGUF"]
         assert not copies, f"weights copied into the cache: {copies}"
     assert "first run of this archive: unpacking" in server.output
@@ -217,7 +217,7 @@ def test_build_checks_the_baked_in_arguments(tmp_path):
 
 
 def test_baked_arguments_get_the_user_slot_and_a_key_gets_a_warning():
-    from bundler.build import bake_args
+    from llamapyz.bundler.builder import bake_args
 
     lines: list[str] = []
     assert bake_args(["-c", "4096"], say=lines.append) == ["-c", "4096", "..."]

@@ -1,7 +1,8 @@
-"""`build.py --gpu` (bundler/gpu.py, its parts of bundler/deps.py and bundler/build.py, and `--version`'s line in
-runtime/bundle.py): which targets get which NVIDIA wheels, on described targets and wheels (no index); and one
-archive built with `--gpu cuda` on the tiny llama, whose extracted site-packages/ give numba-cuda its NVVM,
-NVRTC, nvJitLink and libdevice, so that it compiles a kernel to PTX with no GPU and no CUDA toolkit."""
+"""`build.py --gpu` (llamapyz/bundler/cuda_wheels.py, its parts of llamapyz/bundler/deps.py and
+llamapyz/bundler/builder.py, and `--version`'s line in llamapyz/archive/launcher.py): which targets get which NVIDIA
+wheels, on described targets and wheels (no index); and one archive built with `--gpu cuda` on the tiny llama, whose
+extracted site-packages/ give numba-cuda its NVVM, NVRTC, nvJitLink and libdevice, so that it compiles a kernel to PTX
+with no GPU and no CUDA toolkit."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from bundler import deps, gpu
-from bundler.platforms import PORTABLE_PLATFORMS, native, parse, target
-from runtime.bundle import describe_gpu, open_bundle
-from runtime.errors import LlamapyzError
+from llamapyz.archive.launcher import describe_gpu, open_bundle
+from llamapyz.bundler import cuda_wheels as gpu
+from llamapyz.bundler import deps
+from llamapyz.bundler.platforms import PORTABLE_PLATFORMS, native, parse, target
+from llamapyz.errors import LlamapyzError
 from tests.live_server import bare_python, build, in_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
-"""`python build.py` with several models (bundler/selection.py, and runtime/bundle.py's view of them): both real
-models in one archive, built once, from a `--config` (two aliases of SmolLM2, one file) and a `--model`
-(Gemma 3), checked from outside."""
+"""`python build.py` with several models (llamapyz/bundler/selection.py, and llamapyz/archive/launcher.py's view of
+them): both real models in one archive, built once, from a `--config` (two aliases of SmolLM2, one file) and a
+`--model` (Gemma 3), checked from outside."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bundler.models import REGISTRY
-from runtime.bundle import open_bundle
-from runtime.cpu import choose, detect
+from llamapyz.archive.launcher import open_bundle
+from llamapyz.bundler.registry import REGISTRY
+from llamapyz.machine.cpu import choose, detect
 from tests.live_server import ServerProcess, build, in_env
 from tests.live_server import run_archive as run
 
@@ -114,7 +114,7 @@ def test_two_models_of_one_alias_are_a_build_error_before_any_work(tmp_path):
     assert "[2/4]" not in result.stderr and not (tmp_path / "x.pyz").exists()
 
 
-# Needs the server's side of issue 18 (several models behind one API: runtime/server/, runtime/cli.py's
+# Needs the server's side of issue 18 (several models behind one API: llamapyz/server/, llamapyz/cli/main.py's
 # archive_command building one ModelSpec per BundledModel).
 def test_it_serves_every_alias_from_the_weights_mapped_in_place(built, bare):
     archive, _ = built

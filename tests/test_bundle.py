@@ -1,4 +1,4 @@
-"""`runtime/bundle.py`: the archive's view of itself, on small hand-made archives (the real build is in
+"""`llamapyz/archive/launcher.py`: the archive's view of itself, on small hand-made archives (the real build is in
 test_build.py)."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundler.archive import ArchiveWriter
-from runtime.bundle import BundleError, choose_target, merge_args, open_bundle, verify
-from runtime.gguf import load_gguf
-from runtime.targets import Interpreter, expand, platform_title, supported_tags
+from llamapyz.archive.launcher import BundleError, choose_target, merge_args, open_bundle, verify
+from llamapyz.archive.targets import Interpreter, expand, platform_title, supported_tags
+from llamapyz.bundler.zipapp import ArchiveWriter
+from llamapyz.gguf.reader import load_gguf
 from tests.synth import write_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +51,8 @@ def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, .
     with ArchiveWriter(archive, "/usr/bin/env python3", (2024, 1, 1, 0, 0, 0)) as w:
         offsets = {file: w.add_aligned(file, path) for file, path in files.items()}
         w.add_bytes(".args", "".join(f"{a}\n" for a in args).encode())
-        w.add_file("__main__.py", REPO / "runtime" / "bundle.py")
-        w.add_file("_llamapyz_targets.py", REPO / "runtime" / "targets.py")
+        w.add_file("__main__.py", REPO / "llamapyz" / "archive" / "launcher.py")
+        w.add_file("_llamapyz_targets.py", REPO / "llamapyz" / "archive" / "targets.py")
         w.add_bytes("blobs/" + hashlib.sha256(b"y = 2\n").hexdigest(), b"y = 2\n")
         w.add_bytes("environment.json", json.dumps({"build_id": "0" * 16}).encode())
         w.add_bytes("manifest.json", json.dumps({
@@ -61,9 +61,9 @@ def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, .
                         "sha256": hashlib.sha256(files[file].read_bytes()).hexdigest(), "offset": offsets[file]}
                        for alias, file, settings in models],
             "targets": targets}).encode())
-        w.add_bytes("site-packages/runtime/x.py", b"x = 1\n" * 100)
+        w.add_bytes("site-packages/llamapyz/x.py", b"x = 1\n" * 100)
         for name in targets:
-            y = ["runtime/y.py", "blobs/" + hashlib.sha256(b"y = 2\n").hexdigest(), 0o644]
+            y = ["llamapyz/y.py", "blobs/" + hashlib.sha256(b"y = 2\n").hexdigest(), 0o644]
             w.add_bytes(f"targets/{name}.json", json.dumps({"files": [y]}).encode())
     return archive
 
@@ -159,12 +159,12 @@ def test_a_model_entry_that_is_missing_compressed_or_of_another_size_is_refused_
 def test_verify_catches_a_damaged_runtime_file(tmp_path):
     archive = make_archive(tmp_path)
     with zipfile.ZipFile(archive) as zf:
-        info = zf.getinfo("site-packages/runtime/x.py")
+        info = zf.getinfo("site-packages/llamapyz/x.py")
         header = info.header_offset
     flip_byte(archive, header + 30 + len(info.filename) + 2)  # inside its deflated data
     lines: list[str] = []
     assert not verify(open_bundle(archive), say=lines.append)
-    assert any(line.startswith("FAILED site-packages/runtime/x.py") for line in lines)
+    assert any(line.startswith("FAILED site-packages/llamapyz/x.py") for line in lines)
 
 
 def test_a_truncated_archive_is_a_clear_error(tmp_path):
@@ -258,7 +258,7 @@ def test_an_archive_for_another_python_says_so_instead_of_failing_on_numpy(tmp_p
     ("win32", {"LOCALAPPDATA": "/c/Users/me/AppData/Local"}, "/c/Users/me/AppData/Local/llamapyz/pyz"),
 ])
 def test_the_cache_folder_follows_each_systems_convention(monkeypatch, system, env, expected):
-    from runtime import bundle
+    from llamapyz.archive import launcher as bundle
 
     for name in ("XDG_CACHE_HOME", "LOCALAPPDATA"):
         monkeypatch.delenv(name, raising=False)
@@ -281,7 +281,7 @@ def test_version_names_every_model_on_its_first_line(tmp_path):
 
 
 def test_the_start_up_error_line_is_capped(capsys):
-    from runtime.bundle import fail
+    from llamapyz.archive.launcher import fail
 
     with pytest.raises(SystemExit) as exited:
         fail(BundleError("x" * 3_700_000, hint="copy it again"))

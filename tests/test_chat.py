@@ -1,4 +1,4 @@
-"""Chat templates (runtime/chat.py): the real templates of each model family rendered in our sandbox, the
+"""Chat templates (llamapyz/chat/template.py): the real templates of each model family rendered in our sandbox, the
 fallback chosen by vocabulary, the end of turn as a stop sequence in the server and `llamapyz run --chat`;
 client text that stays text (no control tokens from a user's "<|im_end|>"), and rendering bounded in output,
 values and time."""
@@ -14,11 +14,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from runtime import Model
-from runtime.chat import BUILTIN, ChatTemplate, ChatTemplateError, SpecialTexts, max_chars_for
-from runtime.cli import main
-from runtime.gguf import load_gguf
-from runtime.tokenizer import Tokenizer
+from llamapyz import Model
+from llamapyz.chat.template import BUILTIN, ChatTemplate, ChatTemplateError, SpecialTexts, max_chars_for
+from llamapyz.cli.main import main
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.tokenizer import Tokenizer
 from tests import synth
 from tests.live_server import ServerThread
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import main
-from runtime.errors import LlamapyzError
+from llamapyz.__main__ import main
+from llamapyz.errors import LlamapyzError
 from tests.conftest import golden
 from tests.synth import write_gguf, write_model
 
@@ -56,7 +56,7 @@ def test_inspect_truncates_long_arrays_unless_asked(tmp_path):
 
 def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_path):
     small_path.write_bytes(small_path.read_bytes()[:200])
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(small_path)],
+    result = subprocess.run([sys.executable, "-m", "llamapyz", "inspect", str(small_path)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -66,9 +66,9 @@ def test_corrupt_file_gives_one_line_and_a_hint_not_a_traceback(small_path):
 
 
 def test_option_errors_are_one_error_line_and_a_hint(tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "runtime.cli", "inspect", str(tmp_path / "nope.gguf")],
+    missing = subprocess.run([sys.executable, "-m", "llamapyz", "inspect", str(tmp_path / "nope.gguf")],
                              capture_output=True, text=True)
-    unknown = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "-m", "x.gguf", "--no-such-flag"],
+    unknown = subprocess.run([sys.executable, "-m", "llamapyz", "serve", "-m", "x.gguf", "--no-such-flag"],
                              capture_output=True, text=True)
     for result, what in ((missing, "does not exist"), (unknown, "No such option '--no-such-flag'")):
         assert result.returncode == 1, result.stderr
@@ -94,7 +94,7 @@ def test_tokenize_no_bos_drops_gemma_bos(gemma3_path):
 
 
 def test_console_script_and_help():
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "llamapyz", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "inspect" in result.stdout and "tokenize" in result.stdout
     version = run("--version")
@@ -146,7 +146,7 @@ def test_serve_ends_with_the_error_when_the_model_cannot_load(tmp_path):
 
     model = tmp_path / "tiny.gguf"
     write_model(model, "llama", "Q8_0")
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "-c", "999999999",
+    result = subprocess.run([sys.executable, "-m", "llamapyz", "serve", "-m", str(model), "-c", "999999999",
                              "--nobrowser", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "error: the model could not be loaded: a context of 999999999 tokens needs" in result.stderr
@@ -154,7 +154,7 @@ def test_serve_ends_with_the_error_when_the_model_cannot_load(tmp_path):
 
 
 def test_api_key_file_is_read_and_checked(tmp_path):
-    from runtime.serve_cli import read_api_key
+    from llamapyz.cli.serving import read_api_key
 
     key_file = tmp_path / "key"
     key_file.write_text("s3cret  with spaces\nsecond line\n")
@@ -188,14 +188,14 @@ def test_inspect_shows_whether_the_architecture_is_supported(tmp_path):
 def test_serve_guard_options_reach_the_server(tmp_path, monkeypatch):
     """--body-timeout-s, --allowed-host and --cors-origin (repeatable) from the command line into ServeOptions;
     the archive's command line (and the .args baked into it) takes the same options."""
-    import runtime.server
-    from runtime.cli import archive_command
+    import llamapyz.server
+    from llamapyz.cli.main import archive_command
     from tests.live_server import free_port
 
     model = tmp_path / "tiny.gguf"
     write_model(model, "llama", "Q8_0")
     given = []
-    monkeypatch.setattr(runtime.server, "serve", lambda options, say: given.append(options))
+    monkeypatch.setattr(llamapyz.server, "serve", lambda options, say: given.append(options))
     args = ["--body-timeout-s", "2.5", "--allowed-host", "llm.example", "--allowed-host", "*.lan",
             "--cors-origin", "https://app.example/", "--cors-origin", "*"]
     result = run("serve", "-m", str(model), "--nobrowser", "--port", str(free_port()), *args)
@@ -232,7 +232,7 @@ def test_run_offloads_with_ngl_and_says_so(tmp_path):
     assert "offloaded 2/2 layers and the output layer to GPU (numba's CUDA simulator, " in result.stderr
     assert result.stdout.startswith("the") and len(result.stdout) > len("the\n")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    done = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "-m", str(path), "-p", "the", "-n", "2",
+    done = subprocess.run([sys.executable, "-m", "llamapyz", "run", "-m", str(path), "-p", "the", "-n", "2",
                            "-t", "1", "-c", "32", "-ngl", "99", "--main-gpu", "0"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -245,11 +245,11 @@ def test_run_offloads_with_ngl_and_says_so(tmp_path):
 
 @pytest.fixture
 def no_serving(monkeypatch) -> list:
-    """runtime.server.serve replaced by a list of the ServeOptions it was given: start-up checks run, no server."""
-    import runtime.server
+    """llamapyz.server.serve replaced by a list of the ServeOptions it was given: start-up checks run, no server."""
+    import llamapyz.server
 
     started: list = []
-    monkeypatch.setattr(runtime.server, "serve", lambda options, say: started.append(options))
+    monkeypatch.setattr(llamapyz.server, "serve", lambda options, say: started.append(options))
     monkeypatch.delenv("LLAMAPYZ_API_KEY", raising=False)
     return started
 
@@ -307,7 +307,7 @@ def test_an_error_line_is_capped(tmp_path):
 def test_an_api_key_no_client_can_send_is_refused_at_start(tmp_path, no_serving, monkeypatch, how, key, problem):
     """An empty key served without one; a key with a BOM, only whitespace or non-ASCII characters started but
     could never match (HTTP headers are ASCII, trimmed): each is refused at start, saying why (issue 27)."""
-    from runtime.cli import archive_command
+    from llamapyz.cli.main import archive_command
 
     model = tmp_path / "tiny.gguf"
     write_model(model, "llama", "Q8_0")
@@ -348,7 +348,7 @@ def test_an_api_key_file_must_be_a_regular_file_and_is_never_waited_on(tmp_path)
     import os
     import threading
 
-    from runtime.serve_cli import read_api_key
+    from llamapyz.cli.serving import read_api_key
 
     fifo = tmp_path / "key.fifo"
     os.mkfifo(fifo)
@@ -387,9 +387,9 @@ def test_a_default_sampling_option_the_api_would_refuse_is_refused_at_start(tmp_
 
 def test_the_default_sampling_options_bounds_are_the_apis(tmp_path, no_serving):
     """At each bound a default option takes, the API's field and the sampler take the value too."""
-    from runtime.sampling import SamplingParams
-    from runtime.serve_cli import SERVE_OPTIONS
-    from runtime.server.schema import SAMPLING
+    from llamapyz.cli.serving import SERVE_OPTIONS
+    from llamapyz.decode.sampling import SamplingParams
+    from llamapyz.server.schema import SAMPLING
 
     fields = {f.name: f for f in SAMPLING}
     options = {o.name: o for o in (make(lambda: None).__click_params__[0] for make in SERVE_OPTIONS)}
@@ -451,7 +451,7 @@ def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
             time.sleep(0.05)
         time.sleep(0.5)
 
-    code, stderr = interrupted([sys.executable, "-m", "runtime.cli", "serve", "-m", str(model), "-c", "100000",
+    code, stderr = interrupted([sys.executable, "-m", "llamapyz", "serve", "-m", str(model), "-c", "100000",
                                 "-np", "1", "-t", "1", "--nobrowser", "--port", str(port)], started)
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr
@@ -466,6 +466,6 @@ def test_ctrl_c_while_run_streams_is_one_line(tmp_path):
     def started(process: subprocess.Popen) -> None:
         process.stdout.read(200)  # the prompt and generated text are coming
 
-    code, stderr = interrupted([sys.executable, "-m", "runtime.cli", "run", "-m", str(model), "-p", "the cat",
+    code, stderr = interrupted([sys.executable, "-m", "llamapyz", "run", "-m", str(model), "-p", "the cat",
                                 "-n", "100000", "-c", "100000", "-t", "1", "--temp", "0"], started)  # never ends
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr

@@ -1,4 +1,4 @@
-"""Server config files (runtime/server/config.py): llama-cpp-python's example works verbatim, TOML the same, and
+"""Server config files (llamapyz/server/config_file.py): llama-cpp-python's example works verbatim, TOML the same, and
 each bad config is one clear error; keys llamapyz has no use for are warnings."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runtime.server.config import ConfigError, ModelSpec, read_config
+from llamapyz.server.config_file import ConfigError, ModelSpec, read_config
 
 # llama-cpp-python's docs/server.md "Configuration and Multi-Model Support", its first two models, verbatim
 LLAMA_CPP_PYTHON_EXAMPLE = """{

@@ -10,10 +10,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runtime.constraint import Grammar, GrammarError
-from runtime.generation import Generation
-from runtime.model.model import Model
-from runtime.sampling import SamplingParams
+from llamapyz.decode.constraint import Grammar, GrammarError
+from llamapyz.decode.generation import Generation
+from llamapyz.decode.sampling import SamplingParams
+from llamapyz.model.model import Model
 
 NAME = {"type": "string", "maxLength": 24}
 SCHEMAS = [

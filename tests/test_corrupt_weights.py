@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import Model
-from runtime.cli import main
-from runtime.errors import GGUFError, NonFiniteError
-from runtime.gguf import load_gguf
-from runtime.tokenizer import Tokenizer
+from llamapyz import Model
+from llamapyz.cli.main import main
+from llamapyz.errors import GGUFError, NonFiniteError
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.tokenizer import Tokenizer
 from tests.live_server import ServerThread, free_port
 from tests.synth import write_model
 
@@ -75,7 +75,7 @@ def test_a_non_finite_norm_is_refused_at_load_naming_the_tensor(models):
 
 
 def test_a_non_finite_output_row_is_refused_by_the_servers_warm_up(models):
-    from runtime.server import ServeOptions, create_server, load_engine
+    from llamapyz.server import ServeOptions, create_server, load_engine
 
     options = ServeOptions(model=models["output"], port=free_port(), open_browser=False, n_ctx=N_CTX, n_slots=1)
     state, _ = create_server(options, say=lambda text: None)
@@ -92,7 +92,7 @@ def test_serve_ends_with_one_error_line_for_a_model_with_nan_weights(models):
     import sys
 
     for name in ("norm", "output"):
-        result = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "-m", str(models[name]), "-c", "64",
+        result = subprocess.run([sys.executable, "-m", "llamapyz", "serve", "-m", str(models[name]), "-c", "64",
                                  "--nobrowser", "--port", str(free_port())], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 1, result.stderr
@@ -160,7 +160,7 @@ def test_llamapyz_run_says_so_in_one_line_and_a_hint(models, model, prompt, word
 
 
 def test_the_sampler_never_fails_on_nan_with_an_index_error():
-    from runtime.sampling import SamplingParams, sample
+    from llamapyz.decode.sampling import SamplingParams, sample
 
     logits = np.array([1.0, np.nan, 0.5], np.float32)
     with pytest.raises(NonFiniteError):

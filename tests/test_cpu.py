@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cpu import (
+from llamapyz.machine.cpu import (
     LLVM_NAMES,
     TIERS,
     TIERS_BY_NAME,
@@ -87,7 +87,7 @@ def test_a_target_compiles_for_exactly_its_required_features(name):
 
 
 def detect_with(features: str, arch: str) -> CpuInfo:
-    from runtime.cpu import from_env
+    from llamapyz.machine.cpu import from_env
 
     return from_env(features, arch)
 
@@ -102,7 +102,7 @@ def test_the_environment_override_and_its_errors():
 
 def test_this_machine_agrees_with_llvm():
     """/proc/cpuinfo (or sysctl) and LLVM's own host detection name the same features here."""
-    from runtime.cpu import from_llvm, machine
+    from llamapyz.machine.cpu import from_llvm, machine
 
     cpu = detect({})
     assert cpu.arch == machine()

@@ -46,7 +46,7 @@ def test_the_service_reaches_the_pods_and_readiness_is_health():
 def test_the_archive_accepts_the_arguments():
     from click.testing import CliRunner
 
-    from runtime.cli import archive_command
+    from llamapyz.cli.main import archive_command
 
     container = next(d for d in documents() if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     result = CliRunner().invoke(archive_command, [*container["args"], "--help"])

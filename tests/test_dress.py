@@ -11,8 +11,8 @@ import gguf
 import numpy as np
 import pytest
 
-from runtime.gguf import load_gguf
-from runtime.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.reader import load_gguf
 from tests.dress import (
     FAMILIES,
     QUANTS,
@@ -45,7 +45,7 @@ def sample(rng: np.random.Generator) -> np.ndarray:
 
 
 def decode_both(raw: np.ndarray, type_name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode with gguf-py and with runtime.quants; they must agree bit for bit."""
+    """Decode with gguf-py and with llamapyz.gguf.quants; they must agree bit for bit."""
     theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(shape)
     ours = dequantize(raw, FORMATS_BY_NAME[type_name], shape)
     assert ours.dtype == np.float32 and np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))

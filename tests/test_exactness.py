@@ -1,6 +1,6 @@
 """Exactness: a prompt's KV cache and logits are the same bits however they are computed.
 
-The engine's promise (runtime/model/forward.py): a row's result depends only on its own sequence. So on
+The engine's promise (llamapyz/model/forward.py): a row's result depends only on its own sequence. So on
 tiny synthetic models of every weight format and every architecture's options these must be bit-identical
 (compared as raw bits, so not even -0.0 against 0.0 passes; never a tolerance):
 
@@ -23,10 +23,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime import Model
-from runtime.kernels import KERNELS, TARGET
-from runtime.model.model import Context
-from runtime.threads import set_threads
+from llamapyz import Model
+from llamapyz.kernels import KERNELS, TARGET
+from llamapyz.machine.threads import set_threads
+from llamapyz.model.model import Context
 from tests.test_architectures import VARIANTS
 from tests.test_model import WEIGHT_TYPES
 from tests.test_tiers import HERE, run_forced

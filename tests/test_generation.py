@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Model
-from runtime.generation import StopMatcher
-from runtime.sampling import SamplingParams, apply_penalties, candidates, sample
+from llamapyz import Model
+from llamapyz.decode.generation import StopMatcher, generate
+from llamapyz.decode.sampling import SamplingParams, apply_penalties, candidates, sample
 from tests.synth import write_model
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.07, 0.03], np.float32))
@@ -62,21 +62,21 @@ def model(tmp_path_factory) -> Model:
 
 def test_generate_yields_tokens_and_text(model):
     prompt = model.tokenize("the cat")
-    steps = list(model.generate(prompt, max_tokens=12))
+    steps = list(generate(model, prompt, max_tokens=12))
     assert 1 <= len(steps) <= 12
     text = "".join(s.text for s in steps)
     if steps[-1].finish_reason == "length":
         assert len(steps) == 12
         assert text == model.detokenize([s.token for s in steps])
-    assert [s.token for s in model.generate(prompt, max_tokens=12)] == [s.token for s in steps]  # greedy
+    assert [s.token for s in generate(model, prompt, max_tokens=12)] == [s.token for s in steps]  # greedy
 
 
 def test_seed_reproduces_and_logprobs_are_reported(model):
     prompt = model.tokenize("the hat")
-    run = lambda seed: [s.token for s in model.generate(prompt, 16, temperature=1.5, seed=seed)]  # noqa: E731
+    run = lambda seed: [s.token for s in generate(model, prompt, 16, temperature=1.5, seed=seed)]  # noqa: E731
     assert run(5) == run(5)
     assert run(5) != run(6) or run(5) != run(7)
-    step = next(iter(model.generate(prompt, 1, logprobs=3)))
+    step = next(iter(generate(model, prompt, 1, logprobs=3)))
     assert step.logprob <= 0 and len(step.top_logprobs) == 3
     assert step.top_logprobs[0][0] == step.token  # greedy picks the most likely
     assert step.top_logprobs[0][1] >= step.top_logprobs[1][1] >= step.top_logprobs[2][1]
@@ -84,15 +84,15 @@ def test_seed_reproduces_and_logprobs_are_reported(model):
 
 def test_stop_strings_and_eog(model):
     prompt = model.tokenize("the")
-    free = list(model.generate(prompt, 24, temperature=1.0, seed=11))
+    free = list(generate(model, prompt, 24, temperature=1.0, seed=11))
     text = "".join(s.text for s in free)
     stop = text[5:8]
     if len(stop) == 3:
-        stopped = list(model.generate(prompt, 24, temperature=1.0, seed=11, stop=[stop]))
+        stopped = list(generate(model, prompt, 24, temperature=1.0, seed=11, stop=[stop]))
         assert "".join(s.text for s in stopped) == text[:text.find(stop)]
         assert stopped[-1].finish_reason == "stop"
     bias = {model.tokenizer.eos_id: 100.0}
-    steps = list(model.generate(prompt, 24, logit_bias=bias))
+    steps = list(generate(model, prompt, 24, logit_bias=bias))
     assert len(steps) == 1 and steps[0].token == model.tokenizer.eos_id and steps[0].finish_reason == "stop"
     assert steps[0].text == ""
 

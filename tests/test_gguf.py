@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 import pytest
 
-from runtime.errors import GGUFError, UnsupportedQuantError
-from runtime.gguf import load_gguf
+from llamapyz.errors import GGUFError, UnsupportedQuantError
+from llamapyz.gguf.reader import load_gguf
 from tests.synth import (
     ARRAY,
     METADATA,
@@ -217,7 +217,7 @@ def test_a_huge_name_is_shown_in_a_few_hundred_characters(tmp_path, where):
 
 
 def test_every_llamapyz_error_message_is_capped():
-    from runtime.errors import MAX_MESSAGE_CHARS, LlamapyzError
+    from llamapyz.errors import MAX_MESSAGE_CHARS, LlamapyzError
 
     message = str(LlamapyzError("x" * 3_700_000))
     assert message == "x" * MAX_MESSAGE_CHARS + f"…({3_700_000 - MAX_MESSAGE_CHARS} more characters)"

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import Model
-from runtime.errors import LlamapyzError, UnsupportedModelError
-from runtime.gguf import load_gguf
-from runtime.tokenizer import Tokenizer
+from llamapyz import Model
+from llamapyz.errors import LlamapyzError, UnsupportedModelError
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.tokenizer import Tokenizer
 from tests.gguf_fuzz_pool import SABOTAGE_ENV, FuzzReport, run_fuzz
 from tests.gguf_mutations import exercise, make_case, mutate_bytes, set_entry, write_bases
 from tests.synth import ARRAY, F64, Layout, read_layout, relayout

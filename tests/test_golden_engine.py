@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Model
-from runtime.threads import set_threads
+from llamapyz import Model
+from llamapyz.decode.generation import generate
+from llamapyz.machine.threads import set_threads
 from tests.conftest import golden
 
 SURE_MARGIN = 0.5
@@ -61,7 +62,7 @@ def test_greedy_generation_is_stable_across_runs_and_threads(engine, real_model)
     for n_threads in (2, 2, 1):
         model.n_threads = set_threads(n_threads)
         model.prefill([model.tokenizer.bos_id or 0])  # drop the cached prompt: every run starts fresh
-        runs.append([s.token for s in model.generate(case["prompt_tokens"], max_tokens=24)])
+        runs.append([s.token for s in generate(model, case["prompt_tokens"], max_tokens=24)])
     model.n_threads = set_threads(2)
     assert runs[0] == runs[1] == runs[2]
     assert len(runs[0]) == 24 or model.tokenizer.eog_ids & {runs[0][-1]}

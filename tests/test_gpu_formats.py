@@ -1,6 +1,6 @@
-"""The weight formats on the device (runtime/gpu/formats.py) under numba's CUDA simulator: the product kernel
+"""The weight formats on the device (llamapyz/gpu/formats.py) under numba's CUDA simulator: the product kernel
 (`kernels.product`) over each format's blocks against the float64 product of the same weights dequantized by
-runtime/quants.py (bit-exact with gguf-py), and the float formats' values bit for bit.
+llamapyz/gguf/quants.py (bit-exact with gguf-py), and the float formats' values bit for bit.
 
 Tolerance: a float32 sum whose longest chain of additions is k (a lane's blocks one after another, then the
 32 lanes' tree; each weight is a product of two or three float32 factors) is within about 2k * 2^-24 of the
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from runtime.gpu import formats, kernels
-from runtime.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gpu import formats, kernels
 from tests.synth import random_blocks
 
 # Blocks per row: lane l of a row takes blocks l, l + 32, ..., so 65 gives lanes three or two blocks, 40

@@ -1,8 +1,8 @@
-"""runtime/gpu/kernels.py under numba's CUDA simulator (tests/conftest.py switches it on; CI has no GPU):
+"""llamapyz/gpu/kernels.py under numba's CUDA simulator (tests/conftest.py switches it on; CI has no GPU):
 each kernel against its numpy twin on small synthetic shapes.
 
 Tolerances: the quantized products are compared with the float64 product of the dequantized weights
-(runtime/quants.py, bit-exact with gguf-py) and x. A float32 sum whose longest chain of additions is k
+(llamapyz/gguf/quants.py, bit-exact with gguf-py) and x. A float32 sum whose longest chain of additions is k
 (a thread's blocks one after another, then the 32 threads' tree; each weight is a product of two or three
 float32 factors) is within about 2k * 2^-24 of the sum of |products| (the classic gamma_k bound).
 RMSNorm and rope do a handful of float32 operations per element: 1e-6 relative.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from numba import config, cuda
 
-from runtime.gpu import Device, formats, kernels, probe
-from runtime.model.ops import Rope
+from llamapyz.gpu import Device, formats, kernels, probe
+from llamapyz.model.ops import Rope
 from tests.reference_model import rms_norm, rope
 
 
@@ -76,7 +76,7 @@ def test_qk_norm_and_rope_match_their_twins_in_both_styles(neox, qk_norm):
 
 @pytest.mark.parametrize("gelu", [False, True])
 def test_gated_activation_matches_its_twin(gelu):
-    from runtime.model.ops import gated_ffn_input
+    from llamapyz.model.ops import gated_ffn_input
 
     gate, up = np.random.default_rng(4).standard_normal((2, 2, 35)).astype(np.float32)
     out = np.zeros((2, 35), np.float32)
@@ -89,7 +89,7 @@ def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
     """3 queries at positions 80-82 over keys 2..82 (4 query heads sharing 2 kv heads): each of the 32
     threads takes two or three keys, so its running softmax rescales what it summed. float32 sums of up to
     81 scores and 16-element dot products in another order: 1e-5 relative."""
-    from runtime.model.ops import attention_numpy
+    from llamapyz.model.ops import attention_numpy
 
     rng = np.random.default_rng(5)
     n, n_head, n_kv, hd, s = 3, 4, 2, 16, 81

@@ -21,8 +21,9 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import Model, gpu
-from runtime.gpu import offload
+from llamapyz import Model, gpu
+from llamapyz.gpu import offload
+from llamapyz.loader import load_model
 from tests.reference_model import ReferenceModel
 from tests.synth import write_model
 from tests.test_model import TOLERANCE
@@ -68,7 +69,7 @@ def test_offloaded_layers_agree_with_the_reference(arch, small_model, fast_simul
     reference = ReferenceModel(path).logits(tokens, kv_type="f16")[PREFILLED - 1:-1]
     spread = float(np.ptp(reference))
     for ngl, layers, head in ((1, 1, False), (-1, 2, True)):
-        model = Model.load(path, n_ctx=32, n_threads=1, n_gpu_layers=ngl)
+        model = load_model(path, n_ctx=32, n_threads=1, n_gpu_layers=ngl)
         assert (model.gpu.layers, model.gpu.head, model.gpu.warning) == (layers, head, None)
         assert model.n_cpu_layers == 2 - layers and model.cache.keys.shape[0] == 2 - layers
         error = float(np.abs(prefill_then_decode(model, tokens) - reference).max()) / spread
@@ -78,7 +79,7 @@ def test_offloaded_layers_agree_with_the_reference(arch, small_model, fast_simul
 def test_on_the_device_prefill_decode_and_batching_give_the_same_bits(small_model, fast_simulator):
     """A token's logits are the same bits decoded alone, decoded beside another sequence, or computed as the
     last of a prefilled chunk: the product kernel gives each token its own sums in a fixed order."""
-    model = Model.load(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=-1)
+    model = load_model(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=-1)
     tokens = model.tokenize(PROMPT)
     decoded = prefill_then_decode(model, tokens)
     chunk = model.new_context()
@@ -114,7 +115,7 @@ def test_too_little_gpu_memory_offloads_fewer_layers_and_says_so(small_model, mo
     monkeypatch.setattr(gpu, "MiB", 1)  # the test model's few KiB count in bytes: free_mib is then in bytes
     monkeypatch.setattr(gpu, "RESERVE_BYTES", 0)
     monkeypatch.setattr(gpu, "probe", lambda main_gpu=0: gpu.Device(0, probe.name, 80000, layer + kv + 1))
-    model = Model.load(path, n_ctx=32, n_threads=1, n_gpu_layers=-1)
+    model = load_model(path, n_ctx=32, n_threads=1, n_gpu_layers=-1)
     assert (model.gpu.layers, model.gpu.head) == (1, False)
     assert model.gpu.warning.startswith("not enough GPU memory for 2 layers and the output layer")
     assert model.gpu.warning.endswith(": offloading 1 of 2 layers")
@@ -134,7 +135,7 @@ def test_without_numba_cuda_probe_says_so(monkeypatch):
 
 def test_no_usable_gpu_is_one_warning_and_the_cpu(small_model, monkeypatch):
     monkeypatch.setattr(gpu, "probe", lambda main_gpu=0: "no NVIDIA GPU or driver found")
-    model = Model.load(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=99)
+    model = load_model(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=99)
     assert model.transformer.offload is None and model.n_cpu_layers == 2
     assert model.gpu.lines() == ["warning: no NVIDIA GPU or driver found; running all layers on the CPU"]
     assert model.gpu.as_json()["n_gpu_layers"] == 0
@@ -145,7 +146,7 @@ def test_layers_the_kernels_cannot_run_stay_on_the_cpu(small_model, monkeypatch)
     """Heads wider than the attention kernel's local arrays keep every layer on the CPU; the output layer
     still goes."""
     monkeypatch.setattr(offload.kernels, "MAX_HEAD_DIM", 8)
-    model = Model.load(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=-1)
+    model = load_model(small_model("llama"), n_ctx=32, n_threads=1, n_gpu_layers=-1)
     assert (model.gpu.layers, model.gpu.head) == (0, True)
     assert model.gpu.warning == ("heads of 16 are wider than the GPU attention kernel's 8: offloading 0 of 2 "
                                  "layers")
@@ -156,7 +157,7 @@ def test_a_mixture_of_experts_runs_on_the_device(tmp_path, fast_simulator):
     """Routing on the host as on the CPU, each chosen expert once on its tokens, ranks summed in order."""
     path = tmp_path / "moe.gguf"
     write_model(path, "qwen3moe", "Q8_0", small=True)
-    model = Model.load(path, n_ctx=32, n_threads=1, n_gpu_layers=-1)
+    model = load_model(path, n_ctx=32, n_threads=1, n_gpu_layers=-1)
     assert (model.gpu.layers, model.gpu.head, model.gpu.warning) == (2, True, None)
     tokens = model.tokenize(PROMPT)[:PREFILLED + 2]
     reference = ReferenceModel(path).logits(tokens, kv_type="f16")[PREFILLED - 1:-1]
@@ -168,7 +169,7 @@ def test_embeddings_take_the_hidden_states_from_the_device(small_model, fast_sim
     """output "hidden" with the head on the device: the final norm runs there, the pooled vectors agree with
     the CPU path's (int8 activations) to its tolerance."""
     path = small_model("llama")
-    on_gpu = Model.load(path, n_ctx=32, n_threads=1, n_gpu_layers=-1).embed(["the"])
+    on_gpu = load_model(path, n_ctx=32, n_threads=1, n_gpu_layers=-1).embed(["the"])
     on_cpu = Model.load(path, n_ctx=32, n_threads=1).embed(["the"])
     assert on_gpu.shape == on_cpu.shape == (1, 32)
     np.testing.assert_allclose(np.linalg.norm(on_gpu), 1.0, rtol=1e-5)

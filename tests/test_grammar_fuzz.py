@@ -1,4 +1,5 @@
-"""The grammar paths of a live server on a tiny model, as an attacker would use them (runtime/grammar_limits.py):
+"""The grammar paths of a live server on a tiny model, as an attacker would use them
+(llamapyz/decode/grammar_limits.py):
 
 - the probe's inputs (issue 27): a `$ref` chain 1,000 deep, a Lark chain of 4,000 rules, a GBNF one of
   10,000, a regex whose every mask costs ~1 s, 10,000 required properties, tools of such schemas: each a 400
@@ -24,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from runtime import grammar_limits as limits
+from llamapyz.decode import grammar_limits as limits
 from tests.live_server import ServerProcess, wait_idle
 from tests.test_grammar_limits import gbnf_chain, lark_chain, nested_ref_chain, ref_chain
 from tests.test_schemathesis import NEIGHBOUR, Neighbour, streamed_text

@@ -1,4 +1,4 @@
-"""`runtime/grammar_limits.py`: what a grammar may cost. Inputs past a budget are refused before llguidance
+"""`llamapyz/decode/grammar_limits.py`: what a grammar may cost. Inputs past a budget are refused before llguidance
 sees them, in milliseconds; the chains that crashed the process compile (or are refused) without a crash;
 compiling has a time limit and a costly mask is refused or ends its request; and the engine goes on with
 the other requests while a mask is computed (tests/test_grammar_fuzz.py takes the same inputs through a
@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime import grammar_limits as limits
-from runtime.constraint import Constraint, Grammar
-from runtime.gguf import load_gguf
-from runtime.grammar_limits import GrammarError, Workers, WorkersBusy, check_grammar, check_schema, ref_depth
-from runtime.tokenizer import Tokenizer
+from llamapyz.decode import grammar_limits as limits
+from llamapyz.decode.constraint import Constraint, Grammar
+from llamapyz.decode.grammar_limits import GrammarError, Workers, WorkersBusy, check_grammar, check_schema, ref_depth
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.tokenizer import Tokenizer
 from tests.live_server import ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,10 +125,10 @@ def deep_within_limits() -> dict:
 # had): `llguidance` straight, as before, or our `Grammar`.
 ON_A_THREAD = """
 import json, sys, threading
-from runtime.constraint import Grammar, JSON_FORMAT, llg_tokenizer
-from runtime.gguf import load_gguf
-from runtime.grammar_limits import GrammarError
-from runtime.tokenizer import Tokenizer
+from llamapyz.decode.constraint import Grammar, JSON_FORMAT, llg_tokenizer
+from llamapyz.gguf.reader import load_gguf
+from llamapyz.decode.grammar_limits import GrammarError
+from llamapyz.tokenizer import Tokenizer
 from tests.test_grammar_limits import deep_within_limits, lark_chain, ref_chain
 
 tokenizer = Tokenizer.from_gguf(load_gguf(sys.argv[1]))
@@ -271,7 +271,7 @@ def stream(url: str, body: dict) -> tuple[str, list[float], list[dict]]:
 def test_nothing_is_compiled_on_the_engine_thread(tokenizer, monkeypatch):
     """tool_choice auto's grammar is compiled with the request (LazyConstraint's constructor, in the thread
     pool), not when the model opens a call, on the engine thread; and masks are computed on the workers."""
-    from runtime.constraint import LazyConstraint
+    from llamapyz.decode.constraint import LazyConstraint
 
     compiled_on, masks_on = [], []
     compile_grammar, compute = Grammar.constraint, Constraint._compute

@@ -1,4 +1,4 @@
-"""runtime/kernels/half.py: float16 operands (as uint16) give the bits of their float32 copies."""
+"""llamapyz/kernels/half.py: float16 operands (as uint16) give the bits of their float32 copies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from runtime.kernels import half, simd
+from llamapyz.kernels import half, simd
 
 RNG = np.random.default_rng(3)
 

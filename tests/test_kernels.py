@@ -1,6 +1,6 @@
 """Every numba kernel against its plain numpy twin.
 
-- Dequantization kernels: bit-exact with `runtime/quants.py` (itself bit-exact with gguf-py).
+- Dequantization kernels: bit-exact with `llamapyz/gguf/quants.py` (itself bit-exact with gguf-py).
 - The int8 quantizers of x (llama.cpp's q8_0/q8_1 and q8_K) against their twin; the integer row kernels
   have their own file (tests/test_blockdot.py). `QuantMatrix` against dequantized products.
 - SIMD building blocks (`simd.py`): exact results against numpy.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.kernels import KERNELS, simd
-from runtime.kernels.linear import QuantizedRows, QuantMatrix
-from runtime.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.kernels import KERNELS, simd
+from llamapyz.kernels.linear import QuantizedRows, QuantMatrix
 from tests.synth import random_blocks
 
 N_ROWS = 37
@@ -85,7 +85,7 @@ def test_every_kernel_keeps_numpy_error_model():
 
     from numba.core.registry import CPUDispatcher
 
-    import runtime.kernels as package
+    import llamapyz.kernels as package
 
     dispatchers = []
     for info in pkgutil.iter_modules(package.__path__):
@@ -98,7 +98,7 @@ def test_every_kernel_keeps_numpy_error_model():
 
 
 def test_float16_rounding_is_exact():
-    from runtime.kernels.matvec import round_to_f16
+    from llamapyz.kernels.matvec import round_to_f16
 
     values = np.concatenate([np.random.default_rng(4).standard_normal(2000) * 10.0 ** np.arange(-7, 3).repeat(200),
                              [0.0, 6.1e-5, 5.96e-8, 1e-9, 65504.0]]).astype(np.float32)
@@ -108,7 +108,7 @@ def test_float16_rounding_is_exact():
 
 @pytest.mark.parametrize("type_name", ["F32", "F16", "BF16", "Q4_1", "Q3_K", "Q6_K"])
 def test_quant_matrix_matvec_and_matmul(type_name, monkeypatch):
-    monkeypatch.setattr("runtime.kernels.linear.TILE_ELEMENTS", 512 * 8)  # several tiles
+    monkeypatch.setattr("llamapyz.kernels.linear.TILE_ELEMENTS", 512 * 8)  # several tiles
     fmt = FORMATS_BY_NAME[type_name]
     raw = random_matrix(type_name, 512, 5)
     tensor = type("T", (), dict(name="w", shape=(N_ROWS, 512), format=fmt, raw=raw))

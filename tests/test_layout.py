@@ -1,13 +1,14 @@
-"""What a target's site-packages/ gathers (bundler/layout.py's `gather`, with bundler/build.py's roots), on
-small folders and on our own webui/: no wheels, no model, no archive."""
+"""What a target's site-packages/ gathers (llamapyz/bundler/layout.py's `gather`, with llamapyz/bundler/builder.py's
+roots), on small folders and on our own webui/: no wheels, no model, no archive."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bundler import build, layout
-from bundler.platforms import native
-from runtime.server.state import load_webui
+from llamapyz.bundler import builder as build
+from llamapyz.bundler import layout
+from llamapyz.bundler.platforms import native
+from llamapyz.server.state import load_webui
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = ["index.html", "app.js", "style.css", "vendor/katex/LICENSE", "vendor/katex/fonts/KaTeX_Main-Regular.woff2"]

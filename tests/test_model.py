@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import ContextOverflowError, Model, UnsupportedModelError
-from runtime.quants import FORMATS_BY_NAME
+from llamapyz import ContextOverflowError, Model, UnsupportedModelError
+from llamapyz.decode.generation import generate
+from llamapyz.gguf.quants import FORMATS_BY_NAME
 from tests.reference_model import ReferenceModel
 from tests.synth import write_gguf, write_model
 
@@ -70,7 +71,7 @@ def test_context_limits(tiny_models):
     assert model.n_ctx == 16
     with pytest.raises(ContextOverflowError, match="16"):
         model.logits(list(range(3, 20)))
-    steps = list(model.generate(list(range(3, 13)), max_tokens=100, temperature=1.0, seed=1))
+    steps = list(generate(model, list(range(3, 13)), max_tokens=100, temperature=1.0, seed=1))
     assert len(steps) == 6 and steps[-1].finish_reason == "length"  # stops when the context is full
     assert Model.load(tiny_models("llama", "Q8_0")).n_ctx == 256  # default: the model's maximum if smaller
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler import models
-from runtime.errors import ModelFetchError
+from llamapyz.bundler import registry as models
+from llamapyz.errors import ModelFetchError
 
 
 @pytest.fixture

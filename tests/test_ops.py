@@ -1,4 +1,4 @@
-"""The numba small-step kernels (runtime/kernels/ops.py, used through runtime/model/ops.py) against their
+"""The numba small-step kernels (llamapyz/kernels/steps.py, used through llamapyz/model/ops.py) against their
 numpy twins, the functions of the plain reference forward pass (tests/reference_model.py)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.kernels import ops as kernels
-from runtime.model import ops
+from llamapyz.kernels import steps as kernels
+from llamapyz.model import ops
 from tests import reference_model as ref
 
 RNG = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def test_attention_reads_float16_keys_as_their_float32_copy(n, pos0, key_pos0, w
 def test_attention_reads_a_float16_cache_slice_in_place():
     """What the forward pass hands over: a window of one layer of the cache, reshaped to heads; the rows of
     a chunk equal those of the whole prompt."""
-    from runtime.model.kv_cache import KVCache
+    from llamapyz.model.kv_cache import KVCache
 
     cache = KVCache(2, 32, 3 * 32, "f16")
     k, v = RNG.standard_normal((2, 20, 3 * 32)).astype(np.float32)
@@ -103,7 +103,7 @@ def test_attention_reads_a_float16_cache_slice_in_place():
 @pytest.mark.parametrize("keys_dtype", [np.float32, np.float16])
 def test_attention_rows_do_not_depend_on_how_heads_are_split(keys_dtype):
     """n_parts (how many tasks share one query's heads, chosen from the thread count) changes nothing."""
-    from runtime.kernels.ops import attention_rows
+    from llamapyz.kernels.steps import attention_rows
 
     q = RNG.standard_normal((3, 9, 32)).astype(np.float32)
     keys, values = (RNG.standard_normal((2, 11, 3, 32)) * 2).astype(keys_dtype)

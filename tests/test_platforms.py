@@ -1,6 +1,6 @@
-"""bundler/platforms.py and the per-target parts of bundler/deps.py: which targets `--python/--platform`
-name, how each answers environment markers and pip's platform options, and the closure of a runtime's
-requirements for a target (on described wheels, no index)."""
+"""llamapyz/bundler/platforms.py and the per-target parts of llamapyz/bundler/deps.py: which targets
+`--python/--platform` name, how each answers environment markers and pip's platform options, and the closure of a
+runtime's requirements for a target (on described wheels, no index)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 from packaging.markers import Marker
 
-from bundler import deps
-from bundler.platforms import PORTABLE_PLATFORMS, PORTABLE_PYTHONS, native, parse, target
-from runtime.errors import LlamapyzError
-from runtime.targets import Interpreter
+from llamapyz.archive.targets import Interpreter
+from llamapyz.bundler import deps
+from llamapyz.bundler.platforms import PORTABLE_PLATFORMS, PORTABLE_PYTHONS, native, parse, target
+from llamapyz.errors import LlamapyzError
 
 HERE = "{}.{}".format(*sys.version_info[:2])
 

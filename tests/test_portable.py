@@ -20,8 +20,8 @@ from packaging.tags import compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from runtime.bundle import open_bundle
-from runtime.cpu import choose, detect
+from llamapyz.archive.launcher import open_bundle
+from llamapyz.machine.cpu import choose, detect
 from tests.live_server import ServerProcess, bare_python, in_env
 from tests.portable_python import portable_python
 
@@ -153,7 +153,7 @@ def test_each_target_is_complete_and_holds_only_its_own_wheels(archive, target):
     expected = {"linux": {".so"}, "macos": {".so", ".dylib"}, "windows": {".pyd", ".dll"}}[target.split("-")[1]]
     assert extensions and extensions <= expected, f"{target}: {extensions}"
     assert any(p.endswith(f".cpython-{target[2:5]}.pyc") for p in tree) == (target[2:5] == HERE.replace(".", ""))
-    kernels = [p for p in tree if p.startswith("runtime/kernels/__pycache__/") and not p.endswith(".pyc")]
+    kernels = [p for p in tree if p.startswith("llamapyz/kernels/__pycache__/") and not p.endswith(".pyc")]
     here = manifest["targets"][target]["kernels"]
     assert bool(kernels) == bool(here) == (target == f"cp{HERE.replace('.', '')}-linux-x86_64")
 

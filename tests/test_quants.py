@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize as gguf_dequantize
 
-from runtime.errors import UnsupportedQuantError
-from runtime.gguf import load_gguf
-from runtime.quants import FORMATS, FORMATS_BY_NAME, dequantize
+from llamapyz.errors import UnsupportedQuantError
+from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.reader import load_gguf
 from tests.synth import random_blocks
 
 REQUIRED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]

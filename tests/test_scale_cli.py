@@ -1,4 +1,4 @@
-"""The --ray options of `llamapyz serve` (runtime/serve_cli.py, runtime/scale/options.py) and Ray staying an
+"""The --ray options of `llamapyz serve` (llamapyz/cli/serving.py, llamapyz/scale/options.py) and Ray staying an
 optional extra: never imported without --ray, one error line with the pip command when missing."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import main
-from runtime.scale.options import parse_autoscale
+from llamapyz.cli.main import main
+from llamapyz.scale.options import parse_autoscale
 from tests.synth import write_model
 
 
@@ -43,7 +43,7 @@ def test_bad_ray_options_are_usage_errors(model):
 
 def test_without_ray_installed_ray_is_one_error_line_with_the_pip_command(model):
     code = (f"import sys; sys.modules['ray'] = None; sys.argv = ['llamapyz', 'serve', '-m', {model!r}, '--ray'];"
-            "from runtime.cli import main; main()")
+            "from llamapyz.cli.main import main; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == ["error: --ray needs Ray Serve, which is not installed",
@@ -52,8 +52,9 @@ def test_without_ray_installed_ray_is_one_error_line_with_the_pip_command(model)
 
 
 def test_the_command_line_and_server_never_import_ray():
-    code = ("import sys, runtime.cli, runtime.serve_cli, runtime.server, runtime.bundle, runtime.scale, "
-            "runtime.scale.options, runtime.scale.prefix, runtime.scale.replica, runtime.scale.launch; "
+    code = ("import sys, llamapyz.cli.main, llamapyz.cli.serving, llamapyz.server, llamapyz.archive.launcher, "
+            "llamapyz.scale, llamapyz.scale.options, llamapyz.scale.prefix, llamapyz.scale.replica, "
+            "llamapyz.scale.launch; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr

@@ -1,11 +1,11 @@
-"""Prefix-aware routing's policy (runtime/scale/prefix.py), without Ray: the keys a request gets, and where the
+"""Prefix-aware routing's policy (llamapyz/scale/prefix.py), without Ray: the keys a request gets, and where the
 table sends it."""
 
 from __future__ import annotations
 
 import json
 
-from runtime.scale.prefix import LONG_PREFIX_CHARS, PrefixTable, routing_keys
+from llamapyz.scale.prefix import LONG_PREFIX_CHARS, PrefixTable, routing_keys
 
 
 def chat(*messages: tuple[str, str]) -> bytes:

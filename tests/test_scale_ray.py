@@ -1,4 +1,4 @@
-"""`llamapyz serve --ray` on a local Ray cluster started by the command (runtime/scale), with two replicas of
+"""`llamapyz serve --ray` on a local Ray cluster started by the command (llamapyz/scale), with two replicas of
 SmolLM2: the openai client's calls, many clients at once, prefix-aware routing, and a replica killed under a
 streaming load. Each request has REQUEST_TIMEOUT_S; the module takes a few minutes on a 2-core machine."""
 
@@ -160,6 +160,7 @@ def test_a_killed_replica_ends_its_requests_cleanly_and_is_replaced(server):
         now = set(replica_pids())
         names_after = {r for s, _, o, r in results if s > killed_at + 1 and o == "done"}
         replaced = len(now - set(before)) >= 1 and len(now) == 2 and len(names_after) == 2
+    replaced_at = time.monotonic()
     time.sleep(3)  # load goes on over the new replica
     stop.set()
     for thread in threads:
@@ -169,5 +170,5 @@ def test_a_killed_replica_ends_its_requests_cleanly_and_is_replaced(server):
     assert all(ended - started < REQUEST_TIMEOUT_S for started, ended, _, _ in results)
     errors = [r for r in results if r[2] == "error"]
     assert len(errors) <= 6 * 2, errors  # only requests in flight at the kill (one more each if unlucky)
-    late = [r for r in results if r[0] > killed_at + 10]
+    late = [r for r in results if r[0] > replaced_at]  # (a replacement can take 3 s or 20: not a fixed time)
     assert late and all(outcome == "done" for _, _, outcome, _ in late)  # then every request succeeds

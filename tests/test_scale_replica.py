@@ -1,4 +1,4 @@
-"""One replica's server driven in-process (runtime/scale/replica.py), without Ray, on a tiny synthetic model:
+"""One replica's server driven in-process (llamapyz/scale/replica.py), without Ray, on a tiny synthetic model:
 it answers as the single-process server does, streams piece by piece, cancels a request whose reader left,
 and reports itself unhealthy when its engine thread is gone."""
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runtime.scale.replica import REPLICA_HEADER, ReplicaServer, ReplicaUnhealthy, Request
-from runtime.server import ServeOptions
+from llamapyz.scale.replica import REPLICA_HEADER, ReplicaServer, ReplicaUnhealthy, Request
+from llamapyz.server import ServeOptions
 from tests.synth import write_model
 
 HOST = ((b"host", b"localhost"), (b"content-type", b"application/json"))

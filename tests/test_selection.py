@@ -1,4 +1,4 @@
-"""bundler/selection.py: which models an archive carries (`--model`, `--config`), their aliases and settings,
+"""llamapyz/bundler/selection.py: which models an archive carries (`--model`, `--config`), their aliases and settings,
 and each distinct file stored once; on small synthetic files, no build (the real one is test_build_models.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bundler.build import bake_args
-from bundler.selection import select, store_once
-from runtime.errors import LlamapyzError
+from llamapyz.bundler.builder import bake_args
+from llamapyz.bundler.selection import select, store_once
+from llamapyz.errors import LlamapyzError
 from tests.synth import write_model
 
 

@@ -10,10 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.server.app import ServerState, create_app, load_webui
-from runtime.server.config import ModelSpec
-from runtime.server.engine import Engine, Job
-from runtime.server.models import ModelPool
+from llamapyz.server.app import ServerState, create_app, load_webui
+from llamapyz.server.config_file import ModelSpec
+from llamapyz.server.engine import Engine, Job
+from llamapyz.server.pool import ModelPool
 from tests.live_server import ServerThread
 
 N_CTX = 64
@@ -217,7 +217,7 @@ def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_ll
 
 
 def test_overloaded_is_503(tiny_llama):
-    from runtime import Model
+    from llamapyz import Model
 
     engine = Engine(Model.load(tiny_llama, n_ctx=N_CTX), n_slots=1, max_queue=1)  # not started: nothing is admitted
     pool = ModelPool([ModelSpec(tiny_llama, "tiny")], load=lambda spec: engine)
@@ -308,9 +308,9 @@ def test_seed_minus_one_means_random(server):
 
 
 def test_a_request_whose_sampling_fails_ends_alone(tiny_llama):
-    from runtime import Model
-    from runtime.generation import Generation
-    from runtime.sampling import SamplingParams
+    from llamapyz import Model
+    from llamapyz.decode.generation import Generation
+    from llamapyz.decode.sampling import SamplingParams
 
     model = Model.load(tiny_llama, n_ctx=N_CTX)
     engine = Engine(model, n_slots=2).start()

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime import Model
-from runtime.server import embeddings as embeddings_module
+from llamapyz import Model
+from llamapyz.server import embeddings as embeddings_module
 from tests.live_server import ServerThread
 
 N_CTX = 64

@@ -1,4 +1,4 @@
-"""The engine's queue (runtime/server/engine.py), on the tiny model: a request cancelled while it waits for a
+"""The engine's queue (llamapyz/server/engine.py), on the tiny model: a request cancelled while it waits for a
 slot leaves the queue at once, so /metrics' `requests_deferred` counts only requests that still wait."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Several models behind one server (runtime/server/models.py), on two tiny synthetic models of different
+"""Several models behind one server (llamapyz/server/pool.py), on two tiny synthetic models of different
 architectures: each request's `model` picks one (alias, file name or stem), and each answers as it does served
 alone; unknown names are a 404 naming the others; models load on first use, at most models_max at once, and a
 request for a model that is loading waits for it; a model that cannot load hurts no other; with models_max
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from runtime.server.config import ModelSpec
-from runtime.server.models import POLL_S
+from llamapyz.server.config_file import ModelSpec
+from llamapyz.server.pool import POLL_S
 from tests.live_server import ServerProcess, ServerThread
 from tests.synth import write_model
 

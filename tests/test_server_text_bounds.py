@@ -1,4 +1,4 @@
-"""Texts measured before they are tokenized (runtime/server/text_bounds.py), on the tiny model (its longest
+"""Texts measured before they are tokenized (llamapyz/server/text_bounds.py), on the tiny model (its longest
 token is 13 characters): a prompt, chat messages, an embedding input or a /tokenize text whose length alone
 shows it cannot fit in the context is refused (400 context_length_exceeded) without tokenizing it, quickly,
 while a concurrent stream goes on unharmed; a text within the bound is tokenized and its real count decides."""

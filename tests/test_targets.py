@@ -1,4 +1,4 @@
-"""runtime/targets.py: an interpreter's wheel tags equal, in order, what `packaging` (pip's tag logic)
+"""llamapyz/archive/targets.py: an interpreter's wheel tags equal, in order, what `packaging` (pip's tag logic)
 lists for it (tests/data/interpreter_tags.json, recorded by tests/record_interpreter_tags.py: this
 machine's real interpreter, and described ones for Linux x86-64/aarch64 glibc, musl, macOS arm64/x86_64,
 Windows); and the choice of an archive's target follows them."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.targets import Interpreter, choose, expand, supported_tags
+from llamapyz.archive.targets import Interpreter, choose, expand, supported_tags
 
 RECORDED = json.loads((Path(__file__).resolve().parent / "data" / "interpreter_tags.json").read_text())
 

@@ -19,9 +19,9 @@ import llvmlite.binding as llvm
 import pytest
 from llvmlite import ir
 
-from bundler.kernels import WARM_UP
-from runtime.cpu import LLVM_NAMES, TIERS_BY_NAME, CpuInfo, all_names, choose, detect, machine, runnable
-from runtime.kernels import TARGET, blockdot, simd
+from llamapyz.bundler.precompile import WARM_UP
+from llamapyz.kernels import TARGET, blockdot, simd
+from llamapyz.machine.cpu import LLVM_NAMES, TIERS_BY_NAME, CpuInfo, all_names, choose, detect, machine, runnable
 from tests.conftest import REPO, golden
 
 TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
@@ -114,7 +114,7 @@ def greedy_texts(smollm2_path) -> dict[str, str]:
     for name in HERE:
         outputs = []
         for prompt in prompts:
-            done = run_forced(name, "-m", "runtime.cli", "run", "-m", str(smollm2_path), "-p", prompt, "-n", "24",
+            done = run_forced(name, "-m", "llamapyz", "run", "-m", str(smollm2_path), "-p", prompt, "-n", "24",
                               "--temp", "0", "-t", "2")
             assert done.returncode == 0, done.stderr[-2000:]
             assert f"cpu: {target_named(name).describe()} (forced)" in done.stderr
@@ -134,10 +134,10 @@ def test_every_runnable_target_gives_the_same_greedy_smollm2_text(greedy_texts):
 
 def test_a_tier_this_cpu_lacks_is_refused_in_one_line(tmp_path):
     lacking = "aarch64-neon" if machine() == "x86_64" else "x86-64-ssse3"
-    done = run_forced(lacking, "-m", "runtime.cli", "run", "-m", str(tmp_path / "none.gguf"), "-p", "hi",
+    done = run_forced(lacking, "-m", "llamapyz", "run", "-m", str(tmp_path / "none.gguf"), "-p", "hi",
                       timeout=60)
     assert done.returncode != 0
-    done = run_forced("", "-m", "runtime.cli", "serve", "-m", "x.gguf", "--cpu-tier", lacking, timeout=60)
+    done = run_forced("", "-m", "llamapyz", "serve", "-m", "x.gguf", "--cpu-tier", lacking, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: CPU tier {lacking} is for ")
     assert "Traceback" not in done.stderr
@@ -145,7 +145,7 @@ def test_a_tier_this_cpu_lacks_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.skipif(machine() != "x86_64", reason="the SSSE3 floor is x86-64's")
 def test_an_x86_cpu_without_ssse3_gets_one_fatal_line(smollm2_path):
-    done = run_forced("", "-m", "runtime.cli", "serve", "-m", str(smollm2_path), "--port", "0",
+    done = run_forced("", "-m", "llamapyz", "serve", "-m", str(smollm2_path), "--port", "0",
                       env={"LLAMAPYZ_CPU_FEATURES": "popcnt"}, timeout=60)
     assert done.returncode == 1
     assert done.stderr == "error: this CPU lacks SSSE3, which llamapyz needs on x86_64\n"
@@ -153,7 +153,7 @@ def test_an_x86_cpu_without_ssse3_gets_one_fatal_line(smollm2_path):
 
 LOGITS_DIGEST = """
 import hashlib, sys
-from runtime import Model
+from llamapyz import Model
 model = Model.load(sys.argv[1], n_ctx=256, n_threads=2)
 steps = [model.prefill(model.tokenize("The capital of France is"))]
 for _ in range(6):

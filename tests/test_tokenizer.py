@@ -5,10 +5,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import TokenizerError
-from runtime.tokenizer import Tokenizer, TokenType
-from runtime.tokenizer.bpe import byte_to_unicode
-from runtime.tokenizer.pretokenize import PreTokenizer
+from llamapyz.errors import TokenizerError
+from llamapyz.tokenizer import Tokenizer, TokenType
+from llamapyz.tokenizer.bpe import byte_to_unicode
+from llamapyz.tokenizer.pretokenize import PreTokenizer
 from tests.conftest import golden
 
 # --- agreement with llama.cpp on the real models ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tool calling (runtime/tools.py) against the models' real chat templates (tests/data/templates): each
+"""Tool calling (llamapyz/chat/tools.py) against the models' real chat templates (tests/data/templates): each
 template's tool syntax is recognised; a conversation with tools, an assistant's calls and a tool's result
 renders through it; the calls the template writes parse back into OpenAI's shape; streamed parsing equals
 whole parsing; forced calls' grammars accept exactly calls of the named tools with schema-valid arguments."""
@@ -12,12 +12,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runtime.chat import ChatTemplate
-from runtime.generation import Generation
-from runtime.model.model import Model
-from runtime.sampling import SamplingParams
-from runtime.tokenizer import Tokenizer
-from runtime.tools import (
+from llamapyz.chat.template import ChatTemplate
+from llamapyz.chat.tools import (
     SYNTAXES,
     ToolError,
     ToolRequest,
@@ -29,6 +25,10 @@ from runtime.tools import (
     render_call,
     syntax_of,
 )
+from llamapyz.decode.generation import Generation
+from llamapyz.decode.sampling import SamplingParams
+from llamapyz.model.model import Model
+from llamapyz.tokenizer import Tokenizer
 
 TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 WEATHER = {"type": "function", "function": {

@@ -83,6 +83,8 @@ def test_escape_and_cancel_discard_edits_and_invalid_values_are_never_saved(page
     page.fill("#temperature", "0.5")
     page.click("#close-settings")
     assert not page.locator("#settings").is_visible()
+    # the dialog's "close" event, which saves, is a task queued after it hides: wait for it
+    page.wait_for_function("JSON.parse(localStorage.getItem('llamapyz.settings') || '{}').temperature === 0.5")
     assert stored_settings(page)["temperature"] == 0.5
 
     # an invalid value stored earlier (by an older page) is dropped on load: the server's default again

@@ -440,7 +440,7 @@ def test_escape_in_a_search_clears_it_and_leaves_the_reply_streaming(page):
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
     """The tiny llama and a tiny qwen2 behind one server."""
-    from runtime.server.config import ModelSpec
+    from llamapyz.server.config_file import ModelSpec
     from tests.live_server import ServerThread
     from tests.synth import write_model
 
@@ -516,7 +516,7 @@ def test_a_reply_stopped_before_its_first_token_is_not_sent_back(page):
 def test_a_base_model_is_called_one_in_the_header(browser, tmp_path_factory):
     """The registry's gemma3-270m, a base model, was offered for chat without a word (issue 27): /v1/models'
     base_model (no chat template in its file) is said in the picker and in the heading."""
-    from runtime.server.config import ModelSpec
+    from llamapyz.server.config_file import ModelSpec
     from tests.live_server import ServerThread
     from tests.synth import write_model
 

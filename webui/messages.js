@@ -3,7 +3,6 @@
 // at the bottom while a reply streams in unless the user scrolls up; a button brings it back).
 "use strict";
 
-import { regenerate, resend } from "./reply.js";
 import {
   current, descendantsOf, newConversation, pathOf, removeMessage, save, showBranch, siblingsOf, state,
 } from "./store.js";
@@ -12,6 +11,13 @@ import { $, button, copyWith, onRefresh, refresh } from "./ui.js";
 // Each message's element, kept while its text is unchanged: re-rendering the conversation (a new reply, a
 // deleted chat) moves these instead of rendering every message's Markdown again. Footers are rebuilt each time.
 const messageViews = new WeakMap(); // message -> {el, body, content, error}
+
+// What a message's Regenerate and an edit's Send do: reply.js's, registered by it (it imports this module, so
+// this one does not import it back).
+const replyActions = { regenerate: () => {}, resend: () => {} };
+export function setReplyActions(actions) {
+  Object.assign(replyActions, actions);
+}
 
 export function messageView(message) {
   let view = messageViews.get(message);
@@ -53,7 +59,7 @@ function messageElement(message, conversation) {
     if (message.role === "user") {
       footer.append(button("Edit", "edit", () => edit(el, conversation, message), "Edit and resend this message"));
     } else if (message.parent) { // a reply at the root (an import's) answers nothing to ask again
-      footer.append(button("Regenerate", "regenerate", () => regenerate(conversation, message),
+      footer.append(button("Regenerate", "regenerate", () => replyActions.regenerate(conversation, message),
         "Regenerate this reply"));
     }
     footer.append(button("Delete", "delete", () => deleteMessage(conversation, message), "Delete this message"));
@@ -105,7 +111,7 @@ function edit(el, conversation, message) {
   editor.value = message.content;
   const send = button("Send", "edit-send primary", () => {
     const text = editor.value.trim();
-    if (text) resend(conversation, message, text);
+    if (text) replyActions.resend(conversation, message, text);
   });
   const cancel = button("Cancel", "edit-cancel", renderMessages);
   editor.addEventListener("keydown", (event) => {

@@ -5,7 +5,7 @@
 
 import { streamChat } from "./api.js";
 import { chosenModel, keyAccepted } from "./header.js";
-import { followEnd, messageView } from "./messages.js";
+import { followEnd, messageView, setReplyActions } from "./messages.js";
 import {
   addMessage, current, newConversation, pathOf, removeMessage, save, SAMPLERS, state,
 } from "./store.js";
@@ -144,3 +144,5 @@ function statsText(timings, usage, nTokens, firstTokenAt) {
   const rate = seconds > 0 && nTokens > 1 ? ((nTokens - 1) / seconds).toFixed(1) : "-";
   return `${n} tokens \u00b7 ${rate} tokens/s`;
 }
+
+setReplyActions({ regenerate, resend });

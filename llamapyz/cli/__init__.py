@@ -1,0 +1,2 @@
+"""The `llamapyz` command line (`main`) and its serving side, shared with an archive's command (`serving`).
+"""

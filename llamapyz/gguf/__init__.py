@@ -1,0 +1,2 @@
+"""The GGUF file format: the reader (`reader`, memory-mapped, zero-copy) and the quant formats (`quants`).
+"""

@@ -1,0 +1,264 @@
+"""ggml tensor formats as data, and their numpy reference dequantizers.
+
+One table, `FORMATS`, describes every ggml type: elements per block and the block's field layout as a numpy
+structured dtype, so the bytes per block are the sum of the fields. The GGUF reader derives tensor byte
+sizes from it, kernels derive their strides from it, tests iterate over it.
+
+The dequantizers here are the plain, readable references (bit-exact with ggml's `dequantize_row_*`): each
+takes the blocks of a tensor as a structured array (a zero-copy view of the file) and returns float32
+values of shape (n_blocks, block_size). Arithmetic follows ggml's order of float32 operations exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import GGUFError, UnsupportedQuantError
+
+QK_K = 256  # elements per super-block of the k-quants
+
+Dequantizer = Callable[[np.ndarray], np.ndarray]
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Field of shape (n_blocks,) as a float32 column (n_blocks, 1)."""
+    return a.astype(np.float32).reshape(-1, 1)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, k) bytes -> (n, 2k): all low nibbles, then all high nibbles (the order of the 32-blocks)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _bits(qh: np.ndarray, n_bits: int) -> np.ndarray:
+    """(n, k) bytes -> (n, n_bits, k): bit b of byte l at [:, b, l]."""
+    shifts = np.arange(n_bits, dtype=np.uint8).reshape(1, n_bits, 1)
+    return (qh[:, None, :] >> shifts) & 1
+
+
+# --- plain float and integer types -------------------------------------------------------------------
+
+
+def dequant_float(blocks: np.ndarray) -> np.ndarray:
+    """F32, F16, F64 and the integer types: a plain cast."""
+    return blocks["v"].astype(np.float32).reshape(-1, 1)
+
+
+def dequant_bf16(blocks: np.ndarray) -> np.ndarray:
+    """BF16 is the top half of a float32."""
+    return (blocks["v"].astype(np.uint32) << 16).view(np.float32).reshape(-1, 1)
+
+
+# --- 32-element blocks -----------------------------------------------------------------------------
+
+
+def dequant_q4_0(blocks: np.ndarray) -> np.ndarray:
+    q = _nibbles(blocks["qs"]).astype(np.int8) - np.int8(8)
+    return _f32(blocks["d"]) * q.astype(np.float32)
+
+
+def dequant_q4_1(blocks: np.ndarray) -> np.ndarray:
+    q = _nibbles(blocks["qs"]).astype(np.float32)
+    return _f32(blocks["d"]) * q + _f32(blocks["m"])
+
+
+def _q5_values(blocks: np.ndarray) -> np.ndarray:
+    """The 5-bit values of a Q5_0/Q5_1 block: low nibbles from qs, the fifth bit from the 32 bits of qh."""
+    high = np.unpackbits(blocks["qh"], axis=-1, bitorder="little")
+    return _nibbles(blocks["qs"]) | (high << 4)
+
+
+def dequant_q5_0(blocks: np.ndarray) -> np.ndarray:
+    q = _q5_values(blocks).astype(np.int8) - np.int8(16)
+    return _f32(blocks["d"]) * q.astype(np.float32)
+
+
+def dequant_q5_1(blocks: np.ndarray) -> np.ndarray:
+    q = _q5_values(blocks).astype(np.float32)
+    return _f32(blocks["d"]) * q + _f32(blocks["m"])
+
+
+def dequant_q8_0(blocks: np.ndarray) -> np.ndarray:
+    return _f32(blocks["d"]) * blocks["qs"].astype(np.float32)
+
+
+# --- k-quants: 256-element super-blocks of 16 or 8 sub-blocks ------------------------------------------
+
+
+def dequant_q2_k(blocks: np.ndarray) -> np.ndarray:
+    n = len(blocks)
+    scales = blocks["scales"]  # (n, 16): low nibble scale, high nibble min, one per 16 values
+    dl = (_f32(blocks["d"]) * (scales & 0x0F).astype(np.float32)).reshape(n, 16, 1)
+    ml = (_f32(blocks["dmin"]) * (scales >> 4).astype(np.float32)).reshape(n, 16, 1)
+    # qs (n, 64): two halves of 32 bytes; each byte holds 4 values at shifts 0, 2, 4, 6
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = ((blocks["qs"].reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 16, 16).astype(np.float32)
+    return (dl * q - ml).reshape(n, QK_K)
+
+
+def _q3_k_scales(scales: np.ndarray) -> np.ndarray:
+    """12 bytes -> 16 signed 6-bit scales: low nibbles from bytes 0..7, two high bits from bytes 8..11."""
+    low = _nibbles(scales[:, :8])  # (n, 16)
+    k = np.arange(16)
+    high = (scales[:, 8 + k % 4] >> (2 * (k // 4)).astype(np.uint8)) & 3
+    return (low | (high << 4)).astype(np.int8) - np.int8(32)
+
+
+def dequant_q3_k(blocks: np.ndarray) -> np.ndarray:
+    n = len(blocks)
+    dl = (_f32(blocks["d"]) * _q3_k_scales(blocks["scales"]).astype(np.float32)).reshape(n, 16, 1)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    low = ((blocks["qs"].reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 8, 32)
+    high_unset = _bits(blocks["hmask"], 8) ^ 1  # a cleared mask bit means "subtract 4"
+    q = (low.astype(np.int8) - (high_unset << 2).astype(np.int8)).reshape(n, 16, 16).astype(np.float32)
+    return (dl * q).reshape(n, QK_K)
+
+
+def _k4_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """12 bytes -> 8 six-bit scales and 8 six-bit mins (ggml's get_scale_min_k4)."""
+    a, b, c = scales[:, 0:4], scales[:, 4:8], scales[:, 8:12]
+    sc = np.concatenate([a & 0x3F, (c & 0x0F) | ((a >> 6) << 4)], axis=-1)
+    mn = np.concatenate([b & 0x3F, (c >> 4) | ((b >> 6) << 4)], axis=-1)
+    return sc, mn
+
+
+def _k4_affine(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """y = d*scale * q - dmin*min over 8 sub-blocks of 32 values (Q4_K, Q5_K)."""
+    n = len(blocks)
+    sc, mn = _k4_scales_mins(blocks["scales"])
+    d = (_f32(blocks["d"]) * sc.astype(np.float32)).reshape(n, 8, 1)
+    dm = (_f32(blocks["dmin"]) * mn.astype(np.float32)).reshape(n, 8, 1)
+    return (d * q.astype(np.float32) - dm).reshape(n, QK_K)
+
+
+def _k4_nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 128) -> (n, 8, 32): four 32-byte chunks, each giving its low then its high nibbles."""
+    n = len(qs)
+    shifts = np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    return ((qs.reshape(n, 4, 1, 32) >> shifts) & 0x0F).reshape(n, 8, 32)
+
+
+def dequant_q4_k(blocks: np.ndarray) -> np.ndarray:
+    return _k4_affine(blocks, _k4_nibbles(blocks["qs"]))
+
+
+def dequant_q5_k(blocks: np.ndarray) -> np.ndarray:
+    q = _k4_nibbles(blocks["qs"]) | (_bits(blocks["qh"], 8) << 4)
+    return _k4_affine(blocks, q)
+
+
+def dequant_q6_k(blocks: np.ndarray) -> np.ndarray:
+    n = len(blocks)
+    d = (_f32(blocks["d"]) * blocks["scales"].astype(np.float32)).reshape(n, 16, 1)
+    # ql (n, 128): two halves of 64 bytes; low nibbles give values 0..63 of a half, high nibbles 64..127
+    low = ((blocks["ql"].reshape(n, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0x0F)
+    # qh (n, 64): two halves of 32 bytes; shifts 0, 2, 4, 6 give the two high bits of the 4 quarter-halves
+    high = (blocks["qh"].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
+    q = (low.reshape(n, 2, 4, 32) | (high << 4)).astype(np.int8) - np.int8(32)
+    return (d * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+Field = tuple[str, str, int]  # (name, numpy dtype, count)
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """One ggml type: `block_size` elements are stored in one block of `fields`."""
+
+    name: str
+    type_id: int
+    block_size: int
+    fields: tuple[Field, ...]
+    dequantize_blocks: Dequantizer | None = None  # None: llamapyz reads the layout but cannot decode it
+    block_dtype: np.dtype = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = [(name, dt) if count == 1 else (name, dt, (count,)) for name, dt, count in self.fields]
+        object.__setattr__(self, "block_dtype", np.dtype(spec))
+
+    @property
+    def type_size(self) -> int:
+        """Bytes per block: the sum of the field sizes."""
+        return self.block_dtype.itemsize
+
+    @property
+    def supported(self) -> bool:
+        return self.dequantize_blocks is not None
+
+    def n_bytes(self, n_elements: int) -> int:
+        return n_elements // self.block_size * self.type_size
+
+
+def _opaque(n_bytes: int) -> tuple[Field, ...]:
+    """Layout of a type llamapyz does not decode: its block size is all the reader needs."""
+    return (("raw", "u1", n_bytes),)
+
+
+_F16 = ("d", "<f2", 1)
+_TABLE: tuple[QuantFormat, ...] = (
+    QuantFormat("F32", 0, 1, (("v", "<f4", 1),), dequant_float),
+    QuantFormat("F16", 1, 1, (("v", "<f2", 1),), dequant_float),
+    QuantFormat("Q4_0", 2, 32, (_F16, ("qs", "u1", 16)), dequant_q4_0),
+    QuantFormat("Q4_1", 3, 32, (_F16, ("m", "<f2", 1), ("qs", "u1", 16)), dequant_q4_1),
+    QuantFormat("Q5_0", 6, 32, (_F16, ("qh", "u1", 4), ("qs", "u1", 16)), dequant_q5_0),
+    QuantFormat("Q5_1", 7, 32, (_F16, ("m", "<f2", 1), ("qh", "u1", 4), ("qs", "u1", 16)), dequant_q5_1),
+    QuantFormat("Q8_0", 8, 32, (_F16, ("qs", "i1", 32)), dequant_q8_0),
+    QuantFormat("Q8_1", 9, 32, (_F16, ("s", "<f2", 1), ("qs", "i1", 32))),
+    QuantFormat("Q2_K", 10, QK_K, (("scales", "u1", 16), ("qs", "u1", 64), _F16, ("dmin", "<f2", 1)),
+                dequant_q2_k),
+    QuantFormat("Q3_K", 11, QK_K, (("hmask", "u1", 32), ("qs", "u1", 64), ("scales", "u1", 12), _F16),
+                dequant_q3_k),
+    QuantFormat("Q4_K", 12, QK_K, (_F16, ("dmin", "<f2", 1), ("scales", "u1", 12), ("qs", "u1", 128)),
+                dequant_q4_k),
+    QuantFormat("Q5_K", 13, QK_K,
+                (_F16, ("dmin", "<f2", 1), ("scales", "u1", 12), ("qh", "u1", 32), ("qs", "u1", 128)),
+                dequant_q5_k),
+    QuantFormat("Q6_K", 14, QK_K, (("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), _F16),
+                dequant_q6_k),
+    QuantFormat("Q8_K", 15, QK_K, (("d", "<f4", 1), ("qs", "i1", 256), ("bsums", "<i2", 16))),
+    QuantFormat("IQ2_XXS", 16, QK_K, _opaque(2 + 64)),
+    QuantFormat("IQ2_XS", 17, QK_K, _opaque(2 + 64 + 8)),
+    QuantFormat("IQ3_XXS", 18, QK_K, _opaque(2 + 64 + 32)),
+    QuantFormat("IQ1_S", 19, QK_K, _opaque(2 + 32 + 16)),
+    QuantFormat("IQ4_NL", 20, 32, _opaque(2 + 16)),
+    QuantFormat("IQ3_S", 21, QK_K, _opaque(2 + 64 + 32 + 8 + 4)),
+    QuantFormat("IQ2_S", 22, QK_K, _opaque(2 + 64 + 16)),
+    QuantFormat("IQ4_XS", 23, QK_K, _opaque(2 + 2 + 128 + 4)),
+    QuantFormat("I8", 24, 1, (("v", "i1", 1),), dequant_float),
+    QuantFormat("I16", 25, 1, (("v", "<i2", 1),), dequant_float),
+    QuantFormat("I32", 26, 1, (("v", "<i4", 1),), dequant_float),
+    QuantFormat("I64", 27, 1, (("v", "<i8", 1),), dequant_float),
+    QuantFormat("F64", 28, 1, (("v", "<f8", 1),), dequant_float),
+    QuantFormat("IQ1_M", 29, QK_K, _opaque(32 + 16 + 8)),
+    QuantFormat("BF16", 30, 1, (("v", "<u2", 1),), dequant_bf16),
+    QuantFormat("TQ1_0", 34, QK_K, _opaque(2 + 4 * 13)),
+    QuantFormat("TQ2_0", 35, QK_K, _opaque(2 + 64)),
+    QuantFormat("MXFP4", 39, 32, _opaque(1 + 16)),
+)
+
+FORMATS: dict[int, QuantFormat] = {f.type_id: f for f in _TABLE}
+FORMATS_BY_NAME: dict[str, QuantFormat] = {f.name: f for f in _TABLE}
+
+
+def format_of(type_id: int, *, tensor: str = "?") -> QuantFormat:
+    """The format of ggml type `type_id`; a GGUFError naming the tensor when the id is unknown."""
+    try:
+        return FORMATS[type_id]
+    except KeyError:
+        raise GGUFError(f"tensor {tensor!r}: unknown ggml type id {type_id}") from None
+
+
+def dequantize(raw: np.ndarray, fmt: QuantFormat, shape: tuple[int, ...], *, tensor: str = "?") -> np.ndarray:
+    """Decode the raw bytes of a tensor (uint8, any shape) to float32 of numpy `shape` (rows last-major)."""
+    if fmt.dequantize_blocks is None:
+        supported = ", ".join(f.name for f in _TABLE if f.supported)
+        raise UnsupportedQuantError(
+            f"tensor {tensor!r} has ggml type {fmt.name}, which llamapyz cannot decode (supported: {supported})"
+        )
+    blocks = np.ascontiguousarray(raw).reshape(-1).view(fmt.block_dtype)
+    return fmt.dequantize_blocks(blocks).reshape(shape)

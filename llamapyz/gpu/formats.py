@@ -1,0 +1,282 @@
+"""The weight formats on the device: each format's block dot product, and one dispatch over them.
+
+Weights stay in their GGUF encoding on the GPU, as rows of raw block bytes (`llamapyz/gguf/quants.py`'s layout);
+activations are float32. Every format `llamapyz/gguf/quants.py` decodes is here but the integer types: the 32-value
+quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants (Q2_K to Q6_K) and the plain floats (F32, F16, BF16, a
+"block" of one value, so that a warp's lanes read consecutive elements). Floats and float16 scales are
+decoded with integer operations and exact powers of two (`half_at`, `_binary32_value`), which every CUDA
+architecture and the simulator compute alike, subnormals, infinities and NaN included.
+
+`block_dot(fmt, row, b, x, x0)` is block b of a weight row (uint8) times x[x0:x0 + block elements]: the one
+place the product kernels (`kernels.py`) read weights, whatever their format. A format is a small integer
+(`FORMAT_IDS`) because numba cannot pick a device function by a runtime value; `BLOCKS` gives each format's
+block as (elements, bytes), from `llamapyz/gguf/quants.py`'s table.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda, float32, int32
+
+from ..gguf.quants import FORMATS_BY_NAME
+
+FORMAT_IDS = {name: i for i, name in enumerate(("Q8_0", "Q4_1", "Q4_K", "Q6_K", "Q4_0", "Q5_0", "Q5_1", "Q2_K",
+                                                "Q3_K", "Q5_K", "F32", "F16", "BF16"))}
+Q8_0, Q4_1, Q4_K, Q6_K, Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, F32, F16, BF16 = FORMAT_IDS.values()
+BLOCKS = {name: (FORMATS_BY_NAME[name].block_size, FORMATS_BY_NAME[name].type_size) for name in FORMAT_IDS}
+_ELEMENTS = tuple(elements for elements, _ in BLOCKS.values())  # indexed by format id, in device code
+_BYTES = tuple(n_bytes for _, n_bytes in BLOCKS.values())
+
+
+@cuda.jit(device=True)
+def half_at(row, offset):
+    """The little-endian float16 at row[offset:offset + 2] as a float32."""
+    return half_value(int32(row[offset]) | (int32(row[offset + 1]) << 8))
+
+
+@cuda.jit(device=True)
+def half_value(bits):
+    """An IEEE float16 given as its 16 bits, as a float32 (exact)."""
+    exponent = (bits >> 10) & 0x1F
+    mantissa = float32(bits & 0x3FF)
+    if exponent == 0:
+        value = mantissa * float32(5.960464477539063e-08)  # 2^-24: subnormal
+    elif exponent == 31:
+        value = float32(math.inf) if mantissa == 0 else float32(math.nan)
+    else:
+        value = (float32(1024.0) + mantissa) * float32(math.pow(2.0, exponent - 25))
+    return -value if bits & 0x8000 else value
+
+
+@cuda.jit(device=True)
+def _binary32_value(negative, exponent, fraction, fraction_bits):
+    """The float with float32's 8-bit exponent (bias 127) and a fraction of fraction_bits bits (F32: 23, BF16:
+    7), as a float32 (exact: the significand has at most 24 bits and ldexp scales by a power of two)."""
+    if exponent == 255:
+        value = float32(math.inf) if fraction == 0 else float32(math.nan)
+    else:
+        significand = fraction if exponent == 0 else fraction | (1 << fraction_bits)  # subnormal: no hidden 1
+        value = float32(math.ldexp(float32(significand), int(max(exponent, 1) - 127 - fraction_bits)))
+    return -value if negative else value
+
+
+@cuda.jit(device=True)
+def _dot_q8_0(row, base, x, x0):
+    """d, qs[32] (signed)."""
+    block = float32(0.0)
+    for j in range(32):
+        q = int32(row[base + 2 + j])
+        block += float32(q - 256 if q > 127 else q) * x[x0 + j]
+    return half_at(row, base) * block
+
+
+@cuda.jit(device=True)
+def _dot_q4_1(row, base, x, x0):
+    """d, m, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d,
+    plus m."""
+    d, m = half_at(row, base), half_at(row, base + 2)
+    block = float32(0.0)
+    for j in range(16):
+        byte = int32(row[base + 4 + j])
+        block += (d * float32(byte & 0xF) + m) * x[x0 + j] + (d * float32(byte >> 4) + m) * x[x0 + 16 + j]
+    return block
+
+
+@cuda.jit(device=True)
+def _k4_scale_min(row, base, j):
+    """Sub-block j's 6-bit scale and min of the Q4_K super-block at row[base:] (ggml's get_scale_min_k4)."""
+    scales = base + 4
+    if j < 4:
+        return int32(row[scales + j]) & 63, int32(row[scales + 4 + j]) & 63
+    k = j - 4
+    packed = int32(row[scales + 8 + k])
+    return ((packed & 0xF) | ((int32(row[scales + k]) >> 6) << 4),
+            (packed >> 4) | ((int32(row[scales + 4 + k]) >> 6) << 4))
+
+
+@cuda.jit(device=True)
+def _dot_q4_k(row, base, x, x0):
+    """d, dmin, scales[12], qs[128]: sub-block j (32 values) is the low (even j) or high (odd j) nibbles of
+    qs[32 * (j // 2):][:32], times d * scale_j, minus dmin * min_j."""
+    return _dot_scale_min_k(row, base, x, x0, 16, False)
+
+
+@cuda.jit(device=True)
+def _dot_scale_min_k(row, base, x, x0, qs, high_bits):
+    """Q4_K's and Q5_K's dot: the nibbles at row[base + qs:], with high_bits (Q5_K) bit j of qh[i] (at
+    row[base + 16:]) above value i of sub-block j."""
+    d, dmin = half_at(row, base), half_at(row, base + 2)
+    block = float32(0.0)
+    for j in range(8):
+        scale, low = _k4_scale_min(row, base, j)
+        ds, dm = d * float32(scale), dmin * float32(low)
+        shift = 4 * (j % 2)
+        for i in range(32):
+            q = (int32(row[base + qs + 32 * (j // 2) + i]) >> shift) & 0xF
+            if high_bits:
+                q |= ((int32(row[base + 16 + i]) >> j) & 1) << 4
+            block += (ds * float32(q) - dm) * x[x0 + 32 * j + i]
+    return block
+
+
+@cuda.jit(device=True)
+def _dot_q6_k(row, base, x, x0):
+    """ql[128], qh[64], scales[16] (signed), d: value e = 128 h + 32 g + i is the nibble (g // 2) of
+    ql[64 h + 32 (g % 2) + i], bits 2g..2g+1 of qh[32 h + i] above it, minus 32, times d * scales[e // 16]."""
+    d = half_at(row, base + 208)
+    block = float32(0.0)
+    for e in range(256):
+        h, g, i = e // 128, (e % 128) // 32, e % 32
+        low = (int32(row[base + 64 * h + 32 * (g % 2) + i]) >> (4 * (g // 2))) & 0xF
+        high = (int32(row[base + 128 + 32 * h + i]) >> (2 * g)) & 3
+        scale = int32(row[base + 192 + e // 16])
+        scale = scale - 256 if scale > 127 else scale
+        block += d * float32(scale) * float32((low | (high << 4)) - 32) * x[x0 + e]
+    return block
+
+
+@cuda.jit(device=True)
+def _dot_q4_0(row, base, x, x0):
+    """d, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], minus 8,
+    times d."""
+    block = float32(0.0)
+    for j in range(16):
+        byte = int32(row[base + 2 + j])
+        block += float32((byte & 0xF) - 8) * x[x0 + j] + float32((byte >> 4) - 8) * x[x0 + 16 + j]
+    return half_at(row, base) * block
+
+
+@cuda.jit(device=True)
+def _q5_value(row, qh, qs, j):
+    """Element j's 5-bit value in a Q5_0/Q5_1 block whose qh[4] and qs[16] start at row[qh], row[qs]: nibble
+    j // 16 of qs[j % 16] below bit j of qh's 32 (little-endian) bits."""
+    low = (int32(row[qs + j % 16]) >> (4 * (j // 16))) & 0xF
+    return low | (((int32(row[qh + j // 8]) >> (j % 8)) & 1) << 4)
+
+
+@cuda.jit(device=True)
+def _dot_q5_0(row, base, x, x0):
+    """d, qh[4], qs[16]: element j is its 5-bit value (`_q5_value`) minus 16, times d."""
+    block = float32(0.0)
+    for j in range(32):
+        block += float32(_q5_value(row, base + 2, base + 6, j) - 16) * x[x0 + j]
+    return half_at(row, base) * block
+
+
+@cuda.jit(device=True)
+def _dot_q5_1(row, base, x, x0):
+    """d, m, qh[4], qs[16]: element j is its 5-bit value (`_q5_value`) times d, plus m."""
+    d, m = half_at(row, base), half_at(row, base + 2)
+    block = float32(0.0)
+    for j in range(32):
+        block += (d * float32(_q5_value(row, base + 4, base + 8, j)) + m) * x[x0 + j]
+    return block
+
+
+@cuda.jit(device=True)
+def _dot_q2_k(row, base, x, x0):
+    """scales[16], qs[64], d, dmin: value e = 128 h + 32 g + i is bits 2g..2g+1 of qs[32 h + i], times d times
+    the low nibble of scales[e // 16], minus dmin times its high nibble."""
+    d, dmin = half_at(row, base + 80), half_at(row, base + 82)
+    block = float32(0.0)
+    for s in range(16):  # sub-block s: values e = 16 s + k, h = s // 8, g = s % 8 // 2, i = 16 (s % 2) + k
+        scale = int32(row[base + s])
+        ds, dm = d * float32(scale & 0xF), dmin * float32(scale >> 4)
+        first, shift = base + 16 + 32 * (s // 8) + 16 * (s % 2), 2 * (s % 8 // 2)
+        for k in range(16):
+            q = (int32(row[first + k]) >> shift) & 3
+            block += (ds * float32(q) - dm) * x[x0 + 16 * s + k]
+    return block
+
+
+@cuda.jit(device=True)
+def _k3_scale(row, base, s):
+    """Sub-block s's signed 6-bit scale in the Q3_K super-block at row[base:]: the low nibble of scales[s]
+    (s < 8) or the high one of scales[s - 8], below bits 2 (s // 4)..+1 of scales[8 + s % 4], minus 32."""
+    scales = base + 96
+    low = (int32(row[scales + s % 8]) >> (4 * (s // 8))) & 0xF
+    high = (int32(row[scales + 8 + s % 4]) >> (2 * (s // 4))) & 3
+    return (low | (high << 4)) - 32
+
+
+@cuda.jit(device=True)
+def _dot_q3_k(row, base, x, x0):
+    """hmask[32], qs[64], scales[12], d: value e = 128 h + 32 g + i is bits 2g..2g+1 of qs[32 h + i], minus 4
+    where bit e // 32 of hmask[i] is clear, times d * scale(e // 16) (`_k3_scale`)."""
+    d = half_at(row, base + 108)
+    block = float32(0.0)
+    for s in range(16):  # sub-block s: values e = 16 s + k, c = e // 32 = s // 2, i = 16 (s % 2) + k
+        c, i0 = s // 2, 16 * (s % 2)
+        sub = float32(0.0)
+        for k in range(16):
+            low = (int32(row[base + 32 + 32 * (c // 4) + i0 + k]) >> (2 * (c % 4))) & 3
+            high = (int32(row[base + i0 + k]) >> c) & 1
+            sub += float32(low - 4 + 4 * high) * x[x0 + 16 * s + k]
+        block += d * float32(_k3_scale(row, base, s)) * sub
+    return block
+
+
+@cuda.jit(device=True)
+def _dot_q5_k(row, base, x, x0):
+    """d, dmin, scales[12], qh[32], qs[128]: Q4_K's values (`_dot_q4_k`) with bit j of qh[i] above value i of
+    sub-block j."""
+    return _dot_scale_min_k(row, base, x, x0, 48, True)
+
+
+@cuda.jit(device=True)
+def _dot_f32(row, base, x, x0):
+    """One little-endian float32: sign, 8 exponent bits, 23 fraction bits."""
+    b2, b3 = int32(row[base + 2]), int32(row[base + 3])
+    fraction = ((b2 & 0x7F) << 16) | (int32(row[base + 1]) << 8) | int32(row[base])
+    return _binary32_value(b3 >> 7, ((b3 & 0x7F) << 1) | (b2 >> 7), fraction, 23) * x[x0]
+
+
+@cuda.jit(device=True)
+def _dot_f16(row, base, x, x0):
+    """One little-endian float16."""
+    return half_at(row, base) * x[x0]
+
+
+@cuda.jit(device=True)
+def _dot_bf16(row, base, x, x0):
+    """One little-endian bfloat16, the top half of a float32: sign, 8 exponent bits, 7 fraction bits."""
+    b0, b1 = int32(row[base]), int32(row[base + 1])
+    return _binary32_value(b1 >> 7, ((b1 & 0x7F) << 1) | (b0 >> 7), b0 & 0x7F, 7) * x[x0]
+
+
+@cuda.jit(device=True)
+def block_elements(fmt):
+    """Elements per block of format fmt."""
+    return _ELEMENTS[fmt]
+
+
+@cuda.jit(device=True)
+def block_dot(fmt, row, b, x, x0):
+    """Block b of a weight row of format fmt, dotted with x[x0:x0 + block_elements(fmt)]."""
+    base = b * _BYTES[fmt]
+    if fmt == Q8_0:
+        return _dot_q8_0(row, base, x, x0)
+    if fmt == Q4_1:
+        return _dot_q4_1(row, base, x, x0)
+    if fmt == Q4_K:
+        return _dot_q4_k(row, base, x, x0)
+    if fmt == Q6_K:
+        return _dot_q6_k(row, base, x, x0)
+    if fmt == Q4_0:
+        return _dot_q4_0(row, base, x, x0)
+    if fmt == Q5_0:
+        return _dot_q5_0(row, base, x, x0)
+    if fmt == Q5_1:
+        return _dot_q5_1(row, base, x, x0)
+    if fmt == Q2_K:
+        return _dot_q2_k(row, base, x, x0)
+    if fmt == Q3_K:
+        return _dot_q3_k(row, base, x, x0)
+    if fmt == Q5_K:
+        return _dot_q5_k(row, base, x, x0)
+    if fmt == F32:
+        return _dot_f32(row, base, x, x0)
+    if fmt == F16:
+        return _dot_f16(row, base, x, x0)
+    return _dot_bf16(row, base, x, x0)

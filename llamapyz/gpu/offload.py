@@ -1,0 +1,295 @@
+"""The offloaded part of the forward pass: the last N layers (and, with more than n_layer, the output norm
+and head) on a CUDA device, as llama.cpp's `-ngl N` means it.
+
+`Offload` uploads those layers' weights once, in their GGUF encoding (`DeviceMatrices`: a layer's q, k and
+v, or gate and up, share one launch when they share a format), and runs them on the hidden state the CPU
+layers hand over: it crosses to the device once per forward call and comes back once (the hidden state, or
+the logits when the head is on the device). Each context's keys and values for those layers live on the
+device (`DeviceKV`, f16, allocated on a context's first use).
+
+The kernels (`kernels.py`) keep the engine's guarantees on the device: a token's result is the same
+sequence of float32 operations whether it is prefilled in a chunk of hundreds or decoded alone or batched
+with other sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda
+
+from ..kernels.linear import QuantMatrix
+from ..model.hparams import ModelConfig
+from ..model.moe import route
+from ..model.ops import Rope
+from ..model.weights import Experts, LayerWeights, Weights
+from . import kernels
+from .device import Device
+from .formats import BLOCKS, FORMAT_IDS
+
+REUSED_TOKENS = 8  # calls of up to this many tokens (decode) reuse their scratch arrays
+
+
+def matrix_problem(matrix: QuantMatrix) -> str | None:
+    """Why the device has no product kernel for this matrix, or None."""
+    name = matrix.format.name
+    if name not in FORMAT_IDS:
+        return f"{matrix.name} is {name}, which the GPU kernels do not run"
+    if matrix.n_cols % BLOCKS[name][0]:
+        return f"{matrix.name} has {matrix.n_cols} columns, not whole {name} blocks"
+    return None
+
+
+def layer_problem(layer: LayerWeights) -> str | None:
+    """Why a layer cannot run on the device (the first matrix the kernels cannot take), or None."""
+    return next(filter(None, map(matrix_problem, _matrices(layer))), None)
+
+
+def head_bytes(weights: Weights) -> int:
+    """The device bytes of the output layer: its matrix as stored, its norm as float32."""
+    return weights.output.raw.nbytes + weights.output_norm.nbytes
+
+
+def layer_bytes(layer: LayerWeights) -> int:
+    """The device bytes of a layer's weights: its matrices as stored, its norms and biases as float32."""
+    return sum(m.raw.nbytes + (0 if m.bias is None else m.bias.nbytes) for m in _matrices(layer)) + sum(
+        v.nbytes for v in vars(layer).values() if isinstance(v, np.ndarray))
+
+
+def _matrices(layer: LayerWeights) -> list[QuantMatrix]:
+    matrices = [m for m in (layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_output, layer.ffn_gate,
+                            layer.ffn_up, layer.ffn_down) if m is not None]
+    if layer.experts is not None:
+        e = layer.experts
+        matrices += [e.router, *e.gate, *e.up, *e.down]
+    return matrices
+
+
+class DeviceMatrices:
+    """Matrices that take the same input, on the device: out[:, k] = x @ W_k.T (+ bias) side by side, one
+    launch per run of matrices of the same format (their rows concatenated at upload)."""
+
+    def __init__(self, matrices: list[QuantMatrix]) -> None:
+        self.n_rows = sum(m.n_rows for m in matrices)
+        self.parts = []  # (format id, weights (rows, row bytes) uint8, bias, first output column)
+        col = 0
+        i = 0
+        while i < len(matrices):
+            j = i
+            while j + 1 < len(matrices) and matrices[j + 1].format.name == matrices[i].format.name:
+                j += 1
+            run = matrices[i:j + 1]
+            raw = np.concatenate([np.ascontiguousarray(m.raw) for m in run]) if len(run) > 1 else run[0].raw
+            bias = (np.concatenate([_bias(m) for m in run]) if any(m.bias is not None for m in run)
+                    else kernels.NO_BIAS)
+            self.parts.append((FORMAT_IDS[run[0].format.name], cuda.to_device(np.ascontiguousarray(raw)),
+                               cuda.to_device(bias), col))
+            col += sum(m.n_rows for m in run)
+            i = j + 1
+
+    def __call__(self, x, out) -> None:
+        for fmt, w, bias, col0 in self.parts:
+            kernels.launch_product(fmt, w, x, bias, out, col0)
+
+
+def _bias(m: QuantMatrix) -> np.ndarray:
+    return np.zeros(m.n_rows, np.float32) if m.bias is None else m.bias.astype(np.float32)
+
+
+def _vector(v: np.ndarray | None):
+    return cuda.to_device(kernels.NO_BIAS if v is None else np.ascontiguousarray(v, dtype=np.float32))
+
+
+@dataclass
+class DeviceLayer:
+    attn_norm: object
+    qkv: DeviceMatrices
+    q_norm: object  # empty: none
+    k_norm: object
+    output: DeviceMatrices
+    post_attention_norm: object
+    ffn_norm: object
+    gate_up: DeviceMatrices | None  # None with experts
+    down: DeviceMatrices | None
+    experts: DeviceExperts | None
+    post_ffw_norm: object
+    rope: tuple  # (cos, sin) on the device, n_rot, neox
+
+    @classmethod
+    def upload(cls, layer: LayerWeights, rope: tuple) -> DeviceLayer:
+        return cls(_vector(layer.attn_norm), DeviceMatrices([layer.attn_q, layer.attn_k, layer.attn_v]),
+                   _vector(layer.attn_q_norm), _vector(layer.attn_k_norm), DeviceMatrices([layer.attn_output]),
+                   _vector(layer.post_attention_norm), _vector(layer.ffn_norm),
+                   None if layer.experts else DeviceMatrices([layer.ffn_gate, layer.ffn_up]),
+                   None if layer.experts else DeviceMatrices([layer.ffn_down]),
+                   layer.experts and DeviceExperts(layer.experts), _vector(layer.post_ffw_norm), rope)
+
+
+class DeviceExperts:
+    """A mixture-of-experts FFN on the device: the router, and each expert's gate and up (one matrix) and down."""
+
+    def __init__(self, experts: Experts) -> None:
+        self.router = DeviceMatrices([experts.router])
+        self.n_expert = experts.router.n_rows
+        self.n_ff = experts.down[0].n_cols
+        self.gate_up = [DeviceMatrices([g, u]) for g, u in zip(experts.gate, experts.up, strict=True)]
+        self.down = [DeviceMatrices([d]) for d in experts.down]
+
+
+class DeviceKV:
+    """One context's keys and values of the offloaded layers, (n_layers, n_ctx, n_head_kv, head_dim) f16 bits
+    each, allocated when the context is first used."""
+
+    def __init__(self, n_layers: int, n_ctx: int, n_head_kv: int, head_dim: int) -> None:
+        self.shape = (n_layers, n_ctx, n_head_kv, head_dim)
+        self._arrays = None
+
+    def arrays(self) -> tuple:
+        if self._arrays is None:
+            self._arrays = (cuda.device_array(self.shape, np.uint16), cuda.device_array(self.shape, np.uint16))
+        return self._arrays
+
+
+class Offload:
+    """Layers first..n_layer-1 of a model (and its head, if `head`) on the current CUDA device."""
+
+    def __init__(self, config: ModelConfig, weights: Weights, ropes: list[Rope], n_layers: int, head: bool,
+                 device: Device) -> None:
+        c = self.config = config
+        self.device = device
+        self.first = c.n_layer - n_layers
+        self.n_layers = n_layers
+        self.head = head
+        tables = {}
+        for rope in ropes[self.first:]:
+            if id(rope) not in tables:
+                tables[id(rope)] = ((cuda.to_device(rope.cos), cuda.to_device(rope.sin)), rope.n_rot, rope.neox)
+        self.layers = [DeviceLayer.upload(weights.layers[il], tables[id(ropes[il])])
+                       for il in range(self.first, c.n_layer)]
+        self.output_norm = _vector(weights.output_norm)  # the last add_norm's weight, with or without the head
+        if head:
+            self.output = DeviceMatrices([weights.output])
+            self.n_vocab = weights.output.n_rows
+        self.n_ff = max((weights.layers[il].ffn_down.n_cols for il in range(self.first, c.n_layer)
+                         if weights.layers[il].ffn_down is not None), default=0)
+        self._scratch: dict[int, dict] = {}
+
+    def new_kv(self, n_ctx: int) -> DeviceKV:
+        return DeviceKV(self.n_layers, n_ctx, self.config.n_head_kv, self.config.head_dim)
+
+    def scratch(self, n: int) -> dict:
+        """Device arrays for a call of n tokens, made once per n up to REUSED_TOKENS."""
+        if n in self._scratch:
+            return self._scratch[n]
+        c = self.config
+        q_dim = c.n_head * c.head_dim
+        shapes = {"h": c.n_embd, "qkv": q_dim + 2 * c.kv_dim, "attn": q_dim, "out": c.n_embd,
+                  "gu": 2 * self.n_ff, "act": self.n_ff}
+        arrays = {name: cuda.device_array((n, width), np.float32) for name, width in shapes.items()}
+        if n <= REUSED_TOKENS:
+            self._scratch[n] = arrays
+        return arrays
+
+    def run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
+        """The offloaded layers on hidden states x (n, n_embd) at `positions`, each segment's keys and values
+        in its cache's `device` part. Returns, on the host: with the head on the device, what `output` asks
+        for ("last"/"all" logits before final soft-capping, "hidden" normed states, "none" nothing);
+        without it, the hidden states (n, n_embd) for the CPU's head."""
+        with cuda.gpus[self.device.index]:  # the engine's thread, not the loader's, runs this
+            return self._run(x, positions, segments, output)
+
+    def _run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
+        c = self.config
+        n = len(x)
+        s = self.scratch(n)
+        h = s["h"]  # the normed input of the next step: each residual add norms for the step after it
+        xd = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
+        pos = cuda.to_device(positions.astype(np.int64))
+        first_norm = self.layers[0].attn_norm if self.layers else self.output_norm
+        kernels.launch_rms_norm(xd, first_norm, c.rms_eps, h)
+        for i, layer in enumerate(self.layers):
+            self._attention(i, layer, xd, pos, segments, s)
+            following = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.output_norm
+            self._ffn(layer, xd, s, following)
+        if not self.head:
+            return xd.copy_to_host()
+        if output == "none":
+            cuda.synchronize()
+            return None
+        rows = h[n - 1:] if output == "last" else h
+        if output == "hidden":
+            return rows.copy_to_host()
+        logits = cuda.device_array((rows.shape[0], self.n_vocab), np.float32)
+        self.output(rows, logits)
+        return logits.copy_to_host()
+
+    def _attention(self, i: int, layer: DeviceLayer, x, positions, segments: list, s: dict) -> None:
+        """x += post_norm(attention(h)) for h = attn_norm(x), then h = ffn_norm(x)."""
+        c = self.config
+        q_dim = c.n_head * c.head_dim
+        h, qkv, attn = s["h"], s["qkv"], s["attn"]
+        layer.qkv(h, qkv)
+        (cos, sin), n_rot, neox = layer.rope
+        kernels.launch_qk_norm_rope(qkv, c.n_head, c.n_head_kv, layer.q_norm, layer.k_norm, c.rms_eps, positions,
+                                    cos, sin, n_rot, neox)
+        window = 0 if c.is_global(self.first + i) else c.sliding_window
+        row = 0
+        for seg in segments:
+            keys, values = (a[i] for a in seg.cache.device.arrays())
+            kernels.launch_elementwise(kernels.store_kv, seg.n * c.kv_dim, qkv, row, seg.n, q_dim, keys, values,
+                                       seg.pos0)
+            key_start = max(0, seg.pos0 - window + 1) if window else 0
+            stop = seg.pos0 + seg.n
+            rows = slice(row, row + seg.n)
+            kernels.launch_attention(qkv[rows, :q_dim], keys[key_start:stop], values[key_start:stop], seg.pos0,
+                                     key_start, window, c.attention_scale, c.attn_softcap, attn[rows])
+            row += seg.n
+        out = s["out"]
+        layer.output(attn, out)
+        kernels.launch_add_norm(x, out, layer.post_attention_norm, c.rms_eps, layer.ffn_norm, h)
+
+    def _ffn(self, layer: DeviceLayer, x, s: dict, following) -> None:
+        """x += post_norm(ffn(h)), then h = following(x): the next layer's attn_norm, or the output norm (when
+        the head is not here, nothing reads that h)."""
+        h, out = s["h"], s["out"]
+        if layer.experts is not None:
+            self._experts(layer.experts, h, out)
+        else:
+            gu, act = s["gu"], s["act"]
+            layer.gate_up(h, gu)
+            self._activate(gu, act)
+            layer.down(act, out)
+        kernels.launch_add_norm(x, out, layer.post_ffw_norm, self.config.rms_eps, following, h)
+
+    def _activate(self, gu, act) -> None:
+        """act = act(gate) * up, gu holding gate and up side by side."""
+        n_ff = act.shape[1]
+        kernels.launch_elementwise(kernels.gated_activation, act.shape[0] * n_ff, gu[:, :n_ff], gu[:, n_ff:],
+                                   self.config.options.ffn_activation == "gelu_tanh", act)
+
+    def _experts(self, experts: DeviceExperts, h, out) -> None:
+        """out = the weighted sum of each token's chosen experts (`model.moe`'s order): the router's logits come
+        to the host to be routed there exactly as on the CPU, then each chosen expert runs once on the tokens
+        routed to it, its weighted outputs placed by rank, and the ranks summed in order."""
+        c = self.config
+        n = h.shape[0]
+        logits = cuda.device_array((n, experts.n_expert), np.float32)
+        experts.router(h, logits)
+        chosen, weights = route(logits.copy_to_host(), c.n_expert_used, c.expert_weights_scale)
+        parts = cuda.device_array((c.n_expert_used, n, c.n_embd), np.float32)  # each place written once
+        for e in np.unique(chosen):
+            rows, ranks = np.nonzero(chosen == e)
+            m = len(rows)
+            rows_d, ranks_d = cuda.to_device(rows.astype(np.int64)), cuda.to_device(ranks.astype(np.int64))
+            xe = cuda.device_array((m, c.n_embd), np.float32)
+            kernels.launch_elementwise(kernels.gather_rows, xe.size, h, rows_d, xe)
+            gu = cuda.device_array((m, 2 * experts.n_ff), np.float32)
+            act = cuda.device_array((m, experts.n_ff), np.float32)
+            y = cuda.device_array((m, c.n_embd), np.float32)
+            experts.gate_up[e](xe, gu)
+            self._activate(gu, act)
+            experts.down[e](act, y)
+            w = cuda.to_device(np.ascontiguousarray(weights[rows, ranks], dtype=np.float32))
+            kernels.launch_elementwise(kernels.scatter_scaled, y.size, y, rows_d, ranks_d, w, parts)
+        kernels.launch_elementwise(kernels.sum_ranks, n * c.n_embd, parts, out)

@@ -1,0 +1,419 @@
+"""Row kernels: one weight row in its GGUF encoding against the int8 blocks of every token, as one LLVM loop.
+
+`ROW_DOTS[format](w, wo, xq, xd, xs, xqs, out, col)` computes out[t, col] for every token t from the row
+that starts at byte `wo` of w (uint8: the weights' bytes) and x's int8 blocks from `quantize_q8` /
+`quantize_q8_k` (matvec.py; C-contiguous, as out). Tokens go four at a time (each weight block is
+unpacked once for all four), then one at a time.
+
+Why a hand-written loop: each output keeps its partial sums in vector registers for the whole row and
+reduces them once, where a block-at-a-time dot product pays a horizontal reduction per 32 values. The
+order of every operation is fixed here, not left to a compiler or a library:
+
+- integer part: each block's products go to 8 int32 lanes, lane j summing the products of elements
+  4j..4j+3 (x86: pmaddubsw + pmaddwd, or vpdpbusd with VNNI; Arm dotprod: sdot; elsewhere plain vector
+  arithmetic; integer sums are exact, so every instruction choice gives the same lanes). pmaddubsw cannot saturate here:
+  weights are below 64 (or |w| <= 128 for signed weights, whose sign moves onto x) and |x| <= 127.
+- float part, per block (per super-block for the K-quants, whose sub-block scales are applied in
+  integers first, as in llama.cpp): acc = fma(float(lanes), d_w * d_x, acc) in 8 float lanes (llvm.fma:
+  fused on every target, a library call where the CPU has no FMA, as llama.cpp's x86 code accumulates);
+  offset terms (Q4_1's m, the K-quants' mins) in one float `off` per token, no fused multiply-add.
+- the end: lanes summed as a fixed tree (8 -> 4 -> 2 -> 1), then + off.
+
+So a token's result depends on nothing but its own row of x: not on how many tokens share the call, nor
+on the CPU tier (SSSE3 splits each 8-lane vector in two, AVX-512 does not, the float operations are the
+same). `tests/test_blockdot.py` holds the numpy twin of every format, operation for operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from ..machine.cpu import Target, active
+from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
+
+LANES = 8  # float/int32 lanes of one accumulator
+TILE = 4  # tokens per pass over a row
+PREFETCH = 1024  # bytes ahead of the block in use: decode streams a step's weights from memory (measured
+# on the 2-core EPYC, one thread: a step's matrix products 20-25% faster than with the hardware prefetcher
+# alone; 2048 no better)
+F32 = ir.FloatType()
+V8I32, V8F32, V32I8 = _vec(I32, LANES), _vec(F32, LANES), _vec(I8, 32)
+
+
+# --- int8 dot products into 8 lanes, per instruction set --------------------------------------------------
+
+def _call(builder, name: str, result: ir.Type, *args: ir.Value) -> ir.Value:
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, [a.type for a in args]), name)
+    return builder.call(fn, list(args))
+
+
+def _half(builder, v: ir.Value, upper: bool) -> ir.Value:
+    n = v.type.count // 2
+    return builder.shuffle_vector(v, v, ir.Constant(_vec(I32, n), list(range(n * upper, n * upper + n))))
+
+
+def _lanes_generic(builder, u: ir.Value, s: ir.Value, unsigned: bool) -> ir.Value:
+    wide = _vec(I32, 32)
+    w = builder.zext(u, wide) if unsigned else builder.sext(u, wide)
+    p = builder.mul(w, builder.sext(s, wide))
+    parts = [builder.shuffle_vector(p, p, ir.Constant(V8I32, [4 * j + k for j in range(LANES)])) for k in range(4)]
+    return builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3]))
+
+
+def _lanes_avx2(builder, u: ir.Value, s: ir.Value) -> ir.Value:
+    pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(I16, 16), u, s)
+    return _call(builder, "llvm.x86.avx2.pmadd.wd", V8I32, pairs, _splat(I16, 16, 1))
+
+
+def _lanes_ssse3(builder, u: ir.Value, s: ir.Value) -> ir.Value:
+    quads = []
+    for upper in (False, True):
+        pairs = _call(builder, "llvm.x86.ssse3.pmadd.ub.sw.128", _vec(I16, 8), _half(builder, u, upper),
+                      _half(builder, s, upper))
+        quads.append(_call(builder, "llvm.x86.sse2.pmadd.wd", _vec(I32, 4), pairs, _splat(I16, 8, 1)))
+    return _concat(builder, quads[0], quads[1])
+
+
+def _lanes_vnni(builder, u: ir.Value, s: ir.Value) -> ir.Value:
+    zero = ir.Constant(V8I32, [0] * LANES)
+    return _call(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32, zero, builder.bitcast(u, V8I32),
+                 builder.bitcast(s, V8I32))
+
+
+def _lanes_sdot(builder, u: ir.Value, s: ir.Value) -> ir.Value:
+    zero = ir.Constant(_vec(I32, 4), [0] * 4)
+    quads = [_call(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", _vec(I32, 4), zero, _half(builder, u, upper),
+                   _half(builder, s, upper)) for upper in (False, True)]
+    return _concat(builder, quads[0], quads[1])
+
+
+def _lanes_of(target: Target | None) -> Callable | None:
+    """The target's instructions for 8 lanes of signed-x dot products (None: plain vector arithmetic)."""
+    target = target or active()
+    if target.tier.arch == "aarch64":
+        return _lanes_sdot if "asimddp" in target.features else None
+    if target.tier.arch != "x86_64":
+        return None
+    if "avx512_vnni" in target.features or "avx_vnni" in target.features:
+        return _lanes_vnni
+    return _lanes_avx2 if "avx2" in target.features else _lanes_ssse3
+
+
+def dot4u(builder, u: ir.Value, s: ir.Value, target: Target | None = None) -> ir.Value:
+    """<32 x i8> unsigned weights times signed x -> <8 x i32>, for `target` (default: the active one).
+    Weights are below 128 (Arm's sdot reads them as signed), or |w| <= 128 from `dot4s` on x86."""
+    lanes = _lanes_of(target)
+    return lanes(builder, u, s) if lanes else _lanes_generic(builder, u, s, True)
+
+
+def dot4s(builder, w: ir.Value, s: ir.Value, target: Target | None = None) -> ir.Value:
+    """<32 x i8> signed weights times signed x -> <8 x i32>; on x86 as |w| times x with w's sign."""
+    lanes = _lanes_of(target)
+    if lanes is None:
+        return _lanes_generic(builder, w, s, False)
+    if lanes is _lanes_sdot:
+        return lanes(builder, w, s)
+    zero = ir.Constant(V32I8, [0] * 32)
+    magnitude = builder.select(builder.icmp_signed("<", w, zero), builder.sub(zero, w), w)  # vpabsb
+    return dot4u(builder, magnitude, _sign_of(builder, s, w, target), target)
+
+
+def _sign_of(builder, s: ir.Value, w: ir.Value, target: Target | None) -> ir.Value:
+    """s with w's sign: -s where w < 0, 0 where w == 0, s elsewhere (x86's psignb, one instruction; LLVM does
+    not find it in the selects, which cost four per block and token)."""
+    target = target or active()
+    if "avx2" in target.features:
+        return _call(builder, "llvm.x86.avx2.psign.b", V32I8, s, w)
+    halves = [_call(builder, "llvm.x86.ssse3.psign.b.128", _vec(I8, 16), _half(builder, s, upper),
+                    _half(builder, w, upper)) for upper in (False, True)]
+    return _concat(builder, halves[0], halves[1])
+
+
+# --- reading blocks ----------------------------------------------------------------------------------------
+
+class Block:
+    """IR helpers for one block at pointer `p` (i8*)."""
+
+    def __init__(self, builder, p: ir.Value) -> None:
+        self.b, self.p = builder, p
+
+    def at(self, offset: int, ty: ir.Type) -> ir.Value:
+        pointer = self.b.gep(self.p, [ir.Constant(I32, offset)])
+        return self.b.load(self.b.bitcast(pointer, ty.as_pointer()), align=1)
+
+    # Scale fields: a single half converted on its own compiles to vpinsrw, which merges into whatever
+    # register the allocator picks; when that held a loop accumulator, each block waited for the one before
+    # (decode 2x slower). So a block's halves are read in pairs, or broadcast (vpbroadcastw writes the
+    # whole register): LLVM narrows a pair whose second half goes unused back to the one half.
+
+    def halves(self, offset: int) -> tuple[ir.Value, ir.Value]:
+        """The IEEE halves at offset and offset + 2, as floats (one 4-byte vector load and conversion)."""
+        pair = _half_to_float(self.b, self.at(offset, _vec(I16, 2)))
+        return tuple(self.b.extract_element(pair, ir.Constant(I32, i)) for i in (0, 1))
+
+    def half_splat(self, offset: int) -> ir.Value:
+        """The IEEE half at offset in all 8 lanes of a float vector."""
+        h = self.b.insert_element(ir.Constant(_vec(I16, LANES), None), self.at(offset, I16), ir.Constant(I32, 0))
+        h = self.b.shuffle_vector(h, h, ir.Constant(_vec(I32, LANES), [0] * LANES))
+        return _half_to_float(self.b, h)
+
+    def byte(self, offset: int) -> ir.Value:
+        return self.b.zext(self.at(offset, I8), I32)
+
+    def field(self, offset: int, shift: int, mask: int) -> ir.Value:
+        """(bytes[offset:offset+32] >> shift) & mask, <32 x i8>."""
+        v = self.at(offset, V32I8)
+        if shift:
+            v = self.b.lshr(v, _splat(I8, 32, shift))
+        return self.b.and_(v, _splat(I8, 32, mask))
+
+    def nibbles16(self, offset: int) -> ir.Value:
+        """16 packed bytes -> 32 values: low nibbles first, then high (Q4_0/Q4_1/Q5_* order)."""
+        packed = self.at(offset, _vec(I8, 16))
+        low = self.b.and_(packed, _splat(I8, 16, 15))
+        return _concat(self.b, low, self.b.lshr(packed, _splat(I8, 16, 4)))
+
+
+class Tokens:
+    """The tokens of one pass: their x blocks, scales and accumulators (acc: 8 float lanes, off: float)."""
+
+    def __init__(self, context, builder, sig, args, t0: ir.Value, count: int) -> None:
+        self.b = builder
+        arrays = {}
+        for name, ty, value in zip(("xq", "xd", "xs", "xqs"), sig.args[2:6], args[2:6], strict=True):
+            arrays[name] = context.make_array(ty)(context, builder, value)
+        self.n_cols = cgutils.unpack_tuple(builder, arrays["xq"].shape)[1]
+        self.n_blocks = cgutils.unpack_tuple(builder, arrays["xd"].shape)[1]
+        self.arrays = arrays
+        self.rows = [builder.add(t0, ir.Constant(t0.type, i)) for i in range(count)]
+        self.acc = [cgutils.alloca_once_value(builder, ir.Constant(V8F32, [0.0] * LANES)) for _ in self.rows]
+        self.off = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in self.rows]
+
+    def _element(self, name: str, t: int, index: ir.Value, width: ir.Value) -> ir.Value:
+        flat = self.b.add(self.b.mul(self.rows[t], width), index)
+        return self.b.gep(self.arrays[name].data, [flat])
+
+    def x(self, t: int, block: ir.Value) -> ir.Value:
+        """Token t's int8 values of 32-block `block`, <32 x i8>."""
+        column = self.b.mul(block, ir.Constant(block.type, 32))
+        pointer = self._element("xq", t, column, self.n_cols)
+        return self.b.load(self.b.bitcast(pointer, V32I8.as_pointer()), align=1)
+
+    def scalar(self, name: str, t: int, block: ir.Value) -> ir.Value:
+        return self.b.load(self._element(name, t, block, self.n_blocks))
+
+    def splat(self, name: str, t: int, block: ir.Value) -> ir.Value:
+        return _broadcast(self.b, self.scalar(name, t, block), V8F32)
+
+    def add_lanes(self, t: int, lanes: ir.Value, scale: ir.Value) -> None:
+        """acc = fma(float(lanes), scale, acc): rounded once (scale a float, or the same float in 8 lanes)."""
+        if not isinstance(scale.type, ir.VectorType):
+            scale = _broadcast(self.b, scale, V8F32)
+        acc = _call(self.b, "llvm.fma.v8f32", V8F32, self.b.sitofp(lanes, V8F32), scale, self.b.load(self.acc[t]))
+        self.b.store(acc, self.acc[t])
+
+    def add_offset(self, t: int, value: ir.Value) -> None:
+        self.b.store(self.b.fadd(self.b.load(self.off[t]), value), self.off[t])
+
+    def total(self, t: int) -> ir.Value:
+        v = self.b.load(self.acc[t])
+        n = LANES
+        while n > 1:
+            n //= 2
+            v = self.b.fadd(_half(self.b, v, False), _half(self.b, v, True))
+        return self.b.fadd(self.b.extract_element(v, ir.Constant(I32, 0)), self.b.load(self.off[t]))
+
+
+def _broadcast(b, scalar: ir.Value, ty: ir.VectorType = V8I32) -> ir.Value:
+    v = b.insert_element(ir.Constant(ty, None), scalar, ir.Constant(I32, 0))
+    return b.shuffle_vector(v, v, ir.Constant(_vec(I32, ty.count), [0] * ty.count))
+
+
+# --- the formats: one block (or super-block) of a row against every token of the pass ---------------------
+
+def _q4_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | qs 16 bytes; value = d * (nibble - 8)
+    b = blk.b
+    d, q = blk.half_splat(0), b.sub(blk.nibbles16(2), _splat(I8, 32, 8))
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
+
+
+def _q4_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | m f16 | qs 16 bytes; value = d * nibble + m
+    b = blk.b
+    (d, m), q = blk.halves(0), blk.nibbles16(4)
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4u(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_offset(t, b.fmul(m, toks.scalar("xs", t, xb)))
+
+
+def _fifth_bits(builder, word: ir.Value) -> ir.Value:
+    """A 32-bit word -> <32 x i8> holding 16 where bit j is set, else 0."""
+    bits = builder.zext(builder.bitcast(word, _vec(ir.IntType(1), 32)), _vec(I8, 32))
+    return builder.shl(bits, _splat(I8, 32, 4))
+
+
+def _q5(blk: Block, qh: int, qs: int) -> ir.Value:
+    return blk.b.or_(blk.nibbles16(qs), _fifth_bits(blk.b, blk.at(qh, I32)))
+
+
+def _q5_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | qh 4 bytes (fifth bits) | qs 16 bytes; value = d * (q5 - 16)
+    b = blk.b
+    d, q = blk.half_splat(0), b.sub(_q5(blk, 2, 6), _splat(I8, 32, 16))
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
+
+
+def _q5_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | m f16 | qh 4 bytes | qs 16 bytes; value = d * q5 + m
+    b = blk.b
+    (d, m), q = blk.halves(0), _q5(blk, 4, 8)
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4u(b, q, toks.x(t, xb)), b.fmul(d, toks.scalar("xd", t, xb)))
+        toks.add_offset(t, b.fmul(m, toks.scalar("xs", t, xb)))
+
+
+def _q8_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | qs 32 int8
+    b = blk.b
+    d, q = blk.half_splat(0), blk.at(2, V32I8)
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
+
+
+def _k4_scales(blk: Block, o: int) -> list[tuple[ir.Value, ir.Value]]:
+    """The 8 (scale, min) pairs, 6 bits each, packed in the 12 bytes at o (ggml's get_scale_min_k4)."""
+    b = blk.b
+    s = [blk.byte(o + i) for i in range(12)]
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    pairs = []
+    for j in range(8):
+        if j < 4:
+            pairs.append((b.and_(s[j], c(63)), b.and_(s[j + 4], c(63))))
+        else:
+            sc = b.or_(b.and_(s[j + 4], c(15)), b.shl(b.lshr(s[j - 4], c(6)), c(4)))
+            mn = b.or_(b.lshr(s[j + 4], c(4)), b.shl(b.lshr(s[j], c(6)), c(4)))
+            pairs.append((sc, mn))
+    return pairs
+
+
+def _k_quant(blk: Block, toks: Tokens, xb: ir.Value, values: list[ir.Value]) -> None:
+    """Q4_K/Q5_K super-block: d | dmin | scales 12 at 4; `values` the 8 sub-blocks' 32 unsigned values.
+    Integer sums sum_j sc_j * lanes_j and sum_j mn_j * xqs_j first, then d and dmin (as llama.cpp)."""
+    b = blk.b
+    d, dmin = blk.halves(0)
+    scales = _k4_scales(blk, 4)
+    for t in range(len(toks.rows)):
+        lanes, mins = None, None
+        for j, (sc, mn) in enumerate(scales):
+            sub = b.add(xb, ir.Constant(xb.type, j))
+            part = b.mul(dot4u(b, values[j], toks.x(t, sub)), _broadcast(b, sc))
+            lanes = part if lanes is None else b.add(lanes, part)
+            term = b.mul(mn, toks.scalar("xqs", t, sub))
+            mins = term if mins is None else b.add(mins, term)
+        xd = toks.scalar("xd", t, xb)
+        toks.add_lanes(t, lanes, b.fmul(d, xd))
+        toks.add_offset(t, b.fsub(ir.Constant(F32, 0.0), b.fmul(b.fmul(dmin, xd), b.sitofp(mins, F32))))
+
+
+def _q4_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | dmin | scales 12 | qs 128; sub-block j: low (even j) / high (odd j) nibbles of qs[32*(j//2):][:32]
+    _k_quant(blk, toks, xb, [blk.field(16 + 32 * (j // 2), 4 * (j & 1), 15) for j in range(8)])
+
+
+def _q5_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | dmin | scales 12 | qh 32 | qs 128: Q4_K's nibbles at 48 plus 16 * bit j of qh[l]
+    b = blk.b
+    values = [b.or_(blk.field(48 + 32 * (j // 2), 4 * (j & 1), 15), b.shl(blk.field(16, j, 1), _splat(I8, 32, 4)))
+              for j in range(8)]
+    _k_quant(blk, toks, xb, values)
+
+
+def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # ql 128 | qh 64 | scales 16 int8 | d f16; halves of 128, quarters k of 32: nibble of ql[64h+32(k&1)],
+    # bits 2k..2k+1 of qh[128+32h], value q - 32; scales per 16 values, applied in integers
+    b = blk.b
+    d = blk.half_splat(208)
+    subs = []
+    for half in range(2):
+        for k in range(4):
+            low = blk.field(half * 64 + (k & 1) * 32, 4 * (k >> 1), 15)
+            high = b.shl(blk.field(128 + half * 32, 2 * k, 3), _splat(I8, 32, 4))
+            q = b.sub(b.or_(low, high), _splat(I8, 32, 32))
+            first, second = (b.sext(blk.at(192 + half * 8 + 2 * k + i, I8), I32) for i in (0, 1))
+            scale = b.insert_element(ir.Constant(V8I32, None), first, ir.Constant(I32, 0))
+            scale = b.insert_element(scale, second, ir.Constant(I32, 4))
+            subs.append((q, b.shuffle_vector(scale, scale, ir.Constant(V8I32, [0] * 4 + [4] * 4))))
+    for t in range(len(toks.rows)):
+        lanes = None
+        for j, (q, scale) in enumerate(subs):
+            part = b.mul(dot4s(b, q, toks.x(t, b.add(xb, ir.Constant(xb.type, j)))), scale)
+            lanes = part if lanes is None else b.add(lanes, part)
+        toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
+
+
+# (block function, bytes per step, 32-blocks per step)
+FORMATS = {
+    "Q4_0": (_q4_0, 2 + 16, 1),
+    "Q4_1": (_q4_1, 2 + 2 + 16, 1),
+    "Q5_0": (_q5_0, 2 + 4 + 16, 1),
+    "Q5_1": (_q5_1, 2 + 2 + 4 + 16, 1),
+    "Q8_0": (_q8_0, 2 + 32, 1),
+    "Q4_K": (_q4_k, 2 + 2 + 12 + 128, 8),
+    "Q5_K": (_q5_k, 2 + 2 + 12 + 32 + 128, 8),
+    "Q6_K": (_q6_k, 128 + 64 + 16 + 2, 8),
+}
+
+
+def _pass(context, builder, sig, args, t0: ir.Value, count: int, step, step_bytes: int, blocks: int) -> None:
+    """out[t0:t0+count, r] for one row: the loop over the row's blocks, then the stores."""
+    row = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
+    toks = Tokens(context, builder, sig, args, t0, count)
+    n_steps = builder.udiv(toks.n_blocks, ir.Constant(toks.n_blocks.type, blocks))
+    with cgutils.for_range(builder, n_steps) as loop:
+        i = loop.index
+        p = builder.gep(row, [builder.mul(i, ir.Constant(i.type, step_bytes))])
+        if PREFETCH:  # llvm.prefetch(address, read, high locality, data cache): a hint, no effect on results
+            _call(builder, "llvm.prefetch.p0", ir.VoidType(), builder.gep(p, [ir.Constant(I32, PREFETCH)]),
+                  ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1))
+        step(Block(builder, p), toks, builder.mul(i, ir.Constant(i.type, blocks)))
+    out = context.make_array(sig.args[6])(context, builder, args[6])
+    n_rows = cgutils.unpack_tuple(builder, out.shape)[1]
+    for t in range(count):
+        index = builder.add(builder.mul(toks.rows[t], n_rows), args[7])
+        builder.store(toks.total(t), builder.gep(out.data, [index]))
+
+
+def _row_dot(name: str):
+    step, step_bytes, blocks = FORMATS[name]
+
+    def typer(typingctx, w, wo, xq, xd, xs, xqs, out, col):
+        sig = types.void(w, wo, xq, xd, xs, xqs, out, col)
+
+        def codegen(context, builder, signature, args):
+            xq_shape = cgutils.unpack_tuple(builder, context.make_array(signature.args[2])(
+                context, builder, args[2]).shape)
+            n = xq_shape[0]
+            tiles = builder.udiv(n, ir.Constant(n.type, TILE))
+            with cgutils.for_range(builder, tiles) as loop:
+                t0 = builder.mul(loop.index, ir.Constant(n.type, TILE))
+                _pass(context, builder, signature, args, t0, TILE, step, step_bytes, blocks)
+            with cgutils.for_range_slice(builder, builder.mul(tiles, ir.Constant(n.type, TILE)), n,
+                                         ir.Constant(n.type, 1), inc=True) as (t, _):
+                _pass(context, builder, signature, args, t, 1, step, step_bytes, blocks)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    kernel = intrinsic(typer)
+    kernel.__doc__ = f"out[:, col] = x @ the {name} row at byte wo of w (see the module docstring)."
+    return kernel
+
+
+ROW_DOTS = {name: _row_dot(name) for name in FORMATS}

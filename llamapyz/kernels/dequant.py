@@ -1,0 +1,186 @@
+"""Row-wise dequantization kernels: raw blocks -> float32, bit-exact with `llamapyz/gguf/quants.py`.
+
+Used for batched prefill (a tile of rows is decoded, then multiplied by BLAS) and for the formats that
+have no integer matrix-vector kernel. Each kernel is `dequant_<fmt>(w, out)` with
+    w    (n_rows, row_bytes) uint8   raw bytes of a tile of rows (a view into the mmap)
+    out  (n_rows, n_cols) float32
+The float operations are ggml's, in ggml's order, without fused multiply-add (no fastmath), which is
+what makes them bit-exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .simd import f16_at
+
+_OPTS = dict(parallel=True, error_model="numpy", cache=True, nogil=True)  # as ops.py
+F32 = np.float32
+I64 = np.int64  # every byte read is widened first: numba types uint8 >> int64 as float64
+
+
+@njit(**_OPTS)
+def dequant_q4_0(w, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * 18, b * 32
+            d = f16_at(row, o)
+            for j in range(16):
+                q = I64(row[o + 2 + j])
+                out[r, e + j] = d * F32(np.int32(q & 15) - 8)
+                out[r, e + j + 16] = d * F32(np.int32(q >> 4) - 8)
+
+
+@njit(**_OPTS)
+def dequant_q4_1(w, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * 20, b * 32
+            d, m = f16_at(row, o), f16_at(row, o + 2)
+            for j in range(16):
+                q = I64(row[o + 4 + j])
+                out[r, e + j] = d * F32(q & 15) + m
+                out[r, e + j + 16] = d * F32(q >> 4) + m
+
+
+@njit(inline="always", error_model="numpy")
+def _q5(row, qh_o, qs_o, j):
+    """The j-th (0..31) 5-bit value of a Q5_0/Q5_1 block."""
+    qs = I64(row[qs_o + (j & 15)])
+    low = (qs >> 4) if j >= 16 else (qs & 15)
+    return np.int32(low) | (np.int32((I64(row[qh_o + j // 8]) >> (j % 8)) & 1) << 4)
+
+
+@njit(**_OPTS)
+def dequant_q5_0(w, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * 22, b * 32
+            d = f16_at(row, o)
+            for j in range(32):
+                out[r, e + j] = d * F32(_q5(row, o + 2, o + 6, j) - 16)
+
+
+@njit(**_OPTS)
+def dequant_q5_1(w, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * 24, b * 32
+            d, m = f16_at(row, o), f16_at(row, o + 2)
+            for j in range(32):
+                out[r, e + j] = d * F32(_q5(row, o + 4, o + 8, j)) + m
+
+
+@njit(**_OPTS)
+def dequant_q8_0(w, out):
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * 34, b * 32
+            d = f16_at(row, o)
+            for j in range(32):
+                out[r, e + j] = d * F32(np.int8(I64(row[o + 2 + j])))
+
+
+@njit(**_OPTS)
+def dequant_q2_k(w, out):
+    # scales 16 | qs 64 | d | dmin (84 bytes); value e: 2 bits of qs[32*(e//128) + e%32] at 2*((e//32)%4)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * 84, sb * 256
+            d, dmin = f16_at(row, o + 80), f16_at(row, o + 82)
+            for e in range(256):
+                sc = I64(row[o + e // 16])
+                q = (I64(row[o + 16 + 32 * (e // 128) + e % 32]) >> (2 * ((e // 32) % 4))) & 3
+                out[r, e0 + e] = d * F32(sc & 15) * F32(q) - dmin * F32(sc >> 4)
+
+
+@njit(inline="always", error_model="numpy")
+def _q3_k_scale(row, o, k):
+    """Signed 6-bit scale k (0..15) from the 12 bytes at o."""
+    low = (I64(row[o + k]) & 15) if k < 8 else (I64(row[o + k - 8]) >> 4)
+    high = (I64(row[o + 8 + k % 4]) >> (2 * (k // 4))) & 3
+    return np.int32(low | (high << 4)) - 32
+
+
+@njit(**_OPTS)
+def dequant_q3_k(w, out):
+    # hmask 32 | qs 64 | scales 12 | d (110 bytes); a cleared hmask bit means "subtract 4"
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * 110, sb * 256
+            d = f16_at(row, o + 108)
+            for e in range(256):
+                low = np.int32((I64(row[o + 32 + 32 * (e // 128) + e % 32]) >> (2 * ((e // 32) % 4))) & 3)
+                high_set = (I64(row[o + e % 32]) >> (e // 32)) & 1
+                q = low - (0 if high_set else 4)
+                out[r, e0 + e] = d * F32(_q3_k_scale(row, o + 96, e // 16)) * F32(q)
+
+
+@njit(inline="always", error_model="numpy")
+def k4_scale_min(row, o, j):
+    """Sub-block j's 6-bit scale and min from the 12 packed bytes at o (ggml's get_scale_min_k4)."""
+    if j < 4:
+        return I64(row[o + j]) & 63, I64(row[o + j + 4]) & 63
+    sc = (I64(row[o + j + 4]) & 15) | ((I64(row[o + j - 4]) >> 6) << 4)
+    mn = (I64(row[o + j + 4]) >> 4) | ((I64(row[o + j]) >> 6) << 4)
+    return sc, mn
+
+
+@njit(**_OPTS)
+def dequant_q4_k(w, out):
+    # d | dmin | scales 12 | qs 128 (144 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * 144, sb * 256
+            d, dmin = f16_at(row, o), f16_at(row, o + 2)
+            for j in range(8):
+                sc, mn = k4_scale_min(row, o + 4, j)
+                ds, dm = d * F32(sc), dmin * F32(mn)
+                shift = 4 * (j & 1)
+                for i in range(32):
+                    q = (I64(row[o + 16 + 32 * (j // 2) + i]) >> shift) & 15
+                    out[r, e0 + 32 * j + i] = ds * F32(q) - dm
+
+
+@njit(**_OPTS)
+def dequant_q5_k(w, out):
+    # d | dmin | scales 12 | qh 32 | qs 128 (176 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * 176, sb * 256
+            d, dmin = f16_at(row, o), f16_at(row, o + 2)
+            for j in range(8):
+                sc, mn = k4_scale_min(row, o + 4, j)
+                ds, dm = d * F32(sc), dmin * F32(mn)
+                shift = 4 * (j & 1)
+                for i in range(32):
+                    q = (I64(row[o + 48 + 32 * (j // 2) + i]) >> shift) & 15 | ((I64(row[o + 16 + i]) >> j) & 1) << 4
+                    out[r, e0 + 32 * j + i] = ds * F32(q) - dm
+
+
+@njit(**_OPTS)
+def dequant_q6_k(w, out):
+    # ql 128 | qh 64 | scales 16 int8 | d (210 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * 210, sb * 256
+            d = f16_at(row, o + 208)
+            for half in range(2):
+                for k in range(4):
+                    for i in range(32):
+                        low = (I64(row[o + half * 64 + (k & 1) * 32 + i]) >> (4 * (k >> 1))) & 15
+                        high = (I64(row[o + 128 + half * 32 + i]) >> (2 * k)) & 3
+                        q = np.int32(low | (high << 4)) - 32
+                        scale = F32(np.int8(I64(row[o + 192 + half * 8 + 2 * k + i // 16])))
+                        out[r, e0 + half * 128 + k * 32 + i] = d * scale * F32(q)

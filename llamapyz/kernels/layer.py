@@ -1,0 +1,73 @@
+"""A transformer layer's steps around attention, each one numba call: what decode spends its time on
+besides the matrix products when every step is a Python call (~10 kernel calls, their arguments and numpy
+views per layer and token: a third of a 2-thread decode step on SmolLM2, measured).
+
+Each function does, in the same order and with the same kernels, what `model/forward.py` does step by
+step in Python for layers these cannot take (products without an integer kernel, experts), so a layer's
+results are the same bits either way (`tests/test_exactness.py` compares them):
+
+- `attention_input`: h = rms_norm(x); [q k v] = h @ [Wq; Wk; Wv].T + biases; q and k heads normed
+  (qk-norm, when q_norm/k_norm are not empty) and rotated by their rows' positions.
+- `add_attention_output`: x += post_norm(attn @ Wo.T) (post_norm when not empty).
+- `add_ffn`: x += post_norm(down(act(h @ Wg.T) * (h @ Wu.T))), h = rms_norm(x).
+
+A product is (table, bias) for `matvec.product`; forms are its int8 buffers for x, scratch arrays have the
+call's n rows. The products run in parallel (their own prange); the rest is small and runs here.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .matvec import product
+from .steps import gated_activation, rms_norm_heads, rms_norm_rows, rope_rows
+
+_OPTS = dict(error_model="numpy", cache=True, nogil=True)  # as ops.py: a NaN never raises
+
+
+@njit(**_OPTS)
+def attention_input(x, w, norm, eps, qkv, forms, h, out, q_norm, k_norm, heads, rope, positions):
+    """out (n, (n_head + 2 n_kv) * head_dim) = [q k v] of x (n, n_embd); heads = (n_head, n_kv, head_dim),
+    rope = (cos, sin, n_rot, neox), positions (n,) int64; h (n, n_embd) scratch."""
+    n_head, n_kv, head_dim = heads
+    cos, sin, n_rot, neox = rope
+    rms_norm_rows(x, norm, eps, h)
+    product(h, w, qkv[0], qkv[1], forms, out)
+    q_dim = n_head * head_dim
+    if q_norm.size:
+        rms_norm_heads(out, 0, n_head, head_dim, q_norm, eps)
+    if k_norm.size:
+        rms_norm_heads(out, q_dim, n_kv, head_dim, k_norm, eps)
+    rope_rows(out, 0, n_head, head_dim, cos, sin, positions, n_rot, neox)
+    rope_rows(out, q_dim, n_kv, head_dim, cos, sin, positions, n_rot, neox)
+
+
+@njit(**_OPTS)
+def add_attention_output(x, w, attn, o, forms, out, post_norm, eps):
+    """x (n, n_embd) += post_norm(attn @ Wo.T + bias); out (n, n_embd) scratch."""
+    product(attn, w, o[0], o[1], forms, out)
+    if post_norm.size:
+        rms_norm_rows(out, post_norm, eps, out)
+    _add(x, out)
+
+
+@njit(**_OPTS)
+def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, gelu, act, down, ff_forms, out, post_norm):
+    """x (n, n_embd) += post_norm(act(gate) * up @ Wd.T), [gate up] = rms_norm(x) @ [Wg; Wu].T; scratch:
+    h (n, n_embd), gu (n, 2 n_ff), act (n, n_ff), out (n, n_embd)."""
+    rms_norm_rows(x, norm, eps, h)
+    product(h, w, gate_up[0], gate_up[1], forms, gu)
+    n_ff = act.shape[1]
+    for t in range(x.shape[0]):
+        gated_activation(gu[t, :n_ff], gu[t, n_ff:], gelu, act[t])
+    product(act, w, down[0], down[1], ff_forms, out)
+    if post_norm.size:
+        rms_norm_rows(out, post_norm, eps, out)
+    _add(x, out)
+
+
+@njit(**_OPTS)
+def _add(x, y):
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            x[t, j] += y[t, j]

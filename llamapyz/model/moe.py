@@ -1,0 +1,67 @@
+"""Mixture-of-experts feed-forward (Mixtral-style `llama`, `qwen3moe`), in llama.cpp's order.
+
+Per token: router logits -> softmax over all experts -> the `n_expert_used` most probable experts ->
+their probabilities renormalized to sum to 1 (and scaled by `expert_weights_scale` when the file sets one)
+-> each chosen expert's gated FFN, weighted, summed in rank order (most probable first).
+
+Only the chosen experts run. Rows are grouped by expert, so each expert's weights are read once per call
+(decode: one token of each sequence; prefill: a chunk). A row's result does not depend on the other rows:
+its experts, weights and sum order are its own, and the projections keep the forward pass's batch
+invariance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..kernels.linear import QuantMatrix
+from .hparams import ModelConfig
+from .ops import gated_ffn_input
+from .weights import Experts
+
+Project = Callable[..., list[np.ndarray]]  # (x, *matrices) -> [x @ m.T + bias for each m]
+MIN_WEIGHT_SUM = 6.103515625e-5  # llama.cpp clamps the sum it divides by (the smallest normal f16)
+
+
+def route(logits: np.ndarray, n_used: int, weights_scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Router logits (n, n_expert) -> chosen experts (n, n_used), best first, and their weights (n, n_used)."""
+    logits = logits.astype(np.float32, copy=False)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    total = exp[:, 0].copy()
+    for e in range(1, exp.shape[1]):  # a fixed order of additions, whatever the number of rows
+        total += exp[:, e]
+    probs = exp / total[:, None]
+    chosen = np.argsort(-probs, axis=1, kind="stable")[:, :n_used]
+    weights = np.take_along_axis(probs, chosen, axis=1)
+    weight_sum = weights[:, 0].copy()
+    for r in range(1, n_used):
+        weight_sum += weights[:, r]
+    weights /= np.maximum(weight_sum, np.float32(MIN_WEIGHT_SUM))[:, None]
+    if weights_scale not in (0.0, 1.0):
+        weights *= np.float32(weights_scale)
+    return chosen, weights
+
+
+def moe_ffn(h: np.ndarray, experts: Experts, config: ModelConfig, project: Project) -> np.ndarray:
+    """h (n, n_embd), normed -> the weighted sum of each row's chosen experts' FFN outputs (n, n_embd)."""
+    (logits,) = project(h, experts.router)
+    chosen, weights = route(logits, config.n_expert_used, config.expert_weights_scale)
+    parts = np.zeros((config.n_expert_used, h.shape[0], h.shape[1]), np.float32)  # per rank
+    for e in np.unique(chosen):
+        rows, ranks = np.nonzero(chosen == e)
+        y = expert_ffn(h[rows], experts.gate[e], experts.up[e], experts.down[e], config.options.ffn_activation,
+                       project)
+        parts[ranks, rows] = y * weights[rows, ranks][:, None]
+    out = parts[0]
+    for r in range(1, config.n_expert_used):
+        out += parts[r]
+    return out
+
+
+def expert_ffn(x: np.ndarray, gate: QuantMatrix, up: QuantMatrix, down: QuantMatrix, activation: str,
+               project: Project) -> np.ndarray:
+    g, u = project(x, gate, up)
+    (y,) = project(gated_ffn_input(g, u, activation), down)
+    return y

@@ -1,0 +1,120 @@
+"""The transformer's non-matrix steps on float32 activations: RMSNorm, rotary embeddings, attention, FFN
+activations, batched over tokens.
+
+RMSNorm, rope and the FFN activation run as the numba kernels of `kernels/ops.py`, whose numpy twins are
+the plain reference forward pass's functions (`tests/reference_model.py`; `tests/test_ops.py` compares
+them). Attention is a numba kernel computing each query row on its own (`attention_numpy`, with BLAS
+products, is its batched twin for the tests), and `softcap` is gemma2's final-logit soft-capping.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..kernels import steps as kernels
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x (..., n) / rms(x) * weight (n,), over the last axis."""
+    out = np.empty(x.shape, np.float32)
+    kernels.rms_norm_rows(x.reshape(-1, x.shape[-1]), weight, eps, out.reshape(-1, x.shape[-1]))
+    return out
+
+
+def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
+    """act(gate) * up."""
+    out = np.empty(gate.shape, np.float32)
+    kernels.gated_activation(gate.reshape(-1), up.reshape(-1), activation == "gelu_tanh", out.reshape(-1))
+    return out
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap), in place: gemma2's final-logit soft-capping."""
+    x /= np.float32(cap)
+    np.tanh(x, out=x)
+    x *= np.float32(cap)
+    return x
+
+
+class Rope:
+    """Rotary position embedding with cos/sin tables precomputed for n_ctx positions (float64 angles).
+
+    The angle of frequency i at position p is p * freq_scale * base^(-2i / n_rot) / factors[i] (factors:
+    Llama 3.1's rope_freqs or LongRoPE's; freq_scale: linear rope scaling), and cos and sin are multiplied
+    by attn_factor, as ggml's rope does.
+    """
+
+    def __init__(self, base: float, n_rot: int, n_ctx: int, neox: bool, factors: np.ndarray | None = None,
+                 freq_scale: float = 1.0, attn_factor: float = 1.0) -> None:
+        half = n_rot // 2
+        inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot) * freq_scale
+        if factors is not None:
+            inv_freq = inv_freq / factors.astype(np.float64)
+        angle = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+        self.cos = (np.cos(angle) * attn_factor).astype(np.float32)  # (n_ctx, n_rot/2)
+        self.sin = (np.sin(angle) * attn_factor).astype(np.float32)
+        self.n_rot = n_rot
+        self.neox = neox
+
+    def __call__(self, x: np.ndarray, n_heads: int, positions: np.ndarray) -> None:
+        """Rotate in place the n_heads heads of each row of x (n_tokens, n_heads * head_dim); row i is at
+        positions[i]."""
+        kernels.rope_rows(x, 0, n_heads, x.shape[1] // n_heads, self.cos, self.sin, positions, self.n_rot,
+                          self.neox)
+
+    @property
+    def tables(self) -> tuple:
+        """(cos, sin, n_rot, neox): what the layer kernels take."""
+        return self.cos, self.sin, self.n_rot, self.neox
+
+
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
+              scale: float, softcap: float = 0.0) -> np.ndarray:
+    """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap).
+
+    q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
+    key_pos0..key_pos0+s-1, float32 or float16 (the KV cache as stored: the kernel widens each row as it
+    reads it, to the same bits a float32 copy would give). A key is visible to a query at p when key <= p
+    and, with a window, p - key < window. Returns (n, n_head * head_dim). Every query row is computed on its
+    own (see `kernels.attention_rows`); `attention_numpy` is the batched numpy twin.
+    """
+    n, n_head, head_dim = q.shape
+    out = np.empty((n, n_head, head_dim), np.float32)
+    n_parts = min(n_head, -(-numba.get_num_threads() // n))  # split each query's heads only to fill the threads
+    kernels.attention_rows(np.ascontiguousarray(q), _kernel_view(keys), _kernel_view(values), pos0, key_pos0,
+                           window, np.float32(scale), np.float32(softcap), n_parts, out)
+    return out.reshape(n, n_head * head_dim)
+
+
+def _kernel_view(a: np.ndarray) -> np.ndarray:
+    """float16 as its uint16 bits (numba has no float16 arrays; `kernels.half` reads them), else as is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
+                    scale: float, softcap: float = 0.0) -> np.ndarray:
+    """Numpy attention (BLAS products): any number of queries, masks applied; float16 keys/values are
+    widened to float32 first."""
+    keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
+    n, n_head, head_dim = q.shape
+    s, n_kv = keys.shape[0], keys.shape[1]
+    group = n_head // n_kv
+    # (n_kv, n * group, head_dim): the queries sharing a kv head side by side
+    grouped = q.reshape(n, n_kv, group, head_dim).transpose(1, 0, 2, 3).reshape(n_kv, n * group, head_dim)
+    scores = np.matmul(grouped, keys.transpose(1, 2, 0)) * np.float32(scale)  # (n_kv, n * group, s)
+    if softcap:
+        scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
+    scores = scores.reshape(n_kv, n, group, s)
+    query_pos = np.arange(pos0, pos0 + n)[:, None]
+    key_pos = np.arange(key_pos0, key_pos0 + s)[None, :]
+    hidden = key_pos > query_pos
+    if window:
+        hidden |= query_pos - key_pos >= window
+    if hidden.any():
+        np.copyto(scores, -np.inf, where=hidden[None, :, None, :])
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores.reshape(n_kv, n * group, s), values.transpose(1, 0, 2))  # (n_kv, n * group, hd)
+    return out.reshape(n_kv, n, group, head_dim).transpose(1, 0, 2, 3).reshape(n, n_head * head_dim)

@@ -1,0 +1,145 @@
+"""/v1/chat/completions and /v1/completions: a job per request, answered as one JSON object or streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..chat.tools import ToolStream, parse_calls
+from ..decode.generation import Step
+from ..version import __version__
+from . import schema
+from .http import collect_steps, endpoint, read_json, run_job, server_state, sse_response
+from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, tool_request, usage
+
+
+@endpoint
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions, streaming or not, with tools and structured outputs."""
+    state = server_state(request)
+    fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
+    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
+        model = served.model
+        tools = tool_request(fields, model)
+        prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
+        logprobs = fields["top_logprobs"] if fields["logprobs"] else None
+        job = await run_in_threadpool(make_job, served, fields, prompt, logprobs, "messages",
+                                      asyncio.get_running_loop(), model.chat_template.end_of_turn, tools)
+        await run_job(served, job)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": ident, "created": created, "model": served.alias,
+            "system_fingerprint": f"llamapyz-{__version__}"}
+    names = {tool["function"]["name"] for tool in tools.tools} if tools.active else None  # calls to read
+
+    if fields["stream"]:
+        reader = ToolStream(tools.syntax, names) if names is not None else None
+
+        def chunk(step: Step) -> dict | None:
+            delta = tool_delta(reader.feed(step.text)) if reader is not None else {"content": step.text}
+            if not any(delta.values()) and logprobs is None:  # nothing to say (text held back)
+                return None
+            return {"index": 0, "delta": delta, "finish_reason": None,
+                    "logprobs": {"content": [chat_logprob(model, step)]} if logprobs is not None else None}
+
+        def last(finish: str | None) -> dict:
+            delta = tool_delta(reader.finish()) if reader is not None else {}
+            if reader is not None and reader.n_calls and finish == "stop":
+                finish = "tool_calls"
+            return {"index": 0, "delta": delta, "logprobs": None,
+                    "finish_reason": finish}
+
+        opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return sse_response(job, request, served, fields, {**base, "object": "chat.completion.chunk"}, [opening],
+                            chunk, last)
+
+    steps = await collect_steps(job, request, served)
+    text, finish = "".join(s.text for s in steps), steps[-1].finish_reason if steps else None
+    message: dict = {"role": "assistant", "content": text}
+    if names is not None:
+        content, calls = parse_calls(text, tools.syntax, names)
+        if calls:
+            message = {"role": "assistant", "content": content or None, "tool_calls": [c.as_dict() for c in calls]}
+            finish = "tool_calls" if finish == "stop" else finish
+    return JSONResponse({
+        **base, "object": "chat.completion",
+        "choices": [{"index": 0, "message": message,
+                     "logprobs": {"content": [chat_logprob(model, s) for s in steps]} if logprobs is not None
+                     else None,
+                     "finish_reason": finish}],
+        "usage": usage(job), "timings": job.timings.as_dict()})
+
+
+def tool_delta(events: list[tuple]) -> dict:
+    """A ToolStream's events as one chat delta: content text and tool_calls pieces (OpenAI's shape: the
+    first piece of a call carries its index, id, type and name; later ones add to its arguments)."""
+    content, calls = [], []
+    for event in events:
+        if event[0] == "content":
+            content.append(event[1])
+        elif event[0] == "call":
+            calls.append({"index": event[1], "id": event[2], "type": "function",
+                          "function": {"name": event[3], "arguments": ""}})
+        elif calls and calls[-1]["index"] == event[1]:
+            calls[-1]["function"]["arguments"] += event[2]
+        else:
+            calls.append({"index": event[1], "function": {"arguments": event[2]}})
+    delta: dict = {"content": "".join(content)} if content else {}
+    if calls:
+        delta["tool_calls"] = calls
+    return delta
+
+
+@endpoint
+async def completions(request: Request) -> Response:
+    """OpenAI (legacy) text completions, streaming or not."""
+    state = server_state(request)
+    fields = schema.validate(await read_json(request), schema.COMPLETION, state.sampling_defaults)
+    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
+        model = served.model
+        prompt = await run_in_threadpool(completion_prompt, fields["prompt"], model)
+        logprobs = fields["logprobs"]
+        job = await run_in_threadpool(make_job, served, fields, prompt, logprobs, "prompt", asyncio.get_running_loop())
+        await run_job(served, job)
+    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": ident, "object": "text_completion", "created": created, "model": served.alias,
+            "system_fingerprint": f"llamapyz-{__version__}"}
+    echo = model.detokenize(prompt) if fields["echo"] else ""
+
+    def logprob_block(steps: list[Step], offset: int) -> dict:
+        tokens, values, tops, offsets = [], [], [], []
+        for step in steps:
+            piece = token_text(model, step.token)
+            tokens.append(piece)
+            values.append(step.logprob)
+            tops.append({token_text(model, t): lp for t, lp in step.top_logprobs or []})
+            offsets.append(offset)
+            offset += len(piece)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    if fields["stream"]:
+        offset = len(echo)
+
+        def chunk(step: Step) -> dict | None:
+            nonlocal offset
+            if not step.text and logprobs is None:
+                return None
+            block = logprob_block([step], offset) if logprobs is not None else None
+            offset += len(step.text)
+            return {"index": 0, "text": step.text, "logprobs": block, "finish_reason": None}
+
+        opening = [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}] if echo else []
+        return sse_response(job, request, served, fields, base, opening, chunk,
+                            lambda finish: {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
+
+    steps = await collect_steps(job, request, served)
+    return JSONResponse({
+        **base,
+        "choices": [{"index": 0, "text": echo + "".join(s.text for s in steps),
+                     "logprobs": logprob_block(steps, len(echo)) if logprobs is not None else None,
+                     "finish_reason": steps[-1].finish_reason if steps else "length"}],
+        "usage": usage(job), "timings": job.timings.as_dict()})
