@@ -3,9 +3,10 @@ JSON schema or tool list a request sends can crash the process, stall it, or hol
 
 Three ways a grammar could hurt, and what bounds each:
 
-- **Stack.** llguidance compiles a chain of rules or `$ref`s by recursion, ~2-5 KiB of stack per link
-  (measured: a `$ref` chain crashes an 8 MiB thread at ~2,500 links, a Lark rule chain at ~2,700, a def of
-  three nested objects per link at ~575 links). Nesting within one rule or document it bounds itself
+- **Stack.** llguidance compiles a chain of rules or `$ref`s by recursion, about 3 KiB of stack per JSON
+  object or Lark rule on the chain (measured on 8 MiB threads: a plain `$ref` chain crashes at ~2,500 links,
+  3.4 KiB each; a Lark rule chain at ~2,700, 3.1 KiB each; links of two nested objects and a `$ref`, five
+  JSON objects, at ~575 links, 14.6 KiB each). Nesting within one rule or document it bounds itself
   (serde_json's depth limit of 128, Lark's and the regex parser's own nesting limits). Before llguidance
   sees the input, chains longer than any real grammar are refused (`check_schema`: MAX_REF_DEPTH `$ref`s
   one inside another; `check_grammar`: MAX_GRAMMAR_RULES rules), and so is size: a recursion is at most
