@@ -98,7 +98,7 @@ def run_forced(name: str, *args: str, env: dict[str, str] | None = None, timeout
 @pytest.mark.parametrize("name", HERE)
 def test_every_runnable_target_matches_the_numpy_twins(name):
     """The kernel, op, synthetic-model and exactness tests, in a process whose kernels are compiled for `name`."""
-    tests = ["tests/test_kernels.py", "tests/test_blockdot.py", "tests/test_half.py", "tests/test_ops.py",
+    tests = ["tests/test_kernels.py", "tests/test_blockdot.py", "tests/test_half.py", "tests/test_steps.py",
              "tests/test_model.py", "tests/test_exactness.py",
              "tests/test_tiers.py::test_this_process_runs_the_best_target_or_the_forced_one"]
     done = run_forced(name, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests)

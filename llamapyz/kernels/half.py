@@ -4,7 +4,7 @@ numba has no float16 arrays: a float16 array reaches a kernel as its uint16 view
 widened here as it is read, 16 halves at a time in registers (vcvtph2ps with F16C, the tier's conversion
 otherwise), never converted wholesale nor stored as float32. Half -> float is exact and every operation
 keeps the float32 path's order, so a kernel computes the same bits from a float16 array as from its
-float32 copy (`tests/test_half.py`, `tests/test_ops.py`).
+float32 copy (`tests/test_half.py`, `tests/test_steps.py`).
 
 `dot`, `at` and `add_scaled` pick their code by the array's dtype when a kernel is compiled (numba
 overloads): a float32 array gets exactly the float32 code, a uint16 one the widening intrinsics below.
