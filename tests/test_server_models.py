@@ -142,6 +142,46 @@ def test_serve_takes_several_models_and_a_config(files, tmp_path, alone):
         assert answer(chat(live, "qwen-b")) == alone["qwen-b"][0]
 
 
+def test_props_and_metrics_of_a_model_not_loaded_load_nothing(files, tmp_path):
+    """/props and /metrics answer for a model that is not loaded from what is known (its spec and state; zero
+    counters), and never load it, nor unload another to make room for it (models_max 1 here)."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    models = [*specs(files), ModelSpec(str(broken), "broken")]
+    with ServerThread(None, models=models, n_ctx=N_CTX, n_slots=2, models_max=1) as live:
+        pool, loads = live.state.pool, []
+        load = pool.load_engine
+        pool.load_engine = lambda spec: loads.append(spec.alias) or load(spec)
+        assert answer(chat(live, "llama-a"))  # llama-a has counts of its own
+
+        for _ in range(2):
+            props = httpx.get(live.url + "/props", params={"model": "qwen-b"})
+            assert props.status_code == 200, props.text
+            body = props.json()
+            assert (body["model_alias"], body["loaded"], body["status"]) == ("qwen-b", False, "not loaded")
+            assert body["model_path"] == str(files[1]) and body["n_ctx"] == N_CTX and body["load_error"] is None
+            assert body["default_generation_settings"]["temperature"] == 0.8
+            counters = metric_values(httpx.get(live.url + "/metrics", params={"model": "qwen-b"}))
+            assert counters["requests_total"] == 0 and set(counters.values()) == {0}
+            time.sleep(4 * POLL_S)
+        assert metric_values(httpx.get(live.url + "/metrics", params={"model": "llama-a"}))["requests_total"] >= 1
+        loaded = httpx.get(live.url + "/props", params={"model": "llama-a"}).json()
+        assert loaded["loaded"] is True and loaded["status"] == "loaded" and loaded["architecture"] == "llama"
+        assert states(live) == {"llama-a": "loaded", "qwen-b": "not loaded", "broken": "not loaded"}
+        assert loads == [] and not [t for t in threading.enumerate() if t.name.startswith("llamapyz-load")]
+
+        assert chat(live, "broken").status_code == 503  # a request loads it, and it fails
+        failed = httpx.get(live.url + "/props", params={"model": "broken"}).json()
+        assert failed["loaded"] is False and failed["status"] == "failed" and failed["load_error"]
+        assert httpx.get(live.url + "/props", params={"model": "gpt-4"}).status_code == 404
+
+
+def metric_values(response: httpx.Response) -> dict[str, float]:
+    assert response.status_code == 200, response.text
+    return {name.removeprefix("llamapyz:"): float(value)
+            for name, value in (line.split() for line in response.text.splitlines() if line and line[0] != "#")}
+
+
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
 
 

@@ -463,16 +463,17 @@ def test_with_several_models_the_header_offers_a_choice(browser, tiny_page_serve
         assert picker.locator("option").all_inner_texts() == ["tiny-llama", "tiny-qwen2 (not loaded)"]
         requests = []
         page.on("request", lambda r: requests.append(r.post_data_json) if "chat/completions" in r.url else None)
-        picker.select_option("tiny-qwen2")  # loads it
-        page.wait_for_function("document.querySelector('#model-picker option:nth-child(2)').textContent"
-                               " === 'tiny-qwen2'")
-        assert page.title() == "tiny-qwen2 \u00b7 llamapyz"
+        picker.select_option("tiny-qwen2")  # chosen: it loads with its first request (the page's GETs load nothing)
+        page.wait_for_function("document.title === 'tiny-qwen2 \u00b7 llamapyz'")
+        assert two_models.state.pool.models[1].state == "not loaded"
         page.fill("#input", "hello")
         page.press("#input", "Enter")
         stats = page.wait_for_selector(".msg.assistant .stats").inner_text()
         assert requests[-1]["model"] == "tiny-qwen2" and stats.startswith("tiny-qwen2 \u00b7 4 tokens")
         page.reload()  # the choice is kept
         page.wait_for_function("document.querySelector('#model-picker').value === 'tiny-qwen2'")
+        page.wait_for_function("document.querySelector('#model-picker option:nth-child(2)').textContent"
+                               " === 'tiny-qwen2'")  # loaded by the chat
 
 
 def test_the_page_works_where_storage_is_blocked(browser, tiny_page_server):

@@ -76,10 +76,8 @@ function renderModelPicker(models) {
 $("model-picker").addEventListener("change", async () => {
   state.settings.model = $("model-picker").value;
   save();
-  const name = showModelName();
-  setStatus(`loading ${name}\u2026`); // a model not loaded yet loads now: /props waits for it
-  await loadProps();
-  if ($("status").textContent === `loading ${name}\u2026`) setStatus("");
+  showModelName();
+  await loadProps(); // what the server knows of it: a model not loaded yet loads with its first request
   loadModelName(); // its state in the list
 });
 

@@ -16,7 +16,6 @@ that died or a /health that is not 200, checked every HEALTH_PERIOD_S, given HEA
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -30,12 +29,12 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..server import ServeOptions
-from ..server.http import read_body
+from ..server.http import error_response, read_body
 from ..server.info import metrics_text
-from ..server.schema import ApiError
+from ..server.schema import RETRY_SOON_S, ApiError
 from .options import ScaleOptions
 from .prefix import routing_keys
 from .replica import ReplicaServer, Request
@@ -113,13 +112,16 @@ class LlamapyzFront:
         self.prefix_routing = prefix_routing
 
     async def __call__(self, http: HttpRequest) -> Response:
+        """The replica's answer to the request, relayed. The body is read here with the single server's
+        `read_body` (--max-body-mib: 413, --body-timeout-s: 408, the same errors); whether it may be read as
+        JSON (its Content-Type, else a 415) is the replica's to say: it runs the single server's app, whose
+        `read_json` decides, so a request gets the same answer (a 404 for an unknown path, a 415 for a body
+        that is not sent as JSON) with or without --ray. The front's own refusals take the single server's
+        `error_response` (Retry-After on a 503); the replicas' answers carry theirs."""
         try:
-            body = await asyncio.wait_for(self.read_body(http), self.body_timeout_s)
-        except asyncio.TimeoutError:
-            return error(ApiError(408, f"the request body did not arrive within {self.body_timeout_s:g} s",
-                                  code="request_timeout"))
+            body = await read_body(http, self.max_body_bytes, self.body_timeout_s)
         except ApiError as exc:
-            return error(exc)
+            return error_response(exc)
         request = Request(http.method, http.url.path, http.url.query.encode(), tuple(http.scope["headers"]),
                           tuple(http.client) if http.client else None, http.url.scheme)
         keys = routing_keys(request.path, body) if self.prefix_routing else ()
@@ -131,13 +133,13 @@ class LlamapyzFront:
             except RayActorError:
                 log.warning("a replica failed before answering (attempt %d)", attempt + 1)
             except BackPressureError:  # --queue-size requests wait for a replica already: as the engine's full queue
-                return error(ApiError(503, "the server is busy: every replica is full and the queue too; try again "
-                                           "later", code="overloaded"))
+                return error_response(ApiError(503, "the server is busy: every replica is full and the queue too; "
+                                                    "try again later", code="overloaded", retry_after_s=RETRY_SOON_S))
             except RayTaskError as exc:
                 log.error("a replica failed: %s", exc)
-                return error(ApiError(500, "internal server error (see the replica's log)"))
+                return error_response(ApiError(500, "internal server error (see the replica's log)"))
         else:
-            return error(REPLICA_FAILED)
+            return error_response(REPLICA_FAILED)
         if request.method == "GET" and request.path == "/metrics" and status == 200:
             # the replica's answer says the request passed its guards (Host, API key, model name); the numbers
             # are every replica's, summed
@@ -147,13 +149,6 @@ class LlamapyzFront:
         response = StreamingResponse(relay(stream, media.startswith("text/event-stream")), status_code=status)
         response.raw_headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         return response
-
-    async def read_body(self, http: HttpRequest) -> bytes:
-        """The body, within --max-body-mib (the single server's `read_body`). Whether it may be read as JSON
-        (its Content-Type, else a 415) is the replica's to say: it runs the single server's app, whose
-        `read_json` decides, so a request gets the same answer (a 404 for an unknown path, a 415 for a body
-        that is not sent as JSON) with or without --ray."""
-        return await read_body(http, self.max_body_bytes)
 
     async def metrics(self, model: str | None) -> Response:
         """The replicas' counters summed (gauges: the replicas alive now), in the single server's format, plus
@@ -165,12 +160,8 @@ class LlamapyzFront:
         return Response(text, media_type="text/plain; version=0.0.4")
 
 
-REPLICA_FAILED = ApiError(503, "the replica serving this request failed; try again", code="replica_failed")
-
-
-def error(exc: ApiError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+REPLICA_FAILED = ApiError(503, "the replica serving this request failed; try again", code="replica_failed",
+                          retry_after_s=RETRY_SOON_S)  # Ray replaces it; the other replicas answer meanwhile
 
 
 async def relay(stream, events: bool):

@@ -4,6 +4,8 @@ This module puts the routes together (the handlers live one concern per module: 
 `embeddings`, `info`), describes them in /openapi.json and puts the guards of `security` around them (the
 Host check, CORS, the body's deadline, the API key). Every handler validates its request, turns it into an
 engine `Job` (`jobs`), and relays the job's events as one JSON response or as server-sent events (`http`).
+Errors take one path: handlers raise `ApiError`, and the exception handlers registered here (`http.api_error`,
+`http.internal_error`, and the router's own 404 and 405) answer every refusal and every bug in OpenAI's shape.
 Nothing here touches the model's weights: tokenizing and chat templates run in the thread pool, forward
 passes only on the engine thread.
 """
@@ -15,12 +17,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..version import __version__
 from . import schema
 from .completions import chat_completions, completions
 from .embeddings import embeddings
-from .http import error_response
+from .http import api_error, error_response, internal_error
 from .info import detokenize, health, metrics, models, props, tokenize
 from .schema import ApiError
 from .security import ApiKeyMiddleware, BodyDeadlineMiddleware, HostGuardMiddleware
@@ -38,11 +41,11 @@ async def static(request: Request) -> Response:
     state: ServerState = request.app.state.llamapyz
     path = request.path_params.get("path") or "index.html"
     if "/" + path in API_PATHS:  # a GET on a POST endpoint
-        return error_response(ApiError(405, f"GET is not allowed on /{path}", type="invalid_request_error"))
+        raise ApiError(405, f"GET is not allowed on /{path}")
     if path not in state.webui:
         if not state.webui and path == "index.html":
             return Response("llamapyz: the web UI is not available; the API is at /v1", media_type="text/plain")
-        return JSONResponse(ApiError(404, f"not found: /{path}").body(), 404)
+        raise ApiError(404, f"not found: /{path}")
     content, media = state.webui[path]
     return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
 
@@ -67,6 +70,9 @@ API_PATHS = frozenset([route[0] for route in ROUTES] + list(ALIASES))
 OPEN_PATHS = ("/health", "/v1/health", "/openapi.json")  # reachable without the API key
 
 
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
 def openapi_document() -> dict:
     paths: dict = {}
     for path, method, handler, fields in ROUTES:
@@ -74,7 +80,7 @@ def openapi_document() -> dict:
                      "responses": {"200": {"description": "OK"},
                                    "400": {"description": "Invalid request (OpenAI error object)"},
                                    "401": {"description": "Missing or wrong API key (when --api-key is set)"},
-                                   "503": {"description": "Loading, or overloaded"}}}
+                                   "503": {"description": "Loading, or overloaded", "headers": RETRY_AFTER}}}
         if fields is not None:
             operation["requestBody"] = {"required": True,
                                         "content": {"application/json": {"schema": schema.schema_of(fields)}}}
@@ -87,12 +93,28 @@ def openapi_document() -> dict:
             "paths": paths}
 
 
-def create_app(state: ServerState) -> Starlette:
+class App(Starlette):
+    """Starlette, less a second report of each bug. Starlette's outermost middleware, once `internal_error`
+    has answered (and logged) an exception no other handler took, raises it again "so that servers can log
+    it": uvicorn would log a second traceback, and a replica's task or a test client would raise it. Every
+    exception of a request that gets here has been through `internal_error`, so it ends here. (Were the
+    response already under way, the server closes the connection, as it does after any unfinished response.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            if scope["type"] != "http":
+                raise
+
+
+def create_app(state: ServerState) -> App:
     routes = [Route(path, handler, methods=[method]) for path, method, handler, _ in ROUTES]
     by_path = {path: (method, handler) for path, method, handler, _ in ROUTES}
     routes += [Route(alias, by_path[target][1], methods=[by_path[target][0]]) for alias, target in ALIASES.items()]
     routes += [Route("/", static, methods=["GET"]), Route("/{path:path}", static, methods=["GET"])]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    app = App(routes=routes, exception_handlers={ApiError: api_error, Exception: internal_error, 404: not_found,
+                                                 405: not_allowed})
     app.state.llamapyz = state
     # added innermost first: a request meets the Host check, CORS, the body's deadline, then the API key
     app.add_middleware(ApiKeyMiddleware, state=state, protected=protected)
@@ -122,8 +144,7 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
     path = request.url.path
     if path not in API_PATHS and path != "/" and path.lstrip("/") not in state.webui:
         return await not_found(request, exc)
-    response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
-                                       type="invalid_request_error"))
+    response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
     allow = (getattr(exc, "headers", None) or {}).get("Allow")  # Starlette's 405 names the route's methods
     if allow:
         response.headers["Allow"] = allow

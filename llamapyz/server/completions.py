@@ -14,11 +14,10 @@ from ..chat.tools import ToolStream, parse_calls
 from ..decode.generation import Step
 from ..version import __version__
 from . import schema
-from .http import collect_steps, endpoint, read_json, run_job, server_state, sse_response
+from .http import collect_steps, read_json, run_job, server_state, sse_response
 from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, tool_request, usage
 
 
-@endpoint
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not, with tools and structured outputs."""
     state = server_state(request)
@@ -94,7 +93,6 @@ def tool_delta(events: list[tuple]) -> dict:
     return delta
 
 
-@endpoint
 async def completions(request: Request) -> Response:
     """OpenAI (legacy) text completions, streaming or not."""
     state = server_state(request)

@@ -44,7 +44,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from .schema import ApiError
+from .schema import RETRY_SOON_S, ApiError
 
 try:
     import resource
@@ -60,11 +60,13 @@ LOG_EVERY_S = 10.0  # at most one "turned away" line per this
 END_OF_HEAD = re.compile(rb"\n\r?\n")  # h11's own end of a head (a blank line, CRLF or LF)
 
 
-def raw_response(status: int, error: ApiError, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A whole HTTP/1.1 response that ends the connection: `error` as OpenAI's JSON error object."""
+def raw_response(error: ApiError) -> bytes:
+    """A whole HTTP/1.1 response that ends the connection: `error` as OpenAI's JSON error object, with its
+    status and headers (Retry-After on a 503)."""
     body = json.dumps(error.body()).encode()
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json",
-             f"content-length: {len(body)}", "connection: close", *(f"{k}: {v}" for k, v in headers)]
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", "content-type: application/json",
+             f"content-length: {len(body)}", "connection: close",
+             *(f"{k.lower()}: {v}" for k, v in error.headers().items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -137,7 +139,7 @@ class LimitedH11Protocol(H11Protocol):
             message = f"the request line and headers are larger than {self.conn.max_head_bytes} bytes"
         else:
             message = "the request is not valid HTTP/1.1"
-        self.transport.write(raw_response(status, ApiError(status, message, type="invalid_request_error")))
+        self.transport.write(raw_response(ApiError(status, message)))
         self.transport.close()
 
     # --- the head's deadline ---
@@ -163,13 +165,13 @@ class LimitedH11Protocol(H11Protocol):
         if self.conn.trailing_data[0]:  # part of a head came: say why the connection ends
             timeout_s = self.limits.header_timeout_s
             error = ApiError(408, f"the request line and headers did not arrive within {timeout_s:g} s",
-                             code="request_timeout", type="invalid_request_error")
-            self.transport.write(raw_response(408, error))
+                             code="request_timeout")
+            self.transport.write(raw_response(error))
         self.transport.close()
 
 
-BUSY = raw_response(503, ApiError(503, "the server has as many connections open as it takes (--max-connections); "
-                                       "try again shortly", code="overloaded"), (("retry-after", "1"),))
+BUSY = raw_response(ApiError(503, "the server has as many connections open as it takes (--max-connections); try "
+                              "again shortly", code="overloaded", retry_after_s=RETRY_SOON_S))
 
 
 @dataclass

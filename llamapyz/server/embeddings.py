@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from ..model.model import Model
 from . import schema
 from .engine import Job
-from .http import endpoint, engine_error, events, read_json, run_job, server_state
+from .http import engine_error, events, read_json, run_job, server_state
 from .schema import ApiError
 from .text_bounds import check_text_fits
 
@@ -24,7 +24,6 @@ MAX_INPUTS = 2048
 MAX_TOTAL_TOKENS = 300_000
 
 
-@endpoint
 async def embeddings(request: Request) -> Response:
     """OpenAI embeddings: mean-pooled, L2-normalized final hidden states.
 

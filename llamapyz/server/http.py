@@ -1,6 +1,13 @@
 """HTTP plumbing every endpoint uses: reading a JSON body within limits, OpenAI-shaped errors, a job's
 events (cancelled when the client goes away), and server-sent events.
 
+Errors take one path. A handler (or anything it calls) raises `ApiError`; `create_app` registers `api_error`
+and `internal_error` as Starlette's exception handlers, so an `ApiError` becomes its JSON error object (its
+type from `schema.ERROR_TYPES`, Retry-After on a 503), and any other exception, a bug, becomes a short 500
+(no internals) after one traceback in the log; the server goes on. Once a stream's status line is sent, an
+error ends the stream with one event of the same shape (`sse_response`). The Ray front reads bodies with the
+same `read_body` and answers its own refusals with the same `error_response`.
+
 A body is read as JSON only when its Content-Type says JSON (`application/json`, or any `type/x+json`), else
 the answer is a 415 (`require_json_media_type`). Why: a web page on any site may send a "simple" cross-site
 request (a form's `application/x-www-form-urlencoded`, `multipart/form-data` or `text/plain`, or fetch with
@@ -15,16 +22,17 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from ..decode.generation import Step
-from ..errors import ContextOverflowError, NonFiniteError
+from ..errors import ContextOverflowError, LlamapyzError, NonFiniteError
 from .engine import Job, Overloaded
 from .jobs import usage
 from .pool import ServedModel
-from .schema import ApiError
+from .schema import RETRY_SOON_S, ApiError
 from .state import ServerState
 
 log = logging.getLogger("llamapyz.server")
@@ -33,7 +41,34 @@ DISCONNECT_POLL_S = 0.25
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    """The error's JSON object, status and headers (Retry-After on a 503)."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def internal_server_error() -> ApiError:
+    """What a client is told of a bug: that it happened and where to look, nothing of its internals."""
+    return ApiError(500, "internal server error (see the server log)")
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    """Starlette's handler for `ApiError` (registered by `create_app`)."""
+    return error_response(exc)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's handler for any other exception (a bug): one traceback in the log, naming the request, and
+    a short 500. (Starlette raises the exception again after this answer; `app.App` ends it there, so the
+    server logs no second traceback.)"""
+    log.error("error while handling %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(internal_server_error())
+
+
+class BodyTimeout(ApiError):
+    """The request's body did not arrive within `timeout_s`: a 408, from `read_body` (the Ray front) or from
+    `receive` (the single server's `security.BodyDeadlineMiddleware`)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout")
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -50,13 +85,23 @@ def require_json_media_type(content_type: str | None) -> None:
         given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
         raise ApiError(415, f"the request body must be JSON, sent with Content-Type: application/json (it came "
                             f"with {given[:100]}; curl: -H 'Content-Type: application/json')",
-                       code="unsupported_media_type", type="invalid_request_error")
+                       code="unsupported_media_type")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, within `limit` bytes (else a 413), as it is declared or as it comes (chunked)."""
-    too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large",
-                       type="invalid_request_error")
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request's body, within `limit` bytes (else a 413), as it is declared or as it comes (chunked), and
+    within `timeout_s` when given (else a 408: the Ray front's deadline; the single server's runs from the
+    head's arrival, in `security.BodyDeadlineMiddleware`)."""
+    if timeout_s is None:
+        return await _read_body(request, limit)
+    try:  # wait_for, not asyncio.timeout: Python 3.10 has no timeout
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise BodyTimeout(timeout_s) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_big = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -94,28 +139,11 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.llamapyz
 
 
-def endpoint(handler):
-    """Wrap a handler: ApiError (and any surprise) becomes an OpenAI-shaped error, never a traceback."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc)
-        except Exception:  # a bug must not take the server down; say so in the log and the response
-            log.exception("error while handling %s %s", request.method, request.url.path)
-            return error_response(ApiError(500, "internal server error (see the server log)"))
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
 async def run_job(served: ServedModel, job: Job) -> None:
     try:
         served.engine.submit(job)
     except Overloaded as exc:
-        raise ApiError(503, str(exc), code="overloaded") from None
+        raise ApiError(503, str(exc), code="overloaded", retry_after_s=RETRY_SOON_S) from None
 
 
 async def events(job: Job, request: Request, served: ServedModel) -> AsyncIterator[tuple[str, object]]:
@@ -141,14 +169,18 @@ async def events(job: Job, request: Request, served: ServedModel) -> AsyncIterat
 
 def engine_error(exc: object) -> ApiError:
     """A job's error as an API error, by type: what the request asked for (a prompt over the context, a
-    parameter the sampler refused) is the client's 400; anything else is ours, a 500."""
+    parameter the sampler refused) is the client's 400; anything else is ours, a 500: said plainly when it is
+    one of ours (a constraint that failed, the server shutting down), in short when it is a bug (the engine
+    has logged its traceback)."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, (ContextOverflowError, ValueError)):
         return ApiError(400, str(exc))
     if isinstance(exc, NonFiniteError):  # the model's file is corrupt: ours, said plainly (tests/test_corrupt_weights)
         return ApiError(500, f"{exc} ({exc.hint})", code="non_finite_output")
-    return ApiError(500, f"generation failed: {exc}")
+    if isinstance(exc, LlamapyzError):
+        return ApiError(500, f"generation failed: {exc}")
+    return internal_server_error()
 
 
 async def collect_steps(job: Job, request: Request, served: ServedModel) -> list[Step]:
@@ -165,27 +197,34 @@ async def collect_steps(job: Job, request: Request, served: ServedModel) -> list
 def sse_response(job: Job, request: Request, served: ServedModel, fields: dict, base: dict, opening: list[dict],
                  chunk: Callable[[Step], dict | None], last: Callable[[str | None], dict]) -> StreamingResponse:
     """A job as server-sent events: the opening choices, one chunk per step with something to say, the last
-    choice (finish_reason, timings), the usage chunk if asked for, then [DONE]; an error ends the stream."""
+    choice (finish_reason, timings), the usage chunk if asked for, then [DONE]. An error ends the stream with
+    one event of the error's JSON object: the job's (`engine_error`), or a bug's here (logged once, told in
+    short), as the status line is long sent."""
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
 
     async def stream() -> AsyncIterator[bytes]:
-        for choice in opening:
-            yield sse({**base, "choices": [choice]})
-        finish = None
-        async for kind, value in events(job, request, served):
-            if kind == "error":
-                yield sse(engine_error(value).body())
-                return
-            if kind == "done":
-                yield sse({**base, "timings": value.as_dict(), "choices": [last(finish)]})
-                if include_usage:
-                    yield sse({**base, "choices": [], "usage": usage(job)})
-                yield b"data: [DONE]\n\n"
-                return
-            finish = value.finish_reason
-            choice = chunk(value)
-            if choice is not None:
+        try:
+            for choice in opening:
                 yield sse({**base, "choices": [choice]})
+            finish = None
+            async with aclosing(events(job, request, served)) as job_events:  # however it ends, the job ends
+                async for kind, value in job_events:
+                    if kind == "error":
+                        yield sse(engine_error(value).body())
+                        return
+                    if kind == "done":
+                        yield sse({**base, "timings": value.as_dict(), "choices": [last(finish)]})
+                        if include_usage:
+                            yield sse({**base, "choices": [], "usage": usage(job)})
+                        yield b"data: [DONE]\n\n"
+                        return
+                    finish = value.finish_reason
+                    choice = chunk(value)
+                    if choice is not None:
+                        yield sse({**base, "choices": [choice]})
+        except Exception as exc:  # a bug while streaming: the stream ends with an error event, not cut short
+            log.error("error while streaming %s %s", request.method, request.url.path, exc_info=exc)
+            yield sse(internal_server_error().body())
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

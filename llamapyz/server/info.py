@@ -1,9 +1,21 @@
 """The endpoints that describe the server and its model, and the tokenizer's: /v1/models, /health,
-/tokenize, /detokenize, /props, /metrics."""
+/tokenize, /detokenize, /props, /metrics.
+
+The routes that describe (/v1/models, /health, /props, /metrics) never load a model, nor unload one to make
+room: they answer from what is known. A GET must not be able to swap the models of a server (any web page
+can make a browser send one, and it would cost a load's seconds and memory). For a model that is not
+loaded, /props answers 200 with `"loaded": false`, its state and what its spec says (`unloaded_props`), and
+/metrics answers zero counters (an engine's counters start at its load). The tokenizer's routes need the
+model's vocabulary, so they load it, as a completion would.
+
+They read `served.engine` once and use it without awaiting anything in between: a model is only unloaded on
+the event loop (`ModelPool._arrange`), so the engine cannot go while they read it.
+"""
 
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -12,13 +24,14 @@ from starlette.responses import JSONResponse, Response
 from ..machine import cpu
 from ..version import __version__
 from . import schema
-from .http import endpoint, read_json, server_state
+from .http import read_json, server_state
 from .jobs import token_text
-from .schema import ApiError
+from .pool import ServedModel
+from .schema import ERROR_TYPES, RETRY_FAILED_S, RETRY_SOON_S, ApiError
+from .state import ServerState
 from .text_bounds import check_text_fits
 
 
-@endpoint
 async def models(request: Request) -> Response:
     """The models this server runs, each with its state (loaded, loading, not loaded, failed); the loaded
     ones with their metadata."""
@@ -38,19 +51,21 @@ async def models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     """200 {"status": "ok"} once the default model (the first; with --preload, every one) is loaded; 503 while
-    it loads (or if loading failed). The others load when first asked for."""
+    it loads (Retry-After: RETRY_SOON_S, a poll) or if loading failed (RETRY_FAILED_S). The others load when
+    first asked for."""
     pool = server_state(request).pool
     served = pool.default
     if served.engine is not None and pool.started:
         return JSONResponse({"status": "ok"})
     if served.load_error:
         message = f"the model could not be loaded: {served.load_error}"
-        return JSONResponse({"status": "error", "error": {"message": message, "code": 503}}, 503)
-    return JSONResponse({"status": "loading model", "error": {"message": "Loading model", "type": "unavailable_error",
-                                                              "code": 503}}, 503)
+        return JSONResponse({"status": "error", "error": {"message": message, "code": 503}}, 503,
+                            headers={"Retry-After": str(RETRY_FAILED_S)})
+    return JSONResponse({"status": "loading model", "error": {"message": "Loading model", "type": ERROR_TYPES[503],
+                                                              "code": 503}}, 503,
+                        headers={"Retry-After": str(RETRY_SOON_S)})
 
 
-@endpoint
 async def tokenize(request: Request) -> Response:
     """Text to token ids (llama.cpp's /tokenize). A text whose length alone shows it is more tokens than the
     model's context is refused untokenized (400 `context_length_exceeded`, `text_bounds`): no prompt of this
@@ -67,7 +82,6 @@ async def tokenize(request: Request) -> Response:
     return JSONResponse({"tokens": tokens})
 
 
-@endpoint
 async def detokenize(request: Request) -> Response:
     """Token ids to text (llama.cpp's /detokenize)."""
     fields = schema.validate(await read_json(request), schema.DETOKENIZE)
@@ -79,34 +93,56 @@ async def detokenize(request: Request) -> Response:
     return JSONResponse({"content": await run_in_threadpool(model.detokenize, tokens)})
 
 
-@endpoint
 async def props(request: Request) -> Response:
-    """Model metadata and server settings (llama.cpp's /props; `?model=NAME` for another than the first)."""
+    """Model metadata and server settings (llama.cpp's /props; `?model=NAME` for another than the first), with
+    `"loaded": true`; for a model that is not loaded, what is known without loading it (`unloaded_props`)."""
     state = server_state(request)
-    async with state.pool.use(request.query_params.get("model"), request.is_disconnected) as served:
-        model, engine = served.model, served.engine
+    served = state.pool.find(request.query_params.get("model"))
+    engine = served.engine  # read once (see the module's docstring)
+    if engine is None:
+        return JSONResponse(unloaded_props(served, state))
+    model = engine.model
     metadata = {k: v for k, v in model.gguf.metadata.items()
                 if k.startswith("general.") and isinstance(v, (str, int, float, bool))}
     return JSONResponse({
         "model_alias": served.alias, "model_path": str(model.gguf.path), "build_info": f"llamapyz {__version__}",
-        "n_ctx": model.n_ctx, "total_slots": len(engine.slots), "n_vocab": model.n_vocab, "n_embd": model.n_embd,
+        "loaded": True, "status": served.state, "n_ctx": model.n_ctx, "total_slots": len(engine.slots),
+        "n_vocab": model.n_vocab, "n_embd": model.n_embd,
         "n_layer": model.config.n_layer, "architecture": model.config.arch, "file_bytes": model.file_bytes,
         "n_threads": model.n_threads, "cpu_tier": cpu.active().name, "gpu": model.gpu.as_json(),
         "eog_ids": sorted(model.tokenizer.eog_ids),
         "chat_template": model.chat_template.source,
         "chat_template_origin": model.chat_template.origin, "metadata": metadata,
-        "default_generation_settings": {**{f.name: f.default for f in schema.SAMPLING if f.default is not None},
-                                        **state.sampling_defaults},
+        "default_generation_settings": generation_defaults(state),
     })
 
 
-@endpoint
+def unloaded_props(served: ServedModel, state: ServerState) -> dict:
+    """/props of a model that is not loaded: its name, file and state ("not loaded", "loading" or "failed",
+    with `load_error`), the settings its spec gives (`n_ctx` is null where the file decides it at load) and
+    the server's sampling defaults. Nothing read from the file: that would be half a load."""
+    source = served.spec.source
+    return {"model_alias": served.alias, "model_path": str(Path(source[0] if isinstance(source, tuple) else source)),
+            "build_info": f"llamapyz {__version__}", "loaded": False, "status": served.state,
+            "load_error": served.load_error, "n_ctx": served.spec.n_ctx, "settings": served.spec.settings(),
+            "default_generation_settings": generation_defaults(state)}
+
+
+def generation_defaults(state: ServerState) -> dict:
+    """The sampling settings a request gets for the fields it does not set: the server's, else the schema's."""
+    return {**{f.name: f.default for f in schema.SAMPLING if f.default is not None}, **state.sampling_defaults}
+
+
 async def metrics(request: Request) -> Response:
-    """Prometheus text format (the first model's; `?model=NAME` for another)."""
-    async with server_state(request).pool.use(request.query_params.get("model"), request.is_disconnected) as served:
-        engine = served.engine
-    return Response(metrics_text(engine.stats, engine.busy_s, engine.n_running, engine.n_waiting),
-                    media_type="text/plain; version=0.0.4")
+    """Prometheus text format (the first model's; `?model=NAME` for another). A model that is not loaded has
+    no engine, so no counts: its counters are zero (they start again at each load)."""
+    served = server_state(request).pool.find(request.query_params.get("model"))
+    engine = served.engine  # read once (see the module's docstring)
+    if engine is None:
+        text = metrics_text({}, {"prompt": 0.0, "decode": 0.0}, 0, 0)
+    else:
+        text = metrics_text(engine.stats, engine.busy_s, engine.n_running, engine.n_waiting)
+    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 def metrics_text(stats: dict, busy: dict, n_running: int, n_waiting: int) -> str:

@@ -37,7 +37,7 @@ from ..errors import LlamapyzError
 from ..model.model import Model, release_heap, settle
 from .config_file import ModelSpec
 from .engine import Engine
-from .schema import ApiError
+from .schema import RETRY_FAILED_S, RETRY_LOADING_S, ApiError
 
 log = logging.getLogger("llamapyz.server")
 
@@ -134,7 +134,7 @@ class ModelPool:
                 return served
         available = ", ".join(served.alias for served in self.models)
         raise ApiError(404, f"the model \"{name}\" does not exist; this server has: {available}",
-                       type="invalid_request_error", param="model", code="model_not_found")
+                       param="model", code="model_not_found")
 
     @asynccontextmanager
     async def use(self, name: object, gone: Callable[[], Awaitable[bool]] | None = None
@@ -163,12 +163,13 @@ class ModelPool:
                         return
                     if served.load_error:
                         raise ApiError(503, f"the model \"{served.alias}\" could not be loaded: {served.load_error}",
-                                       code="load_failed")
+                                       code="load_failed", retry_after_s=RETRY_FAILED_S)
                     served.waits.add(wait)
                     self._arrange()
                 if time.monotonic() > deadline:
                     raise ApiError(503, f"the model \"{served.alias}\" is still loading (or waiting for another to "
-                                        f"make room) after {self.load_timeout_s:g} s; try again later", code="loading")
+                                        f"make room) after {self.load_timeout_s:g} s; try again later", code="loading",
+                                   retry_after_s=RETRY_LOADING_S)
                 await asyncio.sleep(POLL_S)
                 if gone is not None and await gone():  # before its next `_arrange`: a client that left moves nothing
                     raise ApiError(400, "the client went away while its model was being loaded")

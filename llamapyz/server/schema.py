@@ -21,23 +21,57 @@ _JSON_TYPES = {
 }
 
 
+# The `type` of every error the server answers, by HTTP status: one table, so a status always has the same
+# type whoever refuses the request (a handler, a guard, the connection limits, the Ray front). OpenAI's own
+# answers name client errors `invalid_request_error` (a bad field, an unknown model, an unknown URL) and
+# failures `server_error`; llama.cpp's server, whose clients read these too, names a missing or wrong key
+# `authentication_error` and a server that cannot take the request now `unavailable_error`: those two are
+# kept (OpenAI's SDK picks its exception from the status, never the type).
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",  # the request is malformed or asks for something out of range
+    401: "authentication_error",  # --api-key: missing or wrong
+    403: "invalid_request_error",  # a Host header this server does not answer (DNS rebinding)
+    404: "invalid_request_error",  # an unknown path or model
+    405: "invalid_request_error",  # a method the path does not take
+    408: "invalid_request_error",  # the head or body did not arrive in time
+    413: "invalid_request_error",  # the body is larger than --max-body-mib
+    415: "invalid_request_error",  # the body is not sent as JSON
+    431: "invalid_request_error",  # the request line and headers are too large
+    500: "server_error",  # ours: a bug, or a model whose output is not finite
+    503: "unavailable_error",  # busy, loading, or a model that could not load: with Retry-After
+}
+
+# Retry-After (seconds) of a 503, by why the server cannot take the request now
+RETRY_SOON_S = 1  # busy: a slot, a queue place, a grammar worker or a connection frees within a reply or so
+RETRY_LOADING_S = 5  # a model still loading, or waiting for another to make room (a switch takes seconds)
+RETRY_FAILED_S = 60  # a model that could not be loaded stays so until the server is restarted
+
+
 class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code", ...}}."""
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code", ...}}, its type
+    from ERROR_TYPES (a status not there is a bug: ValueError). A 503 carries Retry-After: `retry_after_s`,
+    RETRY_SOON_S unless given."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None, **extra: Any) -> None:
+                 retry_after_s: int | None = None, **extra: Any) -> None:
         super().__init__(message)
+        if status not in ERROR_TYPES:
+            raise ValueError(f"HTTP status {status} has no error type: add it to schema.ERROR_TYPES")
         self.status = status
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                             503: "unavailable_error"}.get(status, "server_error")
+        self.type = ERROR_TYPES[status]
+        self.retry_after_s = RETRY_SOON_S if retry_after_s is None and status == 503 else retry_after_s
         self.extra = extra
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
                           **self.extra}}
+
+    def headers(self) -> dict[str, str]:
+        """The response's headers that the error itself calls for (Retry-After)."""
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from .http import error_response
+from .http import BodyTimeout, error_response
 from .schema import ApiError
 from .state import ServerState
 
@@ -103,24 +103,16 @@ class HostGuardMiddleware:
                    "rebinding)")
         if name:
             message += f": to allow it, start the server with --allowed-host {name}"
-        response = error_response(ApiError(403, message, code="host_not_allowed", type="invalid_request_error"))
+        response = error_response(ApiError(403, message, code="host_not_allowed"))
         await response(scope, receive, send)
 
 
 # --- the request body's deadline -----------------------------------------------------------------------
 
-class BodyTimeout(ApiError):
-    """The request's body did not arrive in time (raised from `receive`, so a handler reading the body through
-    `http.read_json` answers it like any other ApiError)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout",
-                         type="invalid_request_error")
-
-
 class BodyDeadlineMiddleware:
     """A request's whole body must arrive within `timeout_s` of its headers. Past that, reading it raises
-    `BodyTimeout` (a 408); and whenever a response starts before the body has all arrived (a 408, a 413, a
+    `http.BodyTimeout` (a 408, raised from `receive`: a handler reading the body answers it like any other
+    ApiError); and whenever a response starts before the body has all arrived (a 408, a 413, a
     401 that never read it), it says `Connection: close`, so the server drops the connection rather than keep
     reading what a slow or stalled client still sends."""
 
