@@ -1,5 +1,6 @@
 """The models a server runs, by name. Each `ServedModel` is a `ModelSpec` and, once loaded, its engine (its own
-slots and prompt cache). Models load when a request first names them (or all at start: `--preload`), at most
+slots and prompt cache). Models load when a request that needs one first names them (a completion, embeddings,
+tokenizing; never the routes that only describe, `info`), or all at start (`--preload`), at most
 `models_max` at once: loading one more first unloads the least recently used idle one. A request for a model
 that is loading waits for it, up to `load_timeout_s`.
 
