@@ -10,7 +10,8 @@ Measured:
 - machine: CPU model, threads, kernel tier, L3 size, and read bandwidth: the best of 5 sums over a 512 MiB
   array (uint64 adds in a numba prange loop, which LLVM vectorizes, so memory is the limit), with the
   benchmark's threads and with one.
-- kernels: per format and shape (n_rows x n_cols), a matrix of random blocks (random bytes, f16 scale fields
+- kernels: per format (default: every format with an integer row kernel, `kernels.KERNELS`) and shape
+  (n_rows x n_cols), a matrix of random blocks (random bytes, f16 scale fields
   set to finite values) through `QuantMatrix.matvec`, on x already quantized to int8 (the engine does that
   once per group of projections: it counts as glue below). Decode, 1 and 4 tokens (the server's batched
   decode): µs per call, weight GB/s (the matrix's bytes / time: above the machine's bandwidth when the
@@ -56,7 +57,6 @@ from llamapyz.gguf.reader import Tensor  # noqa: E402
 
 SHAPES = ((576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (4096, 4096))  # (n_rows, n_cols)
 DECODE_TOKENS, PREFILL_TOKENS = (1, 4), (64, 512)
-DEFAULT_FORMATS = "Q4_0,Q4_1,Q8_0,Q4_K,Q5_K,Q6_K"
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 BANDWIDTH_BYTES = 512 * 2**20
 SHORT_PROMPT, LONG_PROMPT = 20, 512
@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default="smollm2", help="registry name or GGUF path (default smollm2)")
     parser.add_argument("-t", "--threads", type=int, help="threads (default: one per physical core)")
-    parser.add_argument("--formats", default=DEFAULT_FORMATS, help=f"comma-separated (default {DEFAULT_FORMATS})")
+    parser.add_argument("--formats", help="comma-separated (default: every format with an integer row kernel)")
     parser.add_argument("--steps", type=int, default=32, help="decode steps timed per context length")
     parser.add_argument("--no-kernels", action="store_true", help="skip the random-matrix kernel table")
     parser.add_argument("--no-model", action="store_true", help="skip the decode-step breakdown")
@@ -284,14 +284,15 @@ def main() -> None:
         say = functools.partial(print, file=sys.stderr, flush=True)
     if args.cpu_tier:
         os.environ["LLAMAPYZ_CPU_TIER"] = args.cpu_tier
-    from llamapyz.kernels import TARGET
+    from llamapyz.kernels import KERNELS, TARGET
     from llamapyz.machine.threads import physical_cores
 
     threads = args.threads or physical_cores()
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    integer = [name for name, kernels in KERNELS.items() if kernels.row]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else integer
     unknown = [f for f in formats if f not in FORMATS_BY_NAME]
     if unknown:
-        parser.error(f"unknown formats {unknown}; try names like {DEFAULT_FORMATS}")
+        parser.error(f"unknown formats {unknown}; try names like {','.join(integer)}")
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0]  # other busy processes make every figure below noisy: say so
     bw_1, bw = read_bandwidth_gbs(1), read_bandwidth_gbs(threads)  # leaves `threads` in effect

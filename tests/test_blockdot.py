@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
 from llamapyz.kernels import KERNELS
-from llamapyz.kernels.blockdot import FORMATS
+from llamapyz.kernels.blockdot import ROW_KERNELS
 from llamapyz.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
 from llamapyz.kernels.matvec import ACTIVATIONS, matmul_table
 from tests.synth import random_blocks
@@ -63,8 +63,7 @@ def unpack(name: str, raw: np.ndarray) -> dict:
     """Per step (block or super-block) of each row: "q" (n_rows, steps, 8 sub-blocks, 32) integers, "d",
     and what the format adds: "m" (an offset per block), "sc"/"mn" (sub-block scales/mins), "lane_scale"
     (Q6_K: a scale per lane)."""
-    _, step_bytes, blocks = FORMATS[name]
-    b = raw.reshape(raw.shape[0], -1, step_bytes)
+    b = raw.reshape(raw.shape[0], -1, ROW_KERNELS[name].step_bytes)
     if name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
         if name == "Q8_0":
             q = b[..., 2:34].view(np.int8).astype(np.int64)
@@ -127,7 +126,7 @@ def row_dots_twin(name: str, raw: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs
     return out
 
 
-@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("name", sorted(ROW_KERNELS))
 @pytest.mark.parametrize("n_tokens", [1, 3, 6])
 def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
     fmt = FORMATS_BY_NAME[name]
@@ -171,3 +170,25 @@ def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():
     np.testing.assert_array_equal(parts[0].matvec(x), matrices[0].matvec(x)[:, 3:11])
     w = dequantize(matrices[1].raw, FORMATS_BY_NAME["Q6_K"], (16, N_COLS))
     assert np.abs(matrices[1].matvec(x) - x.x @ w.T).max() <= 0.02 * (np.abs(x.x) @ np.abs(w).T).max()
+
+
+def test_every_row_kernel_is_reached_through_its_records_type_id():
+    """The one id space: `matmul_table`'s format column is the record's ggml type id, for every row kernel,
+    and each row kernel's format also has a dequantizer (embeddings, `QuantMatrix.rows`)."""
+    assert len(ROW_KERNELS) >= 8
+    for record, kernel in ROW_KERNELS.items():
+        assert kernel.format is record and KERNELS[record.name].format_id == record.type_id
+        assert KERNELS[record.name].row is kernel and kernel.activation in ACTIVATIONS
+        assert kernel.x_blocks * 32 == record.block_size
+
+
+@pytest.mark.parametrize("type_id", [FORMATS_BY_NAME["Q2_K"].type_id, FORMATS_BY_NAME["F16"].type_id, 99, -1])
+def test_a_table_naming_a_format_without_a_row_kernel_gives_nan(type_id):
+    """No format's product stands in for another's (the hand-written dispatch made any unknown id Q6_K)."""
+    assert FORMATS.get(type_id) is None or FORMATS[type_id].name not in ROW_KERNELS
+    raw = random_blocks("Q6_K", 4 * N_COLS // 256, np.random.default_rng(1)).reshape(4, -1)
+    rows = QuantizedRows(np.random.default_rng(2).standard_normal((5, N_COLS)).astype(F32))
+    out = np.zeros((5, 4), F32)
+    table = np.array([[type_id, 0, raw.shape[1], 0, 4, ACTIVATIONS.index("q8_K"), 0]])
+    matmul_table(raw.reshape(-1), table, rows.forms({"q8_K"}), out)
+    assert np.isnan(out).all()

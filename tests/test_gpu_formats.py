@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
 from llamapyz.gpu import formats, kernels
 from tests.synth import random_blocks
 
@@ -71,6 +71,31 @@ def test_float_formats_decode_exactly(type_name):
     assert nan.any() and (expected == 0).any() and np.signbit(expected[expected == 0]).any()
     assert (np.isnan(out) == nan).all()
     np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+@cuda.jit
+def _dispatch(fmts, raw, ones, values, elements):
+    """values[i] = the first block of raw (a float format's value) read as format fmts[i], and elements[i]
+    that format's elements per block; one thread."""
+    for i in range(fmts.shape[0]):
+        values[i] = formats.block_dot(fmts[i], raw, 0, ones, 0)
+        elements[i] = formats.block_elements(fmts[i])
+
+
+def test_each_device_format_is_its_records_type_id_and_any_other_id_gives_nan():
+    """One id space: `block_dot` and `block_elements` switch on the ggml type id of `DEVICE_DOTS`' records;
+    an id without a block dot gives NaN over one-element blocks, never another format's value."""
+    decoded = {f.name for f in FORMATS.values() if f.supported} - {"I8", "I16", "I32", "I64", "F64"}
+    assert set(formats.FORMAT_IDS) == set(formats.BLOCKS) == decoded  # every float and quant format we decode
+    for record in formats.DEVICE_DOTS.formats():
+        assert formats.FORMAT_IDS[record.name] == record.type_id
+        assert formats.BLOCKS[record.name] == (record.block_size, record.type_size)
+    raw = np.array([1.5], np.float32).view(np.uint8)
+    ids = [FORMATS_BY_NAME[n].type_id for n in ("F32", "Q8_1", "I32")] + [99, -1]
+    values, elements = np.zeros(len(ids), np.float32), np.zeros(len(ids), np.int64)
+    _dispatch[1, 1](np.array(ids, np.int64), raw, np.ones(1, np.float32), values, elements)
+    assert values[0] == 1.5 and np.isnan(values[1:]).all()
+    assert elements.tolist() == [1] * len(ids)
 
 
 @pytest.mark.parametrize("launch", [kernels.ON_GPU, kernels.SIMULATED], ids=["on_gpu", "simulated"])

@@ -72,3 +72,19 @@ def test_every_tensor_of_the_real_models_is_bit_exact_with_gguf(real_model):
             assert got.shape == expected.shape, t.name
             assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), t.name
     assert seen & {"Q4_1", "Q4_K", "Q6_K", "Q5_0", "Q8_0"}
+
+
+def test_a_kernel_table_takes_one_kernel_per_known_format_in_order():
+    from llamapyz.gguf.quants import KernelTable
+
+    table: KernelTable[str] = KernelTable("test kernel")
+    assert table.of("Q6_K")("six") == "six" and table.add("Q4_0", "four") == "four"
+    assert list(table) == ["Q6_K", "Q4_0"] and len(table) == 2 and "Q4_0" in table and "Q8_0" not in table
+    assert table.formats() == [FORMATS_BY_NAME["Q6_K"], FORMATS_BY_NAME["Q4_0"]]
+    assert table.items() == [(FORMATS_BY_NAME["Q6_K"], "six"), (FORMATS_BY_NAME["Q4_0"], "four")]
+    assert table["Q4_0"] == "four" and table.get("Q8_0") is None
+    with pytest.raises(KeyError, match="no such format"):
+        table.add("Q4_2", "typo")
+    with pytest.raises(KeyError, match="a second test kernel for Q4_0"):
+        table.add("Q4_0", "again")
+    assert list(table) == ["Q6_K", "Q4_0"]

@@ -1,18 +1,26 @@
-"""ggml tensor formats as data, and their numpy reference dequantizers.
+"""ggml tensor formats as data, and their numpy reference dequantizers: one record per format.
 
-One table, `FORMATS`, describes every ggml type: elements per block and the block's field layout as a numpy
-structured dtype, so the bytes per block are the sum of the fields. The GGUF reader derives tensor byte
-sizes from it, kernels derive their strides from it, tests iterate over it.
+One table, `FORMATS`, describes every ggml type: its ggml type id, elements per block and the block's field
+layout as a numpy structured dtype, so the bytes per block are the sum of the fields. The GGUF reader derives
+tensor byte sizes from it, kernels derive their strides from it, tests iterate over it.
 
 The dequantizers here are the plain, readable references (bit-exact with ggml's `dequantize_row_*`): each
 takes the blocks of a tensor as a structured array (a zero-copy view of the file) and returns float32
 values of shape (n_blocks, block_size). Arithmetic follows ggml's order of float32 operations exactly.
+
+A format's kernels live in the module of their kind, in higher layers (CPU dequantizers in
+`kernels/dequant.py`, CPU row products in `kernels/blockdot.py`, GPU block dots in `gpu/formats.py`); each
+attaches itself to its record by name through a `KernelTable` of its kind, which refuses a name this table
+does not know and a second kernel for one format. Every dispatch over formats, on the CPU and the GPU, is
+generated from those tables and keyed by the record's ggml type id: there is one id space, and adding a
+format is its record here plus each of its kernels, written once, beside the others of its kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -21,6 +29,7 @@ from ..errors import GGUFError, UnsupportedQuantError
 QK_K = 256  # elements per super-block of the k-quants
 
 Dequantizer = Callable[[np.ndarray], np.ndarray]
+K = TypeVar("K")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -262,3 +271,49 @@ def dequantize(raw: np.ndarray, fmt: QuantFormat, shape: tuple[int, ...], *, ten
         )
     blocks = np.ascontiguousarray(raw).reshape(-1).view(fmt.block_dtype)
     return fmt.dequantize_blocks(blocks).reshape(shape)
+
+
+class KernelTable(Generic[K]):
+    """The kernels of one kind (a CPU dequantizer, a CPU row product, a GPU block dot), at most one per format,
+    in the order they were added. `add(name, kernel)`, or `@table.of(name)` above a kernel, attaches a kernel
+    to the record `FORMATS_BY_NAME[name]`: a name the table does not know, or a second kernel for one format,
+    fails at import, so every kernel belongs to exactly one record and is reached through its ggml type id."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._kernels: dict[str, K] = {}
+
+    def add(self, name: str, kernel: K) -> K:
+        if name not in FORMATS_BY_NAME:
+            raise KeyError(f"{self.kind} for {name!r}: no such format in llamapyz.gguf.quants")
+        if name in self._kernels:
+            raise KeyError(f"a second {self.kind} for {name}")
+        self._kernels[name] = kernel
+        return kernel
+
+    def of(self, name: str) -> Callable[[K], K]:
+        """Decorator: `@table.of("Q4_0")` above the kernel."""
+        return lambda kernel: self.add(name, kernel)
+
+    def formats(self) -> list[QuantFormat]:
+        """The records that have a kernel of this kind, in the order they were added."""
+        return [FORMATS_BY_NAME[name] for name in self._kernels]
+
+    def __getitem__(self, name: str) -> K:
+        return self._kernels[name]
+
+    def get(self, name: str) -> K | None:
+        return self._kernels.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kernels
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kernels)
+
+    def __len__(self) -> int:
+        return len(self._kernels)
+
+    def items(self) -> list[tuple[QuantFormat, K]]:
+        """(record, kernel) pairs, in the order they were added."""
+        return [(FORMATS_BY_NAME[name], kernel) for name, kernel in self._kernels.items()]

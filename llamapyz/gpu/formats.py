@@ -7,10 +7,13 @@ quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants (Q2_K to Q6_K) and the plain
 decoded with integer operations and exact powers of two (`half_at`, `_binary32_value`), which every CUDA
 architecture and the simulator compute alike, subnormals, infinities and NaN included.
 
-`block_dot(fmt, row, b, x, x0)` is block b of a weight row (uint8) times x[x0:x0 + block elements]: the one
-place the product kernels (`kernels.py`) read weights, whatever their format. A format is a small integer
-(`FORMAT_IDS`) because numba cannot pick a device function by a runtime value; `BLOCKS` gives each format's
-block as (elements, bytes), from `llamapyz/gguf/quants.py`'s table.
+Each format's block dot is one device function below, `_dot_<fmt>(row, base, x, x0)`: the block at byte
+`base` of a weight row (uint8) times x[x0:x0 + block elements]; `@DEVICE_DOTS.of(name)` attaches it to its
+record in `llamapyz/gguf/quants.py`'s table. `block_dot(fmt, row, b, x, x0)` (block b of a row) is the one
+place the product kernels (`kernels.py`) read weights, whatever their format: a format is its record's ggml
+type id (`FORMAT_IDS`), because numba cannot pick a device function by a runtime value, and `block_dot` is
+generated from `DEVICE_DOTS`, one branch per format with the record's block bytes as the stride (an id with
+no block dot gives NaN). `BLOCKS` gives each format's block as (elements, bytes), from the same records.
 """
 
 from __future__ import annotations
@@ -19,14 +22,9 @@ import math
 
 from numba import cuda, float32, int32
 
-from ..gguf.quants import FORMATS_BY_NAME
+from ..gguf.quants import KernelTable
 
-FORMAT_IDS = {name: i for i, name in enumerate(("Q8_0", "Q4_1", "Q4_K", "Q6_K", "Q4_0", "Q5_0", "Q5_1", "Q2_K",
-                                                "Q3_K", "Q5_K", "F32", "F16", "BF16"))}
-Q8_0, Q4_1, Q4_K, Q6_K, Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, F32, F16, BF16 = FORMAT_IDS.values()
-BLOCKS = {name: (FORMATS_BY_NAME[name].block_size, FORMATS_BY_NAME[name].type_size) for name in FORMAT_IDS}
-_ELEMENTS = tuple(elements for elements, _ in BLOCKS.values())  # indexed by format id, in device code
-_BYTES = tuple(n_bytes for _, n_bytes in BLOCKS.values())
+DEVICE_DOTS: KernelTable = KernelTable("GPU block dot")  # in the order `block_dot` tries them: the most used first
 
 
 @cuda.jit(device=True)
@@ -61,6 +59,7 @@ def _binary32_value(negative, exponent, fraction, fraction_bits):
     return -value if negative else value
 
 
+@DEVICE_DOTS.of("Q8_0")
 @cuda.jit(device=True)
 def _dot_q8_0(row, base, x, x0):
     """d, qs[32] (signed)."""
@@ -71,6 +70,7 @@ def _dot_q8_0(row, base, x, x0):
     return half_at(row, base) * block
 
 
+@DEVICE_DOTS.of("Q4_1")
 @cuda.jit(device=True)
 def _dot_q4_1(row, base, x, x0):
     """d, m, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], times d,
@@ -95,6 +95,7 @@ def _k4_scale_min(row, base, j):
             (packed >> 4) | ((int32(row[scales + 4 + k]) >> 6) << 4))
 
 
+@DEVICE_DOTS.of("Q4_K")
 @cuda.jit(device=True)
 def _dot_q4_k(row, base, x, x0):
     """d, dmin, scales[12], qs[128]: sub-block j (32 values) is the low (even j) or high (odd j) nibbles of
@@ -120,6 +121,7 @@ def _dot_scale_min_k(row, base, x, x0, qs, high_bits):
     return block
 
 
+@DEVICE_DOTS.of("Q6_K")
 @cuda.jit(device=True)
 def _dot_q6_k(row, base, x, x0):
     """ql[128], qh[64], scales[16] (signed), d: value e = 128 h + 32 g + i is the nibble (g // 2) of
@@ -136,6 +138,7 @@ def _dot_q6_k(row, base, x, x0):
     return block
 
 
+@DEVICE_DOTS.of("Q4_0")
 @cuda.jit(device=True)
 def _dot_q4_0(row, base, x, x0):
     """d, qs[16]: element j is the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16], minus 8,
@@ -155,6 +158,7 @@ def _q5_value(row, qh, qs, j):
     return low | (((int32(row[qh + j // 8]) >> (j % 8)) & 1) << 4)
 
 
+@DEVICE_DOTS.of("Q5_0")
 @cuda.jit(device=True)
 def _dot_q5_0(row, base, x, x0):
     """d, qh[4], qs[16]: element j is its 5-bit value (`_q5_value`) minus 16, times d."""
@@ -164,6 +168,7 @@ def _dot_q5_0(row, base, x, x0):
     return half_at(row, base) * block
 
 
+@DEVICE_DOTS.of("Q5_1")
 @cuda.jit(device=True)
 def _dot_q5_1(row, base, x, x0):
     """d, m, qh[4], qs[16]: element j is its 5-bit value (`_q5_value`) times d, plus m."""
@@ -174,6 +179,7 @@ def _dot_q5_1(row, base, x, x0):
     return block
 
 
+@DEVICE_DOTS.of("Q2_K")
 @cuda.jit(device=True)
 def _dot_q2_k(row, base, x, x0):
     """scales[16], qs[64], d, dmin: value e = 128 h + 32 g + i is bits 2g..2g+1 of qs[32 h + i], times d times
@@ -200,6 +206,7 @@ def _k3_scale(row, base, s):
     return (low | (high << 4)) - 32
 
 
+@DEVICE_DOTS.of("Q3_K")
 @cuda.jit(device=True)
 def _dot_q3_k(row, base, x, x0):
     """hmask[32], qs[64], scales[12], d: value e = 128 h + 32 g + i is bits 2g..2g+1 of qs[32 h + i], minus 4
@@ -217,6 +224,7 @@ def _dot_q3_k(row, base, x, x0):
     return block
 
 
+@DEVICE_DOTS.of("Q5_K")
 @cuda.jit(device=True)
 def _dot_q5_k(row, base, x, x0):
     """d, dmin, scales[12], qh[32], qs[128]: Q4_K's values (`_dot_q4_k`) with bit j of qh[i] above value i of
@@ -224,6 +232,7 @@ def _dot_q5_k(row, base, x, x0):
     return _dot_scale_min_k(row, base, x, x0, 48, True)
 
 
+@DEVICE_DOTS.of("F32")
 @cuda.jit(device=True)
 def _dot_f32(row, base, x, x0):
     """One little-endian float32: sign, 8 exponent bits, 23 fraction bits."""
@@ -232,12 +241,14 @@ def _dot_f32(row, base, x, x0):
     return _binary32_value(b3 >> 7, ((b3 & 0x7F) << 1) | (b2 >> 7), fraction, 23) * x[x0]
 
 
+@DEVICE_DOTS.of("F16")
 @cuda.jit(device=True)
 def _dot_f16(row, base, x, x0):
     """One little-endian float16."""
     return half_at(row, base) * x[x0]
 
 
+@DEVICE_DOTS.of("BF16")
 @cuda.jit(device=True)
 def _dot_bf16(row, base, x, x0):
     """One little-endian bfloat16, the top half of a float32: sign, 8 exponent bits, 7 fraction bits."""
@@ -246,37 +257,50 @@ def _dot_bf16(row, base, x, x0):
 
 
 @cuda.jit(device=True)
-def block_elements(fmt):
-    """Elements per block of format fmt."""
-    return _ELEMENTS[fmt]
+def _no_block_dot(fmt, row, b, x, x0):
+    """A format with no block dot (no id of `FORMAT_IDS`): NaN, never another format's product."""
+    return float32(math.nan)
 
 
 @cuda.jit(device=True)
-def block_dot(fmt, row, b, x, x0):
-    """Block b of a weight row of format fmt, dotted with x[x0:x0 + block_elements(fmt)]."""
-    base = b * _BYTES[fmt]
-    if fmt == Q8_0:
-        return _dot_q8_0(row, base, x, x0)
-    if fmt == Q4_1:
-        return _dot_q4_1(row, base, x, x0)
-    if fmt == Q4_K:
-        return _dot_q4_k(row, base, x, x0)
-    if fmt == Q6_K:
-        return _dot_q6_k(row, base, x, x0)
-    if fmt == Q4_0:
-        return _dot_q4_0(row, base, x, x0)
-    if fmt == Q5_0:
-        return _dot_q5_0(row, base, x, x0)
-    if fmt == Q5_1:
-        return _dot_q5_1(row, base, x, x0)
-    if fmt == Q2_K:
-        return _dot_q2_k(row, base, x, x0)
-    if fmt == Q3_K:
-        return _dot_q3_k(row, base, x, x0)
-    if fmt == Q5_K:
-        return _dot_q5_k(row, base, x, x0)
-    if fmt == F32:
-        return _dot_f32(row, base, x, x0)
-    if fmt == F16:
-        return _dot_f16(row, base, x, x0)
-    return _dot_bf16(row, base, x, x0)
+def _no_block_elements(fmt):
+    """A format with no block dot: one element per block, so that its (NaN) products cover every column."""
+    return 1
+
+
+def _block_dot(cases: list):
+    """`block_dot` over cases [(ggml type id, bytes per block, block dot)]: the first case's dot where fmt is
+    its id, else the rest's (numba compiles each link's id and stride in as constants)."""
+    (type_id, n_bytes, dot), rest = cases[0], cases[1:]
+    otherwise = _block_dot(rest) if rest else _no_block_dot
+
+    @cuda.jit(device=True)
+    def dispatch(fmt, row, b, x, x0):
+        if fmt == type_id:
+            return dot(row, b * n_bytes, x, x0)
+        return otherwise(fmt, row, b, x, x0)
+
+    return dispatch
+
+
+def _block_elements(cases: list):
+    """`block_elements` over cases [(ggml type id, elements per block)], as `_block_dot`."""
+    (type_id, elements), rest = cases[0], cases[1:]
+    otherwise = _block_elements(rest) if rest else _no_block_elements
+
+    @cuda.jit(device=True)
+    def elements_of(fmt):
+        if fmt == type_id:
+            return elements
+        return otherwise(fmt)
+
+    return elements_of
+
+
+FORMAT_IDS = {record.name: record.type_id for record in DEVICE_DOTS.formats()}  # the device's formats
+BLOCKS = {record.name: (record.block_size, record.type_size) for record in DEVICE_DOTS.formats()}
+block_dot = _block_dot([(record.type_id, record.type_size, dot) for record, dot in DEVICE_DOTS.items()])
+"""block_dot(fmt, row, b, x, x0): block b of a weight row of format fmt (a ggml type id) dotted with
+x[x0:x0 + block_elements(fmt)]."""
+block_elements = _block_elements([(record.type_id, record.block_size) for record in DEVICE_DOTS.formats()])
+"""block_elements(fmt): elements per block of format fmt (a ggml type id)."""

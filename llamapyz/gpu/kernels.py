@@ -79,7 +79,7 @@ def _block_sum(partial, value):
 @cuda.jit(cache=True)
 def product(fmt, w, x, bias, out, col0):
     """out[:, col0:col0 + rows] = x (n, cols) @ W.T (+ bias when it is not empty), W (rows, row bytes) uint8
-    in format `fmt` (`formats.FORMAT_IDS`). Threads (lanes, rows per block); grid (row groups, n /
+    in format `fmt` (its ggml type id: `formats.FORMAT_IDS`). Threads (lanes, rows per block); grid (row groups, n /
     TOKENS_PER_BLOCK): lane l of a row sums blocks l, l + lanes, ... of that row for each of the block's
     tokens, then the lanes' sums meet in a fixed halving tree; a block takes row groups gridDim.x apart.
 

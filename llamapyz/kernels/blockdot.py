@@ -1,9 +1,15 @@
 """Row kernels: one weight row in its GGUF encoding against the int8 blocks of every token, as one LLVM loop.
 
-`ROW_DOTS[format](w, wo, xq, xd, xs, xqs, out, col)` computes out[t, col] for every token t from the row
-that starts at byte `wo` of w (uint8: the weights' bytes) and x's int8 blocks from `quantize_q8` /
-`quantize_q8_k` (matvec.py; C-contiguous, as out). Tokens go four at a time (each weight block is
-unpacked once for all four), then one at a time.
+`row_dot(fmt, w, wo, xq, xd, xs, xqs, out, col)` computes out[t, col] for every token t from the row of
+format `fmt` (its ggml type id) that starts at byte `wo` of w (uint8: the weights' bytes) and x's int8
+blocks from `quantize_q8` / `quantize_q8_k` (matvec.py; C-contiguous, as out). Tokens go four at a time
+(each weight block is unpacked once for all four), then one at a time.
+
+Each format's kernel is one `@row_kernel(name, activation)` function below, the code for one block (one
+super-block for the K-quants) of a row against every token of a pass; `ROW_KERNELS` collects them, keyed
+by the format table's records (`llamapyz/gguf/quants.py`), whose block bytes are the kernels' strides.
+`row_dot` is generated from that table: one switch on the ggml type id with a case per format (numba
+cannot pick a function by a runtime value), so adding a format adds no line to any dispatch.
 
 Why a hand-written loop: each output keeps its partial sums in vector registers for the whole row and
 reduces them once, where a block-at-a-time dot product pays a horizontal reduction per 32 values. The
@@ -27,15 +33,18 @@ same). `tests/test_blockdot.py` holds the numpy twin of every format, operation 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ..gguf.quants import FORMATS_BY_NAME, KernelTable, QuantFormat
 from ..machine.cpu import Target, active
 from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
 
 LANES = 8  # float/int32 lanes of one accumulator
+QK = 32  # elements per int8 block of x
 TILE = 4  # tokens per pass over a row
 PREFETCH = 1024  # bytes ahead of the block in use: decode streams a step's weights from memory (measured
 # on the 2-core EPYC, one thread: a step's matrix products 20-25% faster than with the hardware prefetcher
@@ -199,7 +208,7 @@ class Tokens:
 
     def x(self, t: int, block: ir.Value) -> ir.Value:
         """Token t's int8 values of 32-block `block`, <32 x i8>."""
-        column = self.b.mul(block, ir.Constant(block.type, 32))
+        column = self.b.mul(block, ir.Constant(block.type, QK))
         pointer = self._element("xq", t, column, self.n_cols)
         return self.b.load(self.b.bitcast(pointer, V32I8.as_pointer()), align=1)
 
@@ -235,6 +244,41 @@ def _broadcast(b, scalar: ir.Value, ty: ir.VectorType = V8I32) -> ir.Value:
 
 # --- the formats: one block (or super-block) of a row against every token of the pass ---------------------
 
+Step = Callable[[Block, Tokens, ir.Value], None]  # (block at its pointer, the pass's tokens, first x block)
+
+
+@dataclass(frozen=True)
+class RowKernel:
+    """A format's row kernel: `step` emits one block of a row (its record's `type_size` bytes, which is the
+    stride) against x's `x_blocks` blocks of 32 for every token of a pass."""
+
+    format: QuantFormat
+    step: Step
+    activation: str  # the int8 form of x it takes (matvec.ACTIVATIONS): "q8_0" blocks of 32, "q8_K" super-blocks
+
+    @property
+    def step_bytes(self) -> int:
+        return self.format.type_size
+
+    @property
+    def x_blocks(self) -> int:
+        return self.format.block_size // QK
+
+
+ROW_KERNELS: KernelTable[RowKernel] = KernelTable("CPU row kernel")
+
+
+def row_kernel(name: str, activation: str) -> Callable[[Step], Step]:
+    """`@row_kernel("Q4_0", "q8_0")` above a step: format Q4_0's row kernel, taking x as q8_0."""
+
+    def register(step: Step) -> Step:
+        ROW_KERNELS.add(name, RowKernel(FORMATS_BY_NAME[name], step, activation))
+        return step
+
+    return register
+
+
+@row_kernel("Q4_0", "q8_0")
 def _q4_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qs 16 bytes; value = d * (nibble - 8)
     b = blk.b
@@ -243,6 +287,7 @@ def _q4_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
+@row_kernel("Q4_1", "q8_0")
 def _q4_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | m f16 | qs 16 bytes; value = d * nibble + m
     b = blk.b
@@ -262,6 +307,7 @@ def _q5(blk: Block, qh: int, qs: int) -> ir.Value:
     return blk.b.or_(blk.nibbles16(qs), _fifth_bits(blk.b, blk.at(qh, I32)))
 
 
+@row_kernel("Q5_0", "q8_0")
 def _q5_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qh 4 bytes (fifth bits) | qs 16 bytes; value = d * (q5 - 16)
     b = blk.b
@@ -270,6 +316,7 @@ def _q5_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
+@row_kernel("Q5_1", "q8_0")
 def _q5_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | m f16 | qh 4 bytes | qs 16 bytes; value = d * q5 + m
     b = blk.b
@@ -279,6 +326,7 @@ def _q5_1(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_offset(t, b.fmul(m, toks.scalar("xs", t, xb)))
 
 
+@row_kernel("Q8_0", "q8_0")
 def _q8_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | qs 32 int8
     b = blk.b
@@ -322,11 +370,13 @@ def _k_quant(blk: Block, toks: Tokens, xb: ir.Value, values: list[ir.Value]) -> 
         toks.add_offset(t, b.fsub(ir.Constant(F32, 0.0), b.fmul(b.fmul(dmin, xd), b.sitofp(mins, F32))))
 
 
+@row_kernel("Q4_K", "q8_K")
 def _q4_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d | dmin | scales 12 | qs 128; sub-block j: low (even j) / high (odd j) nibbles of qs[32*(j//2):][:32]
     _k_quant(blk, toks, xb, [blk.field(16 + 32 * (j // 2), 4 * (j & 1), 15) for j in range(8)])
 
 
+@row_kernel("Q5_K", "q8_K")
 def _q5_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d | dmin | scales 12 | qh 32 | qs 128: Q4_K's nibbles at 48 plus 16 * bit j of qh[l]
     b = blk.b
@@ -335,6 +385,7 @@ def _q5_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     _k_quant(blk, toks, xb, values)
 
 
+@row_kernel("Q6_K", "q8_K")
 def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # ql 128 | qh 64 | scales 16 int8 | d f16; halves of 128, quarters k of 32: nibble of ql[64h+32(k&1)],
     # bits 2k..2k+1 of qh[128+32h], value q - 32; scales per 16 values, applied in integers
@@ -358,31 +409,18 @@ def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
 
 
-# (block function, bytes per step, 32-blocks per step)
-FORMATS = {
-    "Q4_0": (_q4_0, 2 + 16, 1),
-    "Q4_1": (_q4_1, 2 + 2 + 16, 1),
-    "Q5_0": (_q5_0, 2 + 4 + 16, 1),
-    "Q5_1": (_q5_1, 2 + 2 + 4 + 16, 1),
-    "Q8_0": (_q8_0, 2 + 32, 1),
-    "Q4_K": (_q4_k, 2 + 2 + 12 + 128, 8),
-    "Q5_K": (_q5_k, 2 + 2 + 12 + 32 + 128, 8),
-    "Q6_K": (_q6_k, 128 + 64 + 16 + 2, 8),
-}
-
-
-def _pass(context, builder, sig, args, t0: ir.Value, count: int, step, step_bytes: int, blocks: int) -> None:
+def _pass(context, builder, sig, args, t0: ir.Value, count: int, kernel: RowKernel) -> None:
     """out[t0:t0+count, r] for one row: the loop over the row's blocks, then the stores."""
     row = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
     toks = Tokens(context, builder, sig, args, t0, count)
-    n_steps = builder.udiv(toks.n_blocks, ir.Constant(toks.n_blocks.type, blocks))
+    n_steps = builder.udiv(toks.n_blocks, ir.Constant(toks.n_blocks.type, kernel.x_blocks))
     with cgutils.for_range(builder, n_steps) as loop:
         i = loop.index
-        p = builder.gep(row, [builder.mul(i, ir.Constant(i.type, step_bytes))])
+        p = builder.gep(row, [builder.mul(i, ir.Constant(i.type, kernel.step_bytes))])
         if PREFETCH:  # llvm.prefetch(address, read, high locality, data cache): a hint, no effect on results
             _call(builder, "llvm.prefetch.p0", ir.VoidType(), builder.gep(p, [ir.Constant(I32, PREFETCH)]),
                   ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1))
-        step(Block(builder, p), toks, builder.mul(i, ir.Constant(i.type, blocks)))
+        kernel.step(Block(builder, p), toks, builder.mul(i, ir.Constant(i.type, kernel.x_blocks)))
     out = context.make_array(sig.args[6])(context, builder, args[6])
     n_rows = cgutils.unpack_tuple(builder, out.shape)[1]
     for t in range(count):
@@ -390,30 +428,48 @@ def _pass(context, builder, sig, args, t0: ir.Value, count: int, step, step_byte
         builder.store(toks.total(t), builder.gep(out.data, [index]))
 
 
-def _row_dot(name: str):
-    step, step_bytes, blocks = FORMATS[name]
-
-    def typer(typingctx, w, wo, xq, xd, xs, xqs, out, col):
-        sig = types.void(w, wo, xq, xd, xs, xqs, out, col)
-
-        def codegen(context, builder, signature, args):
-            xq_shape = cgutils.unpack_tuple(builder, context.make_array(signature.args[2])(
-                context, builder, args[2]).shape)
-            n = xq_shape[0]
-            tiles = builder.udiv(n, ir.Constant(n.type, TILE))
-            with cgutils.for_range(builder, tiles) as loop:
-                t0 = builder.mul(loop.index, ir.Constant(n.type, TILE))
-                _pass(context, builder, signature, args, t0, TILE, step, step_bytes, blocks)
-            with cgutils.for_range_slice(builder, builder.mul(tiles, ir.Constant(n.type, TILE)), n,
-                                         ir.Constant(n.type, 1), inc=True) as (t, _):
-                _pass(context, builder, signature, args, t, 1, step, step_bytes, blocks)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    kernel = intrinsic(typer)
-    kernel.__doc__ = f"out[:, col] = x @ the {name} row at byte wo of w (see the module docstring)."
-    return kernel
+def _row(context, builder, sig, args, kernel: RowKernel) -> None:
+    """Every token's output for one row of `kernel`'s format: TILE tokens a pass, then one at a time."""
+    n = cgutils.unpack_tuple(builder, context.make_array(sig.args[2])(context, builder, args[2]).shape)[0]
+    tiles = builder.udiv(n, ir.Constant(n.type, TILE))
+    with cgutils.for_range(builder, tiles) as loop:
+        t0 = builder.mul(loop.index, ir.Constant(n.type, TILE))
+        _pass(context, builder, sig, args, t0, TILE, kernel)
+    with cgutils.for_range_slice(builder, builder.mul(tiles, ir.Constant(n.type, TILE)), n,
+                                 ir.Constant(n.type, 1), inc=True) as (t, _):
+        _pass(context, builder, sig, args, t, 1, kernel)
 
 
-ROW_DOTS = {name: _row_dot(name) for name in FORMATS}
+def _not_a_row_format(context, builder, sig, args) -> None:
+    """out[:, col] = NaN: the table named a format without a row kernel (`QuantMatrix` never does)."""
+    out = context.make_array(sig.args[6])(context, builder, args[6])
+    n, n_rows = cgutils.unpack_tuple(builder, out.shape)
+    with cgutils.for_range(builder, n) as loop:
+        index = builder.add(builder.mul(loop.index, n_rows), args[7])
+        builder.store(ir.Constant(F32, float("nan")), builder.gep(out.data, [index]))
+
+
+@intrinsic
+def row_dot(typingctx, fmt, w, wo, xq, xd, xs, xqs, out, col):
+    """out[:, col] = x @ the row at byte wo of w, in the format whose ggml type id is fmt (see the module
+    docstring): a switch over `ROW_KERNELS` with one case per format, made from the table."""
+    sig = types.void(fmt, w, wo, xq, xd, xs, xqs, out, col)
+
+    def codegen(context, builder, signature, args):
+        row_sig, row_args = types.void(*signature.args[1:]), args[1:]
+        unknown = builder.append_basic_block("row_dot.unknown")
+        done = builder.append_basic_block("row_dot.done")
+        switch = builder.switch(args[0], unknown)
+        for record, kernel in ROW_KERNELS.items():
+            case = builder.append_basic_block(f"row_dot.{record.name}")
+            switch.add_case(ir.Constant(args[0].type, record.type_id), case)
+            builder.position_at_end(case)
+            _row(context, builder, row_sig, row_args, kernel)
+            builder.branch(done)
+        builder.position_at_end(unknown)
+        _not_a_row_format(context, builder, row_sig, row_args)
+        builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen

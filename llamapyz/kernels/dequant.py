@@ -1,11 +1,13 @@
 """Row-wise dequantization kernels: raw blocks -> float32, bit-exact with `llamapyz/gguf/quants.py`.
 
-Used for batched prefill (a tile of rows is decoded, then multiplied by BLAS) and for the formats that
-have no integer matrix-vector kernel. Each kernel is `dequant_<fmt>(w, out)` with
+Used for token embeddings and for the products of formats that have no integer row kernel (a tile of rows
+is decoded, then multiplied in a fixed order). Each kernel is `dequant_<fmt>(w, out)` with
     w    (n_rows, row_bytes) uint8   raw bytes of a tile of rows (a view into the mmap)
     out  (n_rows, n_cols) float32
-The float operations are ggml's, in ggml's order, without fused multiply-add (no fastmath), which is
-what makes them bit-exact.
+and attaches itself to its format's record with `@DEQUANT.of(name)` (`DEQUANT` is the table of this kind,
+`kernels.KERNELS` reads it). A block's stride is its record's `type_size` (`<FMT>_BYTES`: module-level ints,
+which numba compiles in as constants). The float operations are ggml's, in ggml's order, without fused
+multiply-add (no fastmath), which is what makes them bit-exact.
 """
 
 from __future__ import annotations
@@ -13,19 +15,30 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..gguf.quants import FORMATS_BY_NAME, KernelTable
 from .simd import f16_at
 
 _OPTS = dict(parallel=True, error_model="numpy", cache=True, nogil=True)  # as ops.py
 F32 = np.float32
 I64 = np.int64  # every byte read is widened first: numba types uint8 >> int64 as float64
+DEQUANT: KernelTable = KernelTable("CPU dequantizer")
 
 
+def _bytes(name: str) -> int:
+    """Bytes per block of format `name`: its record's sum of fields."""
+    return FORMATS_BY_NAME[name].type_size
+
+
+Q4_0_BYTES = _bytes("Q4_0")
+
+
+@DEQUANT.of("Q4_0")
 @njit(**_OPTS)
 def dequant_q4_0(w, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for b in range(out.shape[1] // 32):
-            o, e = b * 18, b * 32
+            o, e = b * Q4_0_BYTES, b * 32
             d = f16_at(row, o)
             for j in range(16):
                 q = I64(row[o + 2 + j])
@@ -33,12 +46,16 @@ def dequant_q4_0(w, out):
                 out[r, e + j + 16] = d * F32(np.int32(q >> 4) - 8)
 
 
+Q4_1_BYTES = _bytes("Q4_1")
+
+
+@DEQUANT.of("Q4_1")
 @njit(**_OPTS)
 def dequant_q4_1(w, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for b in range(out.shape[1] // 32):
-            o, e = b * 20, b * 32
+            o, e = b * Q4_1_BYTES, b * 32
             d, m = f16_at(row, o), f16_at(row, o + 2)
             for j in range(16):
                 q = I64(row[o + 4 + j])
@@ -54,46 +71,62 @@ def _q5(row, qh_o, qs_o, j):
     return np.int32(low) | (np.int32((I64(row[qh_o + j // 8]) >> (j % 8)) & 1) << 4)
 
 
+Q5_0_BYTES = _bytes("Q5_0")
+
+
+@DEQUANT.of("Q5_0")
 @njit(**_OPTS)
 def dequant_q5_0(w, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for b in range(out.shape[1] // 32):
-            o, e = b * 22, b * 32
+            o, e = b * Q5_0_BYTES, b * 32
             d = f16_at(row, o)
             for j in range(32):
                 out[r, e + j] = d * F32(_q5(row, o + 2, o + 6, j) - 16)
 
 
+Q5_1_BYTES = _bytes("Q5_1")
+
+
+@DEQUANT.of("Q5_1")
 @njit(**_OPTS)
 def dequant_q5_1(w, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for b in range(out.shape[1] // 32):
-            o, e = b * 24, b * 32
+            o, e = b * Q5_1_BYTES, b * 32
             d, m = f16_at(row, o), f16_at(row, o + 2)
             for j in range(32):
                 out[r, e + j] = d * F32(_q5(row, o + 4, o + 8, j)) + m
 
 
+Q8_0_BYTES = _bytes("Q8_0")
+
+
+@DEQUANT.of("Q8_0")
 @njit(**_OPTS)
 def dequant_q8_0(w, out):
     for r in prange(w.shape[0]):
         row = w[r]
         for b in range(out.shape[1] // 32):
-            o, e = b * 34, b * 32
+            o, e = b * Q8_0_BYTES, b * 32
             d = f16_at(row, o)
             for j in range(32):
                 out[r, e + j] = d * F32(np.int8(I64(row[o + 2 + j])))
 
 
+Q2_K_BYTES = _bytes("Q2_K")
+
+
+@DEQUANT.of("Q2_K")
 @njit(**_OPTS)
 def dequant_q2_k(w, out):
     # scales 16 | qs 64 | d | dmin (84 bytes); value e: 2 bits of qs[32*(e//128) + e%32] at 2*((e//32)%4)
     for r in prange(w.shape[0]):
         row = w[r]
         for sb in range(out.shape[1] // 256):
-            o, e0 = sb * 84, sb * 256
+            o, e0 = sb * Q2_K_BYTES, sb * 256
             d, dmin = f16_at(row, o + 80), f16_at(row, o + 82)
             for e in range(256):
                 sc = I64(row[o + e // 16])
@@ -109,13 +142,17 @@ def _q3_k_scale(row, o, k):
     return np.int32(low | (high << 4)) - 32
 
 
+Q3_K_BYTES = _bytes("Q3_K")
+
+
+@DEQUANT.of("Q3_K")
 @njit(**_OPTS)
 def dequant_q3_k(w, out):
     # hmask 32 | qs 64 | scales 12 | d (110 bytes); a cleared hmask bit means "subtract 4"
     for r in prange(w.shape[0]):
         row = w[r]
         for sb in range(out.shape[1] // 256):
-            o, e0 = sb * 110, sb * 256
+            o, e0 = sb * Q3_K_BYTES, sb * 256
             d = f16_at(row, o + 108)
             for e in range(256):
                 low = np.int32((I64(row[o + 32 + 32 * (e // 128) + e % 32]) >> (2 * ((e // 32) % 4))) & 3)
@@ -134,13 +171,17 @@ def k4_scale_min(row, o, j):
     return sc, mn
 
 
+Q4_K_BYTES = _bytes("Q4_K")
+
+
+@DEQUANT.of("Q4_K")
 @njit(**_OPTS)
 def dequant_q4_k(w, out):
     # d | dmin | scales 12 | qs 128 (144 bytes)
     for r in prange(w.shape[0]):
         row = w[r]
         for sb in range(out.shape[1] // 256):
-            o, e0 = sb * 144, sb * 256
+            o, e0 = sb * Q4_K_BYTES, sb * 256
             d, dmin = f16_at(row, o), f16_at(row, o + 2)
             for j in range(8):
                 sc, mn = k4_scale_min(row, o + 4, j)
@@ -151,13 +192,17 @@ def dequant_q4_k(w, out):
                     out[r, e0 + 32 * j + i] = ds * F32(q) - dm
 
 
+Q5_K_BYTES = _bytes("Q5_K")
+
+
+@DEQUANT.of("Q5_K")
 @njit(**_OPTS)
 def dequant_q5_k(w, out):
     # d | dmin | scales 12 | qh 32 | qs 128 (176 bytes)
     for r in prange(w.shape[0]):
         row = w[r]
         for sb in range(out.shape[1] // 256):
-            o, e0 = sb * 176, sb * 256
+            o, e0 = sb * Q5_K_BYTES, sb * 256
             d, dmin = f16_at(row, o), f16_at(row, o + 2)
             for j in range(8):
                 sc, mn = k4_scale_min(row, o + 4, j)
@@ -168,13 +213,17 @@ def dequant_q5_k(w, out):
                     out[r, e0 + 32 * j + i] = ds * F32(q) - dm
 
 
+Q6_K_BYTES = _bytes("Q6_K")
+
+
+@DEQUANT.of("Q6_K")
 @njit(**_OPTS)
 def dequant_q6_k(w, out):
     # ql 128 | qh 64 | scales 16 int8 | d (210 bytes)
     for r in prange(w.shape[0]):
         row = w[r]
         for sb in range(out.shape[1] // 256):
-            o, e0 = sb * 210, sb * 256
+            o, e0 = sb * Q6_K_BYTES, sb * 256
             d = f16_at(row, o + 208)
             for half in range(2):
                 for k in range(4):

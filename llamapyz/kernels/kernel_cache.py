@@ -18,14 +18,16 @@ from numba.core import config
 from numba.core.caching import InTreeCacheLocator
 
 PACKAGE = Path(__file__).resolve().parent
+FORMAT_TABLE = PACKAGE.parent / "gguf" / "quants.py"  # the block layouts every kernel's strides come from
 NUMBA_LOCATORS = "UserProvidedCacheLocator,InTreeCacheLocator,UserWideCacheLocator,IPythonCacheLocator,ZipCacheLocator"
 
 
 @functools.cache
 def package_stamp(package: Path = PACKAGE) -> str:
-    """The hash of every source of a package (this one: the CPU kernels; llamapyz/gpu's too)."""
+    """The hash of every source of a package (this one: the CPU kernels; llamapyz/gpu's too) and of the format
+    table, which the kernels compile in (strides, type ids)."""
     digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
+    for path in [*sorted(package.glob("*.py")), FORMAT_TABLE]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

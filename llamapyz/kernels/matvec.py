@@ -30,15 +30,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .blockdot import ROW_DOTS
+from .blockdot import QK, row_dot
 
-QK = 32  # elements per x block
 _SERIAL = dict(error_model="numpy", cache=True, nogil=True)  # as ops.py: an inf or NaN x never raises
 _OPTS = dict(parallel=True, **_SERIAL)
 ACTIVATIONS = ("q8_0", "q8_K")  # the int8 forms of x: `quantize_q8`, `quantize_q8_k`; a table row names its by index
-TABLE_COLUMNS = 7  # format, byte offset, row bytes, first output column, rows, activation, has a bias
-FORMAT_IDS = {name: i for i, name in enumerate(("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"))}
-row_q4_0, row_q4_1, row_q5_0, row_q5_1, row_q8_0, row_q4_k, row_q5_k, row_q6_k = (ROW_DOTS[f] for f in FORMAT_IDS)
+TABLE_COLUMNS = 7  # ggml type id, byte offset, row bytes, first output column, rows, activation, has a bias
 
 
 @njit(**_SERIAL)
@@ -108,7 +105,8 @@ def quantize_q8_k(x, xq, xd, xs, xqs):
 @njit(**_OPTS)
 def matmul_table(w, table, forms, out):
     """out (n, n_out) = x @ W.T for several matrices at once (q, k and v; gate and up): one parallel pass.
-    table (n_mats, TABLE_COLUMNS) int64: matrix m has format table[m, 0] (`FORMAT_IDS`), its row c starts at
+    table (n_mats, TABLE_COLUMNS) int64: matrix m has the format whose ggml type id is table[m, 0] (one of
+    `blockdot.ROW_KERNELS`; `row_dot` switches on it), its row c starts at
     byte table[m, 1] + c * table[m, 2] of w (the weights' buffer), it fills columns table[m, 3].. of out, it
     has table[m, 4] rows and takes x in the form forms[table[m, 5]] (`ACTIVATIONS`: (xq, xd, xs, xqs) each).
     One task per row, for every token (four at a time).
@@ -123,28 +121,11 @@ def matmul_table(w, table, forms, out):
         while m + 1 < n_mats and table[m + 1, 3] <= col:
             m += 1
         wo = table[m, 1] + (col - table[m, 3]) * table[m, 2]
-        f = table[m, 0]
         if table[m, 5] == 0:
             xq, xd, xs, xqs = xq0, xd0, xs0, xqs0
         else:
             xq, xd, xs, xqs = xq1, xd1, xs1, xqs1
-        # numba cannot pick a function by a runtime value: one branch per format, in FORMAT_IDS order
-        if f == 0:
-            row_q4_0(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 1:
-            row_q4_1(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 2:
-            row_q5_0(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 3:
-            row_q5_1(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 4:
-            row_q8_0(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 5:
-            row_q4_k(w, wo, xq, xd, xs, xqs, out, col)
-        elif f == 6:
-            row_q5_k(w, wo, xq, xd, xs, xqs, out, col)
-        else:
-            row_q6_k(w, wo, xq, xd, xs, xqs, out, col)
+        row_dot(table[m, 0], w, wo, xq, xd, xs, xqs, out, col)
 
 
 @njit(**_SERIAL)
