@@ -13,7 +13,7 @@ import pytest
 
 from llamapyz import Model, UnsupportedModelError
 from llamapyz.model.moe import route
-from tests.reference_model import ReferenceModel
+from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_model
 
 PROMPT = "the cat in the hat, there and here; the end of it all, and then some more of the cat"

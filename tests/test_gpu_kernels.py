@@ -16,7 +16,7 @@ from numba import config, cuda
 
 from llamapyz.gpu import Device, formats, kernels, probe
 from llamapyz.model.ops import Rope
-from tests.reference_model import rms_norm, rope
+from llamapyz.model.reference import rms_norm, rope
 
 
 def test_the_tests_run_under_the_simulator_and_probe_finds_its_device():

@@ -1,5 +1,5 @@
 """-ngl under numba's CUDA simulator (CI has no GPU): whole models with their last layers, and their head, on the
-"device", against the CPU path and the float reference (tests/reference_model.py).
+"device", against the CPU path and the float reference (llamapyz/model/reference.py).
 
 Tolerances. With every layer and the head offloaded, the model computes what the reference computes: float32
 activations times the weights' exact values, keys and values rounded to float16 as the cache stores them
@@ -24,7 +24,7 @@ import pytest
 from llamapyz import Model, gpu
 from llamapyz.gpu import offload
 from llamapyz.loader import load_model
-from tests.reference_model import ReferenceModel
+from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_model
 from tests.test_model import TOLERANCE
 

@@ -1,4 +1,4 @@
-"""The engine against the plain numpy reference (tests/reference_model.py) on tiny synthetic models of every
+"""The engine against the plain numpy reference (llamapyz/model/reference.py) on tiny synthetic models of every
 quant type and both architectures, plus the Model API's contracts: context limits, errors, embeddings.
 
 Prefill (`Model.logits`) and decode take one numeric path, so their logits are the same bits however a prompt
@@ -18,7 +18,7 @@ import pytest
 from llamapyz import ContextOverflowError, Model, UnsupportedModelError
 from llamapyz.decode.generation import generate
 from llamapyz.gguf.quants import FORMATS_BY_NAME
-from tests.reference_model import ReferenceModel
+from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_gguf, write_model
 
 WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]

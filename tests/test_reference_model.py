@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llamapyz.model.reference import ReferenceModel
 from tests.conftest import golden
-from tests.reference_model import ReferenceModel
 
 SURE_MARGIN = 0.5
 LONG_PROMPT = 512  # tokens: past the sliding window

@@ -1,5 +1,5 @@
 """The numba small-step kernels (llamapyz/kernels/steps.py, used through llamapyz/model/ops.py) against their
-numpy twins, the functions of the plain reference forward pass (tests/reference_model.py)."""
+numpy twins, the functions of the plain reference forward pass (llamapyz/model/reference.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from llamapyz.kernels import steps as kernels
 from llamapyz.model import ops
-from tests import reference_model as ref
+from llamapyz.model import reference as ref
 
 RNG = np.random.default_rng(0)
 

@@ -116,9 +116,11 @@ model_file = ModelFile()
 @click.argument("file", type=model_file)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--full-arrays", is_flag=True, help="Print every element of array values (token lists!).")
+@click.option("--layers", is_flag=True, help="Print the model's recipe instead: the steps of each layer, as every "
+                                             "backend runs them (sliding and global layers, experts).")
 @friendly_errors
-def inspect(file: str, as_json: bool, full_arrays: bool) -> None:
-    """Show the metadata and tensor table of a GGUF FILE (like gguf-dump)."""
+def inspect(file: str, as_json: bool, full_arrays: bool, layers: bool) -> None:
+    """Show the metadata and tensor table of a GGUF FILE (like gguf-dump), or with --layers its recipe."""
     from ..model.weights import support  # imports numba: only where needed
 
     with load_gguf(file) as gguf:
@@ -126,6 +128,9 @@ def inspect(file: str, as_json: bool, full_arrays: bool) -> None:
         problem = support(gguf)
     arch = gguf.metadata.get("general.architecture")
     report["architecture"] = {"name": arch, "supported": problem is None, "problem": problem}
+    if layers:
+        _print_recipe(file, gguf, problem, as_json)
+        return
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
@@ -144,6 +149,18 @@ def inspect(file: str, as_json: bool, full_arrays: bool) -> None:
         click.echo(f"  {i:>4}  {t['name']:<32} {t['type']:<7} {shape:<22} {t['n_bytes']:>12,}")
     total = sum(t["n_bytes"] for t in report["tensors"])
     click.echo(f"\n  {len(report['tensors'])} tensors, {total:,} bytes ({total / 2**20:.1f} MiB)")
+
+
+def _print_recipe(file: str, gguf: GGUFFile, problem: str | None, as_json: bool) -> None:
+    """The recipe (`model.recipe`) of a file llamapyz runs; for another, the reason it does not."""
+    from ..model.hparams import ModelConfig
+    from ..model.recipe import recipe
+
+    if problem is not None:
+        raise LlamapyzError(f"{file}: no recipe: {problem}", hint="`llamapyz inspect FILE` shows its metadata and "
+                                                                   "tensors")
+    steps = recipe(ModelConfig.from_metadata(gguf.metadata), gguf.tensors)
+    click.echo(json.dumps(steps.as_json(), indent=2, ensure_ascii=False) if as_json else str(steps))
 
 
 def _describe(gguf: GGUFFile, full_arrays: bool) -> dict[str, Any]:

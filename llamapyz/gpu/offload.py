@@ -4,8 +4,9 @@ and head) on a CUDA device, as llama.cpp's `-ngl N` means it.
 `Offload` uploads those layers' weights once, in their GGUF encoding (`DeviceMatrices`: a layer's q, k and
 v, or gate and up, share one launch when they share a format), and runs them on the hidden state the CPU
 layers hand over: it crosses to the device once per forward call and comes back once (the hidden state, or
-the logits when the head is on the device). Each context's keys and values for those layers live on the
-device (`DeviceKV`, f16, allocated on a context's first use).
+the logits when the head is on the device). It executes those layers' recipe (`model/recipe.py`), as every
+backend does: `LAUNCHES` names the runs of steps each launch does. Each context's keys and values for those
+layers live on the device (`DeviceKV`, f16, allocated on a context's first use).
 
 The kernels (`kernels.py`) keep the engine's guarantees on the device: a token's result is the same
 sequence of float32 operations whether it is prefilled in a chunk of hundreds or decoded alone or batched
@@ -14,6 +15,7 @@ with other sequences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,8 @@ from numba import cuda
 from ..kernels.linear import QuantMatrix
 from ..model.hparams import ModelConfig
 from ..model.moe import route
-from ..model.ops import Rope
+from ..model.ops import Rope, softcap
+from ..model.recipe import Moe, Steps, match, recipe
 from ..model.weights import Experts, LayerWeights, Weights
 from . import kernels
 from .device import Device
@@ -103,10 +106,12 @@ def _vector(v: np.ndarray | None):
 
 @dataclass
 class DeviceLayer:
+    """A layer's weights on the device, named as the file names them (the recipe's steps say which they read)."""
+
     attn_norm: object
     qkv: DeviceMatrices
-    q_norm: object  # empty: none
-    k_norm: object
+    attn_q_norm: object  # empty: none
+    attn_k_norm: object
     output: DeviceMatrices
     post_attention_norm: object
     ffn_norm: object
@@ -114,7 +119,7 @@ class DeviceLayer:
     down: DeviceMatrices | None
     experts: DeviceExperts | None
     post_ffw_norm: object
-    rope: tuple  # (cos, sin) on the device, n_rot, neox
+    rope: tuple  # (cos, sin) on the device
 
     @classmethod
     def upload(cls, layer: LayerWeights, rope: tuple) -> DeviceLayer:
@@ -151,12 +156,34 @@ class DeviceKV:
         return self._arrays
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Consecutive steps of the recipe as the device runs them: one kernel launch (or a few) for the run."""
+
+    run: Callable[[DeviceValues], None]
+    steps: Steps
+    kernel: str
+
+
+class DeviceValues:
+    """One call's values on the device: x the residual stream, and the arrays of `Offload.scratch` (h: the
+    normed input of the next step; qkv; attn, attention's output; out, a branch's output)."""
+
+    __slots__ = ("x", "positions", "segments", "s")
+
+    def __init__(self, x, positions, segments: list, scratch: dict) -> None:
+        self.x, self.positions, self.segments, self.s = x, positions, segments, scratch
+
+
 class Offload:
-    """Layers first..n_layer-1 of a model (and its head, if `head`) on the current CUDA device."""
+    """Layers first..n_layer-1 of a model (and its head, if `head`) on the current CUDA device, executing their
+    recipe (`model.recipe`): each run of steps that `LAUNCHES` names is one launch (or a few); a residual and
+    the norm after it are one (`add_norm`), across a layer's end too."""
 
     def __init__(self, config: ModelConfig, weights: Weights, ropes: list[Rope], n_layers: int, head: bool,
                  device: Device) -> None:
         c = self.config = config
+        self.recipe = recipe(config, weights.tensor_names)
         self.device = device
         self.first = c.n_layer - n_layers
         self.n_layers = n_layers
@@ -164,16 +191,37 @@ class Offload:
         tables = {}
         for rope in ropes[self.first:]:
             if id(rope) not in tables:
-                tables[id(rope)] = ((cuda.to_device(rope.cos), cuda.to_device(rope.sin)), rope.n_rot, rope.neox)
+                tables[id(rope)] = (cuda.to_device(rope.cos), cuda.to_device(rope.sin))
         self.layers = [DeviceLayer.upload(weights.layers[il], tables[id(ropes[il])])
                        for il in range(self.first, c.n_layer)]
         self.output_norm = _vector(weights.output_norm)  # the last add_norm's weight, with or without the head
+        self.none = _vector(None)  # an absent norm weight
         if head:
             self.output = DeviceMatrices([weights.output])
             self.n_vocab = weights.output.n_rows
         self.n_ff = max((weights.layers[il].ffn_down.n_cols for il in range(self.first, c.n_layer)
                          if weights.layers[il].ffn_down is not None), default=0)
         self._scratch: dict[int, dict] = {}
+        self.launches = self.plan()
+
+    def plan(self) -> list[Launch]:
+        """The offloaded layers' steps, then the final norm when the head is here, as launches."""
+        stream = [(step, layer, i) for i, layer in enumerate(self.layers)
+                  for step in self.recipe.layers[self.first + i]]
+        if self.head:
+            stream += [(step, self, -1) for step in self.recipe.final]
+        steps = [step for step, _, _ in stream]
+        launches, start = [], 0
+        while start < len(stream):
+            for kernel, pattern in LAUNCHES:
+                if n := match(pattern, steps, start):
+                    run = getattr(self, kernel)(stream[start:start + n])
+                    launches.append(Launch(run, tuple(steps[start:start + n]), kernel))
+                    start += n
+                    break
+            else:
+                raise ValueError(f"the GPU layers have no kernel for step {steps[start]}")
+        return launches
 
     def new_kv(self, n_ctx: int) -> DeviceKV:
         return DeviceKV(self.n_layers, n_ctx, self.config.n_head_kv, self.config.head_dim)
@@ -194,81 +242,107 @@ class Offload:
     def run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
         """The offloaded layers on hidden states x (n, n_embd) at `positions`, each segment's keys and values
         in its cache's `device` part. Returns, on the host: with the head on the device, what `output` asks
-        for ("last"/"all" logits before final soft-capping, "hidden" normed states, "none" nothing);
-        without it, the hidden states (n, n_embd) for the CPU's head."""
+        for ("last"/"all" logits, "hidden" normed states, "none" nothing); without it, the hidden states
+        (n, n_embd) for the CPU's final steps and head."""
         with cuda.gpus[self.device.index]:  # the engine's thread, not the loader's, runs this
             return self._run(x, positions, segments, output)
 
     def _run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
-        c = self.config
         n = len(x)
-        s = self.scratch(n)
-        h = s["h"]  # the normed input of the next step: each residual add norms for the step after it
-        xd = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
-        pos = cuda.to_device(positions.astype(np.int64))
-        first_norm = self.layers[0].attn_norm if self.layers else self.output_norm
-        kernels.launch_rms_norm(xd, first_norm, c.rms_eps, h)
-        for i, layer in enumerate(self.layers):
-            self._attention(i, layer, xd, pos, segments, s)
-            following = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.output_norm
-            self._ffn(layer, xd, s, following)
+        a = DeviceValues(cuda.to_device(np.ascontiguousarray(x, dtype=np.float32)),
+                         cuda.to_device(positions.astype(np.int64)), segments, self.scratch(n))
+        for launch in self.launches:
+            launch.run(a)
         if not self.head:
-            return xd.copy_to_host()
+            return a.x.copy_to_host()
         if output == "none":
             cuda.synchronize()
             return None
-        rows = h[n - 1:] if output == "last" else h
+        rows = a.s["h"][n - 1:] if output == "last" else a.s["h"]
         if output == "hidden":
             return rows.copy_to_host()
+        (step,) = self.recipe.head
         logits = cuda.device_array((rows.shape[0], self.n_vocab), np.float32)
-        self.output(rows, logits)
-        return logits.copy_to_host()
+        self.output(rows, logits)  # the head step: its product here, its soft-capping on the host as the CPU's
+        logits = logits.copy_to_host()
+        return softcap(logits, step.softcap) if step.softcap else logits
 
-    def _attention(self, i: int, layer: DeviceLayer, x, positions, segments: list, s: dict) -> None:
-        """x += post_norm(attention(h)) for h = attn_norm(x), then h = ffn_norm(x)."""
-        c = self.config
+    # --- the launches, each for a run of steps: [(step, its tensors on the device, device layer index)] ----
+
+    def rms_norm(self, run: list) -> Callable[[DeviceValues], None]:
+        """h = rms_norm(x): the first step."""
+        ((step, tensors, _),) = run
+        weight, eps = getattr(tensors, step.weight), self.config.rms_eps
+        return lambda a: kernels.launch_rms_norm(a.x, weight, eps, a.s["h"])
+
+    def qkv(self, run: list) -> Callable[[DeviceValues], None]:
+        ((_, layer, _),) = run
+        return lambda a: layer.qkv(a.s["h"], a.s["qkv"])
+
+    def qk_norm_rope(self, run: list) -> Callable[[DeviceValues], None]:
+        """q and k heads normed (qk_norm) and rotated in place, in one launch."""
+        c, (rope, layer, _) = self.config, run[-1]
+        q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if len(run) == 2 else (self.none, self.none)
+        cos, sin = layer.rope
+        return lambda a: kernels.launch_qk_norm_rope(a.s["qkv"], c.n_head, c.n_head_kv, q_norm, k_norm, c.rms_eps,
+                                                     a.positions, cos, sin, rope.n_rot, rope.neox)
+
+    def attention(self, run: list) -> Callable[[DeviceValues], None]:
+        """Each segment's keys and values into its f16 cache, then its queries' attention: attn."""
+        c, ((step, _, i),) = self.config, run
         q_dim = c.n_head * c.head_dim
-        h, qkv, attn = s["h"], s["qkv"], s["attn"]
-        layer.qkv(h, qkv)
-        (cos, sin), n_rot, neox = layer.rope
-        kernels.launch_qk_norm_rope(qkv, c.n_head, c.n_head_kv, layer.q_norm, layer.k_norm, c.rms_eps, positions,
-                                    cos, sin, n_rot, neox)
-        window = 0 if c.is_global(self.first + i) else c.sliding_window
-        row = 0
-        for seg in segments:
-            keys, values = (a[i] for a in seg.cache.device.arrays())
-            kernels.launch_elementwise(kernels.store_kv, seg.n * c.kv_dim, qkv, row, seg.n, q_dim, keys, values,
-                                       seg.pos0)
-            key_start = max(0, seg.pos0 - window + 1) if window else 0
-            stop = seg.pos0 + seg.n
-            rows = slice(row, row + seg.n)
-            kernels.launch_attention(qkv[rows, :q_dim], keys[key_start:stop], values[key_start:stop], seg.pos0,
-                                     key_start, window, c.attention_scale, c.attn_softcap, attn[rows])
-            row += seg.n
-        out = s["out"]
-        layer.output(attn, out)
-        kernels.launch_add_norm(x, out, layer.post_attention_norm, c.rms_eps, layer.ffn_norm, h)
 
-    def _ffn(self, layer: DeviceLayer, x, s: dict, following) -> None:
-        """x += post_norm(ffn(h)), then h = following(x): the next layer's attn_norm, or the output norm (when
-        the head is not here, nothing reads that h)."""
-        h, out = s["h"], s["out"]
-        if layer.experts is not None:
-            self._experts(layer.experts, h, out)
-        else:
-            gu, act = s["gu"], s["act"]
-            layer.gate_up(h, gu)
-            self._activate(gu, act)
-            layer.down(act, out)
-        kernels.launch_add_norm(x, out, layer.post_ffw_norm, self.config.rms_eps, following, h)
+        def attend(a: DeviceValues) -> None:
+            qkv, attn = a.s["qkv"], a.s["attn"]
+            row = 0
+            for seg in a.segments:
+                keys, values = (kv[i] for kv in seg.cache.device.arrays())
+                kernels.launch_elementwise(kernels.store_kv, seg.n * c.kv_dim, qkv, row, seg.n, q_dim, keys, values,
+                                           seg.pos0)
+                key_start = max(0, seg.pos0 - step.window + 1) if step.window else 0
+                stop = seg.pos0 + seg.n
+                rows = slice(row, row + seg.n)
+                kernels.launch_attention(qkv[rows, :q_dim], keys[key_start:stop], values[key_start:stop], seg.pos0,
+                                         key_start, step.window, step.scale, step.softcap, attn[rows])
+                row += seg.n
 
-    def _activate(self, gu, act) -> None:
+        return attend
+
+    def output_projection(self, run: list) -> Callable[[DeviceValues], None]:
+        ((_, layer, _),) = run
+        return lambda a: layer.output(a.s["attn"], a.s["out"])
+
+    def add_norm(self, run: list) -> Callable[[DeviceValues], None]:
+        """x += post_norm(out), then h = the next step's norm of x (the next layer's attn_norm, or the output
+        norm), in one launch; at the end without the head, nothing reads that h (normed by output_norm)."""
+        (post, tensors, _), (last, following, _) = run[0], run[-1]
+        post_weight = getattr(tensors, post.weight) if post.name == "post_norm" else self.none
+        weight = getattr(following, last.weight) if last.name == "rms_norm" else self.output_norm
+        eps = self.config.rms_eps
+        return lambda a: kernels.launch_add_norm(a.x, a.s["out"], post_weight, eps, weight, a.s["h"])
+
+    def ffn(self, run: list) -> Callable[[DeviceValues], None]:
+        """out = ffn_down(act(gate) * up) of h."""
+        ((step, layer, _),) = run
+
+        def ffn(a: DeviceValues) -> None:
+            layer.gate_up(a.s["h"], a.s["gu"])
+            self._activate(a.s["gu"], a.s["act"], step.activation)
+            layer.down(a.s["act"], a.s["out"])
+
+        return ffn
+
+    def moe(self, run: list) -> Callable[[DeviceValues], None]:
+        ((step, layer, _),) = run
+        return lambda a: self._experts(step, layer.experts, a.s["h"], a.s["out"])
+
+    def _activate(self, gu, act, activation: str) -> None:
         """act = act(gate) * up, gu holding gate and up side by side."""
         n_ff = act.shape[1]
         kernels.launch_elementwise(kernels.gated_activation, act.shape[0] * n_ff, gu[:, :n_ff], gu[:, n_ff:],
-                                   self.config.options.ffn_activation == "gelu_tanh", act)
+                                   activation == "gelu_tanh", act)
 
-    def _experts(self, experts: DeviceExperts, h, out) -> None:
+    def _experts(self, step: Moe, experts: DeviceExperts, h, out) -> None:
         """out = the weighted sum of each token's chosen experts (`model.moe`'s order): the router's logits come
         to the host to be routed there exactly as on the CPU, then each chosen expert runs once on the tokens
         routed to it, its weighted outputs placed by rank, and the ranks summed in order."""
@@ -276,8 +350,8 @@ class Offload:
         n = h.shape[0]
         logits = cuda.device_array((n, experts.n_expert), np.float32)
         experts.router(h, logits)
-        chosen, weights = route(logits.copy_to_host(), c.n_expert_used, c.expert_weights_scale)
-        parts = cuda.device_array((c.n_expert_used, n, c.n_embd), np.float32)  # each place written once
+        chosen, weights = route(logits.copy_to_host(), step.n_used, step.weights_scale)
+        parts = cuda.device_array((step.n_used, n, c.n_embd), np.float32)  # each place written once
         for e in np.unique(chosen):
             rows, ranks = np.nonzero(chosen == e)
             m = len(rows)
@@ -288,8 +362,22 @@ class Offload:
             act = cuda.device_array((m, experts.n_ff), np.float32)
             y = cuda.device_array((m, c.n_embd), np.float32)
             experts.gate_up[e](xe, gu)
-            self._activate(gu, act)
+            self._activate(gu, act, step.activation)
             experts.down[e](act, y)
             w = cuda.to_device(np.ascontiguousarray(weights[rows, ranks], dtype=np.float32))
             kernels.launch_elementwise(kernels.scatter_scaled, y.size, y, rows_d, ranks_d, w, parts)
         kernels.launch_elementwise(kernels.sum_ranks, n * c.n_embd, parts, out)
+
+
+# runs of recipe steps the device does at once, tried in this order at each point of the offloaded steps
+# ("name?": a step the run may go without), and the Offload method that makes the launch
+LAUNCHES = (
+    ("add_norm", ("post_norm?", "residual", "rms_norm?")),
+    ("rms_norm", ("rms_norm",)),
+    ("qkv", ("qkv",)),
+    ("qk_norm_rope", ("qk_norm?", "rope")),
+    ("attention", ("attention",)),
+    ("output_projection", ("output",)),
+    ("ffn", ("ffn",)),
+    ("moe", ("moe",)),
+)

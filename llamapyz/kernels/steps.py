@@ -1,6 +1,6 @@
 """Numba versions of the transformer's small steps, for decode where numpy's per-call overhead (~5-20 us
 per operation, dozens per layer) would cost more than the arithmetic. Their numpy twins are the reference
-forward pass's functions (`tests/reference_model.py`); `tests/test_steps.py` compares them.
+forward pass's functions (`model/reference.py`); `tests/test_steps.py` compares them.
 
 Every CPU tier computes the same bits: no reassociation or fused multiply-add (fastmath only for the
 NaN/infinity/signed-zero assumptions, which do not change finite results), and the long dot products go

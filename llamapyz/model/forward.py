@@ -1,5 +1,5 @@
-"""The forward pass: tokens in, logits (or final hidden states) out, one readable function for every
-architecture in `config.ARCHITECTURES`.
+"""The forward pass: tokens in, logits (or final hidden states) out, for every architecture in
+`hparams.ARCHITECTURES`, by executing the model's recipe (`recipe.py`).
 
 A call processes chunks of prompt tokens (prefill: one sequence, or several in the server), or one new
 token of each of several sequences (decode), each sequence against its own KV cache. Both take one
@@ -11,26 +11,53 @@ Each row's result therefore depends only on its own sequence, never on how the r
 chunked, on any CPU: that is what lets the server batch requests and reuse cached prompts and still give
 every request the output it would get alone, and it makes prefill and token-by-token decode bit-identical.
 
-With `-ngl N`, the last N layers (and perhaps the head) run on a GPU (`gpu.offload.Offload`, set by the Model):
-the CPU runs the layers before them, then hands the hidden state over once; the device's kernels keep the
-same per-token guarantees, with float32 activations instead of int8 ones.
+Each layer's recipe becomes a plan, made once: a fused numba kernel (`fused.py`) for each run of steps one
+can do, else the step's Python implementation here (`STEPS`, one method per step name, on the same
+kernels: the same bits). With `-ngl N`, the last N layers (and perhaps the head) run on a GPU
+(`gpu.offload.Offload`, set by the Model), which executes the same recipe: the CPU runs the layers before
+them, then hands the hidden state over once; the device's kernels keep the same per-token guarantees, with
+float32 activations instead of int8 ones.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import layer as fused_kernels
 from ..kernels.linear import MatrixGroup, QuantMatrix
 from ..kernels.steps import rms_norm_heads
-from .fused import NONE, FusedLayer, Scratch, ScratchPool
+from .fused import FusedLayer, Scratch, ScratchPool, fused_run
 from .hparams import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
 from .ops import Rope, attention, gated_ffn_input, rms_norm, softcap
+from .recipe import Step, Steps, recipe
 from .weights import LayerWeights, Weights
+
+
+class Activations:
+    """One forward call's values as the recipe's steps pass them on: x the residual stream (n, n_embd), h the
+    current branch's value, q k v attention's inputs; and what the steps read besides."""
+
+    __slots__ = ("tokens", "positions", "segments", "scratch", "x", "h", "q", "k", "v")
+
+    def __init__(self, tokens: np.ndarray, positions: np.ndarray, segments: list[Segment], scratch: Scratch) -> None:
+        self.tokens = tokens  # (n,)
+        self.positions = positions  # (n,) each row's position in its sequence
+        self.segments = segments
+        self.scratch = scratch  # the fused kernels' arrays for n rows
+
+
+@dataclass(frozen=True)
+class Op:
+    """Consecutive steps of the recipe as the CPU runs them: one Python step, or one fused kernel for several."""
+
+    run: Callable[[Activations], None]
+    steps: Steps
+    kernel: str = ""  # the fused kernel's name (`fused.KERNELS`); "": a Python step
 
 
 class Transformer:
@@ -38,19 +65,53 @@ class Transformer:
         self.config = config
         self.weights = weights
         self.n_ctx = n_ctx
-        c = config
+        self.recipe = recipe(config, weights.tensor_names)
         self.rope_factors = self.choose_rope_factors(config, weights, n_ctx)
-        ropes: dict[float, Rope] = {}
-        for layer in range(c.n_layer):
-            base = c.rope_base_of(layer)
-            if base not in ropes:
-                ropes[base] = Rope(base, c.n_rot, n_ctx, c.options.rope_neox, weights.rope_factors.get(
-                    self.rope_factors), c.rope_freq_scale, c.rope_attn_factor)
-        self.rope_of_layer = [ropes[c.rope_base_of(layer)] for layer in range(c.n_layer)]
+        factors = weights.rope_factors.get(self.rope_factors)
+        self.ropes: dict[Step, Rope] = {}  # a table per distinct rope step (sliding layers may have their own base)
+        for steps in self.recipe.layers:
+            for s in steps:
+                if s.name == "rope" and s not in self.ropes:
+                    self.ropes[s] = Rope(s.base, s.n_rot, n_ctx, s.neox, factors if s.factors else None,
+                                         s.freq_scale, s.attn_factor)
+        self.rope_of_layer = [next((self.ropes[s] for s in steps if s.name == "rope"), None)
+                              for steps in self.recipe.layers]
         self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)
-        self.fused = [FusedLayer.of(layer, self.group) for layer in weights.layers]
-        self.scratch = ScratchPool(config, self.fused)
+        fused = [FusedLayer.of(layer, self.group) for layer in weights.layers]
+        self.scratch = ScratchPool(config, fused)
+        self.fused = fused  # makes the layers' plans
+        self.embed_ops = [self.python_op(s, -1, weights) for s in self.recipe.embed]
+        self.final_ops = [self.python_op(s, -1, weights) for s in self.recipe.final]
+        self.head_ops = [self.python_op(s, -1, weights) for s in self.recipe.head]
         self.offload = None  # the last layers on a GPU (gpu.offload.Offload), set by the Model
+
+    @property
+    def fused(self) -> list[FusedLayer]:
+        """Each layer's products as the fused kernels take them (None where a step takes the Python path)."""
+        return self._fused
+
+    @fused.setter
+    def fused(self, layers: list[FusedLayer]) -> None:
+        self._fused = layers
+        self.plans = [self.plan(il) for il in range(self.config.n_layer)]
+
+    def plan(self, il: int) -> list[Op]:
+        """Layer il's recipe as ops: a fused kernel for each run of steps one can do, else each Python step."""
+        steps, layer, ops, i = self.recipe.layers[il], self.weights.layers[il], [], 0
+        while i < len(steps):
+            found = fused_run(steps, i, self._fused[il], layer, self.config, self.ropes)
+            if found is None:
+                ops.append(self.python_op(steps[i], il, layer))
+                i += 1
+            else:
+                kernel, n, run = found
+                ops.append(Op(run, steps[i:i + n], kernel))
+                i += n
+        return ops
+
+    def python_op(self, step: Step, il: int, tensors: LayerWeights | Weights) -> Op:
+        """A step's Python implementation on layer il's tensors (-1 and the model's: before and after the layers)."""
+        return Op(functools.partial(self.STEPS[step.name], self, step, il, tensors), (step,))
 
     @staticmethod
     def choose_rope_factors(config: ModelConfig, weights: Weights, n_ctx: int) -> str | None:
@@ -66,7 +127,7 @@ class Transformer:
     @property
     def derived_bytes(self) -> int:
         """Float32 data derived from the file: norm weights and rope tables."""
-        tables = {id(r): r.cos.nbytes + r.sin.nbytes for r in self.rope_of_layer}
+        tables = {id(r): r.cos.nbytes + r.sin.nbytes for r in self.ropes.values()}
         return self.weights.derived_bytes + sum(tables.values())
 
     def project(self, x: np.ndarray, *matrices: QuantMatrix, keep: bool = False) -> list[np.ndarray]:
@@ -107,113 +168,93 @@ class Transformer:
         return self._run(np.asarray(tokens), segments, "all")
 
     def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
-        c, w, opt = self.config, self.weights, self.config.options
-        n = len(tokens)
         positions = np.concatenate([np.arange(s.pos0, s.pos0 + s.n) for s in segments])  # (n,) of each row
-        scratch = self.scratch.get(n)
-        x = w.token_embd.rows(tokens)  # (n, n_embd)
-        if opt.scale_embeddings:
-            x *= np.float32(np.sqrt(c.n_embd))
-        n_cpu = c.n_layer - (self.offload.n_layers if self.offload else 0)
-        for il, layer in enumerate(w.layers[:n_cpu]):
-            q, k, v = self.attention_input(il, layer, x, positions, scratch)
-            attn = self.attend(il, q, k, v, segments)
-            self.add_attention_output(il, layer, x, attn, scratch)
-            self.add_ffn(il, layer, x, scratch)
+        a = Activations(tokens, positions, segments, self.scratch.get(len(tokens)))
+        for op in self.embed_ops:
+            op.run(a)
+        n_cpu = self.config.n_layer - (self.offload.n_layers if self.offload else 0)
+        for ops in self.plans[:n_cpu]:
+            for op in ops:
+                op.run(a)
         if self.offload is not None:  # the hidden state crosses to the device and back once
-            x = self.offload.run(x, positions, segments, output)
-            if self.offload.head:  # x is what `output` asks for, logits not yet capped
-                return self.capped(x) if output in ("last", "all") else x
+            x = self.offload.run(a.x, positions, segments, output)
+            if self.offload.head:  # the device ran the final steps and the head too: x is what `output` asks for
+                return x
+            a.x = x
         if output == "none":
             return None
         if output == "last":
-            x = x[-1:]
-        x = rms_norm(x, w.output_norm, c.rms_eps)
+            a.x = a.x[-1:]
+        for op in self.final_ops:
+            op.run(a)
         if output == "hidden":
-            return x
-        (logits,) = self.project(x, w.output, keep=True)
-        return self.capped(logits)
+            return a.h
+        for op in self.head_ops:
+            op.run(a)
+        return a.h
 
-    def capped(self, logits: np.ndarray) -> np.ndarray:
-        """The final logits' soft-capping (gemma2), where the model has one."""
-        cap = self.config.final_softcap
-        return softcap(logits, cap) if cap else logits
+    # --- the steps (see recipe.py): (step, layer index, its tensors, the call's activations) ---------------
 
-    # The layer's steps. Each runs as one numba call (`kernels/layer.py`) where the layer's products allow
-    # (`fused.FusedLayer`), else as the Python steps below it: the same kernels in the same order.
+    def embed(self, step: Step, il: int, w: Weights, a: Activations) -> None:
+        a.x = w.token_embd.rows(a.tokens)  # (n, n_embd)
+        if step.scaled:
+            a.x *= np.float32(np.sqrt(self.config.n_embd))
 
-    def attention_input(self, il: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray,
-                        scratch: Scratch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """rms_norm, then q, k, v (n, dim) each; q and k normed per head (qk_norm) and rotated."""
-        c, fused, rope = self.config, self.fused[il], self.rope_of_layer[il]
-        q_dim = c.n_head * c.head_dim
-        if fused.qkv is not None:
-            qkv = scratch.qkv
-            fused_kernels.attention_input(
-                x, fused.buffer, layer.attn_norm, c.rms_eps, fused.qkv, scratch.embd_forms, scratch.h, qkv,
-                _or_none(layer.attn_q_norm),
-                _or_none(layer.attn_k_norm),
-                (c.n_head, c.n_head_kv, c.head_dim), rope.tables, positions)
-            return qkv[:, :q_dim], qkv[:, q_dim:q_dim + c.kv_dim], qkv[:, q_dim + c.kv_dim:]
-        h = rms_norm(x, layer.attn_norm, c.rms_eps)
-        q, k, v = self.project(h, layer.attn_q, layer.attn_k, layer.attn_v)
-        if c.options.qk_norm:
-            rms_norm_heads(q, 0, c.n_head, c.head_dim, layer.attn_q_norm, c.rms_eps)
-            rms_norm_heads(k, 0, c.n_head_kv, c.head_dim, layer.attn_k_norm, c.rms_eps)
-        rope(q, c.n_head, positions)
-        rope(k, c.n_head_kv, positions)
-        return q, k, v
+    def norm(self, step: Step, il: int, w: LayerWeights | Weights, a: Activations) -> None:
+        a.h = rms_norm(a.x, getattr(w, step.weight), self.config.rms_eps)
 
-    def attend(self, il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, segments: list[Segment]) -> np.ndarray:
+    def qkv(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        a.q, a.k, a.v = self.project(a.h, w.attn_q, w.attn_k, w.attn_v)  # (n, q_dim), (n, kv_dim) twice
+
+    def qk_norm(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        c = self.config
+        rms_norm_heads(a.q, 0, c.n_head, c.head_dim, w.attn_q_norm, c.rms_eps)
+        rms_norm_heads(a.k, 0, c.n_head_kv, c.head_dim, w.attn_k_norm, c.rms_eps)
+
+    def rotate(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        rope = self.ropes[step]
+        rope(a.q, self.config.n_head, a.positions)
+        rope(a.k, self.config.n_head_kv, a.positions)
+
+    def attend(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         """Store each sequence's keys and values in its cache, then its queries' attention (n, q_dim)."""
         c = self.config
-        window = 0 if c.is_global(il) else c.sliding_window
         heads = []
         row = 0
-        for seg in segments:
+        for seg in a.segments:
             rows = slice(row, row + seg.n)
             row += seg.n
-            seg.cache.store(il, seg.pos0, k[rows], v[rows])
-            key_start = max(0, seg.pos0 - window + 1) if window else 0
+            seg.cache.store(il, seg.pos0, a.k[rows], a.v[rows])
+            key_start = max(0, seg.pos0 - step.window + 1) if step.window else 0
             keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
-            heads.append(attention(q[rows].reshape(seg.n, c.n_head, c.head_dim),
+            heads.append(attention(a.q[rows].reshape(seg.n, c.n_head, c.head_dim),
                                    keys.reshape(-1, c.n_head_kv, c.head_dim),
-                                   values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, window,
-                                   c.attention_scale, c.attn_softcap))
-        return heads[0] if len(heads) == 1 else np.concatenate(heads)
+                                   values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, step.window,
+                                   step.scale, step.softcap))
+        a.h = heads[0] if len(heads) == 1 else np.concatenate(heads)
 
-    def add_attention_output(self, il: int, layer: LayerWeights, x: np.ndarray, attn: np.ndarray,
-                             scratch: Scratch) -> None:
-        """x += post_norm(attn @ attn_output.T)."""
-        c, fused = self.config, self.fused[il]
-        if fused.o is not None:
-            fused_kernels.add_attention_output(
-                x, fused.buffer, attn, fused.o, scratch.q_forms, scratch.out,
-                _or_none(layer.post_attention_norm), c.rms_eps)
-            return
-        (out,) = self.project(attn, layer.attn_output)
-        if c.options.post_norms:
-            out = rms_norm(out, layer.post_attention_norm, c.rms_eps)
-        x += out
+    def output(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        (a.h,) = self.project(a.h, w.attn_output)
 
-    def add_ffn(self, il: int, layer: LayerWeights, x: np.ndarray, scratch: Scratch) -> None:
-        """x += post_norm(ffn(rms_norm(x))): the gated FFN, or the experts'."""
-        c, opt, fused = self.config, self.config.options, self.fused[il]
-        if fused.gate_up is not None:
-            fused_kernels.add_ffn(
-                x, fused.buffer, layer.ffn_norm, c.rms_eps, fused.gate_up, scratch.embd_forms, scratch.h,
-                scratch.gu, opt.ffn_activation == "gelu_tanh", scratch.act, fused.down, scratch.ff_forms,
-                scratch.out, _or_none(layer.post_ffw_norm))
-            return
-        h = rms_norm(x, layer.ffn_norm, c.rms_eps)
-        if layer.experts is not None:
-            out = moe_ffn(h, layer.experts, c, lambda x, *m: self.project(x, *m))
-        else:
-            gate, up = self.project(h, layer.ffn_gate, layer.ffn_up)
-            (out,) = self.project(gated_ffn_input(gate, up, opt.ffn_activation), layer.ffn_down)
-        if opt.post_norms:
-            out = rms_norm(out, layer.post_ffw_norm, c.rms_eps)
-        x += out
+    def post_norm(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        a.h = rms_norm(a.h, getattr(w, step.weight), self.config.rms_eps)
+
+    def residual(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        a.x += a.h
+
+    def ffn(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        gate, up = self.project(a.h, w.ffn_gate, w.ffn_up)
+        (a.h,) = self.project(gated_ffn_input(gate, up, step.activation), w.ffn_down)
+
+    def experts(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        a.h = moe_ffn(a.h, w.experts, step, self.project)
+
+    def head(self, step: Step, il: int, w: Weights, a: Activations) -> None:
+        (logits,) = self.project(a.h, getattr(w, step.tensor), keep=True)
+        a.h = softcap(logits, step.softcap) if step.softcap else logits
+
+    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate, "attention": attend,
+             "output": output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": experts, "head": head}
 
 
 @dataclass
@@ -223,8 +264,3 @@ class Segment:
     cache: KVCache
     pos0: int
     n: int
-
-
-def _or_none(weight: np.ndarray | None) -> np.ndarray:
-    """A norm weight for the layer kernels: an absent one as the empty array they read as "no norm"."""
-    return NONE if weight is None else weight

@@ -1,20 +1,33 @@
-"""What the layer kernels (`kernels/layer.py`) take: per layer its products as tables, and scratch arrays
-per number of tokens.
+"""The fused numba path: one kernel of `kernels/layer.py` for a run of consecutive recipe steps, and what those
+kernels take (per layer its products as tables, scratch arrays per number of tokens).
 
-A step is fused when its products can run as one `matvec.product` pass each (integer kernels on one
-weights buffer: `MatrixGroup.table`); a layer whose matrices cannot (float formats), or whose FFN has
-experts, takes the Python steps of `forward.py` for that step instead, with the same kernels.
+`KERNELS` says which run of steps each layer kernel does; `fused_run` matches them at a point of a layer's
+recipe (`recipe.match`) and returns the kernel's call. Where none matches, or the layer's products cannot run
+as one `matvec.product` pass each (integer kernels on one weights buffer: `MatrixGroup.table`; float formats
+cannot), or its FFN has experts (no `ffn` step), that layer takes the Python steps of `forward.py` there,
+which compute the same bits (`tests/test_exactness.py`). A kernel leaves the activations as its last step
+leaves them for the steps after it (q, k, v; or x).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels import layer as layer_kernels
 from ..kernels.linear import REUSED_TOKENS, MatrixGroup, form_buffers
 from .hparams import ModelConfig
+from .ops import Rope
+from .recipe import Step, Steps, match
 from .weights import LayerWeights
+
+if TYPE_CHECKING:
+    from .forward import Activations
+
+    Run = Callable[[Activations], None]
 
 NONE = np.empty(0, np.float32)  # an absent norm weight, for the kernels
 
@@ -93,3 +106,73 @@ class ScratchPool:
         if n not in self._made:
             self._made[n] = Scratch(self.config, n, self.n_ff, self.activations)
         return self._made[n]
+
+
+def _attention_input(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
+                     ) -> Run | None:
+    """rms_norm, qkv, [qk_norm], rope: h = norm(x); q, k, v of h, normed per head and rotated."""
+    if f.qkv is None:
+        return None
+    buffer, qkv, norm, eps = f.buffer, f.qkv, getattr(layer, steps[0].weight), c.rms_eps
+    q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if steps[2].name == "qk_norm" else (NONE, NONE)
+    heads, tables = (c.n_head, c.n_head_kv, c.head_dim), ropes[steps[-1]].tables
+    q_dim, kv_dim = c.n_head * c.head_dim, c.kv_dim
+
+    def run(a: Activations) -> None:
+        s = a.scratch
+        layer_kernels.attention_input(a.x, buffer, norm, eps, qkv, s.embd_forms, s.h, s.qkv, q_norm, k_norm, heads,
+                                      tables, a.positions)
+        a.q, a.k, a.v = s.qkv[:, :q_dim], s.qkv[:, q_dim:q_dim + kv_dim], s.qkv[:, q_dim + kv_dim:]
+
+    return run
+
+
+def _add_attention_output(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig,
+                          ropes: dict[Step, Rope]) -> Run | None:
+    """output, [post_norm], residual: x += post_norm(h @ attn_output.T)."""
+    if f.o is None:
+        return None
+    buffer, o, eps = f.buffer, f.o, c.rms_eps
+    post = getattr(layer, steps[1].weight) if steps[1].name == "post_norm" else NONE
+
+    def run(a: Activations) -> None:
+        s = a.scratch
+        layer_kernels.add_attention_output(a.x, buffer, a.h, o, s.q_forms, s.out, post, eps)
+
+    return run
+
+
+def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
+             ) -> Run | None:
+    """rms_norm, ffn, [post_norm], residual: x += post_norm(ffn(norm(x)))."""
+    if f.gate_up is None or f.down is None or steps[1].activation not in ("silu", "gelu_tanh"):
+        return None
+    buffer, gate_up, down, eps = f.buffer, f.gate_up, f.down, c.rms_eps
+    norm, gelu = getattr(layer, steps[0].weight), steps[1].activation == "gelu_tanh"
+    post = getattr(layer, steps[2].weight) if steps[2].name == "post_norm" else NONE
+
+    def run(a: Activations) -> None:
+        s = a.scratch
+        layer_kernels.add_ffn(a.x, buffer, norm, eps, gate_up, s.embd_forms, s.h, s.gu, gelu, s.act, down,
+                              s.ff_forms, s.out, post)
+
+    return run
+
+
+# each layer kernel: the run of recipe steps it does ("name?": one it may go without), and what makes its call
+KERNELS = {
+    "attention_input": (("rms_norm", "qkv", "qk_norm?", "rope"), _attention_input),
+    "add_attention_output": (("output", "post_norm?", "residual"), _add_attention_output),
+    "add_ffn": (("rms_norm", "ffn", "post_norm?", "residual"), _add_ffn),
+}
+
+
+def fused_run(steps: Steps, start: int, f: FusedLayer, layer: LayerWeights, config: ModelConfig,
+              ropes: dict[Step, Rope]) -> tuple[str, int, Run] | None:
+    """The layer kernel that does the steps from `start` of a layer's recipe: (its name, how many steps, its
+    call on a forward call's activations), or None when none can."""
+    for kernel, (pattern, make) in KERNELS.items():
+        n = match(pattern, steps, start)
+        if n and (run := make(steps[start:start + n], f, layer, config, ropes)) is not None:
+            return kernel, n, run
+    return None

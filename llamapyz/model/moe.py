@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..kernels.linear import QuantMatrix
-from .hparams import ModelConfig
 from .ops import gated_ffn_input
+from .recipe import Moe
 from .weights import Experts
 
 Project = Callable[..., list[np.ndarray]]  # (x, *matrices) -> [x @ m.T + bias for each m]
@@ -44,18 +44,18 @@ def route(logits: np.ndarray, n_used: int, weights_scale: float = 0.0) -> tuple[
     return chosen, weights
 
 
-def moe_ffn(h: np.ndarray, experts: Experts, config: ModelConfig, project: Project) -> np.ndarray:
-    """h (n, n_embd), normed -> the weighted sum of each row's chosen experts' FFN outputs (n, n_embd)."""
+def moe_ffn(h: np.ndarray, experts: Experts, step: Moe, project: Project) -> np.ndarray:
+    """h (n, n_embd), normed -> the weighted sum of each row's chosen experts' FFN outputs (n, n_embd): the
+    recipe's `moe` step (its activation, top-k and weights scale)."""
     (logits,) = project(h, experts.router)
-    chosen, weights = route(logits, config.n_expert_used, config.expert_weights_scale)
-    parts = np.zeros((config.n_expert_used, h.shape[0], h.shape[1]), np.float32)  # per rank
+    chosen, weights = route(logits, step.n_used, step.weights_scale)
+    parts = np.zeros((step.n_used, h.shape[0], h.shape[1]), np.float32)  # per rank
     for e in np.unique(chosen):
         rows, ranks = np.nonzero(chosen == e)
-        y = expert_ffn(h[rows], experts.gate[e], experts.up[e], experts.down[e], config.options.ffn_activation,
-                       project)
+        y = expert_ffn(h[rows], experts.gate[e], experts.up[e], experts.down[e], step.activation, project)
         parts[ranks, rows] = y * weights[rows, ranks][:, None]
     out = parts[0]
-    for r in range(1, config.n_expert_used):
+    for r in range(1, step.n_used):
         out += parts[r]
     return out
 

@@ -1,11 +1,12 @@
-"""A plain float32 numpy forward pass for every architecture the engine runs: weights dequantized whole,
-textbook attention over the full sequence, no caches, no chunks, no kernels. The engine's output is
-checked against it (tests/test_model.py, tests/test_architectures.py), and it against llama.cpp's golden
-outputs (tests/test_reference_model.py).
+"""The families' specification in plain float32 numpy: a forward pass that executes a model's `recipe` step by
+step, with weights dequantized whole, textbook attention over the whole sequence, no caches, chunks or kernels.
 
-It is keyed on the same named options as the product (`llamapyz.model.hparams`: rope style, qk norm, post
-norms, sliding layers, soft-capping, experts ...), never on architecture names, and reads the tensor
-layouts straight from the file (fused `attn_qkv` / `ffn_up`, biases, 3-d expert tensors, rope factors).
+It is the tests' oracle: the engine's output is checked against it (tests/test_model.py,
+tests/test_architectures.py, tests/test_gpu_offload.py), and it against llama.cpp's golden outputs
+(tests/test_reference_model.py); its functions are the numba kernels' numpy twins (tests/test_steps.py). Like
+every backend it knows the steps (`STEPS`, one method each), never the families: what a file's model does is
+its recipe, derived on each call from the config and the tensors as they are then (a test may take a
+feature away to see the output change).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llamapyz.gguf.reader import load_gguf
-from llamapyz.model.hparams import ModelConfig
+from ..gguf.reader import load_gguf
+from .hparams import ModelConfig
+from .recipe import Step, recipe
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -53,12 +55,25 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1 + np.exp(-x))
 
 
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+
+
+class Values:
+    """One call's activations, as the steps pass them on (see `recipe`)."""
+
+    def __init__(self, tokens: np.ndarray, kv_type: str) -> None:
+        self.tokens = tokens
+        self.positions = np.arange(len(tokens))
+        self.kv_type = kv_type
+        self.x = self.h = self.q = self.k = self.v = np.empty(0, np.float32)
+
+
 class ReferenceModel:
     def __init__(self, path: Path, n_ctx: int | None = None) -> None:
         with load_gguf(path) as gguf:
             self.config = ModelConfig.from_metadata(gguf.metadata)
             self.w = {name: t.dequantize() for name, t in gguf.tensors.items()}  # numpy shapes (out, in)
-        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.output = self.w.get("output.weight", self.w["token_embd.weight"])  # (n_vocab, n_embd)
         c = self.config
         n_ctx = n_ctx or min(4096, c.n_ctx_train)  # LongRoPE: long factors when the context is the longer
         self.rope_factors = self.w.get("rope_freqs.weight")
@@ -66,96 +81,116 @@ class ReferenceModel:
             self.rope_factors = self.w["rope_factors_long.weight" if n_ctx > c.rope_original_ctx
                                        else "rope_factors_short.weight"]
 
-    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+    def logits(self, tokens: list[int], kv_type: str = "f32") -> np.ndarray:
+        """(n_tokens, n_vocab) float32 for every position of a fresh context; kv_type "f16": keys (after rope)
+        and values rounded to float16, as a float16 KV cache stores them."""
+        r = recipe(self.config, self.w)
+        a = Values(np.asarray(tokens), kv_type)
+        for step in r.embed:
+            self.run(step, "", a)
+        for il, steps in enumerate(r.layers):
+            for step in steps:
+                self.run(step, f"blk.{il}.", a)
+        for step in r.final + r.head:
+            self.run(step, "", a)
+        return a.h.astype(np.float32)
+
+    def run(self, step: Step, p: str, a: Values) -> None:
+        """One step; p: its tensors' prefix ("blk.{il}." in a layer)."""
+        self.STEPS[step.name](self, step, p, a)
+
+    def linear(self, x: np.ndarray, name: str, bias: bool = False) -> np.ndarray:
         y = x @ self.w[name + ".weight"].T
-        return y + self.w[name + ".bias"] if name + ".bias" in self.w else y
+        return y + self.w[name + ".bias"] if bias and name + ".bias" in self.w else y
 
-    def qkv(self, h: np.ndarray, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = self.config
-        if p + "attn_qkv.weight" not in self.w:
-            return self.linear(h, p + "attn_q"), self.linear(h, p + "attn_k"), self.linear(h, p + "attn_v")
-        fused = self.linear(h, p + "attn_qkv")
-        q_dim = c.n_head * c.head_dim
-        return fused[:, :q_dim], fused[:, q_dim:q_dim + c.kv_dim], fused[:, q_dim + c.kv_dim:]
+    # --- the steps ---------------------------------------------------------------------------------------
 
-    def ffn(self, h: np.ndarray, p: str) -> np.ndarray:
-        c = self.config
-        act = gelu_tanh if c.options.ffn_activation == "gelu_tanh" else silu
-        if c.n_expert:
-            return self.moe(h, p, act)
-        if c.options.fused_ffn:
-            gate_up = self.linear(h, p + "ffn_up")
-            gate, up = np.split(gate_up, 2, axis=-1)
+    def embed(self, step, p: str, a: Values) -> None:
+        a.x = self.w["token_embd.weight"][a.tokens]  # (n, n_embd)
+        if step.scaled:
+            a.x = a.x * np.float32(np.sqrt(self.config.n_embd))
+
+    def norm(self, step, p: str, a: Values) -> None:
+        a.h = rms_norm(a.x, self.w[f"{p}{step.weight}.weight"], self.config.rms_eps)
+
+    def qkv(self, step, p: str, a: Values) -> None:
+        c, n = self.config, len(a.tokens)
+        if step.fused:
+            fused = self.linear(a.h, p + "attn_qkv", step.bias)
+            q_dim = c.n_head * c.head_dim
+            q, k, v = fused[:, :q_dim], fused[:, q_dim:q_dim + c.kv_dim], fused[:, q_dim + c.kv_dim:]
         else:
-            gate, up = self.linear(h, p + "ffn_gate"), self.linear(h, p + "ffn_up")
-        return self.linear(act(gate) * up, p + "ffn_down")
+            q, k, v = (self.linear(a.h, p + name, step.bias) for name in ("attn_q", "attn_k", "attn_v"))
+        a.q, a.k = q.reshape(n, c.n_head, c.head_dim), k.reshape(n, c.n_head_kv, c.head_dim)
+        a.v = v.reshape(n, c.n_head_kv, c.head_dim)
 
-    def moe(self, h: np.ndarray, p: str, act) -> np.ndarray:
+    def qk_norm(self, step, p: str, a: Values) -> None:
+        a.q = rms_norm(a.q, self.w[p + "attn_q_norm.weight"], self.config.rms_eps)
+        a.k = rms_norm(a.k, self.w[p + "attn_k_norm.weight"], self.config.rms_eps)
+
+    def rotate(self, step, p: str, a: Values) -> None:
+        turn = dict(base=step.base, n_rot=step.n_rot, neox=step.neox,
+                    factors=self.rope_factors if step.factors else None, freq_scale=step.freq_scale,
+                    attn_factor=step.attn_factor)
+        a.q, a.k = rope(a.q, a.positions, **turn), rope(a.k, a.positions, **turn)
+
+    def attention(self, step, p: str, a: Values) -> None:
+        c, q, k, v, positions = self.config, a.q, a.k, a.v, a.positions
+        if a.kv_type == "f16":
+            k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+        mask = positions[None, :] <= positions[:, None]  # (query, key): causal
+        if step.window:
+            mask = mask & (positions[:, None] - positions[None, :] < step.window)
+        group = c.n_head // c.n_head_kv
+        heads = []
+        for hd in range(c.n_head):
+            scores = q[:, hd] @ k[:, hd // group].T * np.float32(step.scale)
+            if step.softcap:
+                scores = step.softcap * np.tanh(scores / step.softcap)
+            scores = np.where(mask, scores, -np.inf)
+            probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            probs /= probs.sum(axis=-1, keepdims=True)
+            heads.append(probs @ v[:, hd // group])
+        a.h = np.concatenate(heads, axis=-1)
+
+    def attn_output(self, step, p: str, a: Values) -> None:
+        a.h = self.linear(a.h, p + "attn_output", step.bias)
+
+    def post_norm(self, step, p: str, a: Values) -> None:
+        a.h = rms_norm(a.h, self.w[f"{p}{step.weight}.weight"], self.config.rms_eps)
+
+    def residual(self, step, p: str, a: Values) -> None:
+        a.x = a.x + a.h
+
+    def ffn(self, step, p: str, a: Values) -> None:
+        if step.fused:
+            gate, up = np.split(self.linear(a.h, p + "ffn_up", step.bias), 2, axis=-1)
+        else:
+            gate, up = self.linear(a.h, p + "ffn_gate", step.bias), self.linear(a.h, p + "ffn_up", step.bias)
+        a.h = self.linear(ACTIVATIONS[step.activation](gate) * up, p + "ffn_down", step.bias)
+
+    def moe(self, step, p: str, a: Values) -> None:
         """Softmax router, top-k experts, weights renormalized, summed best first (llama.cpp's order)."""
-        c = self.config
+        h, act = a.h, ACTIVATIONS[step.activation]
         logits = h @ self.w[p + "ffn_gate_inp.weight"].T  # (n, n_expert)
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.zeros_like(h)
         gate, up, down = (self.w[p + f"ffn_{k}_exps.weight"] for k in ("gate", "up", "down"))
         for i in range(len(h)):
-            chosen = np.argsort(-probs[i], kind="stable")[:c.n_expert_used]
+            chosen = np.argsort(-probs[i], kind="stable")[:step.n_used]
             weights = probs[i, chosen] / probs[i, chosen].sum()
-            if c.expert_weights_scale not in (0.0, 1.0):
-                weights = weights * c.expert_weights_scale
+            if step.weights_scale not in (0.0, 1.0):
+                weights = weights * step.weights_scale
             for e, weight in zip(chosen, weights, strict=True):
                 out[i] += weight * (down[e] @ (act(gate[e] @ h[i]) * (up[e] @ h[i])))
-        return out
+        a.h = out
 
-    def logits(self, tokens: list[int], kv_type: str = "f32") -> np.ndarray:
-        """(n_tokens, n_vocab) float32 for every position of a fresh context; kv_type "f16": keys (after rope)
-        and values rounded to float16, as a float16 KV cache stores them."""
-        c, w, opt = self.config, self.w, self.config.options
-        n = len(tokens)
-        positions = np.arange(n)
-        x = w["token_embd.weight"][tokens]  # (n, n_embd)
-        if opt.scale_embeddings:
-            x = x * np.float32(np.sqrt(c.n_embd))
-        causal = positions[None, :] <= positions[:, None]  # (query, key)
-        for il in range(c.n_layer):
-            p = f"blk.{il}."
-            # attention
-            h = rms_norm(x, w[p + "attn_norm.weight"], c.rms_eps)
-            q, k, v = self.qkv(h, p)
-            q, k = q.reshape(n, c.n_head, c.head_dim), k.reshape(n, c.n_head_kv, c.head_dim)
-            v = v.reshape(n, c.n_head_kv, c.head_dim)
-            if opt.qk_norm:
-                q = rms_norm(q, w[p + "attn_q_norm.weight"], c.rms_eps)
-                k = rms_norm(k, w[p + "attn_k_norm.weight"], c.rms_eps)
-            turn = dict(base=c.rope_base_of(il), n_rot=c.n_rot, neox=opt.rope_neox, factors=self.rope_factors,
-                        freq_scale=c.rope_freq_scale, attn_factor=c.rope_attn_factor)
-            q, k = rope(q, positions, **turn), rope(k, positions, **turn)
-            if kv_type == "f16":
-                k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
-            mask = causal
-            if not c.is_global(il):
-                mask = causal & (positions[:, None] - positions[None, :] < c.sliding_window)
-            group = c.n_head // c.n_head_kv
-            heads = []
-            for hd in range(c.n_head):
-                scores = q[:, hd] @ k[:, hd // group].T * np.float32(c.attention_scale)
-                if c.attn_softcap:
-                    scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
-                scores = np.where(mask, scores, -np.inf)
-                probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-                probs /= probs.sum(axis=-1, keepdims=True)
-                heads.append(probs @ v[:, hd // group])
-            attn = self.linear(np.concatenate(heads, axis=-1), p + "attn_output")
-            if opt.post_norms:
-                attn = rms_norm(attn, w[p + "post_attention_norm.weight"], c.rms_eps)
-            x = x + attn
-            # feed-forward
-            ffn = self.ffn(rms_norm(x, w[p + "ffn_norm.weight"], c.rms_eps), p)
-            if opt.post_norms:
-                ffn = rms_norm(ffn, w[p + "post_ffw_norm.weight"], c.rms_eps)
-            x = x + ffn
-        x = rms_norm(x, w["output_norm.weight"], c.rms_eps)
-        logits = x @ self.output.T
-        if c.final_softcap:
-            logits = c.final_softcap * np.tanh(logits / c.final_softcap)
-        return logits.astype(np.float32)
+    def head(self, step, p: str, a: Values) -> None:
+        logits = a.h @ self.w[step.tensor + ".weight"].T
+        if step.softcap:
+            logits = step.softcap * np.tanh(logits / step.softcap)
+        a.h = logits
+
+    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate, "attention": attention,
+             "output": attn_output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": moe, "head": head}

@@ -23,6 +23,7 @@ from ..errors import GGUFError, LlamapyzError, UnsupportedModelError
 from ..gguf.reader import GGUFFile, Tensor
 from ..kernels.linear import QuantMatrix
 from .hparams import ModelConfig
+from .recipe import rope_factors
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Weights:
     output_norm: np.ndarray  # (n_embd,)
     output: QuantMatrix  # (n_vocab, n_embd): output.weight, or token_embd when tied
     rope_factors: dict[str, np.ndarray] = field(default_factory=dict)  # "freqs" / "long" / "short": (n_rot/2,)
+    tensor_names: frozenset[str] = frozenset()  # the file's tensors (every one is used): what `recipe` reads
 
     @property
     def derived_bytes(self) -> int:
@@ -158,7 +160,8 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
         layers.append(layer)
     token_embd = t.matrix("token_embd", _n_tokens(gguf), c.n_embd, bias=False)
     output = t.matrix("output", token_embd.n_rows, c.n_embd) if t.has("output.weight") else token_embd
-    weights = Weights(token_embd, layers, t.vector("output_norm.weight", c.n_embd), output, _rope_factors(t, c))
+    weights = Weights(token_embd, layers, t.vector("output_norm.weight", c.n_embd), output, _rope_factors(t, c),
+                      frozenset(gguf.tensors))
     t.check_all_taken()
     return weights
 
@@ -188,12 +191,13 @@ def _experts(t: _Tensors, p: str, c: ModelConfig) -> Experts:
 
 
 def _rope_factors(t: _Tensors, c: ModelConfig) -> dict[str, np.ndarray]:
-    """Per-frequency rope factors: Llama 3.1's rope_freqs, or LongRoPE's long and short sets."""
-    kind = "longrope" if c.rope_scaling == "longrope" else c.options.rope_factors
+    """Per-frequency rope factors: Llama 3.1's rope_freqs, or LongRoPE's long and short sets (which the recipe's
+    rope step applies: `recipe.rope_factors`)."""
+    kind = rope_factors(c, t.tensors)
     half = c.n_rot // 2
-    if kind == "freqs" and t.has("rope_freqs.weight"):
+    if kind == "freqs":
         return {"freqs": t.vector("rope_freqs.weight", half)}
-    if kind == "longrope" and (t.has("rope_factors_long.weight") or t.has("rope_factors_short.weight")):
+    if kind == "longrope":
         return {"long": t.vector("rope_factors_long.weight", half),
                 "short": t.vector("rope_factors_short.weight", half)}
     return {}
