@@ -29,12 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import config, cuda, float32, int32
 
+from ..kernels import scalar
 from .formats import FORMAT_IDS, block_dot, block_elements, half_value
 
 if not config.ENABLE_CUDASIM:  # compiled kernels are cached per user (the simulator compiles nothing)
     from .gpu_cache import install
 
     install()
+
+# the scalar math the CPU kernels share (`kernels/scalar.py`), as device functions
+gelu_tanh, silu, softcap = (cuda.jit(device=True)(f) for f in (scalar.gelu_tanh, scalar.silu, scalar.softcap))
 
 WARP = 32  # the most lanes: shared arrays are sized for it
 MAX_ROWS = 4  # the most weight rows per thread block of `product`
@@ -188,11 +192,7 @@ def gated_activation(gate, up, gelu, out):
     for i in range(cuda.grid(1), out.shape[0] * out.shape[1], cuda.gridsize(1)):
         t, j = i // out.shape[1], i % out.shape[1]
         g = gate[t, j]
-        if gelu:
-            k = float32(0.7978845608028654)  # sqrt(2 / pi)
-            a = float32(0.5) * g * (float32(1.0) + math.tanh(k * (g + float32(0.044715) * g * g * g)))
-        else:
-            a = g / (float32(1.0) + math.exp(-g))
+        a = gelu_tanh(g) if gelu else silu(g)
         out[t, j] = a * up[t, j]
 
 
@@ -263,10 +263,10 @@ def sum_ranks(parts, out):
 
 
 @cuda.jit(cache=True)
-def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
+def attention(q, keys, values, pos0, key_pos0, window, scale, cap, out):
     """q (n, n_head * hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
     key_pos0..; out (n, n_head * hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
-    key_pos0); softcap > 0 turns each scaled score x into softcap * tanh(x / softcap). hd <= MAX_HEAD_DIM."""
+    key_pos0); cap > 0 turns each scaled score x into cap * tanh(x / cap). hd <= MAX_HEAD_DIM."""
     t, h = cuda.blockIdx.x, cuda.blockIdx.y
     lane = cuda.threadIdx.x
     hd = keys.shape[2]
@@ -284,8 +284,8 @@ def attention(q, keys, values, pos0, key_pos0, window, scale, softcap, out):
         for d in range(hd):
             score += q[t, q0 + d] * half_value(int32(keys[row, kv, d]))
         score *= scale
-        if softcap > 0:
-            score = softcap * math.tanh(score / softcap)
+        if cap > 0:
+            score = softcap(score, cap)
         if score > top:
             shrink = math.exp(top - score)
             weight *= shrink

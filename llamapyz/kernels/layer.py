@@ -2,9 +2,10 @@
 besides the matrix products when every step is a Python call (~10 kernel calls, their arguments and numpy
 views per layer and token: a third of a 2-thread decode step on SmolLM2, measured).
 
-Each function does, in the same order and with the same kernels, what `model/forward.py` does step by
-step in Python for layers these cannot take (products without an integer kernel, experts), so a layer's
-results are the same bits either way (`tests/test_exactness.py` compares them):
+Each function does a run of a layer's recipe steps (`model/recipe.py`; `model/fused.py` matches the runs by
+their steps' names), in the same order and with the same kernels as `model/forward.py`'s Python steps, which
+layers these cannot take run instead (products without an integer kernel, experts), so a layer's results are
+the same bits either way (`tests/test_exactness.py` compares them):
 
 - `attention_input`: h = rms_norm(x); [q k v] = h @ [Wq; Wk; Wv].T + biases; q and k heads normed
   (qk-norm, when q_norm/k_norm are not empty) and rotated by their rows' positions.

@@ -9,12 +9,10 @@ through `simd.dot_f32`, whose vectorized order is fixed by hand.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from . import half
+from . import half, scalar
 
 # error_model "numpy": a division by zero gives inf/NaN as in numpy, never a ZeroDivisionError (under nnan,
 # LLVM may take the zero-check's branch for a NaN, so a NaN weight in a corrupt file raised in the middle of
@@ -84,25 +82,26 @@ def rope_rows(x, c0, n_heads, head_dim, cos, sin, positions, n_rot, neox):
                 x[i, b_at] = a * s + b * c
 
 
+# the shared scalar math (`scalar.py`), inlined into the kernels that call it, under their flags
+gelu_tanh, silu, softcap = (njit(inline="always", error_model="numpy")(f) for f in
+                            (scalar.gelu_tanh, scalar.silu, scalar.softcap))
+
+
 @njit(**_OPTS)
 def gated_activation(gate, up, gelu, out):
     """out = act(gate) * up, act = gelu_tanh if gelu else silu; all (n,) float32."""
-    k = np.float32(math.sqrt(2.0 / math.pi))
     for i in range(gate.shape[0]):
         g = gate[i]
-        if gelu:
-            a = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(k * (g + np.float32(0.044715) * g * g * g)))
-        else:
-            a = g / (np.float32(1.0) + np.exp(-g))
+        a = gelu_tanh(g) if gelu else silu(g)
         out[i] = a * up[i]
 
 
 @njit(parallel=True, **_OPTS)
-def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_parts, out):
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts, out):
     """Causal attention: q (n, n_head, hd) at positions pos0..; keys/values (s, n_kv, hd) at positions
     key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache read in place, widened in registers: the
-    same bits as its float32 copy); out (n, n_head, hd). softcap > 0: each scaled score s becomes
-    softcap * tanh(s / softcap) (gemma2's attention-logit soft-capping).
+    same bits as its float32 copy); out (n, n_head, hd). cap > 0: each scaled score s becomes
+    cap * tanh(s / cap) (gemma2's attention-logit soft-capping).
 
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). One
     task per query and part of its heads (n_parts per query: more than one only when there are fewer
@@ -133,8 +132,8 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, softcap, n_pa
                 key = keys[skip + t, g]
                 for h in range(max(h0, g * group), min(h1, g * group + group)):
                     score = vector_dot(q[i, h], key) * scale
-                    if softcap > 0:
-                        score = softcap * np.tanh(score / softcap)
+                    if cap > 0:
+                        score = softcap(score, cap)
                     scores[h - h0, t] = score
         inv = np.empty(h1 - h0, np.float32)  # 1 / the sum of each head's exponentials
         for r in range(h1 - h0):

@@ -3,8 +3,9 @@
 One forward pass serves every architecture here; what differs is data: `ArchOptions` says what an
 architecture does (rope style, norms, activation, sliding windows, soft-capping, which tensor layouts it
 accepts), and the file says the rest (a bias is used because its tensor is there, experts because
-`expert_count` is set). Adding a llama-like family is a new entry in `ARCHITECTURES`, not a new forward
-pass. Where an architecture's behaviour is llama.cpp's choice rather than the paper's, the option says so.
+`expert_count` is set). `recipe.py` turns the two into the steps every backend runs (`llamapyz inspect FILE
+--layers` prints them). Adding a family made of existing steps is a new entry in `ARCHITECTURES`, not a new
+forward pass. Where an architecture's behaviour is llama.cpp's choice rather than the paper's, the option says so.
 """
 
 from __future__ import annotations

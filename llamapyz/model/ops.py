@@ -1,8 +1,8 @@
 """The transformer's non-matrix steps on float32 activations: RMSNorm, rotary embeddings, attention, FFN
 activations, batched over tokens.
 
-RMSNorm, rope and the FFN activation run as the numba kernels of `kernels/ops.py`, whose numpy twins are
-the plain reference forward pass's functions (`tests/reference_model.py`; `tests/test_ops.py` compares
+RMSNorm, rope and the FFN activation run as the numba kernels of `kernels/steps.py`, whose numpy twins are
+the plain reference forward pass's functions (`model/reference.py`; `tests/test_steps.py` compares
 them). Attention is a numba kernel computing each query row on its own (`attention_numpy`, with BLAS
 products, is its batched twin for the tests), and `softcap` is gemma2's final-logit soft-capping.
 """
