@@ -9,6 +9,8 @@ every output independent of the batch and the CPU tier.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -59,32 +61,79 @@ def _k4_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+TWINS: dict[str, Callable[[np.ndarray], dict]] = {}  # per row kernel: its steps' integers and scales
+
+
+def twin(name: str) -> Callable:
+    """`@twin("Q4_0")` above the numpy twin of format Q4_0's row kernel: blocks (n_rows, steps, step bytes)
+    uint8 -> "q" (n_rows, steps, sub-blocks, 32) integers, "d", and what the format adds: "m" (an offset per
+    block), "dmin", "sc"/"mn" (sub-block scales/mins), "lane_scale" (Q6_K: a scale per lane)."""
+
+    def register(fn: Callable) -> Callable:
+        assert name not in TWINS, f"a second twin for {name}"
+        TWINS[name] = fn
+        return fn
+
+    return register
+
+
 def unpack(name: str, raw: np.ndarray) -> dict:
-    """Per step (block or super-block) of each row: "q" (n_rows, steps, 8 sub-blocks, 32) integers, "d",
-    and what the format adds: "m" (an offset per block), "sc"/"mn" (sub-block scales/mins), "lane_scale"
-    (Q6_K: a scale per lane)."""
-    b = raw.reshape(raw.shape[0], -1, ROW_KERNELS[name].step_bytes)
-    if name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
-        if name == "Q8_0":
-            q = b[..., 2:34].view(np.int8).astype(np.int64)
-        elif name in ("Q4_0", "Q4_1"):
-            q = _nibbles16(b[..., -16:]) - (8 if name == "Q4_0" else 0)
-        else:
-            qh = b[..., 2:6] if name == "Q5_0" else b[..., 4:8]
-            q = (_nibbles16(b[..., -16:]) | _fifth(qh)) - (16 if name == "Q5_0" else 0)
-        out = {"q": q[:, :, None, :], "d": _half(b, 0)}
-        if name in ("Q4_1", "Q5_1"):
-            out["m"] = _half(b, 2)
-        return out
-    if name in ("Q4_K", "Q5_K"):
-        qs = b[..., 16:144] if name == "Q4_K" else b[..., 48:176]
-        q = np.stack([(qs[..., 32 * (j // 2):32 * (j // 2) + 32].astype(np.int64) >> (4 * (j & 1))) & 15
-                      for j in range(8)], axis=2)
-        if name == "Q5_K":
-            q |= np.stack([((b[..., 16:48].astype(np.int64) >> j) & 1) << 4 for j in range(8)], axis=2)
-        sc, mn = _k4_scales(b[..., 4:16])
-        return {"q": q, "d": _half(b, 0), "dmin": _half(b, 2), "sc": sc, "mn": mn}
-    # Q6_K
+    """The twin's view of raw (n_rows, row bytes), in steps of the format record's bytes per block."""
+    return TWINS[name](raw.reshape(raw.shape[0], -1, ROW_KERNELS[name].step_bytes))
+
+
+def _block32(b: np.ndarray, q: np.ndarray, offset: bool = False) -> dict:
+    """A 32-value block: d f16 first, then m f16 where the format has an offset."""
+    return {"q": q[:, :, None, :], "d": _half(b, 0)} | ({"m": _half(b, 2)} if offset else {})
+
+
+@twin("Q4_0")
+def _q4_0(b: np.ndarray) -> dict:
+    return _block32(b, _nibbles16(b[..., 2:18]) - 8)
+
+
+@twin("Q4_1")
+def _q4_1(b: np.ndarray) -> dict:
+    return _block32(b, _nibbles16(b[..., 4:20]), offset=True)
+
+
+@twin("Q5_0")
+def _q5_0(b: np.ndarray) -> dict:
+    return _block32(b, (_nibbles16(b[..., 6:22]) | _fifth(b[..., 2:6])) - 16)
+
+
+@twin("Q5_1")
+def _q5_1(b: np.ndarray) -> dict:
+    return _block32(b, _nibbles16(b[..., 8:24]) | _fifth(b[..., 4:8]), offset=True)
+
+
+@twin("Q8_0")
+def _q8_0(b: np.ndarray) -> dict:
+    return _block32(b, b[..., 2:34].view(np.int8).astype(np.int64))
+
+
+def _k4(b: np.ndarray, qs: np.ndarray, qh: np.ndarray | None = None) -> dict:
+    """Q4_K and Q5_K: d, dmin, 12 bytes of 6-bit scales and mins, then the values' nibbles (and fifth bits)."""
+    q = np.stack([(qs[..., 32 * (j // 2):32 * (j // 2) + 32].astype(np.int64) >> (4 * (j & 1))) & 15
+                  for j in range(8)], axis=2)
+    if qh is not None:
+        q |= np.stack([((qh.astype(np.int64) >> j) & 1) << 4 for j in range(8)], axis=2)
+    sc, mn = _k4_scales(b[..., 4:16])
+    return {"q": q, "d": _half(b, 0), "dmin": _half(b, 2), "sc": sc, "mn": mn}
+
+
+@twin("Q4_K")
+def _q4_k(b: np.ndarray) -> dict:
+    return _k4(b, b[..., 16:144])
+
+
+@twin("Q5_K")
+def _q5_k(b: np.ndarray) -> dict:
+    return _k4(b, b[..., 48:176], b[..., 16:48])
+
+
+@twin("Q6_K")
+def _q6_k(b: np.ndarray) -> dict:
     subs, scales = [], []
     for half in range(2):
         for k in range(4):
@@ -172,10 +221,10 @@ def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():
     assert np.abs(matrices[1].matvec(x) - x.x @ w.T).max() <= 0.02 * (np.abs(x.x) @ np.abs(w).T).max()
 
 
-def test_every_row_kernel_is_reached_through_its_records_type_id():
-    """The one id space: `matmul_table`'s format column is the record's ggml type id, for every row kernel,
-    and each row kernel's format also has a dequantizer (embeddings, `QuantMatrix.rows`)."""
-    assert len(ROW_KERNELS) >= 8
+def test_every_row_kernel_is_reached_through_its_records_type_id_and_has_a_twin():
+    """The one id space: `matmul_table`'s format column is the record's ggml type id, for every row kernel;
+    each row kernel's format also has a dequantizer (embeddings, `QuantMatrix.rows`) and a numpy twin here."""
+    assert len(ROW_KERNELS) >= 8 and set(TWINS) == set(ROW_KERNELS)
     for record, kernel in ROW_KERNELS.items():
         assert kernel.format is record and KERNELS[record.name].format_id == record.type_id
         assert KERNELS[record.name].row is kernel and kernel.activation in ACTIVATIONS

@@ -171,3 +171,12 @@ def simd_f16(raw, offset):
     from numba import njit
 
     return njit(lambda b, o: simd.f16_at(b, o))(raw, offset)
+
+
+def test_every_quantized_format_the_reference_decodes_has_a_dequant_kernel():
+    """`QuantMatrix` never decodes a quant format's rows with the numpy reference; plain numbers (block size 1)
+    are numpy casts. KERNELS is made from the formats' tables, keyed by their records."""
+    from llamapyz.gguf.quants import FORMATS
+
+    assert set(KERNELS) == {f.name for f in FORMATS.values() if f.supported and f.block_size > 1}
+    assert all(k.format is FORMATS_BY_NAME[name] for name, k in KERNELS.items())

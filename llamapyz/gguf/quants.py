@@ -8,12 +8,18 @@ The dequantizers here are the plain, readable references (bit-exact with ggml's 
 takes the blocks of a tensor as a structured array (a zero-copy view of the file) and returns float32
 values of shape (n_blocks, block_size). Arithmetic follows ggml's order of float32 operations exactly.
 
-A format's kernels live in the module of their kind, in higher layers (CPU dequantizers in
-`kernels/dequant.py`, CPU row products in `kernels/blockdot.py`, GPU block dots in `gpu/formats.py`); each
-attaches itself to its record by name through a `KernelTable` of its kind, which refuses a name this table
-does not know and a second kernel for one format. Every dispatch over formats, on the CPU and the GPU, is
-generated from those tables and keyed by the record's ggml type id: there is one id space, and adding a
-format is its record here plus each of its kernels, written once, beside the others of its kind.
+A format's kernels live in the module of their kind, in higher layers; each attaches itself to its record
+by name through a `KernelTable` of its kind, which refuses a name this table does not know and a second
+kernel for one format. Every dispatch over formats, on the CPU and the GPU, is generated from those tables
+and keyed by the record's ggml type id: there is one id space. Adding a format is its record, then each of
+its kernels written once, beside the others of its kind; no table or dispatch is edited:
+1. here: its `QuantFormat` in `_TABLE` and its numpy reference (`dequant_<fmt>`, bit-exact with gguf-py's);
+2. `kernels/dequant.py`: `@DEQUANT.of(name)` on its numba dequantizer (bit-exact with 1);
+3. `kernels/blockdot.py` (optional): `@row_kernel(name, activation)` on its integer row kernel, and its numpy
+   twin `@twin(name)` in tests/test_blockdot.py; without one, its products decode rows (`steps.dot_rows`);
+4. `gpu/formats.py` (optional): `@DEVICE_DOTS.of(name)` on its GPU block dot; without one, the layers that
+   hold it stay on the CPU (`gpu/offload.py` says so).
+The tests of each kind run over its table, so they take the new kernel up by themselves.
 """
 
 from __future__ import annotations
