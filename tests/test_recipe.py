@@ -154,6 +154,26 @@ def test_the_fused_kernels_give_way_to_the_python_steps_where_a_layer_cannot_tak
     assert [op.kernel for op in t.plans[4]] == ["attention_input", "", "add_attention_output", "add_ffn"]
 
 
+def test_a_fused_kernel_takes_only_the_runs_of_steps_it_knows(family):
+    """A setting the kernel lacks (an activation) or a step it does not know between its steps: no kernel there,
+    so the layer would take the Python steps rather than a kernel that skips or misreads a step."""
+    import dataclasses
+
+    from llamapyz.model.fused import fused_run
+    from llamapyz.model.recipe import Step
+
+    model = Model.load(family("llama")[0], n_ctx=64, n_threads=1)
+    t = model.transformer
+    steps, args = t.recipe.layers[0], (t.fused[0], model.weights.layers[0], model.config, t.ropes)
+    assert fused_run(steps, 0, *args)[:2] == ("attention_input", 3)
+    assert fused_run(steps, 6, *args)[:2] == ("add_ffn", 3)
+    relu = tuple(dataclasses.replace(s, activation="relu") if s.name == "ffn" else s for s in steps)
+    assert fused_run(relu, 6, *args) is None
+    clamp = dataclasses.make_dataclass("Clamp", [], bases=(Step,), frozen=True, namespace={"name": "clamp"})
+    unknown = steps[:2] + (clamp(),) + steps[2:]
+    assert fused_run(unknown, 0, *args) is None
+
+
 @pytest.mark.parametrize("name", ["llama-moe", "phi3-long", "gemma2"])
 def test_the_reference_runs_exactly_the_recipe(family, name, monkeypatch):
     path, n_ctx = family(name, "F16")
