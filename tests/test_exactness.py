@@ -166,6 +166,45 @@ def test_batching_does_not_change_the_bits(model_path, name, kv_type):
                 assert_same_kv(ctx, alone[i][1], what)
 
 
+
+def run_mixed(model: Model, group: list[tuple[list[int], list[int]]], budget: int) -> tuple[np.ndarray, list[Context]]:
+    """`run_alone` for several sequences as the server's engine turns run them: sequence i arrives at turn i,
+    and each turn is one `Model.step` with the next chunks of the prompts (`chunk_plan`) and a token for
+    every sequence that decodes, a prompt's last token in the pass that evaluates its last chunk. Logits
+    (n_sequences, steps, n_vocab)."""
+    contexts = [model.new_context() for _ in group]
+    prompts, fed, rows = [], [[] for _ in group], [[] for _ in group]  # fed: tokens each sequence decoded
+    turn = 0
+    while any(len(f) < 1 + len(c) for f, (_, c) in zip(fed, group, strict=True)):
+        if turn < len(group):
+            prompts.append(model.start_prompt(group[turn][0], contexts[turn]))
+        chunks = model.chunk_plan([p for p in prompts if p.remaining > 0], budget)
+        finishing = {id(p) for p, n in chunks if n == p.remaining}
+        decoding = [i for i, p in enumerate(prompts) if len(fed[i]) < 1 + len(group[i][1])
+                    and (fed[i] or p.remaining == 0 or id(p) in finishing)]
+        tokens = [group[i][1][len(fed[i]) - 1] if fed[i] else prompts[i].last_token for i in decoding]
+        logits = model.step(chunks, tokens, [contexts[i] for i in decoding])
+        for i, token, row in zip(decoding, tokens, logits if decoding else [], strict=True):
+            fed[i].append(token)
+            rows[i].append(row)
+        turn += 1
+    return np.stack([np.stack(r) for r in rows]), contexts
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_pass_of_chunks_and_tokens_does_not_change_the_bits(model_path, name):
+    """Prompts arriving while others decode share each pass with them (the engine's one pass per turn), and
+    a prompt's last chunk and last token share a pass: each sequence still gives what it gives alone."""
+    model = load(model_path, name)
+    pairs = sequences(model.n_vocab)
+    for budget in (4, 512):
+        logits, contexts = run_mixed(model, pairs, budget)
+        for i, (prompt, continuation) in enumerate(pairs):
+            want, ctx = run_alone(model, prompt, continuation)
+            what = f"sequence {i} in mixed passes, budget {budget}"
+            assert_bits(logits[i], want, f"{what}: logits")
+            assert_same_kv(contexts[i], kv(ctx), what)
+
 # every model whose weights have integer kernels: its layers run as the fused numba steps
 FUSED = [name for name in sorted(MODELS) if getattr(KERNELS.get(MODELS[name][1]), "format_id", None) is not None]
 

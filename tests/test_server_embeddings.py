@@ -35,6 +35,19 @@ def vectors_of(response: httpx.Response) -> np.ndarray:
     return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in response.json()["data"]])
 
 
+def spy_decode(model: Model, before: Callable[[], None]) -> None:
+    """Call `before` (in the engine's thread) ahead of each engine pass that decodes (`Model.step` with tokens;
+    a pass may also carry prompts' chunks)."""
+    real = model.step
+
+    def recorded(chunks, tokens, contexts):
+        if len(tokens):
+            before()
+        return real(chunks, tokens, contexts)
+
+    model.step = recorded
+
+
 def spy(model: Model, name: str, before: Callable[[], None]) -> None:
     """Call `before` (in the engine's thread) ahead of each call of model.<name>."""
     real = getattr(model, name)
@@ -115,7 +128,7 @@ def test_generation_runs_between_the_pieces_of_a_big_embedding(tiny_llama):
             log.append("embed")
 
         spy(model, "embed_chunk", piece)
-        spy(model, "decode_batch", lambda: log.append("decode"))
+        spy_decode(model, lambda: log.append("decode"))
         finished: dict[str, float] = {}
 
         def embed() -> None:
@@ -160,7 +173,7 @@ def test_a_completion_gets_a_slot_promptly_behind_embeddings_that_hold_every_slo
             return real_chunk(embedding)
 
         model.embed_chunk = piece
-        spy(model, "decode_batch", lambda: log.append("decode"))
+        spy_decode(model, lambda: log.append("decode"))
         real_submit = engine.submit
         engine.submit = lambda job: (log.append("submit") if job.generation is not None else None, real_submit(job))
         results: dict[int, httpx.Response] = {}

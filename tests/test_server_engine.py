@@ -23,8 +23,8 @@ def deferred(live) -> int:
 def test_a_request_cancelled_while_it_waits_is_not_counted_as_deferred(tiny_llama):
     with ServerThread(tiny_llama, n_ctx=64, n_slots=1) as live:
         engine, model = live.state.engine, live.state.model
-        decode = model.decode_batch
-        model.decode_batch = lambda *args, **kwargs: time.sleep(0.05) or decode(*args, **kwargs)  # 40 steps: 2 s
+        step = model.step  # the engine's pass each turn
+        model.step = lambda *args, **kwargs: time.sleep(0.05) or step(*args, **kwargs)  # 40 steps: 2 s
         long_reply: dict = {}
         busy = threading.Thread(target=lambda: long_reply.setdefault("response", httpx.post(
             live.url + "/v1/completions", json={"prompt": "a", "max_tokens": 40, "logit_bias": NO_EOG}, timeout=60)))

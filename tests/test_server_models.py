@@ -227,13 +227,13 @@ def slow_down(served, step_s: float) -> None:
     """Each decode step of `served`'s engine takes `step_s` more: its requests stay in the engine (not in
     HTTP) most of their time, as a real model's do."""
     model = served.engine.model
-    decode = model.decode_batch
+    step = model.step  # the engine's pass each turn
 
-    def slow_decode(*args, **kwargs):
+    def slow_step(*args, **kwargs):
         time.sleep(step_s)
-        return decode(*args, **kwargs)
+        return step(*args, **kwargs)
 
-    model.decode_batch = slow_decode
+    model.step = slow_step
 
 
 def keep_busy(live, alias: str, n_clients: int, stop: threading.Event, answers: list) -> list[threading.Thread]:

@@ -80,8 +80,8 @@ def test_big_texts_are_refused_fast_beside_an_unharmed_stream(live):
     11 s)."""
     engine = live.state.engine
     model = live.state.model
-    decode = model.decode_batch
-    model.decode_batch = lambda *args, **kwargs: time.sleep(0.01) or decode(*args, **kwargs)  # 200 steps: 2 s at least
+    step = model.step  # the engine's pass each turn
+    model.step = lambda *args, **kwargs: time.sleep(0.01) or step(*args, **kwargs)  # 200 steps: 2 s at least
     try:
         arrivals: list[float] = []
 
@@ -118,7 +118,7 @@ def test_big_texts_are_refused_fast_beside_an_unharmed_stream(live):
         assert streaming.is_alive() and engine.n_running == 1  # the stream outlasted them
         streaming.join(60)
     finally:
-        model.decode_batch = decode
+        model.step = step
     for path, (seconds, response) in answers.items():
         assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded", path
         assert seconds < 5, (path, seconds)  # when tokenized: 55 s each

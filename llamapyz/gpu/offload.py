@@ -22,6 +22,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernels.linear import QuantMatrix
+from ..model.forward import output_rows
 from ..model.hparams import ModelConfig
 from ..model.moe import route
 from ..model.ops import Rope, softcap
@@ -239,15 +240,15 @@ class Offload:
             self._scratch[n] = arrays
         return arrays
 
-    def run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
+    def run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str | int) -> np.ndarray | None:
         """The offloaded layers on hidden states x (n, n_embd) at `positions`, each segment's keys and values
         in its cache's `device` part. Returns, on the host: with the head on the device, what `output` asks
-        for ("last"/"all" logits, "hidden" normed states, "none" nothing); without it, the hidden states
-        (n, n_embd) for the CPU's final steps and head."""
+        for ("last"/"all" logits, k: the last k rows' logits, "hidden" normed states, "none" nothing); without
+        it, the hidden states (n, n_embd) for the CPU's final steps and head."""
         with cuda.gpus[self.device.index]:  # the engine's thread, not the loader's, runs this
             return self._run(x, positions, segments, output)
 
-    def _run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str) -> np.ndarray | None:
+    def _run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str | int) -> np.ndarray | None:
         n = len(x)
         a = DeviceValues(cuda.to_device(np.ascontiguousarray(x, dtype=np.float32)),
                          cuda.to_device(positions.astype(np.int64)), segments, self.scratch(n))
@@ -258,7 +259,7 @@ class Offload:
         if output == "none":
             cuda.synchronize()
             return None
-        rows = a.s["h"][n - 1:] if output == "last" else a.s["h"]
+        rows = a.s["h"][n - output_rows(output, n):]
         if output == "hidden":
             return rows.copy_to_host()
         (step,) = self.recipe.head

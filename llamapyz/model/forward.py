@@ -152,22 +152,22 @@ class Transformer:
         """
         return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output)
 
-    def prefill_batch(self, chunks: list[tuple[np.ndarray, int, KVCache]]) -> None:
-        """Prefill chunks of several sequences (tokens, pos0, cache) in one pass over the weights. A chunk's
-        keys and values are the same as when it is prefilled alone."""
-        tokens = np.concatenate([np.asarray(ids) for ids, _, _ in chunks])
-        self._run(tokens, [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks], "none")
+    def step(self, chunks: list[tuple[np.ndarray, int, KVCache]], tokens: np.ndarray, positions: list[int],
+             caches: list[KVCache]) -> np.ndarray | None:
+        """Chunks of several sequences' prompts (tokens, pos0, cache) and one token for each of several others
+        (token i at positions[i] of caches[i]), in one pass over the weights: the decoded tokens' logits
+        (len(tokens), n_vocab), or None without any. A sequence may have a chunk and then a token: its chunk's
+        keys are stored before its token attends (segments go in order).
 
-    def decode_batch(self, tokens: np.ndarray, positions: list[int], caches: list[KVCache]) -> np.ndarray:
-        """One token for each of several sequences (token i at positions[i] of caches[i]): logits (n, n_vocab).
+        Every row goes through the same kernels, in the same order, as when it is evaluated alone, so a chunk's
+        keys and values and a token's logits do not depend on the company they keep (batch invariance)."""
+        segments = [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks]
+        segments += [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
+        ids = np.concatenate([*(np.asarray(ids, dtype=np.int64) for ids, _, _ in chunks),
+                              np.asarray(tokens, dtype=np.int64)])
+        return self._run(ids, segments, len(tokens) or "none")
 
-        Every sequence's row goes through the same kernels, in the same order, as when it is decoded alone,
-        so its logits do not depend on the company it keeps (batch invariance).
-        """
-        segments = [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
-        return self._run(np.asarray(tokens), segments, "all")
-
-    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str) -> np.ndarray | None:
+    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str | int) -> np.ndarray | None:
         positions = np.concatenate([np.arange(s.pos0, s.pos0 + s.n) for s in segments])  # (n,) of each row
         a = Activations(tokens, positions, segments, self.scratch.get(len(tokens)))
         for op in self.embed_ops:
@@ -183,8 +183,8 @@ class Transformer:
             a.x = x
         if output == "none":
             return None
-        if output == "last":
-            a.x = a.x[-1:]
+        if output != "hidden":
+            a.x = a.x[len(a.x) - output_rows(output, len(a.x)):]
         for op in self.final_ops:
             op.run(a)
         if output == "hidden":
@@ -255,6 +255,11 @@ class Transformer:
 
     STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate, "attention": attend,
              "output": output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": experts, "head": head}
+
+
+def output_rows(output: str | int, n: int) -> int:
+    """How many of a pass's last rows `output` asks the head for: "last" 1, "all" (or "hidden") all n, k k."""
+    return 1 if output == "last" else output if isinstance(output, int) else n
 
 
 @dataclass

@@ -238,21 +238,44 @@ class Model:
         ctx.tokens = ctx.tokens[:common]
         return Prompt(ids, ctx, common)
 
-    def prefill_chunks(self, prompts: Sequence[Prompt], budget: int | None = None) -> None:
-        """Evaluate the next chunk of each prompt in one forward pass: up to `budget` tokens in all (default
-        batch_size), at least one token of the first prompt."""
+    def chunk_plan(self, prompts: Sequence[Prompt], budget: int | None = None) -> list[tuple[Prompt, int]]:
+        """How many tokens of each prompt the next pass evaluates: in order, up to `budget` tokens in all
+        (default batch_size), at least one token of the first prompt."""
         budget = budget or self.batch_size
-        chunks = []
+        plan = []
         for prompt in prompts:
             n = min(prompt.remaining, budget)
             if n <= 0:
                 break
-            start = len(prompt.ctx.tokens)
-            chunks.append((prompt.ids[start:start + n], start, prompt.ctx.cache))
+            plan.append((prompt, n))
             budget -= n
-        self.transformer.prefill_batch(chunks)
-        for prompt, (ids, start, _) in zip(prompts, chunks, strict=False):
-            prompt.ctx.tokens = prompt.ids[:start + len(ids)].tolist()
+        return plan
+
+    def step(self, chunks: Sequence[tuple[Prompt, int]], tokens: Sequence[int], contexts: Sequence[Context]
+             ) -> np.ndarray | None:
+        """One forward pass (one read of the weights) for a server's turn: the next `n` tokens of each prompt
+        (`chunk_plan`) and token i appended to contexts[i]: logits (len(tokens), n_vocab), or None without
+        tokens. A context may take its prompt's last chunk and then its last token in the same pass. Each row
+        is exactly what it would be alone (`prefill_chunks`, `decode`): tests/test_exactness.py."""
+        plan = [(prompt.ids[len(prompt.ctx.tokens):len(prompt.ctx.tokens) + n], len(prompt.ctx.tokens),
+                 prompt.ctx.cache) for prompt, n in chunks]
+        added = {id(prompt.ctx): n for prompt, n in chunks}
+        positions = [len(ctx.tokens) + added.get(id(ctx), 0) for ctx in contexts]  # after this pass's chunks
+        if any(position >= self.n_ctx for position in positions):
+            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        ids = np.asarray(tokens, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.weights.token_embd.n_rows):
+            raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
+        logits = self.transformer.step(plan, ids, positions, [c.cache for c in contexts])
+        for (prompt, n), (_, start, _) in zip(chunks, plan, strict=True):  # what the caches now hold
+            prompt.ctx.tokens = prompt.ids[:start + n].tolist()
+        for ctx, token in zip(contexts, ids.tolist(), strict=True):
+            ctx.tokens.append(token)
+        return logits
+
+    def prefill_chunks(self, prompts: Sequence[Prompt], budget: int | None = None) -> None:
+        """Evaluate the next chunk of each prompt in one forward pass (`chunk_plan`)."""
+        self.step(self.chunk_plan(prompts, budget), [], [])
 
     def decode(self, token: int, ctx: Context | None = None) -> np.ndarray:
         """Logits (n_vocab,) after appending one token to the cached context."""
@@ -261,17 +284,7 @@ class Model:
     def decode_batch(self, tokens: Sequence[int], contexts: Sequence[Context]) -> np.ndarray:
         """Logits (n, n_vocab): token i appended to contexts[i], all in one forward step. Each row is
         exactly what `decode` alone would give."""
-        for ctx in contexts:
-            if len(ctx.tokens) >= self.n_ctx:
-                raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
-        ids = np.asarray(tokens, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= self.weights.token_embd.n_rows:
-            raise ValueError(f"token ids must be in [0, {self.weights.token_embd.n_rows})")
-        logits = self.transformer.decode_batch(ids, [len(c.tokens) for c in contexts],
-                                              [c.cache for c in contexts])
-        for ctx, token in zip(contexts, ids.tolist(), strict=True):
-            ctx.tokens.append(token)
-        return logits
+        return self.step([], tokens, contexts)
 
     # --- generation and embeddings ---------------------------------------------------------------------
 

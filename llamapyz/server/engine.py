@@ -3,11 +3,12 @@ bounded queue and their tokens come back through each request's asyncio queue.
 
 Scheduling (continuous batching): there are `n_slots` slots, each with its own context (KV cache). A waiting
 request takes a free slot (the one whose cached tokens share the longest prefix with its prompt, so the
-next turn of a chat reuses the previous turns). Each loop turn then runs one prefill pass over the next
-chunk of every new prompt (up to batch_size tokens in all) and one batched decode step for every slot with
-a token to feed (the last token of a prompt that is done, or the token sampled last). A finished or
-cancelled request leaves at the next turn; a new one joins at the next turn. Neither batching nor the
-cached prefix changes a request's output (see `model/forward.py`).
+next turn of a chat reuses the previous turns). Each loop turn then runs one forward pass, one read of the
+weights, over the next chunk of every new prompt (up to batch_size tokens in all) and a token for every slot
+with one to feed (the last token of a prompt this pass completes or completed, or the token sampled last):
+prompts arriving while others generate cost no second pass (`Model.step`). A finished or cancelled request
+leaves at the next turn; a new one joins at the next turn. Neither batching, nor which rows share a pass,
+nor the cached prefix changes a request's output (see `model/forward.py`).
 
 An embedding request takes a slot too, and each turn evaluates one piece of it: one forward pass over up to
 batch_size tokens of one input (the bound of a prefill pass), so decode steps go on between its pieces and a
@@ -219,7 +220,8 @@ class Engine:
 
     def _turn(self) -> None:
         """One loop turn: drop cancelled jobs, sample the tokens whose masks came, a piece of each embedding,
-        one prefill pass, one batched decode step."""
+        then one forward pass for the next chunk of the prompts being evaluated and a token of every slot that
+        decodes (its prompt's last token, or the one it sampled last)."""
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot)
@@ -236,22 +238,27 @@ class Engine:
             if slot.job is not None and slot.job.generation is None:
                 self._embed(slot)
         prefilling = [s for s in self.slots if s.prompt is not None and s.prompt.remaining > 0]
-        if prefilling:
-            started = time.perf_counter()
-            self.model.prefill_chunks([s.prompt for s in prefilling])
-            self.busy_s["prompt"] += time.perf_counter() - started
-        for slot in self.slots:
-            if slot.prompt is not None and slot.prompt.remaining == 0 and slot.next_token is None:
-                slot.next_token = slot.prompt.last_token  # the prompt's last token goes with the decode step
+        chunks = self.model.chunk_plan([s.prompt for s in prefilling]) if prefilling else []
+        finishing = {id(prompt) for prompt, n in chunks if n == prompt.remaining}
+        for slot in self.slots:  # a prompt done by this pass's chunk sends its last token in the same pass
+            if slot.prompt is not None and slot.next_token is None and (
+                    slot.prompt.remaining == 0 or id(slot.prompt) in finishing):
+                slot.next_token = slot.prompt.last_token
         decoding = [s for s in self.slots if s.job is not None and s.next_token is not None]
-        if decoding:
-            self._decode(decoding)
+        if chunks or decoding:
+            self._step(chunks, decoding)
 
-    def _decode(self, slots: list[Slot]) -> None:
+    def _step(self, chunks: list, slots: list[Slot]) -> None:
+        """The turn's one forward pass: the prompts' chunks and a token for each of `slots`, then each slot's
+        next token sampled from its row (the pass's time is counted as prompt and decode time by rows)."""
         started = time.perf_counter()
-        logits = self.model.decode_batch([s.next_token for s in slots], [s.context for s in slots])
+        logits = self.model.step(chunks, [s.next_token for s in slots], [s.context for s in slots])
         now = time.perf_counter()
-        self.busy_s["decode"] += now - started
+        n_prompt = sum(n for _, n in chunks)
+        self.busy_s["prompt"] += (now - started) * n_prompt / (n_prompt + len(slots))
+        self.busy_s["decode"] += (now - started) * len(slots) / (n_prompt + len(slots))
+        if not slots:
+            return
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(slots)
         for slot, row in zip(slots, logits, strict=True):
