@@ -71,7 +71,7 @@ def require_finite(values: Any, what: str = "logits") -> None:
     """A `NonFiniteError` if `values` (a numpy array out of the model) hold NaN or infinite values: its weights
     hold some (a corrupt file), and the request must end saying so, not with a token drawn from nonsense, an
     IndexError, or NaN in JSON."""
-    if not values.size or not bool(np.isfinite(values).all()):
+    if not values.size or not (np.isfinite(values.min()) and np.isfinite(values.max())):  # NaN: both NaN
         raise NonFiniteError(f"the model computed NaN or infinite {what}: its weights hold NaN or infinite values")
 
 

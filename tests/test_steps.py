@@ -109,10 +109,11 @@ def test_attention_rows_do_not_depend_on_how_heads_are_split(keys_dtype):
     keys, values = (RNG.standard_normal((2, 11, 3, 32)) * 2).astype(keys_dtype)
     if keys_dtype == np.float16:
         keys, values = keys.view(np.uint16), values.view(np.uint16)
-    outs = []
+    outs, work = [], ops.AttentionWork(9, 32, 11)
     for n_parts in (1, 2, 4, 9):
         out = np.empty((3, 9, 32), np.float32)
-        attention_rows(q, keys, values, 8, 0, 6, np.float32(0.2), np.float32(1.5), n_parts, out)
+        attention_rows(q, keys, values, 8, 0, 6, np.float32(0.2), np.float32(1.5), n_parts, out, work.scores,
+                       work.inv, work.acc)
         outs.append(out)
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])

@@ -113,13 +113,14 @@ class Generation:
             self.constraint.when_ready(callback)
 
     def step(self, logits: np.ndarray) -> Step:
-        """Sample the next token from logits (n_vocab,); the returned Step's finish_reason ends the request."""
+        """Sample the next token from logits (n_vocab,) float32, which it changes (bias, penalties, the mask:
+        the caller's row is not copied); the returned Step's finish_reason ends the request."""
         params = self.params
-        logits = logits.astype(np.float32, copy=True)
         require_finite(logits)  # before bias, penalties and masks, which may set -inf on purpose
         apply_logit_bias(logits, params.logit_bias)
-        recent = self.history if params.repeat_last_n == -1 else self.history[len(self.history) - params.repeat_last_n:]
-        apply_penalties(logits, recent if params.repeat_last_n else [], params)
+        if params.penalized and params.repeat_last_n:
+            recent = self.history[-params.repeat_last_n:] if params.repeat_last_n > 0 else self.history
+            apply_penalties(logits, recent, params)
         if self.constraint is not None:  # only tokens that keep the output in its grammar
             self.constraint.mask(logits)
         token = sample(logits, params, self.rng)

@@ -45,6 +45,11 @@ class SamplingParams:
             if not ok:
                 raise ValueError(message)
 
+    @property
+    def penalized(self) -> bool:
+        """Whether any repetition penalty is on (else `apply_penalties` changes nothing)."""
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
 
 def apply_logit_bias(logits: np.ndarray, bias: dict[int, float]) -> None:
     for token, value in bias.items():

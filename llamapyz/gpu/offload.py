@@ -228,14 +228,18 @@ class Offload:
         return DeviceKV(self.n_layers, n_ctx, self.config.n_head_kv, self.config.head_dim)
 
     def scratch(self, n: int) -> dict:
-        """Device arrays for a call of n tokens, made once per n up to REUSED_TOKENS."""
+        """Device arrays for a call of n tokens, made once per n up to REUSED_TOKENS: the residual stream x
+        and the positions as the host hands them over, each step's output, the head's logits."""
         if n in self._scratch:
             return self._scratch[n]
         c = self.config
         q_dim = c.n_head * c.head_dim
-        shapes = {"h": c.n_embd, "qkv": q_dim + 2 * c.kv_dim, "attn": q_dim, "out": c.n_embd,
+        shapes = {"x": c.n_embd, "h": c.n_embd, "qkv": q_dim + 2 * c.kv_dim, "attn": q_dim, "out": c.n_embd,
                   "gu": 2 * self.n_ff, "act": self.n_ff}
+        if self.head and n <= REUSED_TOKENS:  # a longer call asks for the last row or a few: made per call
+            shapes["logits"] = self.n_vocab
         arrays = {name: cuda.device_array((n, width), np.float32) for name, width in shapes.items()}
+        arrays["positions"] = cuda.device_array(n, np.int64)
         if n <= REUSED_TOKENS:
             self._scratch[n] = arrays
         return arrays
@@ -250,8 +254,10 @@ class Offload:
 
     def _run(self, x: np.ndarray, positions: np.ndarray, segments: list, output: str | int) -> np.ndarray | None:
         n = len(x)
-        a = DeviceValues(cuda.to_device(np.ascontiguousarray(x, dtype=np.float32)),
-                         cuda.to_device(positions.astype(np.int64)), segments, self.scratch(n))
+        s = self.scratch(n)
+        s["x"].copy_to_device(np.ascontiguousarray(x, dtype=np.float32))
+        s["positions"].copy_to_device(np.ascontiguousarray(positions, dtype=np.int64))
+        a = DeviceValues(s["x"], s["positions"], segments, s)
         for launch in self.launches:
             launch.run(a)
         if not self.head:
@@ -263,7 +269,8 @@ class Offload:
         if output == "hidden":
             return rows.copy_to_host()
         (step,) = self.recipe.head
-        logits = cuda.device_array((rows.shape[0], self.n_vocab), np.float32)
+        k = len(rows)
+        logits = s["logits"][n - k:] if "logits" in s else cuda.device_array((k, self.n_vocab), np.float32)
         self.output(rows, logits)  # the head step: its product here, its soft-capping on the host as the CPU's
         logits = logits.copy_to_host()
         return softcap(logits, step.softcap) if step.softcap else logits

@@ -15,6 +15,7 @@ A matrix may carry a float32 `bias` (n_rows,), which the forward pass adds after
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 
@@ -112,15 +113,23 @@ class QuantMatrix:
         """Rows [start, stop) as float32 (stop - start, n_cols)."""
         return self._decode(self.raw[start:stop], out)
 
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows `ids` as float32 (len(ids), n_cols)."""
-        return self._decode(self.raw[np.asarray(ids, dtype=np.int64)], None)
+    def rows(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows `ids` as float32 (len(ids), n_cols), into `out` if given (then decoded one by one, no copy of
+        their bytes: a decode step's few tokens)."""
+        if out is None:
+            return self._decode(self.raw[np.asarray(ids, dtype=np.int64)], None)
+        for j, i in enumerate(ids):
+            self._decode(self.raw[i:i + 1], out[j:j + 1])
+        return out
 
     def _decode(self, raw: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         if out is None:
             out = np.empty((raw.shape[0], self.n_cols), np.float32)
+        fields = self.format.block_dtype.fields
         if self._dequant is not None:
             self._dequant(raw, out)
+        elif self.format.block_size == 1 and fields["v"][0].kind == "f":  # F16, F32, F64: cast in place
+            np.copyto(out, raw.view(fields["v"][0]).reshape(out.shape), casting="same_kind")
         else:
             out[:] = dequantize(raw, self.format, out.shape, tensor=self.name)
         return out
@@ -146,11 +155,23 @@ class QuantMatrix:
         if self.format.name == "F32":
             dot_rows(self.raw.view(np.float32), x, out, 0)
             return out
-        tile = np.empty((min(self.tile_rows, self.n_rows), self.n_cols), np.float32)
+        tile = _tile(min(self.tile_rows, self.n_rows) * self.n_cols).reshape(-1, self.n_cols)
         for start in range(0, self.n_rows, self.tile_rows):
             stop = min(start + self.tile_rows, self.n_rows)
             dot_rows(self.dequantize_rows(start, stop, tile[: stop - start]), x, out, start)
         return out
+
+
+_tiles = threading.local()
+
+
+def _tile(n: int) -> np.ndarray:
+    """n float32 of this thread's tile for decoded rows (up to TILE_ELEMENTS), made once per thread: a float
+    matrix's product allocates nothing (8 MiB a call was a page-faulted mmap each time)."""
+    tile = getattr(_tiles, "array", None)
+    if tile is None or tile.size < n:
+        tile = _tiles.array = np.empty(max(n, TILE_ELEMENTS), np.float32)
+    return tile[:n]
 
 
 def _buffer_of(raw: np.ndarray) -> tuple[np.ndarray, int]:
@@ -196,20 +217,27 @@ class MatrixGroup:
         `REUSED_TOKENS` tokens (decode) write into buffers of this group made once, so their results are
         valid until its next call (the forward pass uses them before); `keep` for results handed out."""
         n = x.shape[0]
-        if self.table is None:
-            rows = QuantizedRows(x)
-            outs = [m.matvec(rows) for m in self.matrices]
-            for m, y in zip(self.matrices, outs, strict=True):
-                if m.bias is not None:
-                    y += m.bias
-            return outs
-        if keep or n > REUSED_TOKENS:
+        if n > REUSED_TOKENS:
             forms, out, outs = self._make_buffers(n, x.shape[1])
         else:
             forms, out, outs = self._buffers.get(n) or self._buffers.setdefault(n, self._make_buffers(n, x.shape[1]))
+            if keep:  # x's forms reused, the results new
+                _, out, outs = self._make_buffers(n, x.shape[1], forms=False)
+        if self.table is None:  # one matrix after the other, each into its own part of `out`
+            rows = QuantizedRows(x)
+            for m, y in zip(self.matrices, outs, strict=True):
+                m.matvec(rows, y)
+                if m.bias is not None:
+                    y += m.bias
+            return outs
         product(np.ascontiguousarray(x, np.float32), self.buffer, self.table, self.bias, forms, out)
         return outs
 
-    def _make_buffers(self, n: int, n_cols: int) -> tuple:
+    def _make_buffers(self, n: int, n_cols: int, forms: bool = True) -> tuple:
+        """(forms, out, outs): x's int8 forms (unless not `forms`) and the products' array (n, n_out) with each
+        matrix's columns as a view; without a table, each matrix its own array (the float kernel writes whole
+        rows)."""
+        if self.table is None:
+            return None, None, [np.empty((n, m.n_rows), np.float32) for m in self.matrices]
         out = np.empty((n, self.n_out), np.float32)
-        return form_buffers(n, n_cols, self.activations), out, [out[:, a:b] for a, b in self.bounds]
+        return form_buffers(n, n_cols, self.activations) if forms else None, out, [out[:, a:b] for a, b in self.bounds]

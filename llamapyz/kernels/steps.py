@@ -10,7 +10,7 @@ through `simd.dot_f32`, whose vectorized order is fixed by hand.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from . import half, scalar
 
@@ -97,11 +97,13 @@ def gated_activation(gate, up, gelu, out):
 
 
 @njit(parallel=True, **_OPTS)
-def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts, out):
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts, out, scores_of, inv_of, acc_of):
     """Causal attention: q (n, n_head, hd) at positions pos0..; keys/values (s, n_kv, hd) at positions
     key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache read in place, widened in registers: the
     same bits as its float32 copy); out (n, n_head, hd). cap > 0: each scaled score s becomes
-    cap * tanh(s / cap) (gemma2's attention-logit soft-capping).
+    cap * tanh(s / cap) (gemma2's attention-logit soft-capping). scores_of (threads, n_head, >= keys), inv_of
+    (threads, n_head), acc_of (threads, n_head, hd): each thread's scratch for the query it is on (indexed by
+    `get_thread_id`), so a call allocates nothing.
 
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). One
     task per query and part of its heads (n_parts per query: more than one only when there are fewer
@@ -125,7 +127,8 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts,
         first = max(key_pos0, pos - window + 1) if window > 0 else key_pos0
         skip = first - key_pos0  # keys before the window
         s = pos - first + 1
-        scores = np.empty((h1 - h0, s), np.float32)  # (heads of this part, keys)
+        thread = get_thread_id()
+        scores = scores_of[thread, :h1 - h0, :s]  # (heads of this part, keys)
         g0, g1 = h0 // group, (h1 - 1) // group + 1  # the kv heads of this part's heads
         for t in range(s):
             for g in range(g0, g1):
@@ -135,7 +138,7 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts,
                     if cap > 0:
                         score = softcap(score, cap)
                     scores[h - h0, t] = score
-        inv = np.empty(h1 - h0, np.float32)  # 1 / the sum of each head's exponentials
+        inv = inv_of[thread, :h1 - h0]  # 1 / the sum of each head's exponentials
         for r in range(h1 - h0):
             best = np.float32(-np.inf)
             for t in range(s):
@@ -145,7 +148,8 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts,
                 scores[r, t] = np.exp(scores[r, t] - best)
                 total += scores[r, t]
             inv[r] = np.float32(1.0) / total
-        acc = np.zeros((h1 - h0, head_dim), np.float32)
+        acc = acc_of[thread, :h1 - h0]
+        acc[:] = 0.0
         for t in range(s):
             for g in range(g0, g1):
                 value = values[skip + t, g]

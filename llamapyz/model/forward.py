@@ -29,26 +29,29 @@ import numpy as np
 
 from ..kernels.linear import MatrixGroup, QuantMatrix
 from ..kernels.steps import rms_norm_heads
-from .fused import FusedLayer, Scratch, ScratchPool, fused_run
+from .fused import FusedLayer, fused_run, shared_width
 from .hparams import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
-from .ops import Rope, attention, gated_ffn_input, rms_norm, softcap
+from .ops import AttentionWork, Rope, attention, gated_ffn_input, rms_norm, softcap
 from .recipe import Step, Steps, recipe
 from .weights import LayerWeights, Weights
+from .workspace import Workspace, Workspaces
 
 
 class Activations:
     """One forward call's values as the recipe's steps pass them on: x the residual stream (n, n_embd), h the
-    current branch's value, q k v attention's inputs; and what the steps read besides."""
+    current branch's value, q k v attention's inputs (views of the workspace's arrays, or a product's); and
+    what the steps read besides."""
 
-    __slots__ = ("tokens", "positions", "segments", "scratch", "x", "h", "q", "k", "v")
+    __slots__ = ("tokens", "positions", "segments", "ws", "attention", "x", "h", "q", "k", "v")
 
-    def __init__(self, tokens: np.ndarray, positions: np.ndarray, segments: list[Segment], scratch: Scratch) -> None:
-        self.tokens = tokens  # (n,)
-        self.positions = positions  # (n,) each row's position in its sequence
+    def __init__(self, ws: Workspace, segments: list[Segment], attention: AttentionWork) -> None:
+        self.tokens = ws.tokens  # (n,)
+        self.positions = ws.positions  # (n,) each row's position in its sequence
         self.segments = segments
-        self.scratch = scratch  # the fused kernels' arrays for n rows
+        self.ws = ws  # every array the pass writes
+        self.attention = attention  # attention's per-thread scratch
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Transformer:
                               for steps in self.recipe.layers]
         self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)
         fused = [FusedLayer.of(layer, self.group) for layer in weights.layers]
-        self.scratch = ScratchPool(config, fused)
+        self.workspaces = Workspaces(config, *shared_width(fused), n_ctx)
         self.fused = fused  # makes the layers' plans
         self.embed_ops = [self.python_op(s, -1, weights) for s in self.recipe.embed]
         self.final_ops = [self.python_op(s, -1, weights) for s in self.recipe.final]
@@ -150,7 +153,10 @@ class Transformer:
         output: "last" -> logits of the last token (1, n_vocab); "all" -> logits (n, n_vocab);
         "hidden" -> final normalized hidden states (n, n_embd); "none" -> nothing (only the cache is filled).
         """
-        return self._run(np.asarray(tokens), [Segment(cache, pos0, len(tokens))], output)
+        ws = self.workspaces.get(len(tokens))
+        ws.tokens[:] = tokens
+        ws.positions[:] = np.arange(pos0, pos0 + len(tokens))
+        return self._run(ws, [Segment(cache, pos0, len(tokens))], output)
 
     def step(self, chunks: list[tuple[np.ndarray, int, KVCache]], tokens: np.ndarray, positions: list[int],
              caches: list[KVCache]) -> np.ndarray | None:
@@ -163,13 +169,22 @@ class Transformer:
         keys and values and a token's logits do not depend on the company they keep (batch invariance)."""
         segments = [Segment(cache, pos0, len(ids)) for ids, pos0, cache in chunks]
         segments += [Segment(cache, pos, 1) for cache, pos in zip(caches, positions, strict=True)]
-        ids = np.concatenate([*(np.asarray(ids, dtype=np.int64) for ids, _, _ in chunks),
-                              np.asarray(tokens, dtype=np.int64)])
-        return self._run(ids, segments, len(tokens) or "none")
+        if not segments:
+            return None
+        ws = self.workspaces.get(sum(s.n for s in segments))
+        row = 0
+        for (ids, pos0, _), segment in zip(chunks, segments, strict=False):
+            ws.tokens[row:row + segment.n] = ids
+            ws.positions[row:row + segment.n] = np.arange(pos0, pos0 + segment.n)
+            row += segment.n
+        for i, (token, position) in enumerate(zip(tokens, positions, strict=True)):  # decode: no array made
+            ws.tokens[row + i] = token
+            ws.positions[row + i] = position
+        return self._run(ws, segments, len(tokens) or "none")
 
-    def _run(self, tokens: np.ndarray, segments: list[Segment], output: str | int) -> np.ndarray | None:
-        positions = np.concatenate([np.arange(s.pos0, s.pos0 + s.n) for s in segments])  # (n,) of each row
-        a = Activations(tokens, positions, segments, self.scratch.get(len(tokens)))
+    def _run(self, ws: Workspace, segments: list[Segment], output: str | int) -> np.ndarray | None:
+        """The recipe on the rows of `ws` (its tokens and positions filled in), segment by segment."""
+        a = Activations(ws, segments, self.workspaces.attention)
         for op in self.embed_ops:
             op.run(a)
         n_cpu = self.config.n_layer - (self.offload.n_layers if self.offload else 0)
@@ -177,7 +192,7 @@ class Transformer:
             for op in ops:
                 op.run(a)
         if self.offload is not None:  # the hidden state crosses to the device and back once
-            x = self.offload.run(a.x, positions, segments, output)
+            x = self.offload.run(a.x, ws.positions, segments, output)
             if self.offload.head:  # the device ran the final steps and the head too: x is what `output` asks for
                 return x
             a.x = x
@@ -188,7 +203,7 @@ class Transformer:
         for op in self.final_ops:
             op.run(a)
         if output == "hidden":
-            return a.h
+            return a.h.copy()  # the workspace's array is the next pass's
         for op in self.head_ops:
             op.run(a)
         return a.h
@@ -196,12 +211,12 @@ class Transformer:
     # --- the steps (see recipe.py): (step, layer index, its tensors, the call's activations) ---------------
 
     def embed(self, step: Step, il: int, w: Weights, a: Activations) -> None:
-        a.x = w.token_embd.rows(a.tokens)  # (n, n_embd)
+        a.x = w.token_embd.rows(a.tokens, out=a.ws.x)  # (n, n_embd)
         if step.scaled:
             a.x *= np.float32(np.sqrt(self.config.n_embd))
 
     def norm(self, step: Step, il: int, w: LayerWeights | Weights, a: Activations) -> None:
-        a.h = rms_norm(a.x, getattr(w, step.weight), self.config.rms_eps)
+        a.h = rms_norm(a.x, getattr(w, step.weight), self.config.rms_eps, out=a.ws.h[:len(a.x)])
 
     def qkv(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         a.q, a.k, a.v = self.project(a.h, w.attn_q, w.attn_k, w.attn_v)  # (n, q_dim), (n, kv_dim) twice
@@ -218,8 +233,8 @@ class Transformer:
 
     def attend(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         """Store each sequence's keys and values in its cache, then its queries' attention (n, q_dim)."""
-        c = self.config
-        heads = []
+        c, q, out = self.config, a.ws.q, a.ws.attn
+        np.copyto(q, a.q)  # q contiguous, as the kernel reads it
         row = 0
         for seg in a.segments:
             rows = slice(row, row + seg.n)
@@ -227,24 +242,24 @@ class Transformer:
             seg.cache.store(il, seg.pos0, a.k[rows], a.v[rows])
             key_start = max(0, seg.pos0 - step.window + 1) if step.window else 0
             keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
-            heads.append(attention(a.q[rows].reshape(seg.n, c.n_head, c.head_dim),
-                                   keys.reshape(-1, c.n_head_kv, c.head_dim),
-                                   values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, step.window,
-                                   step.scale, step.softcap))
-        a.h = heads[0] if len(heads) == 1 else np.concatenate(heads)
+            attention(q[rows].reshape(seg.n, c.n_head, c.head_dim), keys.reshape(-1, c.n_head_kv, c.head_dim),
+                      values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, step.window, step.scale,
+                      step.softcap, out=out[rows], work=a.attention)
+        a.h = out
 
     def output(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         (a.h,) = self.project(a.h, w.attn_output)
 
     def post_norm(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
-        a.h = rms_norm(a.h, getattr(w, step.weight), self.config.rms_eps)
+        a.h = rms_norm(a.h, getattr(w, step.weight), self.config.rms_eps, out=a.h)
 
     def residual(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         a.x += a.h
 
     def ffn(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         gate, up = self.project(a.h, w.ffn_gate, w.ffn_up)
-        (a.h,) = self.project(gated_ffn_input(gate, up, step.activation), w.ffn_down)
+        act = a.ws.act if a.ws.act.shape == gate.shape else None  # the workspace's, unless a family's widths vary
+        (a.h,) = self.project(gated_ffn_input(gate, up, step.activation, out=act), w.ffn_down)
 
     def experts(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         a.h = moe_ffn(a.h, w.experts, step, self.project)

@@ -1,5 +1,5 @@
 """The fused numba path: one kernel of `kernels/layer.py` for a run of consecutive recipe steps, and what those
-kernels take (per layer its products as tables, scratch arrays per number of tokens).
+kernels take (per layer its products as tables; their arrays are the pass's `workspace.Workspace`).
 
 `KERNELS` says which run of steps each layer kernel does; `fused_run` matches them at a point of a layer's
 recipe (`recipe.match`) and returns the kernel's call. Where none matches, or the layer's products cannot run
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels import layer as layer_kernels
-from ..kernels.linear import REUSED_TOKENS, MatrixGroup, form_buffers
+from ..kernels.linear import MatrixGroup
 from .hparams import ModelConfig
 from .ops import Rope
 from .recipe import Step, Steps, match
@@ -71,41 +71,15 @@ class FusedLayer:
         return cls(buffer, _product(qkv, buffer), _product(o, buffer), *ffn, activations, n_ff)
 
 
-class Scratch:
-    """The layer kernels' arrays for calls of n tokens: made once per n up to REUSED_TOKENS (decode), fresh
-    for longer calls (prefill)."""
-
-    def __init__(self, c: ModelConfig, n: int, n_ff: int, activations: dict[str, set[str]]) -> None:
-        q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
-        self.embd_forms = form_buffers(n, c.n_embd, activations["embd"])
-        self.q_forms = form_buffers(n, q_dim, activations["q"])
-        self.ff_forms = form_buffers(n, n_ff, activations["ff"])
-        self.h = np.empty((n, c.n_embd), np.float32)  # the normed input of q/k/v and of gate/up
-        self.qkv = np.empty((n, q_dim + 2 * kv_dim), np.float32)
-        self.out = np.empty((n, c.n_embd), np.float32)  # attn_output's and ffn_down's products
-        self.gu = np.empty((n, 2 * n_ff), np.float32)
-        self.act = np.empty((n, n_ff), np.float32)
-
-
-class ScratchPool:
-    """Scratch for every layer (the FFN width is the first dense layer's; a layer of another width, if a
-    family ever had one, takes the Python FFN)."""
-
-    def __init__(self, config: ModelConfig, layers: list[FusedLayer]) -> None:
-        self.config = config
-        self.n_ff = next((f.n_ff for f in layers if f.n_ff), 0)
-        for f in layers:
-            if f.n_ff != self.n_ff:
-                f.gate_up = f.down = None
-        self.activations = {key: set().union(*(f.activations[key] for f in layers)) for key in ("embd", "q", "ff")}
-        self._made: dict[int, Scratch] = {}
-
-    def get(self, n: int) -> Scratch:
-        if n > REUSED_TOKENS:
-            return Scratch(self.config, n, self.n_ff, self.activations)
-        if n not in self._made:
-            self._made[n] = Scratch(self.config, n, self.n_ff, self.activations)
-        return self._made[n]
+def shared_width(layers: list[FusedLayer]) -> tuple[int, dict[str, set[str]]]:
+    """The FFN width the fused kernels' workspace has (the first dense layer's; a layer of another width, if a
+    family ever had one, loses its fused FFN here and takes the Python one) and the int8 forms every layer's
+    inputs need together."""
+    n_ff = next((f.n_ff for f in layers if f.n_ff), 0)
+    for f in layers:
+        if f.n_ff != n_ff:
+            f.gate_up = f.down = None
+    return n_ff, {key: set().union(*(f.activations[key] for f in layers)) for key in ("embd", "q", "ff")}
 
 
 def _attention_input(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
@@ -119,7 +93,7 @@ def _attention_input(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelC
     q_dim, kv_dim = c.n_head * c.head_dim, c.kv_dim
 
     def run(a: Activations) -> None:
-        s = a.scratch
+        s = a.ws
         layer_kernels.attention_input(a.x, buffer, norm, eps, qkv, s.embd_forms, s.h, s.qkv, q_norm, k_norm, heads,
                                       tables, a.positions)
         a.q, a.k, a.v = s.qkv[:, :q_dim], s.qkv[:, q_dim:q_dim + kv_dim], s.qkv[:, q_dim + kv_dim:]
@@ -136,7 +110,7 @@ def _add_attention_output(steps: Steps, f: FusedLayer, layer: LayerWeights, c: M
     post = getattr(layer, steps[1].weight) if steps[1].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
-        s = a.scratch
+        s = a.ws
         layer_kernels.add_attention_output(a.x, buffer, a.h, o, s.q_forms, s.out, post, eps)
 
     return run
@@ -152,7 +126,7 @@ def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, r
     post = getattr(layer, steps[2].weight) if steps[2].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
-        s = a.scratch
+        s = a.ws
         layer_kernels.add_ffn(a.x, buffer, norm, eps, gate_up, s.embd_forms, s.h, s.gu, gelu, s.act, down,
                               s.ff_forms, s.out, post)
 

@@ -15,17 +15,20 @@ import numpy as np
 from ..kernels import steps as kernels
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x (..., n) / rms(x) * weight (n,), over the last axis."""
-    out = np.empty(x.shape, np.float32)
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """x (..., n) / rms(x) * weight (n,), over the last axis, into `out` (which may be x) or a new array."""
+    out = np.empty(x.shape, np.float32) if out is None else out
     kernels.rms_norm_rows(x.reshape(-1, x.shape[-1]), weight, eps, out.reshape(-1, x.shape[-1]))
     return out
 
 
-def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
-    """act(gate) * up."""
-    out = np.empty(gate.shape, np.float32)
-    kernels.gated_activation(gate.reshape(-1), up.reshape(-1), activation == "gelu_tanh", out.reshape(-1))
+def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str, out: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """act(gate) * up (n, n_ff), row by row (gate and up may be column ranges of one product), into `out` or a
+    new array."""
+    out = np.empty(gate.shape, np.float32) if out is None else out
+    for g, u, o in zip(gate, up, out, strict=True):
+        kernels.gated_activation(g, u, activation == "gelu_tanh", o)
     return out
 
 
@@ -70,21 +73,39 @@ class Rope:
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
-              scale: float, softcap: float = 0.0) -> np.ndarray:
+              scale: float, softcap: float = 0.0, out: np.ndarray | None = None, work: AttentionWork | None = None
+              ) -> np.ndarray:
     """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap).
 
     q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
     key_pos0..key_pos0+s-1, float32 or float16 (the KV cache as stored: the kernel widens each row as it
     reads it, to the same bits a float32 copy would give). A key is visible to a query at p when key <= p
-    and, with a window, p - key < window. Returns (n, n_head * head_dim). Every query row is computed on its
-    own (see `kernels.attention_rows`); `attention_numpy` is the batched numpy twin.
+    and, with a window, p - key < window. Returns (n, n_head * head_dim), in `out` if given (contiguous).
+    Every query row is computed on its own (see `kernels.attention_rows`), in `work`'s per-thread scratch
+    (a new one sized for these keys without it); `attention_numpy` is the batched numpy twin.
     """
     n, n_head, head_dim = q.shape
-    out = np.empty((n, n_head, head_dim), np.float32)
+    out = np.empty((n, n_head * head_dim), np.float32) if out is None else out
+    if work is None:
+        work = AttentionWork(n_head, head_dim, keys.shape[0])
     n_parts = min(n_head, -(-numba.get_num_threads() // n))  # split each query's heads only to fill the threads
     kernels.attention_rows(np.ascontiguousarray(q), _kernel_view(keys), _kernel_view(values), pos0, key_pos0,
-                           window, np.float32(scale), np.float32(softcap), n_parts, out)
-    return out.reshape(n, n_head * head_dim)
+                           window, np.float32(scale), np.float32(softcap), n_parts, out.reshape(n, n_head, head_dim),
+                           work.scores, work.inv, work.acc)
+    return out
+
+
+class AttentionWork:
+    """Attention's scratch for one query at a time, one set per numba thread (the kernel indexes it by
+    `numba.get_thread_id`): its heads' scores over the keys it sees, their sums' inverses, their weighted sums
+    of values. A model keeps one sized by its context (`workspace.Workspaces`); pages are touched only as far
+    as the longest window so far."""
+
+    def __init__(self, n_head: int, head_dim: int, n_keys: int) -> None:
+        threads = numba.config.NUMBA_NUM_THREADS  # the pool's size: no thread id reaches it
+        self.scores = np.empty((threads, n_head, n_keys), np.float32)  # (threads, n_head, n_keys)
+        self.inv = np.empty((threads, n_head), np.float32)  # (threads, n_head)
+        self.acc = np.empty((threads, n_head, head_dim), np.float32)  # (threads, n_head, head_dim)
 
 
 def _kernel_view(a: np.ndarray) -> np.ndarray:
