@@ -119,12 +119,13 @@ ARCH_FEATURES = {
 def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
                 n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = (), extra: tuple[str, ...] = (),
                 experts: bool = False, rope_freqs: bool = False, small: bool = False,
-                chat_template: bool = True) -> None:
+                chat_template: bool = True, yarn: bool = False) -> None:
     """A tiny random model of `arch` (an `ARCH_FEATURES` key) with its matrices in `weight_type`, less `omit`,
     plus `extra` F32 vectors (tensors no architecture uses). `experts`: llama as a Mixtral-style MoE (4
     experts, 2 used); `rope_freqs`: llama with Llama 3.1-style per-frequency rope factors; `small`: an eighth
     of the width (n_embd 32, two heads of 16 sharing one KV head), for what runs under numba's CUDA simulator;
-    `chat_template`: False leaves tokenizer.chat_template out, as a base model's file does."""
+    `chat_template`: False leaves tokenizer.chat_template out, as a base model's file does; `yarn`: YaRN rope
+    scaling by 2 from an original context of 64 (a ramp over the rotary dimensions at this size)."""
     n_embd, n_ff, n_head, n_head_kv, head_dim = (32, 64, 2, 1, 16) if small else (256, 512, 4, 2, 64)
     features = ARCH_FEATURES[arch] | ({"experts"} if experts else set())
     n_expert, n_ff_expert = 4, (64 if small else 256)
@@ -178,6 +179,9 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", n_embd)
         if "fused" in features:
+    if yarn:
+        metadata.update({f"{a}.rope.scaling.type": ("string", "yarn"), f"{a}.rope.scaling.factor": ("float32", 2.0),
+                         f"{a}.rope.scaling.original_context_length": ("uint32", 64)})
             matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
         else:
             matrix(p + "attn_q.weight", q_dim, n_embd)

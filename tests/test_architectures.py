@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from llamapyz import Model, UnsupportedModelError
+from llamapyz.model.hparams import ModelConfig, Yarn
 from llamapyz.model.moe import route
+from llamapyz.model.ops import Rope
 from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_model
 
@@ -35,6 +37,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "gemma2": ("gemma2", {"n_layer": 4}, 64),  # sliding window 8 on layers 0 and 2
     "llama-moe": ("llama", {"experts": True}, 64),
     "llama-rope-freqs": ("llama", {"rope_freqs": True}, 64),
+    "qwen3-yarn": ("qwen3", {"yarn": True}, 128),  # past the original context of 64
 }
 
 
@@ -126,7 +129,6 @@ def test_a_tensor_of_another_layout_is_refused(tmp_path):
 
 
 def test_per_layer_head_counts_are_refused_clearly():
-    from llamapyz.model.hparams import ModelConfig
 
     metadata = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": 64,
                 "llama.attention.head_count": [4, 8]}
@@ -152,26 +154,65 @@ GOOD = {"general.architecture": "llama", "llama.block_count": 2, "llama.embeddin
     ("embedding_length", 64.5, "an integer"),
 ])
 def test_hyper_parameters_the_forward_pass_cannot_use_are_refused_naming_the_key(key, value, rule):
-    from llamapyz.model.hparams import ModelConfig
 
     assert ModelConfig.from_metadata(GOOD).head_dim == 16  # the good file loads
     with pytest.raises(UnsupportedModelError, match=f"llama.{key} = .* must be .*{re.escape(rule)}"):
         ModelConfig.from_metadata(GOOD | {f"llama.{key}": value})
 
 
-def test_yarn_is_refused_not_ignored(tmp_path):
-    import gguf
+def test_an_unknown_rope_scaling_is_refused_not_ignored():
+    with pytest.raises(UnsupportedModelError, match="rope scaling 'dynamic' is not supported"):
+        ModelConfig.from_metadata(GOOD | {"llama.rope.scaling.type": "dynamic"})
 
-    from tests.synth import byte_level_tokenizer
-    path = tmp_path / "yarn.gguf"
-    writer = gguf.GGUFWriter(str(path), "qwen2")
-    for key, (kind, value) in {**byte_level_tokenizer(), "qwen2.block_count": ("uint32", 1),
-                               "qwen2.embedding_length": ("uint32", 64), "qwen2.attention.head_count": ("uint32", 1),
-                               "qwen2.rope.scaling.type": ("string", "yarn")}.items():
-        getattr(writer, f"add_{kind}")(key, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    with pytest.raises(UnsupportedModelError, match="rope scaling 'yarn' is not supported"):
-        Model.load(path)
+
+def ggml_rope_yarn_table(n_positions: int, base: float, n_rot: int, freq_scale: float, yarn: Yarn,
+                         attn_factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (n_positions, n_rot/2) as ggml's CPU rope computes them (ggml-cpu/ops.cpp: rope_yarn,
+    rope_yarn_ramp, ggml_rope_yarn_corr_dims, theta *= theta_scale in float32), written out loop by loop, with
+    the attention factor llama-context.cpp hands it (ext_factor 1; no log multiplier)."""
+    f32 = np.float32
+    factor = 1 / freq_scale
+    yarn_attn = f32(0.1 * np.log(f32(factor)) + 1) if factor > 1 else f32(1)
+    yarn_attn = f32(yarn_attn * f32(1 / (1 + 0.1 * np.log(f32(factor)))) * f32(attn_factor))
+
+    def corr_dim(beta: float) -> float:
+        return n_rot * np.log(f32(yarn.original_ctx) / f32(beta * 2 * np.pi)) / (2 * np.log(f32(base)))
+
+    low, high = max(0.0, np.floor(corr_dim(yarn.beta_fast))), min(n_rot - 1.0, np.ceil(corr_dim(yarn.beta_slow)))
+    theta_scale = f32(base) ** f32(-2.0 / n_rot)
+    cos, sin = np.empty((n_positions, n_rot // 2), f32), np.empty((n_positions, n_rot // 2), f32)
+    for p in range(n_positions):
+        theta = f32(p)
+        for i0 in range(0, n_rot, 2):
+            interp = f32(freq_scale) * theta
+            ramp = 1 - min(1.0, max(0.0, (i0 // 2 - low) / max(0.001, high - low)))
+            mixed = f32(interp * f32(1 - ramp) + theta * f32(ramp))
+            mscale = f32(yarn_attn * f32(1 + 0.1 * np.log(f32(1 / freq_scale))))
+            cos[p, i0 // 2], sin[p, i0 // 2] = f32(np.cos(mixed)) * mscale, f32(np.sin(mixed)) * mscale
+            theta = f32(theta * theta_scale)
+    return cos, sin
+
+
+@pytest.mark.parametrize("base, n_rot, factor, original", [(1e6, 64, 4.0, 4096), (10000.0, 128, 8.0, 8192),
+                                                           (500000.0, 64, 2.0, 64)])
+def test_yarn_tables_are_ggmls(base, n_rot, factor, original):
+    """The rope tables of a YaRN model, read from its keys as the loader reads them, against a loop-by-loop
+    transcription of ggml's float32 code: within float32 rounding of the angle at position 4,000."""
+    md = GOOD | {"llama.rope.freq_base": base, "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": factor,
+                 "llama.rope.scaling.original_context_length": original, "llama.attention.key_length": n_rot,
+                 "llama.attention.value_length": n_rot}
+    c = ModelConfig.from_metadata(md)
+    assert c.rope_yarn == Yarn(32.0, 1.0, original) and c.rope_freq_scale == 1 / factor
+    rope = Rope(c.rope_base, c.n_rot, 4000, False, None, c.rope_freq_scale, c.rope_attn_factor, c.rope_yarn)
+    cos, sin = ggml_rope_yarn_table(4000, base, n_rot, 1 / factor, c.rope_yarn, 1.0)
+    np.testing.assert_allclose(rope.cos, cos, atol=2e-3 * (1 + 0.1 * np.log(factor)))
+    np.testing.assert_allclose(rope.sin, sin, atol=2e-3 * (1 + 0.1 * np.log(factor)))
+    assert abs(float(rope.cos[0, 0]) - (1 + 0.1 * np.log(factor))) < 1e-6  # the magnitude correction
+
+
+def test_yarn_keys_are_read_only_where_llama_cpp_reads_them():
+    """qwen3 keeps beta 32 and 1 whatever its file says (llama.cpp reads the keys for mistral3 and deepseek2 only)."""
+    md = {"general.architecture": "qwen3", "qwen3.block_count": 1, "qwen3.embedding_length": 64,
+          "qwen3.attention.head_count": 4, "qwen3.rope.scaling.type": "yarn", "qwen3.rope.scaling.factor": 4.0,
+          "qwen3.rope.scaling.yarn_beta_fast": 8.0}
+    assert ModelConfig.from_metadata(md).rope_yarn.beta_fast == 32.0

@@ -76,7 +76,7 @@ class Transformer:
             for s in steps:
                 if s.name == "rope" and s not in self.ropes:
                     self.ropes[s] = Rope(s.base, s.n_rot, n_ctx, s.neox, factors if s.factors else None,
-                                         s.freq_scale, s.attn_factor)
+                                         s.freq_scale, s.attn_factor, s.yarn)
         self.rope_of_layer = [next((self.ropes[s] for s in steps if s.name == "rope"), None)
                               for steps in self.recipe.layers]
         self._groups: dict[tuple[int, ...], MatrixGroup] = {}  # by the ids of the matrices (weights live on)

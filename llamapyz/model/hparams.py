@@ -36,6 +36,23 @@ class ArchOptions:
     final_softcap: float = 0.0  # default final-logit soft-capping (file key final_logit_softcapping wins)
     wide_attention_scale_layers: int = 0  # llama.cpp scales the 27B gemmas (known by layer count) by
     # 1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim)
+    yarn_keys: bool = False  # YaRN reads rope.scaling.yarn_beta_fast/_slow and yarn_log_multiplier; llama.cpp
+    # reads them for a few families only (mistral3, deepseek2): the others keep 32, 1 and none
+
+
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN rope scaling (rope.scaling.type yarn), as ggml's rope applies it: each frequency's angle mixes the
+    interpolated one (position * freq_scale) and the original one by a ramp over the rotary dimensions, from
+    the dimensions that turn beta_fast times over original_ctx positions (kept as trained) down to those that
+    turn beta_slow times (fully interpolated); the magnitude correction is in the rope's attn_factor."""
+
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    original_ctx: int = 4096  # the context the model was trained on before scaling
+
+    def __str__(self) -> str:
+        return f"yarn(beta {self.beta_fast:g}/{self.beta_slow:g}, original {self.original_ctx})"
 
 
 ARCHITECTURES: dict[str, ArchOptions] = {
@@ -67,7 +84,7 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     ),
 }
 
-ROPE_SCALING = ("none", "linear", "longrope")  # rope.scaling.type values we apply (yarn is refused)
+ROPE_SCALING = ("none", "linear", "longrope", "yarn")  # rope.scaling.type values we apply
 # far above any model's (the largest have ~130): per-layer tables are made before the tensors are checked
 MAX_LAYERS = 1 << 16
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
@@ -88,9 +105,10 @@ class ModelConfig:
     rope_base: float
     local_rope_base: float  # rope base of the sliding-window layers
     rope_freq_scale: float  # positions are multiplied by it (linear rope scaling: 1 / factor)
-    rope_attn_factor: float  # cos and sin are multiplied by it (rope.scaling.attn_factor)
-    rope_scaling: str  # rope.scaling.type: none, linear or longrope
+    rope_attn_factor: float  # cos and sin are multiplied by it (rope.scaling.attn_factor; YaRN's correction)
+    rope_scaling: str  # rope.scaling.type: none, linear, longrope or yarn
     rope_original_ctx: int  # LongRoPE: contexts longer than this use the long factors
+    rope_yarn: Yarn | None  # YaRN's ramp, when rope.scaling.type is yarn
     n_rot: int
     sliding_window: int  # tokens; 0: every layer sees the whole context
     attn_softcap: float  # 0: none
@@ -154,6 +172,15 @@ class ModelConfig:
             raise UnsupportedModelError(f"{arch} model: rope scaling {scaling!r} is not supported",
                                         hint=f"llamapyz applies these: {', '.join(ROPE_SCALING)}")
         factor = real("rope.scaling.factor", 0.0, zero=True)
+        freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+        n_ctx_train = integer("context_length", 4096, least=1)
+        original_ctx = integer("rope.scaling.original_context_length", n_ctx_train, least=1)
+        yarn, log_mul = None, 0.0
+        if scaling == "yarn":
+            keys = options.yarn_keys
+            yarn = Yarn(real("rope.scaling.yarn_beta_fast", 32.0) if keys else 32.0,
+                        real("rope.scaling.yarn_beta_slow", 1.0) if keys else 1.0, original_ctx)
+            log_mul = real("rope.scaling.yarn_log_multiplier", 0.0, zero=True) if keys else 0.0
         n_expert = integer("expert_count", 0)
         if options.experts == "no" and n_expert:
             raise UnsupportedModelError(f"{arch} model: experts (expert_count = {n_expert}) are not supported "
@@ -165,7 +192,6 @@ class ModelConfig:
             raise _corrupt(arch, "expert_used_count", n_expert_used, f"at most expert_count ({n_expert})")
         pattern = options.sliding_window_pattern
         window = integer("attention.sliding_window", options.default_sliding_window) if pattern is not None else 0
-        n_ctx_train = integer("context_length", 4096, least=1)
         return cls(
             arch=arch,
             options=options,
@@ -178,10 +204,12 @@ class ModelConfig:
             rms_eps=real("attention.layer_norm_rms_epsilon", 1e-5),
             rope_base=rope_base,
             local_rope_base=real("rope.freq_base_swa", options.local_rope_base or rope_base),
-            rope_freq_scale=1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor,
-            rope_attn_factor=real("rope.scaling.attn_factor", 1.0),
+            rope_freq_scale=freq_scale,
+            rope_attn_factor=real("rope.scaling.attn_factor", 1.0) * (yarn_magnitude(arch, 1 / freq_scale, log_mul)
+                                                                     if yarn else 1.0),
             rope_scaling=scaling,
-            rope_original_ctx=integer("rope.scaling.original_context_length", n_ctx_train, least=1),
+            rope_original_ctx=original_ctx,
+            rope_yarn=yarn,
             n_rot=n_rot,
             sliding_window=window,
             attn_softcap=(real("attn_logit_softcapping", options.attn_softcap, zero=True) if options.attn_softcap
@@ -217,6 +245,19 @@ def _corrupt(arch: str, name: str, value: Any, rule: str) -> UnsupportedModelErr
     load, so no kernel ever indexes or divides by it."""
     return UnsupportedModelError(f"{arch} model: {arch}.{name} = {repr(value)[:60]} must be {rule}",
                                  hint="the file's metadata is corrupt, or not for this architecture")
+
+
+def yarn_magnitude(arch: str, factor: float, log_mul: float) -> float:
+    """YaRN's correction of cos and sin for a context `factor` times the original, as llama.cpp ends up applying
+    it (llama-context.cpp sets yarn_attn_factor, ggml's rope multiplies by 1 + 0.1 ln(factor), which the former
+    cancels): 1 + 0.1 ln(factor); with yarn_log_multiplier m, (1 + 0.1 ln f) / (1 + 0.1 m ln f) (deepseek2 takes
+    m for both, so 1)."""
+    def mscale(m: float) -> float:
+        return 1.0 if factor <= 1.0 else 0.1 * m * math.log(factor) + 1.0
+
+    if log_mul:
+        return mscale(log_mul if arch == "deepseek2" else 1.0) / mscale(log_mul)
+    return mscale(1.0)
 
 
 def _sliding_layers(pattern: Any, n_layer: int, window: int) -> tuple[bool, ...]:

@@ -9,10 +9,13 @@ products, is its batched twin for the tests), and `softcap` is gemma2's final-lo
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from ..kernels import steps as kernels
+from .hparams import Yarn
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -40,21 +43,37 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     return x
 
 
-class Rope:
-    """Rotary position embedding with cos/sin tables precomputed for n_ctx positions (float64 angles).
+def rope_angles(positions: np.ndarray, base: float, n_rot: int, factors: np.ndarray | None = None,
+                freq_scale: float = 1.0, yarn: Yarn | None = None) -> np.ndarray:
+    """The angle (n_positions, n_rot/2), float64, of frequency i at position p: p * freq_scale *
+    base^(-2i / n_rot) / factors[i] (factors: Llama 3.1's rope_freqs or LongRoPE's; freq_scale: linear or YaRN
+    scaling). With YaRN, ggml's ramp mixes in the unscaled angle: frequency i keeps (1 - ramp_i) of the
+    scaled one, ramp_i = 1 - clip((i - low) / max(0.001, high - low), 0, 1), where low and high are the
+    rotary dimensions that turn beta_fast and beta_slow times over the original context."""
+    half = n_rot // 2
+    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot)
+    if factors is not None:
+        inv_freq = inv_freq / factors.astype(np.float64)
+    original = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    if yarn is None:
+        return original * freq_scale
 
-    The angle of frequency i at position p is p * freq_scale * base^(-2i / n_rot) / factors[i] (factors:
-    Llama 3.1's rope_freqs or LongRoPE's; freq_scale: linear rope scaling), and cos and sin are multiplied
-    by attn_factor, as ggml's rope does.
+    def dimension(beta: float) -> float:  # the rotary dimension that turns `beta` times over the original context
+        return n_rot * math.log(yarn.original_ctx / (beta * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(0.0, math.floor(dimension(yarn.beta_fast))), min(n_rot - 1.0, math.ceil(dimension(yarn.beta_slow)))
+    ramp = 1 - np.clip((np.arange(half) - low) / max(0.001, high - low), 0, 1)
+    return original * freq_scale * (1 - ramp) + original * ramp
+
+
+class Rope:
+    """Rotary position embedding with cos/sin tables precomputed for n_ctx positions (float64 angles,
+    `rope_angles`); cos and sin are multiplied by attn_factor, as ggml's rope does.
     """
 
     def __init__(self, base: float, n_rot: int, n_ctx: int, neox: bool, factors: np.ndarray | None = None,
-                 freq_scale: float = 1.0, attn_factor: float = 1.0) -> None:
-        half = n_rot // 2
-        inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot) * freq_scale
-        if factors is not None:
-            inv_freq = inv_freq / factors.astype(np.float64)
-        angle = np.arange(n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+                 freq_scale: float = 1.0, attn_factor: float = 1.0, yarn: Yarn | None = None) -> None:
+        angle = rope_angles(np.arange(n_ctx), base, n_rot, factors, freq_scale, yarn)
         self.cos = (np.cos(angle) * attn_factor).astype(np.float32)  # (n_ctx, n_rot/2)
         self.sin = (np.sin(angle) * attn_factor).astype(np.float32)
         self.n_rot = n_rot

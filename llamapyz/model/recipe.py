@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .hparams import ModelConfig
+from .hparams import ModelConfig, Yarn
 
 
 class Step:
@@ -96,6 +96,7 @@ class Rope(Step):
     factors: str = ""
     freq_scale: float = 1.0
     attn_factor: float = 1.0
+    yarn: Yarn | None = None  # YaRN's ramp between the scaled and the original angles
 
     def __str__(self) -> str:
         parts = ["neox" if self.neox else "pairs", f"base={self.base:.10g}"]
@@ -107,6 +108,8 @@ class Rope(Step):
             parts.append(f"freq_scale={self.freq_scale:g}")
         if self.attn_factor != 1.0:
             parts.append(f"attn_factor={self.attn_factor:g}")
+        if self.yarn is not None:
+            parts.append(str(self.yarn))
         return f"rope({', '.join(parts)})"
 
 
@@ -291,7 +294,7 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
     if opt.qk_norm:
         steps.append(QkNorm())
     steps += [Rope(opt.rope_neox, c.rope_base_of(il), c.n_rot, c.head_dim, rope_factors(c, names), c.rope_freq_scale,
-                   c.rope_attn_factor),
+                   c.rope_attn_factor, c.rope_yarn),
               Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap),
               Output(f"{p}attn_output.bias" in names)]
     if opt.post_norms:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..gguf.reader import load_gguf
-from .hparams import ModelConfig
+from .hparams import ModelConfig, Yarn
+from .ops import rope_angles
 from .recipe import Step, recipe
 
 
@@ -25,14 +26,13 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 def rope(x: np.ndarray, positions: np.ndarray, base: float, n_rot: int, neox: bool,
-         factors: np.ndarray | None = None, freq_scale: float = 1.0, attn_factor: float = 1.0) -> np.ndarray:
+         factors: np.ndarray | None = None, freq_scale: float = 1.0, attn_factor: float = 1.0,
+         yarn: Yarn | None = None) -> np.ndarray:
     """Rotate (n_tokens, n_heads, head_dim) by position. llama: pairs (2i, 2i+1); NEOX: (i, i + n_rot/2).
-    Dimensions past n_rot stay. Frequency i turns by p * freq_scale * base^(-2i/n_rot) / factors[i]."""
+    Dimensions past n_rot stay. Frequency i turns by p * freq_scale * base^(-2i/n_rot) / factors[i] (YaRN:
+    mixed with the unscaled turn, `ops.rope_angles`)."""
     half = n_rot // 2
-    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2 / n_rot) * freq_scale
-    if factors is not None:
-        inv_freq = inv_freq / factors
-    angle = positions[:, None].astype(np.float64) * inv_freq[None, :]  # (n_tokens, half)
+    angle = rope_angles(positions, base, n_rot, factors, freq_scale, yarn)  # (n_tokens, half)
     cos = (np.cos(angle) * attn_factor).astype(np.float32)[:, None, :]
     sin = (np.sin(angle) * attn_factor).astype(np.float32)[:, None, :]
     out = x.copy()
@@ -131,7 +131,7 @@ class ReferenceModel:
     def rotate(self, step, p: str, a: Values) -> None:
         turn = dict(base=step.base, n_rot=step.n_rot, neox=step.neox,
                     factors=self.rope_factors if step.factors else None, freq_scale=step.freq_scale,
-                    attn_factor=step.attn_factor)
+                    attn_factor=step.attn_factor, yarn=step.yarn)
         a.q, a.k = rope(a.q, a.positions, **turn), rope(a.k, a.positions, **turn)
 
     def attention(self, step, p: str, a: Values) -> None:
