@@ -209,6 +209,8 @@ class GGUFFile:
 
         infos = [_read_tensor_info(cur) for _ in range(n_tensors)]
         self.data_offset = _align(cur.pos, self.alignment)
+        if not infos and self.data_offset > len(self.buffer):
+            self.data_offset = len(self.buffer)  # no tensors, no data section (vocabulary-only files): as llama.cpp
         if self.data_offset > len(self.buffer):
             raise GGUFError(f"truncated file: tensor data would start at {self.data_offset}, "
                             f"file has {len(self.buffer)} bytes")
