@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from llamapyz.errors import TokenizerError
+from llamapyz.gguf.reader import load_gguf
 from llamapyz.tokenizer import Tokenizer, TokenType
 from llamapyz.tokenizer.bpe import byte_to_unicode
+from llamapyz.tokenizer.pre_types import PRE_TOKENIZERS
 from llamapyz.tokenizer.pretokenize import PreTokenizer
+from tests import synth
 from tests.conftest import golden
 
 # --- agreement with llama.cpp on the real models ---------------------------------------------------------
@@ -153,17 +158,38 @@ def test_bpe_add_bos_follows_metadata_and_specials_parse_only_when_asked():
         ("gpt-2", "\x1c", ["\x1c"]),
         ("gpt-2", "日本語 テキスト", ["日本語", " テキスト"]),
         ("default", "a+b=3", ["a", "+", "b", "=", "3"]),
+        # an unassigned code point is neither letter, number nor space: it joins a run of punctuation
+        ("gpt-2", "a \u0378!? b", ["a", " \u0378!?", " b"]),
+        ("qwen2", "x\u0378\u0378y", ["x", "\u0378\u0378", "y"]),
+        # qwen35: marks belong to words
+        ("qwen35", "e\u0301te\u0301 123", ["e\u0301te\u0301", " ", "1", "2", "3"]),
+        ("qwen2", "e\u0301te\u0301", ["e", "\u0301te", "\u0301"]),
+        # every \p{Lu}/\p{Ll} is "a letter" to llama.cpp: case is told apart in ASCII only
+        ("gpt-4o", "HTTPServer isOK Ünïcode", ["HTTPServer", " is", "OK", " Ünïcode"]),
+        ("tekken", "HTTPServer x/ y", ["HTTPServer", " x", "/", " y"]),
+        ("deepseek-llm", "Hello, 世界 123\n", ["Hello", ",", " ", "世界", " ", "123", "\n"]),
+        ("deepseek-coder", "x\u3000y", ["x", "\u3000y"]),  # U+3000 is in the range ࠀ-一, yet no range takes it
+        ("falcon", "a+b==c 12345", ["a", "+", "b", "==", "c", " ", "123", "45"]),
+        ("kimi-k2", "I'm 日本語 HELLO's 12345", ["I'm", " ", "日本語", " HELLO's", " ", "123", "45"]),
+        ("afmoe", "abc1234567 x12", ["abc", "1", "234", "567", " x", "12"]),
+        ("superbpe", "1234567", ["1", "234", "567"]),
+        ("gemma4", "▁a▁b\n\nc", ["▁a▁b", "\n\n", "c"]),
     ],
 )
 def test_pretokenizers_split_like_llama_cpp(pre, text, words):
     assert PreTokenizer(pre).split(text) == words
 
 
+def test_every_llama_cpp_pre_tokenizer_compiles():
+    for name in PRE_TOKENIZERS:
+        assert PreTokenizer(name).split("Hello, World! 123 日本 \n") != []
+
+
 def test_unknown_pretokenizer_and_tokenizer_model_are_refused():
-    with pytest.raises(TokenizerError, match="unknown BPE pre-tokenizer.*'mystery'"):
+    with pytest.raises(TokenizerError, match="unknown BPE pre-tokenizer.*'mystery'.*known.*gpt-4o"):
         Tokenizer.from_gguf(bpe_metadata(pre="mystery"))
-    with pytest.raises(TokenizerError, match="unsupported tokenizer.ggml.model='bert'"):
-        Tokenizer.from_gguf(bpe_metadata() | {"tokenizer.ggml.model": "bert"})
+    with pytest.raises(TokenizerError, match="unsupported tokenizer.ggml.model='t5'.*'bert' WordPiece"):
+        Tokenizer.from_gguf(bpe_metadata() | {"tokenizer.ggml.model": "t5"})
 
 
 @pytest.mark.parametrize(
@@ -171,7 +197,7 @@ def test_unknown_pretokenizer_and_tokenizer_model_are_refused():
     [
         ({"tokenizer.ggml.tokens": None}, "tokens is missing"),
         ({"tokenizer.ggml.merges": []}, "needs tokenizer.ggml.merges"),
-        ({"tokenizer.ggml.merges": ["nospace"]}, "is not 'left right'"),
+        ({"tokenizer.ggml.merges": ["l o", 3]}, "must be a list of strings"),
         ({"tokenizer.ggml.token_type": np.array([1, 2], dtype=np.int32)}, "one entry per token"),
         ({"tokenizer.ggml.bos_token_id": 10**6}, "bos_token_id=1000000 is not a token id"),
     ],
@@ -224,6 +250,16 @@ def test_sentencepiece_prefixes_a_space_after_special_tokens_only_where_asked():
     assert pieces(tok, tok.encode("<start>hello", add_special=False)) == ["<start>", "▁hello"]
     tok = Tokenizer.from_gguf(spm_metadata(add_space_prefix=False))
     assert pieces(tok, tok.encode("hello", add_special=False)) == ["hello"]
+
+
+def test_phi3_special_tokens_take_the_spaces_after_them():
+    md = spm_metadata() | {"general.name": "Phi3"}
+    tok = Tokenizer.from_gguf(md)
+    # <start> (user-defined) takes the spaces and newlines after it, as llama.cpp's RSTRIP; <s> does not
+    assert pieces(tok, tok.encode("<start> \n hello", add_special=False)) == ["<start>", "▁hello"]
+    assert pieces(tok, tok.encode("<s> hello", add_special=False))[:2] == ["<s>", "▁"]
+    plain = Tokenizer.from_gguf(spm_metadata())
+    assert pieces(plain, plain.encode("<start> hello", add_special=False))[:2] == ["<start>", "▁"]
 
 
 def test_user_defined_tokens_are_matched_even_without_special_parsing():
@@ -314,3 +350,97 @@ def test_bytes_without_a_token_are_dropped_like_llama_cpp():
     tok = Tokenizer.from_gguf(md)
     ids = tok.encode("\U00040000", add_special=False)  # F1 80 80 80
     assert pieces(tok, ids) == [byte_to_unicode()[0x80]] * 3
+
+
+# --- SentencePiece-style BPE (Gemma 4), vocabulary-only files, token types ------------------------------------
+
+
+def gemma4_metadata() -> dict:
+    """A Gemma 4 style vocabulary: raw characters, spaces as "▁", byte fallback tokens, newline runs."""
+    normal = ["▁", "h", "i", "▁h", "▁hi", "\n", "\n\n", "é"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<turn|>", "<|tool_response>", "</s>"] + \
+        [f"<0x{b:02X}>" for b in range(256)] + normal
+    types = [TokenType.CONTROL] * 7 + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(normal)
+    return {
+        "tokenizer.ggml.model": "gemma4",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+        "tokenizer.ggml.merges": ["▁ h", "▁h i", "\n \n"],
+        "tokenizer.ggml.bos_token_id": 2,
+        "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": False,  # llama.cpp adds BOS for Gemma 4 whatever the file says
+    }
+
+
+def test_gemma4_bpe_keeps_characters_writes_spaces_as_marks_and_falls_back_to_bytes():
+    tok = Tokenizer.from_gguf(gemma4_metadata())
+    ids = tok.encode("hi hi\n\n\n🦙é")
+    assert pieces(tok, ids) == ["<bos>", "h", "i", "▁hi", "\n\n", "\n", "<0xF0>", "<0x9F>", "<0xA6>", "<0x99>", "é"]
+    assert tok.decode(ids) == "hi hi\n\n\n🦙é"
+    assert pieces(tok, tok.encode("\n\n", add_special=False)) == ["\n\n"]  # a newline run that is a token: whole
+
+
+def test_gemma4_end_of_turn_ends_generation_and_its_end_of_sentence_is_text():
+    tok = Tokenizer.from_gguf(gemma4_metadata())
+    ids = tok.vocab.token_to_id
+    assert {ids["<turn|>"], ids["<|tool_response>"], ids["<eos>"]} <= tok.eog_ids
+    assert ids["</s>"] not in tok.eog_ids and tok.vocab.types[ids["</s>"]] == TokenType.NORMAL
+
+
+def test_token_types_follow_llama_cpps_rules_by_text():
+    md = bpe_metadata()
+    extra = ["<|fim_prefix|>", "<|file_sep|>", "<|return|>", "<|call|>", "<|end|>", "<|channel|>"]
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + extra
+    md["tokenizer.ggml.token_type"] = np.concatenate([md["tokenizer.ggml.token_type"],
+                                                      np.full(len(extra), TokenType.USER_DEFINED, np.int32)])
+    tok = Tokenizer.from_gguf(md)
+    ids, types = tok.vocab.token_to_id, tok.vocab.types
+    assert types[ids["<|fim_prefix|>"]] == TokenType.CONTROL  # parsed only as a special token
+    assert ids["<|file_sep|>"] in tok.eog_ids and ids["<|return|>"] in tok.eog_ids
+    assert ids["<|end|>"] not in tok.eog_ids  # harmony: <|end|> ends a message, not the generation
+    assert types[ids["<|end|>"]] == types[ids["<|channel|>"]] == TokenType.USER_DEFINED
+    assert tok.encode("<|channel|><|fim_prefix|>", add_special=False, parse_special=False)[0] == ids["<|channel|>"]
+
+
+def test_merges_without_a_space_are_ignored_as_llama_cpp_does():
+    tok = Tokenizer.from_gguf(bpe_metadata(merges=["l o", "nospace", "lo w"]))
+    assert pieces(tok, tok.encode("low", add_special=False)) == ["low"]
+
+
+def test_kimi_k2_needs_no_merges():
+    md = bpe_metadata(pre="kimi-k2")
+    del md["tokenizer.ggml.merges"]
+    tok = Tokenizer.from_gguf(md)
+    assert pieces(tok, tok.encode("lo", add_special=False)) == ["l", "o"]
+    with pytest.raises(TokenizerError, match="needs tokenizer.ggml.merges"):
+        Tokenizer.from_gguf({k: v for k, v in bpe_metadata().items() if k != "tokenizer.ggml.merges"})
+
+
+def test_llama3_family_adds_bos_unless_the_file_says_otherwise():
+    md = bpe_metadata(pre="llama-bpe")
+    del md["tokenizer.ggml.bos_token_id"]
+    tok = Tokenizer.from_gguf(md | {"tokenizer.ggml.bos_token_id": 1})
+    assert tok.encode("lo")[0] == 1
+    assert Tokenizer.from_gguf(md | {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.add_bos_token": False}
+                               ).encode("lo")[0] != 1
+
+
+def test_a_vocabulary_only_gguf_has_no_data_section_and_loads(tmp_path):
+    """llama.cpp's vocabulary files end right after the metadata: no tensors, no padding, no data."""
+    md = bpe_metadata()
+    tokens = md["tokenizer.ggml.tokens"]
+    string_array = struct.pack("<IQ", synth.STRING, len(tokens)) + b"".join(synth.gstr(t) for t in tokens)
+    merges = md["tokenizer.ggml.merges"]
+    merge_array = struct.pack("<IQ", synth.STRING, len(merges)) + b"".join(synth.gstr(m) for m in merges)
+    kvs = [synth.kv("tokenizer.ggml.model", synth.STRING, synth.gstr("gpt2")),
+           synth.kv("tokenizer.ggml.pre", synth.STRING, synth.gstr("gpt-2")),
+           synth.kv("tokenizer.ggml.tokens", synth.ARRAY, string_array),
+           synth.kv("tokenizer.ggml.merges", synth.ARRAY, merge_array)]
+    data = synth.gguf_bytes(kvs, [], alignment=1)
+    assert len(data) % 32  # the next alignment boundary lies past the end of the file
+    path = tmp_path / "vocab.gguf"
+    path.write_bytes(data)
+    with load_gguf(path) as gguf:
+        assert gguf.tensors == {} and gguf.data_offset == len(data)
+    tok = Tokenizer.from_gguf(path)
+    assert pieces(tok, tok.encode("low", add_special=False)) == ["low"]

@@ -1,4 +1,5 @@
-"""Tokenizers built from GGUF metadata alone, agreeing token for token with llama.cpp.
+"""Tokenizers built from GGUF metadata alone, agreeing token for token with llama.cpp: byte-level BPE with
+every pre-tokenizer llama.cpp knows, Gemma 4's BPE, SentencePiece and WordPiece (docs/architectures.md).
 
     tok = Tokenizer.from_gguf("model.gguf")
     ids = tok.encode("Hello world")          # BOS added if the model asks for it, specials parsed
@@ -21,6 +22,7 @@ from ..gguf.reader import GGUFFile, Source, load_gguf
 from .bpe import BPEEncoder, unicode_to_byte
 from .spm import SPACE, SPMEncoder
 from .vocab import TokenType, Vocab, byte_token_value
+from .wpm import WPMEncoder
 
 __all__ = ["StreamDecoder", "Tokenizer", "TokenType", "Vocab"]
 
@@ -30,8 +32,10 @@ _SILENT_TYPES = (TokenType.CONTROL, TokenType.UNUSED, TokenType.UNDEFINED)
 class Tokenizer:
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
-        self._bpe = BPEEncoder(vocab) if vocab.model == "gpt2" else None
+        self._bpe = BPEEncoder(vocab) if vocab.model in ("gpt2", "gemma4") else None
         self._spm = SPMEncoder(vocab) if vocab.model == "llama" else None
+        self._wpm = WPMEncoder(vocab) if vocab.model == "bert" else None
+        self._byte_level = vocab.model == "gpt2"  # token texts spell bytes as GPT-2's characters
         self._special_ids = {flag: vocab.special_ids(flag) for flag in (False, True)}
         self._types: list[int] = vocab.types.tolist()
         self._pieces: dict[int, bytes] = {}
@@ -95,7 +99,8 @@ class Tokenizer:
         recognised. A chat prompt is the template's markup (parsed) around the client's text (literal)."""
         vocab = self.vocab
         out: list[int] = []
-        if add_special and vocab.add_bos and vocab.bos_id is not None:
+        wordpiece = self._wpm is not None  # BERT's [CLS] … [SEP] come with the special tokens, whatever the flags
+        if add_special and (vocab.add_bos or wordpiece) and vocab.bos_id is not None:
             out.append(vocab.bos_id)
         prev_special = True  # SentencePiece prefixes a space to text at the start and after a special token
         for fragment in self._partition(parts):
@@ -104,11 +109,15 @@ class Tokenizer:
                 prev_special = True
             elif self._bpe is not None:
                 out.extend(self._bpe.encode(fragment))
+            elif self._wpm is not None:
+                out.extend(self._wpm.encode(fragment))
             else:
                 assert self._spm is not None
                 out.extend(self._spm.encode(fragment, vocab.add_space_prefix and prev_special))
                 prev_special = False
-        if add_special and vocab.add_eos and vocab.eos_id is not None:
+        if add_special and wordpiece and vocab.sep_id is not None:
+            out.append(vocab.sep_id)
+        elif add_special and vocab.add_eos and vocab.eos_id is not None:
             out.append(vocab.eos_id)
         return out
 
@@ -128,7 +137,7 @@ class Tokenizer:
                 if isinstance(fragment, int) or special not in fragment[1]:
                     split.append(fragment)
                 else:
-                    split.extend(_split_at(fragment, special, token, where))
+                    split.extend(_split_at(fragment, special, token, where, self.vocab.strips.get(token, "")))
             fragments = split
         return [fragment if isinstance(fragment, int) else fragment[1] for fragment in fragments]
 
@@ -162,7 +171,7 @@ class Tokenizer:
 
     def _piece(self, token: int, kind: TokenType) -> bytes:
         text = self.vocab.tokens[token]
-        if self._bpe is not None and kind == TokenType.NORMAL:
+        if self._byte_level and kind == TokenType.NORMAL:
             to_byte = unicode_to_byte()
             return b"".join(bytes([to_byte[c]]) if c in to_byte else c.encode("utf-8", "surrogateescape")
                             for c in text)
@@ -172,7 +181,7 @@ class Tokenizer:
                 return bytes([value])
         if kind == TokenType.UNKNOWN:
             return " \u2047 ".encode()  # SentencePiece's surface for an unknown piece
-        if self._spm is not None:
+        if self._spm is not None or kind == TokenType.NORMAL:  # SentencePiece-style spaces (not GPT-2's)
             text = text.replace(SPACE, " ")
         return text.encode("utf-8", "surrogateescape")
 
@@ -223,10 +232,14 @@ def _join_parts(parts: Iterable[tuple[str, bool]]) -> tuple[str, _Spans]:
     return "".join(texts), parsed
 
 
-def _split_at(fragment: tuple[int, str], special: str, token: int, where: _Spans | None
+_ASCII_SPACE = " \t\n\x0b\x0c\r"  # C's isspace, what llama.cpp strips next to a token
+
+
+def _split_at(fragment: tuple[int, str], special: str, token: int, where: _Spans | None, strip: str = ""
               ) -> list[tuple[int, str] | int]:
     """A text fragment (offset, text) split at the occurrences of `special`, left to right, each one that
-    lies within `where` (anywhere if None) becoming `token`."""
+    lies within `where` (anywhere if None) becoming `token`. `strip` ("l", "r" or both): the spaces before
+    (l) or after (r) each occurrence go with the token (Phi-3's specials, some <mask>s)."""
     offset, text = fragment
     out: list[tuple[int, str] | int] = []
     pos = search = 0
@@ -235,9 +248,16 @@ def _split_at(fragment: tuple[int, str], special: str, token: int, where: _Spans
         if where is not None and not where.covers(offset + i, offset + end):
             search = i + 1  # text here: a later, overlapping occurrence may still be a token
             continue
-        if i > pos:
-            out.append((offset + pos, text[pos:i]))
+        left = i
+        if "l" in strip:
+            while left > pos and text[left - 1] in _ASCII_SPACE:
+                left -= 1
+        if left > pos:
+            out.append((offset + pos, text[pos:left]))
         out.append(token)
+        if "r" in strip:
+            while end < len(text) and text[end] in _ASCII_SPACE:
+                end += 1
         pos = search = end
     if pos < len(text):
         out.append((offset + pos, text[pos:]))

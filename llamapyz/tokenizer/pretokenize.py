@@ -1,136 +1,169 @@
-"""Pre-tokenizers of the byte-level BPE tokenizers: split text into words before merging.
+"""Pre-tokenizers of the BPE tokenizers: split text into words before merging, exactly as llama.cpp does.
 
-`tokenizer.ggml.pre` names one of llama.cpp's pre-tokenizers: a list of regexes applied one after the other,
-each splitting every piece left by the previous one (text between matches stays a piece of its own). The
-regexes use Unicode classes (\\p{L}, \\p{N}, \\p{P}) that Python's `re` lacks, so the classes are built from
-`unicodedata` once and written into the patterns as explicit ranges. Whitespace is Unicode's White_Space
-set (as llama.cpp has it), not Python's `\\s`, which also takes the separators U+001C..U+001F.
+A pre-tokenizer (`pre_types.PRE_TOKENIZERS`) is a list of llama.cpp's regexes applied one after the other,
+each splitting every piece left by the previous one; text between matches stays a piece of its own, and
+lookarounds see only the piece they run in.
 
-Scanning Unicode for the classes takes ~0.2 s, so archives carry the result (`CLASSES_FILE`, written by
-the bundler for the Python it targets), used when its Unicode version is this Python's.
+llama.cpp runs its regexes in a dialect of its own, and so do we, by translating them to Python's `re`:
+- it collapses every non-ASCII character to its category before matching, so `\\p{L}`, `\\p{Lu}`, `\\p{Ll}`,
+  `\\p{Lt}`, `\\p{Lm}` and `\\p{Lo}` all mean "a letter" (upper and lower case are told apart in ASCII only,
+  by explicit ranges such as `[^a-z]`), and `\\p{N}`, `\\p{P}`, `\\p{M}`, `\\p{S}` their general categories;
+- `\\s` is Unicode's White_Space (not Python's `\\s`, which also takes the separators U+001C..U+001F);
+  `\\d`, `\\w` and `\\b` are ASCII-only (ECMAScript's); `$` is the end of the piece, `.` anything but CR, LF;
+- an unassigned code point is neither letter, number nor space, so `[^\\s\\p{L}\\p{N}]` takes it;
+- non-ASCII spaces are matched as "\\v": only `\\s` and negated classes take them, never a literal range.
+For some regexes llama.cpp runs hand-written matchers instead (GPT-2, Llama 3, Qwen 2, Qwen 3.5: the same
+words as their regexes, which is what runs here; Kimi-K2 and the AFMoE digit groups: see `_SUBSTITUTES`).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-import unicodedata
+from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 
 from ..errors import TokenizerError
+from . import pre_types
+from .pre_types import PRE_TOKENIZERS, PreTokenizerSpec
+from .unicode_data import CLASSES_FILE, HAN_RANGES, WHITESPACE, category_classes, save_category_classes
 
-# Unicode White_Space, the set llama.cpp's `\s` stands for
-WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
-    "\u2028\u2029\u202f\u205f\u3000"
+__all__ = ["CLASSES_FILE", "PreTokenizer", "save_category_classes", "translate"]
 
+Splitter = Callable[[str], list[str]]
 
-def _ranges_to_class(ranges: list[tuple[int, int]]) -> str:
-    def esc(cp: int) -> str:
-        return f"\\U{cp:08x}"
-    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
-
-
-CLASSES_FILE = Path(__file__).with_name("unicode_classes.json")
-
-
-@cache
-def _category_classes() -> dict[str, str]:
-    """Character-class bodies (without brackets) for the general categories L, N, P and unassigned Cn."""
-    try:
-        saved = json.loads(CLASSES_FILE.read_text())
-        if saved["unidata_version"] == unicodedata.unidata_version:
-            return saved["classes"]
-    except (OSError, ValueError, KeyError):
-        pass
-    return _scan_categories()
-
-
-def save_category_classes(path: Path = CLASSES_FILE) -> None:
-    """Write the classes of this Python's Unicode version for `_category_classes` to read (the bundler)."""
-    path.write_text(json.dumps({"unidata_version": unicodedata.unidata_version, "classes": _scan_categories()}))
-
-
-def _scan_categories() -> dict[str, str]:
-    ranges: dict[str, list[tuple[int, int]]] = {"L": [], "N": [], "P": [], "Cn": []}
-    category = unicodedata.category
-    current, start = None, 0
-    for cp in range(sys.maxunicode + 2):
-        cat = category(chr(cp)) if cp <= sys.maxunicode else None
-        key = "Cn" if cat == "Cn" else cat[0] if cat else None
-        if key != current:
-            if current in ranges:
-                ranges[current].append((start, cp - 1))
-            current, start = key, cp
-    return {k: _ranges_to_class(v) for k, v in ranges.items()}
-
-
-@cache
-def _classes() -> dict[str, str]:
-    """Placeholders of the pattern table -> regex fragments."""
-    c = _category_classes()
-    ws = re.escape(WHITESPACE)
-    return {
-        "L": f"[{c['L']}]",
-        "N": f"[{c['N']}]",
-        "P": f"[{c['P']}]",
-        "S": f"[{ws}]",  # \s
-        "NS": f"[^{ws}]",  # \S
-        "O": f"[^{ws}{c['L']}{c['N']}{c['Cn']}]",  # [^\s\p{L}\p{N}], unassigned code points excluded
-        "NLN": f"[^\\r\\n{c['L']}{c['N']}]",  # [^\r\n\p{L}\p{N}]
-    }
-
-
-# `|.` at the end takes what no alternative does (unassigned code points) one character at a time, as
-# llama.cpp's hand-written matchers for these two patterns do
-_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?{L}+| ?{N}+| ?{O}+|{S}+(?!{NS})|{S}+|."
-_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-_LLAMA3 = _CONTRACTIONS + r"|{NLN}?{L}+|{N}{{1,3}}| ?{O}+[\r\n]*|{S}*[\r\n]+|{S}+(?!{NS})|{S}+|."
-_QWEN2 = _CONTRACTIONS + r"|{NLN}?{L}+|{N}| ?{O}+[\r\n]*|{S}*[\r\n]+|{S}+(?!{NS})|{S}+"
-
-# tokenizer.ggml.pre -> regexes applied in order (as llama.cpp's llm_tokenizer_bpe does)
-PRETOKENIZERS: dict[str, tuple[str, ...]] = {
-    "gpt-2": (_GPT2,),
-    "gpt2": (_GPT2,),
-    "smollm": (r"{N}", _GPT2),
-    "starcoder": (r"{N}", _GPT2),
-    "llama-bpe": (_LLAMA3,),
-    "llama3": (_LLAMA3,),
-    "qwen2": (_QWEN2,),
-    "default": (r"(?:{P}|[$+<=>^~|])+", _GPT2, r"{N}+", r"[0-9][0-9][0-9]"),
-}
+# Kimi-K2's hand-written matcher, as a regex: runs of Han (llama.cpp's CJK blocks), then Llama 3's words with
+# Han taken out of their letters and a contraction allowed after a word (no contraction alone)
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_KIMI_K2 = (r"\p{Han}+|[^\r\n\p{L}\p{N}]?\p{L_not_han}+" + _CONTRACTIONS + r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# regexes llama.cpp does not run as written -> what it runs instead
+_SUBSTITUTES = {pre_types.KIMI_K2: _KIMI_K2}
 
 
 class PreTokenizer:
     """Splits text into the words that BPE merges within."""
 
-    def __init__(self, name: str) -> None:
-        try:
-            templates = PRETOKENIZERS[name]
-        except KeyError:
-            known = ", ".join(sorted(PRETOKENIZERS))
-            raise TokenizerError(f"unknown BPE pre-tokenizer tokenizer.ggml.pre={name!r} (known: {known})") from None
-        self.name = name
-        self.patterns = [re.compile(t.format(**_classes()), re.DOTALL) for t in templates]
+    def __init__(self, name: str | PreTokenizerSpec) -> None:
+        if isinstance(name, str):
+            try:
+                name = PRE_TOKENIZERS[name]
+            except KeyError:
+                known = ", ".join(sorted(PRE_TOKENIZERS))
+                raise TokenizerError(f"unknown BPE pre-tokenizer tokenizer.ggml.pre={name!r} (known, as in "
+                                     f"llama.cpp: {known})") from None
+        self.spec = name
+        self.name = name.name
+        self.splitters = [_splitter(regex) for regex in name.regexes]
 
     def split(self, text: str) -> list[str]:
         pieces = [text] if text else []
-        for pattern in self.patterns:
-            pieces = [word for piece in pieces for word in _split_one(pattern, piece)]
+        for splitter in self.splitters:
+            pieces = [word for piece in pieces for word in splitter(piece)]
         return pieces
 
 
-def _split_one(pattern: re.Pattern[str], text: str) -> list[str]:
-    """Matches of `pattern` in `text`; text between matches is kept as pieces too."""
+@cache
+def _splitter(regex: str) -> Splitter:
+    if regex in (pre_types.AFMOE_DIGITS, "\\d{1,3}(?=(?:\\d{3})*\\b)"):
+        return _group_digits  # llama.cpp's digit grouping, for both
+    pattern = re.compile(translate(_SUBSTITUTES.get(regex, regex)), re.ASCII)
+    if regex.isascii():
+        def split(text: str) -> list[str]:
+            return _split_one(pattern, text, text)
+    else:  # llama.cpp matches such a regex on the text with its non-ASCII spaces turned into "\v" (U+3000 is
+        # in the range ࠀ-一, yet no such range matches it)
+        def split(text: str) -> list[str]:
+            return _split_one(pattern, text, text.translate(_MASK_SPACES))
+    return split
+
+
+_MASK_SPACES = str.maketrans({c: "\x0b" for c in WHITESPACE if not c.isascii()})
+
+
+def _split_one(pattern: re.Pattern[str], text: str, subject: str) -> list[str]:
+    """Matches of `pattern` in `subject` (`text` or a same-length mask of it), as pieces of `text`; text
+    between matches is kept as pieces too."""
     out: list[str] = []
     pos = 0
-    for m in pattern.finditer(text):
+    for m in pattern.finditer(subject):
         if m.start() > pos:
             out.append(text[pos:m.start()])
         if m.end() > m.start():
-            out.append(m.group())
+            out.append(text[m.start():m.end()])
         pos = m.end()
     if pos < len(text):
         out.append(text[pos:])
     return out
+
+
+@cache
+def _numbers() -> re.Pattern[str]:
+    return re.compile(translate("\\p{N}+"))
+
+
+def _group_digits(text: str) -> list[str]:
+    """llama.cpp's AFMoE digit split: each run of numbers in groups of three counted from its end (the first
+    group 1 or 2 long); the text before a run is not a piece of its own but the start of the run's first one."""
+    out: list[str] = []
+    start = 0
+    for m in _numbers().finditer(text):
+        cut = m.start() + (len(m.group()) % 3 or 3)
+        while cut <= m.end():
+            out.append(text[start:cut])
+            start, cut = cut, cut + 3
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
+
+# --- llama.cpp's regex dialect -> Python's ---------------------------------------------------------------
+
+_CATEGORY = {"L": "L", "Lu": "L", "Ll": "L", "Lt": "L", "Lm": "L", "Lo": "L", "N": "N", "P": "P", "M": "M", "S": "S",
+             "L_not_han": "L_not_han"}
+_HAN = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in HAN_RANGES)
+_SPACE = re.escape(WHITESPACE)
+
+
+def translate(regex: str) -> str:
+    """A regex of llama.cpp's dialect (module docstring) as a Python regex, compiled with re.ASCII."""
+    classes = category_classes()
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\" and regex.startswith("\\p{", i):
+            end = regex.index("}", i)
+            name = regex[i + 3:end]
+            if name == "Han":
+                body = _HAN
+            elif name in _CATEGORY:
+                body = classes[_CATEGORY[name]]
+            else:
+                raise TokenizerError(f"regex {regex!r}: unknown class \\p{{{name}}}")
+            out.append(body if in_class else f"[{body}]")
+            i = end + 1
+            continue
+        if c == "\\":
+            escaped = regex[i + 1]
+            if escaped == "s":
+                out.append(_SPACE if in_class else f"[{_SPACE}]")
+            elif escaped == "S":
+                if in_class:
+                    raise TokenizerError(f"regex {regex!r}: \\S within a class is not supported")
+                out.append(f"[^{_SPACE}]")
+            else:
+                out.append(regex[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "$":
+            c = "\\Z"
+        elif c == ".":
+            c = "[^\\n\\r]"
+        out.append(c)
+        i += 1
+    return "".join(out)

@@ -5,40 +5,39 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
 from ..errors import TokenizerError
+from .pre_types import PRE_TOKENIZERS
+from .token_types import TokenType, retype_specials, strip_attributes
 
+__all__ = ["MODELS", "TokenType", "Vocab", "byte_token_value"]
 
-class TokenType(IntEnum):
-    """`tokenizer.ggml.token_type` values (llama.cpp's llama_token_type)."""
-
-    UNDEFINED = 0
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
-
-
-# Tokens that end a turn. llama.cpp treats them as end-of-generation and as control tokens even where a
-# converter exported them as normal ones (Gemma's <end_of_turn>), so "parse special" governs them.
-END_OF_TURN_TEXTS = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
-    "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|eom_id|>", "<|return|>", "<|call|>",
-})
+# tokenizer.ggml.model -> what it is; the special-token ids llama.cpp assumes where the file names none
+MODELS = {
+    "gpt2": "byte-level BPE",
+    "gemma4": "SentencePiece-style BPE",
+    "llama": "SentencePiece",
+    "bert": "WordPiece",
+}
+_DEFAULT_IDS: dict[str, dict[str, int]] = {
+    "gpt2": {"bos": 11, "eos": 11},
+    "gemma4": {},
+    "llama": {"bos": 1, "eos": 2, "unknown": 0},
+    "bert": {"bos": 101, "unknown": 100, "seperator": 102, "padding": 0},
+}
+_FIM_KEYS = {"pre": ("fim_pre", "prefix"), "suf": ("fim_suf", "suffix"), "mid": ("fim_mid", "middle"),
+             "pad": ("fim_pad",), "rep": ("fim_rep",), "sep": ("fim_sep",)}
 
 _SPECIAL_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
 
 
 @dataclass
 class Vocab:
-    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
-    pre: str  # tokenizer.ggml.pre: the BPE pre-tokenizer
+    model: str  # tokenizer.ggml.model: a key of MODELS
+    pre: str  # tokenizer.ggml.pre: the BPE pre-tokenizer ("default" where the file names none)
     tokens: list[str]
     types: np.ndarray  # (n_vocab,) TokenType values
     scores: np.ndarray | None  # (n_vocab,) float32, SentencePiece merge priorities
@@ -50,7 +49,11 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     add_space_prefix: bool
+    sep_id: int | None = None  # WordPiece's [SEP], added at the end with the special tokens
+    lowercase: bool = True  # WordPiece's normalizer: lower-case, and strip accents
+    strip_accents: bool = True
     eog_ids: frozenset[int] = frozenset()
+    strips: dict[int, str] = field(default_factory=dict)  # token -> "l"/"r": spaces it takes (token_types.py)
     token_to_id: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -60,48 +63,57 @@ class Vocab:
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any]) -> Vocab:
         model = md.get("tokenizer.ggml.model")
-        if not isinstance(model, str) or model not in ("gpt2", "llama"):
-            raise TokenizerError(f"unsupported tokenizer.ggml.model={model!r} "
-                                 "(llamapyz supports 'gpt2' byte-level BPE and 'llama' SentencePiece)")
+        if not isinstance(model, str) or model not in MODELS:
+            known = ", ".join(f"{name!r} {what}" for name, what in MODELS.items())
+            raise TokenizerError(f"unsupported tokenizer.ggml.model={model!r} (llamapyz supports {known})")
         tokens = md.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
             raise TokenizerError("tokenizer.ggml.tokens is missing or not a list of strings")
         n = len(tokens)
+        pre = md.get("tokenizer.ggml.pre", "")
+        if not isinstance(pre, str):
+            raise TokenizerError(f"tokenizer.ggml.pre must be a string, not {type(pre).__name__}")
+        pre = "gemma4" if model == "gemma4" else pre or "default"  # llama.cpp: none means "default"
+        spec = PRE_TOKENIZERS.get(pre) if model in ("gpt2", "gemma4") else None
         types = _per_token(md, "tokenizer.ggml.token_type", n, np.int32, default=TokenType.NORMAL)
         scores = _per_token(md, "tokenizer.ggml.scores", n, np.float32, default=None)
         merges = md.get("tokenizer.ggml.merges", [])
-        if model == "gpt2" and (not isinstance(merges, list) or not merges):
-            raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
+        if model in ("gpt2", "gemma4") and (not isinstance(merges, list) or not merges) and pre != "kimi-k2":
+            raise TokenizerError(f"a {model} (BPE) tokenizer needs tokenizer.ggml.merges")
         if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
             raise TokenizerError("tokenizer.ggml.merges must be a list of strings")
         if types.size and (types.min() < 0 or types.max() > max(TokenType)):
             raise TokenizerError(f"tokenizer.ggml.token_type has values outside 0..{int(max(TokenType))}")
+        defaults = {} if spec is not None and spec.no_bos else _DEFAULT_IDS[model]
         spm = model == "llama"
+        add_bos = _flag(md, "add_bos_token", spm or model == "bert" or spec is not None and spec.add_bos)
+        lowercase = _flag(md, "normalizer.lowercase", pre != "whitespace")
         vocab = cls(
             model=model,
-            pre=str(md.get("tokenizer.ggml.pre", "default")),
+            pre=pre,
             tokens=tokens,
-            types=types,  # a fresh array (astype / np.full): END_OF_TURN_TEXTS may retype entries
+            types=types,  # a fresh array (astype / np.full): retype_specials changes entries
             scores=scores,
             merges=merges,
-            bos_id=_token_id(md, "bos", n),
-            eos_id=_token_id(md, "eos", n),
-            unk_id=_token_id(md, "unknown", n),
-            pad_id=_token_id(md, "padding", n),
-            add_bos=_flag(md, "add_bos_token", spm),
+            bos_id=_token_id(md, "bos", n, defaults),
+            eos_id=_token_id(md, "eos", n, defaults),
+            unk_id=_token_id(md, "unknown", n, defaults),
+            pad_id=_token_id(md, "padding", n, defaults),
+            sep_id=_token_id(md, "seperator", n, defaults),  # sic: llama.cpp's key
+            add_bos=add_bos or model == "gemma4",  # llama.cpp turns it on for Gemma 4 whatever the file says
             add_eos=_flag(md, "add_eos_token", False),
             add_space_prefix=_flag(md, "add_space_prefix", spm),
+            lowercase=lowercase,
+            strip_accents=_flag(md, "normalizer.strip_accents", lowercase),
         )
         vocab.token_to_id = {t: i for i, t in enumerate(tokens)}
         if vocab.add_bos and vocab.bos_id is None:
             raise TokenizerError("tokenizer.ggml.add_bos_token is set but the vocab has no BOS token")
-        eog = {i for i in (vocab.eos_id,) if i is not None}
-        for text in END_OF_TURN_TEXTS:
-            i = vocab.token_to_id.get(text)
-            if i is not None:
-                eog.add(i)
-                vocab.types[i] = TokenType.CONTROL
-        vocab.eog_ids = frozenset(eog)
+        fim_ids = {kind: i for kind, names in _FIM_KEYS.items() for name in names
+                   if (i := _token_id(md, name, n, {})) is not None}
+        ends = {i for name in ("eot", "eom") if (i := _token_id(md, name, n, {})) is not None}
+        vocab.eog_ids = retype_specials(vocab.token_to_id, vocab.types, vocab.eos_id, fim_ids) | ends
+        vocab.strips = strip_attributes(md, vocab.token_to_id, vocab.types)
         return vocab
 
     def special_ids(self, parse_special: bool) -> list[int]:
@@ -129,10 +141,12 @@ def _flag(md: Mapping[str, Any], name: str, default: bool) -> bool:
     return bool(value)
 
 
-def _token_id(md: Mapping[str, Any], name: str, n: int) -> int | None:
+def _token_id(md: Mapping[str, Any], name: str, n: int, defaults: Mapping[str, int]) -> int | None:
+    """A special token's id: the file's, else llama.cpp's default for the model (if the vocab has it)."""
     value = md.get(f"tokenizer.ggml.{name}_token_id")
     if value is None:
-        return None
+        default = defaults.get(name)
+        return default if default is not None and default < n else None
     if not isinstance(value, int) or not 0 <= value < n:
         raise TokenizerError(f"tokenizer.ggml.{name}_token_id={value!r} is not a token id (vocab has {n})")
     return value
