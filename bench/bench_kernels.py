@@ -130,7 +130,8 @@ def read_bandwidth_gbs(threads: int) -> float:
 
 
 def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Generator):
-    """A QuantMatrix of random blocks; f16 fields (scales, mins) set to 0.01, as random bits may be NaN/inf."""
+    """A QuantMatrix of random blocks; f16 fields (scales, mins) set to 0.01, as random bits may be NaN/inf, and
+    E8M0 scales (MXFP4's `e`) to 2^-7, as random ones may overflow or be subnormal (slow on some CPUs)."""
     from llamapyz.kernels.linear import QuantMatrix
 
     fmt = FORMATS_BY_NAME[fmt_name]
@@ -139,6 +140,8 @@ def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Genera
     for field in fmt.block_dtype.names:
         if fmt.block_dtype[field].base == np.float16:
             blocks[field] = np.float16(0.01)
+        elif field == "e":
+            blocks[field] = 120
     return QuantMatrix(Tensor(f"{fmt_name}.{n_rows}x{n_cols}", (n_cols, n_rows), fmt, 0, raw.nbytes, raw))
 
 

@@ -40,17 +40,40 @@ METADATA: dict[str, tuple[str, Any]] = {
 
 
 def random_blocks(type_name: str, n_blocks: int, rng: np.random.Generator, scale: float = 2.0) -> np.ndarray:
-    """Random raw blocks of a format, with finite random float scales in [-scale, scale], as a uint8 array."""
+    """Random raw blocks of a format, with finite random float scales in [-scale, scale] and power-of-two
+    scales (E8M0 fields, `e`) of 1/16 to 1 times the largest power of two up to `scale`, as a uint8 array."""
     fmt = FORMATS_BY_NAME[type_name]
     raw = rng.integers(0, 256, size=n_blocks * fmt.type_size, dtype=np.uint8)
     blocks = raw.view(fmt.block_dtype)
     for name in fmt.block_dtype.names:
-        if fmt.block_dtype[name].base == np.float16:
+        if name == "e":  # E8M0: 2^(e - 127), taken halved with levels doubled (MXFP4)
+            top = 128 + math.floor(math.log2(scale))
+            blocks[name] = rng.integers(top - 4, top + 1, size=blocks[name].shape)
+        elif fmt.block_dtype[name].base == np.float16:
             blocks[name] = rng.uniform(-scale, scale, size=blocks[name].shape).astype(np.float16)
         elif fmt.block_dtype[name].base in (np.float32, np.float64):
             blocks[name] = rng.uniform(-scale, scale, size=blocks[name].shape)
         elif type_name == "BF16":
             blocks[name] = (rng.uniform(-scale, scale, size=n_blocks).astype(np.float32).view(np.uint32) >> 16)
+    return raw
+
+
+# scale fields at the edges: float16 zeros, subnormals, the largest finite, infinities; E8M0's subnormals
+# (e < 2), first normal, 1/2 and top exponents (2^127 * 12 overflows to inf, as in ggml)
+EDGE_F16 = np.array([0.0, -0.0, 2.0**-24, -(2.0**-14), 1.0, 65504.0, -65504.0, np.inf, -np.inf], np.float16)
+EDGE_E8M0 = np.array([0, 1, 2, 126, 127, 128, 200, 254, 255], np.uint8)
+
+
+def edge_scale_blocks(type_name: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """`random_blocks` whose scale fields (float16, E8M0) cycle through the edge values above, each field
+    from another starting point."""
+    fmt = FORMATS_BY_NAME[type_name]
+    raw = random_blocks(type_name, n_blocks, rng)
+    blocks = raw.view(fmt.block_dtype)
+    for i, name in enumerate(fmt.block_dtype.names):
+        edges = EDGE_E8M0 if name == "e" else EDGE_F16 if fmt.block_dtype[name] == np.float16 else None
+        if edges is not None:
+            blocks[name] = np.resize(np.roll(edges, i), len(blocks))
     return raw
 
 
@@ -81,7 +104,8 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]] | Non
 # Block scales of the random weights, chosen so that every format's values come out around +-0.05 (typical
 # |q| of the format times its sub-scales); larger ones make a random llama's activations blow up.
 WEIGHT_SCALE = {"Q4_0": 0.01, "Q4_1": 0.005, "Q5_0": 0.005, "Q5_1": 0.003, "Q8_0": 0.0008, "Q2_K": 0.003,
-                "Q3_K": 0.001, "Q4_K": 0.0002, "Q5_K": 0.0001, "Q6_K": 0.00005}
+                "Q3_K": 0.001, "Q4_K": 0.0002, "Q5_K": 0.0001, "Q6_K": 0.00005, "IQ4_NL": 0.0007,
+                "IQ4_XS": 0.00003, "MXFP4": 0.008}
 
 
 def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:

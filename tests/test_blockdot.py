@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
+from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, dequantize, e8m0_half
 from llamapyz.kernels import KERNELS
 from llamapyz.kernels.blockdot import ROW_KERNELS
 from llamapyz.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
@@ -112,6 +112,29 @@ def _q8_0(b: np.ndarray) -> dict:
     return _block32(b, b[..., 2:34].view(np.int8).astype(np.int64))
 
 
+IQ4_NL = np.array(IQ4_NL_VALUES, np.int64)
+FP4 = np.array(MXFP4_VALUES, np.int64)
+
+
+@twin("IQ4_NL")
+def _iq4_nl(b: np.ndarray) -> dict:
+    return _block32(b, IQ4_NL[_nibbles16(b[..., 2:18])])
+
+
+@twin("MXFP4")
+def _mxfp4(b: np.ndarray) -> dict:
+    return {"q": FP4[_nibbles16(b[..., 1:17])][:, :, None, :], "d": e8m0_half(b[..., 0])}
+
+
+@twin("IQ4_XS")
+def _iq4_xs(b: np.ndarray) -> dict:
+    q = np.stack([IQ4_NL[_nibbles16(b[..., 8 + 16 * j:24 + 16 * j])] for j in range(8)], axis=2)
+    high = b[..., 2].astype(np.int64) | (b[..., 3].astype(np.int64) << 8)
+    sc = np.stack([((b[..., 4 + j // 2].astype(np.int64) >> (4 * (j & 1))) & 15 | (((high >> (2 * j)) & 3) << 4)) - 32
+                   for j in range(8)], axis=-1)
+    return {"q": q, "d": _half(b, 0), "sc": sc}
+
+
 def _k4(b: np.ndarray, qs: np.ndarray, qh: np.ndarray | None = None) -> dict:
     """Q4_K and Q5_K: d, dmin, 12 bytes of 6-bit scales and mins, then the values' nibbles (and fifth bits)."""
     q = np.stack([(qs[..., 32 * (j // 2):32 * (j // 2) + 32].astype(np.int64) >> (4 * (j & 1))) & 15
@@ -196,6 +219,20 @@ def test_row_kernels_equal_their_twin_bit_for_bit(name, n_tokens):
     scale = np.abs(xq * xd) @ np.abs(w).T
     slack = 2.0 ** -10 if name in ("Q4_1", "Q5_1") else 1e-5  # their block sums are float16 (llama.cpp's q8_1)
     assert np.abs(out - exact).max() <= slack * scale.max()
+
+
+def test_mxfp4_scales_of_every_finite_exponent_equal_the_twin():
+    """E8M0 exponents 0 (a subnormal 2^-128) to 200, built as bits in the kernel and in the twin."""
+    fmt = FORMATS_BY_NAME["MXFP4"]
+    raw = random_blocks("MXFP4", N_ROWS * N_COLS // 32, np.random.default_rng(3))
+    raw.view(fmt.block_dtype)["e"] = np.arange(N_ROWS * N_COLS // 32) % 201
+    raw = raw.reshape(N_ROWS, -1)
+    rows = QuantizedRows(np.random.default_rng(4).standard_normal((2, N_COLS)).astype(F32))
+    out = np.full((2, N_ROWS), np.nan, F32)
+    table = np.array([[fmt.type_id, 0, raw.shape[1], 0, N_ROWS, ACTIVATIONS.index("q8_0"), 0]])
+    matmul_table(raw.reshape(-1), table, rows.forms({"q8_0"}), out)
+    np.testing.assert_array_equal(out, row_dots_twin("MXFP4", raw, *rows.form("q8_0")))
+    assert np.isfinite(out).all() and (np.abs(out[:, 0]) < 2.0**-100).all()
 
 
 def test_matrices_sharing_an_input_in_one_pass_give_the_same_bits():

@@ -14,7 +14,7 @@ import pytest
 from llamapyz.gguf.quants import FORMATS_BY_NAME, dequantize
 from llamapyz.kernels import KERNELS, simd
 from llamapyz.kernels.linear import QuantizedRows, QuantMatrix
-from tests.synth import random_blocks
+from tests.synth import edge_scale_blocks, random_blocks
 
 N_ROWS = 37
 
@@ -33,6 +33,20 @@ def test_dequant_kernel_is_bit_exact(type_name, seed):
     out = np.full((N_ROWS, 512), np.nan, np.float32)
     KERNELS[type_name].dequant(raw, out)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("type_name", sorted(n for n in KERNELS if FORMATS_BY_NAME[n].block_size > 1))
+def test_dequant_kernel_is_bit_exact_on_edge_scales(type_name):
+    """Zero, subnormal, largest and infinite float16 scales, every kind of E8M0 exponent (tests/synth.py)."""
+    fmt = FORMATS_BY_NAME[type_name]
+    raw = edge_scale_blocks(type_name, 4 * 256 // fmt.block_size * 9, np.random.default_rng(6)).reshape(4, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = dequantize(raw, fmt, (4, raw.shape[1] // fmt.type_size * fmt.block_size))
+    out = np.full(expected.shape, np.nan, np.float32)
+    KERNELS[type_name].dequant(raw, out)
+    nan = np.isnan(expected)
+    assert (np.isnan(out) == nan).all()
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
 
 
 def quantized_twin(x: np.ndarray, kind: str = "q8_0") -> np.ndarray:

@@ -21,7 +21,8 @@ from llamapyz.gguf.quants import FORMATS_BY_NAME
 from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_gguf, write_model
 
-WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                "IQ4_NL", "IQ4_XS", "MXFP4"]
 PROMPT = "the cat in the hat, there and here; the end"
 TOLERANCE = 0.06  # of the logit range, int8 activations as llama.cpp forms them (q8_0 with float16 scales; q8_K,
 # one scale per 256, for the K-quants): measured up to 4.3e-2 (gemma3 Q4_K), 4.1e-2 (gemma3 Q4_1)

@@ -8,9 +8,10 @@ from gguf.quants import dequantize as gguf_dequantize
 from llamapyz.errors import UnsupportedQuantError
 from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
 from llamapyz.gguf.reader import load_gguf
-from tests.synth import random_blocks
+from tests.synth import edge_scale_blocks, random_blocks
 
-REQUIRED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+REQUIRED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+            "IQ4_NL", "IQ4_XS", "MXFP4"]
 SUPPORTED = [f.name for f in FORMATS.values() if f.supported]
 # ggml's block_q8_1 is two halves and 32 int8 (36 bytes); gguf-py's table still says 4 + 4 + 32
 GGUF_PY_TABLE_DIFFERS = {"Q8_1"}
@@ -40,6 +41,18 @@ def test_dequantize_is_bit_exact_with_gguf_on_random_blocks(name, seed):
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     assert np.array_equal(ours.view(np.uint32), ref.astype(np.float32).view(np.uint32))
     assert np.isfinite(ours).all() and np.abs(ours).max() > 0
+
+
+@pytest.mark.parametrize("name", [n for n in REQUIRED if FORMATS_BY_NAME[n].block_size > 1])
+def test_dequantize_is_bit_exact_with_gguf_on_edge_scales(name):
+    fmt = FORMATS_BY_NAME[name]
+    raw = edge_scale_blocks(name, 18, np.random.default_rng(5))
+    with np.errstate(over="ignore", invalid="ignore"):
+        ours = dequantize(raw, fmt, (18 * fmt.block_size,))
+        ref = gguf_dequantize(raw, gguf.GGMLQuantizationType[name]).astype(np.float32).reshape(-1)
+    nan = np.isnan(ref)
+    assert (np.isnan(ours) == nan).all() and np.isinf(ref).any()
+    assert np.array_equal(ours[~nan].view(np.uint32), ref[~nan].view(np.uint32))
 
 
 @pytest.mark.parametrize("name", ["I8", "I16", "I32", "I64", "F64"])

@@ -44,10 +44,22 @@ def target_named(name: str):
     return choose(CpuInfo(arch, frozenset(LLVM_NAMES.values()), "test"), name)
 
 
+# the byte shuffle that looks up IQ4_NL's and MXFP4's 16 levels (blockdot.levels), per target
+LOOKUP = {"x86-64-ssse3": "pshufb", "x86-64-avx2": r"vpshufb\s+%?ymm", "x86-64-avx512": r"vpshufb\s+%?ymm",
+          "aarch64-neon": "tbl", "aarch64-dotprod": "tbl"}
+
+
 def probe_assembly(name: str) -> str:
-    """Our IR for a Q4_1 block dot product, a half -> float and a 16-float add, as `name`'s machine code."""
+    """Our IR for a Q4_1 block dot product, a half -> float, a 16-float add and a lookup of 32 nibbles' levels,
+    as `name`'s machine code."""
     target = target_named(name)
     module = ir.Module("probe")
+    v32 = simd._vec(simd.I8, 32)
+    lookup = ir.Function(module, ir.FunctionType(ir.VoidType(), [v32.as_pointer()]), "levels")
+    b = ir.IRBuilder(lookup.append_basic_block())
+    nibbles = b.and_(b.load(lookup.args[0], align=1), simd._splat(simd.I8, 32, 15))
+    b.store(blockdot.levels(b, blockdot.IQ4_NL_VALUES, nibbles, target), lookup.args[0])
+    b.ret_void()
     v32, v8 = simd._vec(simd.I8, 32), simd._vec(simd.I32, 8)
     dot = ir.Function(module, ir.FunctionType(v8, [simd.I8.as_pointer()] * 2), "dot4u")
     b = ir.IRBuilder(dot.append_basic_block())
@@ -78,6 +90,7 @@ def test_each_target_uses_its_isa_and_nothing_above_it(name):
     must, must_not = EXPECTED[name]
     assert must <= found, must - found
     assert not (must_not & found), must_not & found
+    assert re.search(rf"\b{LOOKUP[name.split('+')[0]]}", assembly), "no byte shuffle for the levels"
 
 
 def test_this_process_runs_the_best_target_or_the_forced_one():

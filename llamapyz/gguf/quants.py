@@ -176,6 +176,48 @@ def dequant_q6_k(blocks: np.ndarray) -> np.ndarray:
     return (d * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
 
 
+# --- non-linear 4-bit values: a table of 16 int8 levels per nibble ---------------------------------------
+
+# ggml's kvalues_iq4nl: IQ4_NL's and IQ4_XS's 16 levels, denser near 0
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+# ggml's kvalues_mxfp4: the FP4 (e2m1) values doubled, so that they are integers: 0, 0.5, 1, 1.5, 2, 3, 4, 6
+# and their negatives; the block's E8M0 scale is halved to match (`e8m0_half`)
+MXFP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
+
+
+def _levels(values: tuple[int, ...], nibbles: np.ndarray) -> np.ndarray:
+    """Nibbles (any shape) -> their levels in `values`, as float32."""
+    return np.array(values, dtype=np.int8)[nibbles].astype(np.float32)
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """E8M0 exponents (uint8) -> 2^(e - 128) as float32: the scale 2^(e - 127) halved, as ggml's
+    ggml_e8m0_to_fp32_half builds its bits (e < 2: a subnormal; no NaN for e = 255)."""
+    e = e.astype(np.uint32)
+    return np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << np.uint32(23)).astype(np.uint32).view(np.float32)
+
+
+def dequant_iq4_nl(blocks: np.ndarray) -> np.ndarray:
+    return _f32(blocks["d"]) * _levels(IQ4_NL_VALUES, _nibbles(blocks["qs"]))
+
+
+def dequant_iq4_xs(blocks: np.ndarray) -> np.ndarray:
+    """8 sub-blocks of 32, each IQ4_NL's nibble order, with a signed 6-bit scale: its low nibble in
+    scales_l[j // 2] (low then high nibble), its two high bits at bits 2j of scales_h."""
+    n = len(blocks)
+    j = np.arange(8)
+    low = (blocks["scales_l"][:, j // 2] >> (4 * (j % 2)).astype(np.uint8)) & 0x0F
+    high = (blocks["scales_h"].reshape(n, 1) >> (2 * j).astype(np.uint16)) & 3
+    scale = (low | (high << 4)).astype(np.int8) - np.int8(32)  # (n, 8)
+    dl = (_f32(blocks["d"]) * scale.astype(np.float32)).reshape(n, 8, 1)
+    q = _levels(IQ4_NL_VALUES, _nibbles(blocks["qs"].reshape(n, 8, 16)))  # (n, 8, 32)
+    return (dl * q).reshape(n, QK_K)
+
+
+def dequant_mxfp4(blocks: np.ndarray) -> np.ndarray:
+    return e8m0_half(blocks["e"]).reshape(-1, 1) * _levels(MXFP4_VALUES, _nibbles(blocks["qs"]))
+
+
 # --- the table ---------------------------------------------------------------------------------------
 
 Field = tuple[str, str, int]  # (name, numpy dtype, count)
@@ -215,6 +257,7 @@ def _opaque(n_bytes: int) -> tuple[Field, ...]:
 
 
 _F16 = ("d", "<f2", 1)
+_E8M0 = ("e", "u1", 1)  # a power-of-two scale, 2^(e - 127) (tests/synth.py draws such fields apart)
 _TABLE: tuple[QuantFormat, ...] = (
     QuantFormat("F32", 0, 1, (("v", "<f4", 1),), dequant_float),
     QuantFormat("F16", 1, 1, (("v", "<f2", 1),), dequant_float),
@@ -240,10 +283,11 @@ _TABLE: tuple[QuantFormat, ...] = (
     QuantFormat("IQ2_XS", 17, QK_K, _opaque(2 + 64 + 8)),
     QuantFormat("IQ3_XXS", 18, QK_K, _opaque(2 + 64 + 32)),
     QuantFormat("IQ1_S", 19, QK_K, _opaque(2 + 32 + 16)),
-    QuantFormat("IQ4_NL", 20, 32, _opaque(2 + 16)),
+    QuantFormat("IQ4_NL", 20, 32, (_F16, ("qs", "u1", 16)), dequant_iq4_nl),
     QuantFormat("IQ3_S", 21, QK_K, _opaque(2 + 64 + 32 + 8 + 4)),
     QuantFormat("IQ2_S", 22, QK_K, _opaque(2 + 64 + 16)),
-    QuantFormat("IQ4_XS", 23, QK_K, _opaque(2 + 2 + 128 + 4)),
+    QuantFormat("IQ4_XS", 23, QK_K, (_F16, ("scales_h", "<u2", 1), ("scales_l", "u1", 4), ("qs", "u1", 128)),
+                dequant_iq4_xs),
     QuantFormat("I8", 24, 1, (("v", "i1", 1),), dequant_float),
     QuantFormat("I16", 25, 1, (("v", "<i2", 1),), dequant_float),
     QuantFormat("I32", 26, 1, (("v", "<i4", 1),), dequant_float),
@@ -253,7 +297,7 @@ _TABLE: tuple[QuantFormat, ...] = (
     QuantFormat("BF16", 30, 1, (("v", "<u2", 1),), dequant_bf16),
     QuantFormat("TQ1_0", 34, QK_K, _opaque(2 + 4 * 13)),
     QuantFormat("TQ2_0", 35, QK_K, _opaque(2 + 64)),
-    QuantFormat("MXFP4", 39, 32, _opaque(1 + 16)),
+    QuantFormat("MXFP4", 39, 32, (_E8M0, ("qs", "u1", 16)), dequant_mxfp4),
 )
 
 FORMATS: dict[int, QuantFormat] = {f.type_id: f for f in _TABLE}

@@ -2,7 +2,8 @@
 
 Weights stay in their GGUF encoding on the GPU, as rows of raw block bytes (`llamapyz/gguf/quants.py`'s layout);
 activations are float32. Every format `llamapyz/gguf/quants.py` decodes is here but the integer types: the 32-value
-quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants (Q2_K to Q6_K) and the plain floats (F32, F16, BF16, a
+quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants (Q2_K to Q6_K), the non-linear 4-bit ones (IQ4_NL,
+IQ4_XS, MXFP4: a table of 16 levels per nibble) and the plain floats (F32, F16, BF16, a
 "block" of one value, so that a warp's lanes read consecutive elements). Floats and float16 scales are
 decoded with integer operations and exact powers of two (`half_at`, `_binary32_value`), which every CUDA
 architecture and the simulator compute alike, subnormals, infinities and NaN included.
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda, float32, int32
 
-from ..gguf.quants import KernelTable
+from ..gguf.quants import IQ4_NL_VALUES, MXFP4_VALUES, KernelTable
 
 DEVICE_DOTS: KernelTable = KernelTable("GPU block dot")  # in the order `block_dot` tries them: the most used first
 
@@ -230,6 +232,52 @@ def _dot_q5_k(row, base, x, x0):
     """d, dmin, scales[12], qh[32], qs[128]: Q4_K's values (`_dot_q4_k`) with bit j of qh[i] above value i of
     sub-block j."""
     return _dot_scale_min_k(row, base, x, x0, 48, True)
+
+
+IQ4_NL_LEVELS = np.array(IQ4_NL_VALUES, np.float32)  # global arrays: constants in the compiled kernel
+MXFP4_LEVELS = np.array(MXFP4_VALUES, np.float32)
+
+
+@cuda.jit(device=True)
+def _levels_dot(levels, row, qs, x, x0):
+    """The 32 levels[nibble] of the 16 bytes at row[qs:] (low nibbles first) dotted with x[x0:x0 + 32]."""
+    block = float32(0.0)
+    for j in range(16):
+        byte = int32(row[qs + j])
+        block += levels[byte & 0xF] * x[x0 + j] + levels[byte >> 4] * x[x0 + 16 + j]
+    return block
+
+
+@DEVICE_DOTS.of("IQ4_NL")
+@cuda.jit(device=True)
+def _dot_iq4_nl(row, base, x, x0):
+    """d, qs[16]: element j is the level (IQ4_NL_VALUES) of the low nibble of qs[j] (j < 16) or the high
+    nibble of qs[j - 16], times d."""
+    return half_at(row, base) * _levels_dot(IQ4_NL_LEVELS, row, base + 2, x, x0)
+
+
+@DEVICE_DOTS.of("IQ4_XS")
+@cuda.jit(device=True)
+def _dot_iq4_xs(row, base, x, x0):
+    """d, scales_h (u16), scales_l[4], qs[128]: sub-block j (32 values) is IQ4_NL's block of the 16 bytes at
+    qs[16 j:], times d * (its 6-bit scale - 32): the low (even j) or high nibble of scales_l[j // 2] below bits
+    2j..2j+1 of scales_h."""
+    d = half_at(row, base)
+    high = int32(row[base + 2]) | (int32(row[base + 3]) << 8)
+    block = float32(0.0)
+    for j in range(8):
+        scale = ((int32(row[base + 4 + j // 2]) >> (4 * (j % 2))) & 0xF) | (((high >> (2 * j)) & 3) << 4)
+        block += d * float32(scale - 32) * _levels_dot(IQ4_NL_LEVELS, row, base + 8 + 16 * j, x, x0 + 32 * j)
+    return block
+
+
+@DEVICE_DOTS.of("MXFP4")
+@cuda.jit(device=True)
+def _dot_mxfp4(row, base, x, x0):
+    """e (E8M0), qs[16]: element j is the doubled FP4 level (MXFP4_VALUES) of its nibble, as IQ4_NL's, times
+    the halved scale 2^(e - 128) (exact: ldexp of a power of two, subnormal for e < 2)."""
+    d = float32(math.ldexp(float32(1.0), int(int32(row[base]) - 128)))
+    return d * _levels_dot(MXFP4_LEVELS, row, base + 1, x, x0)
 
 
 @DEVICE_DOTS.of("F32")

@@ -39,7 +39,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ..gguf.quants import FORMATS_BY_NAME, KernelTable, QuantFormat
+from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, KernelTable, QuantFormat
 from ..machine.cpu import Target, active
 from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
 
@@ -140,6 +140,25 @@ def _sign_of(builder, s: ir.Value, w: ir.Value, target: Target | None) -> ir.Val
     halves = [_call(builder, "llvm.x86.ssse3.psign.b.128", _vec(I8, 16), _half(builder, s, upper),
                     _half(builder, w, upper)) for upper in (False, True)]
     return _concat(builder, halves[0], halves[1])
+
+
+def levels(builder, values: tuple[int, ...], nibbles: ir.Value, target: Target | None = None) -> ir.Value:
+    """<32 x i8> nibbles (0..15) -> their levels in `values` (16 signed bytes: IQ4_NL's, MXFP4's), for
+    `target`: a byte shuffle from a register (pshufb on x86, one 32-byte one with AVX2; tbl on Arm), else
+    15 compare-and-selects."""
+    target = target or active()
+    v16 = _vec(I8, 16)
+    table = ir.Constant(v16, list(values))
+    if target.tier.arch == "x86_64" and "avx2" in target.features:
+        return _call(builder, "llvm.x86.avx2.pshuf.b", V32I8, ir.Constant(V32I8, list(values) * 2), nibbles)
+    if target.tier.arch in ("x86_64", "aarch64"):
+        name = "llvm.x86.ssse3.pshuf.b.128" if target.tier.arch == "x86_64" else "llvm.aarch64.neon.tbl1.v16i8"
+        halves = [_call(builder, name, v16, table, _half(builder, nibbles, upper)) for upper in (False, True)]
+        return _concat(builder, halves[0], halves[1])
+    out = _splat(I8, 32, values[0])
+    for k in range(1, 16):
+        out = builder.select(builder.icmp_unsigned("==", nibbles, _splat(I8, 32, k)), _splat(I8, 32, values[k]), out)
+    return out
 
 
 # --- reading blocks ----------------------------------------------------------------------------------------
@@ -335,6 +354,33 @@ def _q8_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
 
 
+@row_kernel("IQ4_NL", "q8_0")
+def _iq4_nl(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | qs 16 bytes; value = d * IQ4_NL_VALUES[nibble], low nibbles first
+    b = blk.b
+    d, q = blk.half_splat(0), levels(b, IQ4_NL_VALUES, blk.nibbles16(2))
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
+
+
+def e8m0_half(builder, e: ir.Value) -> ir.Value:
+    """An E8M0 byte (i32) -> 2^(e - 128) as float, built as ggml's ggml_e8m0_to_fp32_half builds its bits."""
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    normal = builder.shl(builder.sub(e, c(1)), c(23))
+    bits = builder.select(builder.icmp_unsigned("<", e, c(2)), builder.shl(c(0x00200000), e), normal)
+    return builder.bitcast(bits, F32)
+
+
+@row_kernel("MXFP4", "q8_0")
+def _mxfp4(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # e (E8M0) | qs 16 bytes; value = 2^(e - 128) * MXFP4_VALUES[nibble] (FP4 doubled), low nibbles first
+    b = blk.b
+    d = _broadcast(b, e8m0_half(b, blk.byte(0)), V8F32)
+    q = levels(b, MXFP4_VALUES, blk.nibbles16(1))
+    for t in range(len(toks.rows)):
+        toks.add_lanes(t, dot4s(b, q, toks.x(t, xb)), b.fmul(d, toks.splat("xd", t, xb)))
+
+
 def _k4_scales(blk: Block, o: int) -> list[tuple[ir.Value, ir.Value]]:
     """The 8 (scale, min) pairs, 6 bits each, packed in the 12 bytes at o (ggml's get_scale_min_k4)."""
     b = blk.b
@@ -401,6 +447,27 @@ def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
             scale = b.insert_element(ir.Constant(V8I32, None), first, ir.Constant(I32, 0))
             scale = b.insert_element(scale, second, ir.Constant(I32, 4))
             subs.append((q, b.shuffle_vector(scale, scale, ir.Constant(V8I32, [0] * 4 + [4] * 4))))
+    for t in range(len(toks.rows)):
+        lanes = None
+        for j, (q, scale) in enumerate(subs):
+            part = b.mul(dot4s(b, q, toks.x(t, b.add(xb, ir.Constant(xb.type, j)))), scale)
+            lanes = part if lanes is None else b.add(lanes, part)
+        toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
+
+
+@row_kernel("IQ4_XS", "q8_K")
+def _iq4_xs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d f16 | scales_h u16 | scales_l 4 | qs 128: sub-block j is IQ4_NL's 16 bytes at 8 + 16 j, its scale
+    # (6 bits, minus 32) the low (even j) or high nibble of scales_l[j // 2] below bits 2j of scales_h;
+    # scales applied in integers, as in llama.cpp
+    b = blk.b
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    d, high = blk.half_splat(0), b.zext(blk.at(2, I16), I32)
+    subs = []
+    for j in range(8):
+        low = b.and_(b.lshr(blk.byte(4 + j // 2), c(4 * (j & 1))), c(15))
+        scale = b.sub(b.or_(low, b.shl(b.and_(b.lshr(high, c(2 * j)), c(3)), c(4))), c(32))
+        subs.append((levels(b, IQ4_NL_VALUES, blk.nibbles16(8 + 16 * j)), _broadcast(b, scale)))
     for t in range(len(toks.rows)):
         lanes = None
         for j, (q, scale) in enumerate(subs):

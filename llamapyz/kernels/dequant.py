@@ -12,10 +12,12 @@ multiply-add (no fastmath), which is what makes them bit-exact.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from ..gguf.quants import FORMATS_BY_NAME, KernelTable
+from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, KernelTable
 from .simd import f16_at
 
 _OPTS = dict(parallel=True, error_model="numpy", cache=True, nogil=True)  # as ops.py
@@ -233,3 +235,70 @@ def dequant_q6_k(w, out):
                         q = np.int32(low | (high << 4)) - 32
                         scale = F32(np.int8(I64(row[o + 192 + half * 8 + 2 * k + i // 16])))
                         out[r, e0 + half * 128 + k * 32 + i] = d * scale * F32(q)
+
+
+IQ4_NL_LEVELS = np.array(IQ4_NL_VALUES, F32)  # a global array: numba compiles it in as a constant
+IQ4_NL_BYTES = _bytes("IQ4_NL")
+
+
+@DEQUANT.of("IQ4_NL")
+@njit(**_OPTS)
+def dequant_iq4_nl(w, out):
+    # d | qs 16 (18 bytes); value = d * level[nibble], low nibbles first
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * IQ4_NL_BYTES, b * 32
+            d = f16_at(row, o)
+            for j in range(16):
+                q = I64(row[o + 2 + j])
+                out[r, e + j] = d * IQ4_NL_LEVELS[q & 15]
+                out[r, e + j + 16] = d * IQ4_NL_LEVELS[q >> 4]
+
+
+IQ4_XS_BYTES = _bytes("IQ4_XS")
+
+
+@DEQUANT.of("IQ4_XS")
+@njit(**_OPTS)
+def dequant_iq4_xs(w, out):
+    # d | scales_h u16 | scales_l 4 | qs 128 (136 bytes); sub-block j: IQ4_NL's 16 bytes at 8 + 16 j, times
+    # d * (6-bit scale - 32): low nibble of scales_l[j // 2] (even j) or its high one, bits 2j of scales_h
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ4_XS_BYTES, sb * 256
+            d = f16_at(row, o)
+            high = I64(row[o + 2]) | (I64(row[o + 3]) << 8)
+            for j in range(8):
+                low = (I64(row[o + 4 + j // 2]) >> (4 * (j & 1))) & 15
+                dl = d * F32(np.int32(low | (((high >> (2 * j)) & 3) << 4)) - 32)
+                for i in range(16):
+                    q = I64(row[o + 8 + 16 * j + i])
+                    out[r, e0 + 32 * j + i] = dl * IQ4_NL_LEVELS[q & 15]
+                    out[r, e0 + 32 * j + i + 16] = dl * IQ4_NL_LEVELS[q >> 4]
+
+
+MXFP4_LEVELS = np.array(MXFP4_VALUES, F32)
+MXFP4_BYTES = _bytes("MXFP4")
+
+
+@njit(inline="always", error_model="numpy")
+def e8m0_half(e):
+    """2^(e - 128) as float32, exact for every byte e (2^-128 and 2^-127 are float32 subnormals)."""
+    return F32(math.ldexp(1.0, np.int32(e) - 128))
+
+
+@DEQUANT.of("MXFP4")
+@njit(**_OPTS)
+def dequant_mxfp4(w, out):
+    # e (E8M0) | qs 16 (17 bytes); value = 2^(e - 128) * doubled FP4 level[nibble], low nibbles first
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for b in range(out.shape[1] // 32):
+            o, e = b * MXFP4_BYTES, b * 32
+            d = e8m0_half(row[o])
+            for j in range(16):
+                q = I64(row[o + 1 + j])
+                out[r, e + j] = d * MXFP4_LEVELS[q & 15]
+                out[r, e + j + 16] = d * MXFP4_LEVELS[q >> 4]
