@@ -116,3 +116,11 @@ def tiny_page_server(tiny_llama):
 
     with ServerThread(tiny_llama, n_ctx=256, n_slots=1) as live:
         yield live
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what each test uses (tests/markers.py): real_model, browser, archive, ray, server_process;
+    `fast` for the rest that are not slow."""
+    from tests.markers import mark
+
+    mark(items)
