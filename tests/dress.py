@@ -430,6 +430,8 @@ def gemma2_hparams(src: Source) -> Metadata:
 
 
 HEAD_64: Metadata = {"attention.key_length": (64, U32), "attention.value_length": (64, U32)}
+YARN_KEYS: Metadata = {"rope.scaling.type": ("yarn", STR), "rope.scaling.factor": (4.0, F32),
+                       "rope.scaling.original_context_length": (256, U32)}
 
 FAMILIES: dict[str, Family] = {
     "qwen2": Family("qwen2", "smollm2", 2, "Qwen-Qwen2.5-7B-Instruct.jinja", smollm2_hparams, qwen2_layer),
@@ -446,6 +448,12 @@ FAMILIES: dict[str, Family] = {
                        lambda src: smollm2_hparams(src, expert_feed_forward_length=(768, U32), **HEAD_64,
                                                    **MOE_KEYS), qwen3moe_layer),
     "gemma2": Family("gemma2", "gemma3-270m", 8, "google-gemma-2-2b-it.jinja", gemma2_hparams, gemma2_layer),
+    # llama's layout; llama.cpp leaves rope out of every 4th layer (n_no_rope_layer_step)
+    "smollm3": Family("smollm3", "smollm2", 9, None, smollm2_hparams, llama_layer),
+    # qwen3's model (the same seed: the same weights) extended 4x by YaRN from an original context of 256: the
+    # long prompt runs past it, and YaRN is all that differs from "qwen3"
+    "qwen3-yarn": Family("qwen3", "smollm2", 3, "Qwen-Qwen3-0.6B.jinja",
+                         lambda src: smollm2_hparams(src, **HEAD_64, **YARN_KEYS), qwen3_layer),
 }
 
 

@@ -55,7 +55,17 @@ def random_blocks(type_name: str, n_blocks: int, rng: np.random.Generator, scale
             blocks[name] = rng.uniform(-scale, scale, size=blocks[name].shape)
         elif type_name == "BF16":
             blocks[name] = (rng.uniform(-scale, scale, size=n_blocks).astype(np.float32).view(np.uint32) >> 16)
+    if type_name == "IQ1_M":  # its float16 d has no field of its own
+        set_iq1_m_scale(blocks, rng.uniform(-scale, scale, size=n_blocks).astype(np.float16))
     return raw
+
+
+def set_iq1_m_scale(blocks: np.ndarray, d: np.ndarray) -> None:
+    """Write IQ1_M's float16 super-block scales `d` into the top nibbles of its 4 scale words (nibble i of d's
+    bits in word i), the inverse of `llamapyz.gguf.quants.iq1_m_scale`."""
+    bits = d.astype(np.float16).view(np.uint16)
+    for i in range(4):
+        blocks["scales"][:, i] = (blocks["scales"][:, i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
 
 
 # scale fields at the edges: float16 zeros, subnormals, the largest finite, infinities; E8M0's subnormals
@@ -74,6 +84,8 @@ def edge_scale_blocks(type_name: str, n_blocks: int, rng: np.random.Generator) -
         edges = EDGE_E8M0 if name == "e" else EDGE_F16 if fmt.block_dtype[name] == np.float16 else None
         if edges is not None:
             blocks[name] = np.resize(np.roll(edges, i), len(blocks))
+    if type_name == "IQ1_M":
+        set_iq1_m_scale(blocks, np.resize(EDGE_F16, len(blocks)))
     return raw
 
 
@@ -105,7 +117,8 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]] | Non
 # |q| of the format times its sub-scales); larger ones make a random llama's activations blow up.
 WEIGHT_SCALE = {"Q4_0": 0.01, "Q4_1": 0.005, "Q5_0": 0.005, "Q5_1": 0.003, "Q8_0": 0.0008, "Q2_K": 0.003,
                 "Q3_K": 0.001, "Q4_K": 0.0002, "Q5_K": 0.0001, "Q6_K": 0.00005, "IQ4_NL": 0.0007,
-                "IQ4_XS": 0.00003, "MXFP4": 0.008}
+                "IQ4_XS": 0.00003, "MXFP4": 0.008, "TQ1_0": 0.06, "TQ2_0": 0.06, "IQ2_XXS": 0.0012,
+                "IQ2_XS": 0.0012, "IQ2_S": 0.0012, "IQ3_XXS": 0.0005, "IQ3_S": 0.0005, "IQ1_S": 0.01, "IQ1_M": 0.01}
 
 
 def byte_level_tokenizer() -> dict[str, tuple[str, Any]]:
@@ -135,6 +148,7 @@ ARCH_FEATURES = {
     "qwen3": {"qk_norm"},
     "qwen3moe": {"qk_norm", "experts"},
     "phi3": {"fused", "longrope"},
+    "smollm3": set(),  # llama's tensors; no rope on every 4th layer
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }
@@ -179,6 +193,9 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     if "experts" in features:
         metadata.update({f"{a}.expert_count": ("uint32", n_expert), f"{a}.expert_used_count": ("uint32", 2),
                          f"{a}.expert_feed_forward_length": ("uint32", n_ff_expert)})
+    if yarn:
+        metadata.update({f"{a}.rope.scaling.type": ("string", "yarn"), f"{a}.rope.scaling.factor": ("float32", 2.0),
+                         f"{a}.rope.scaling.original_context_length": ("uint32", 64)})
     if "longrope" in features:  # partial rotary, LongRoPE factors; contexts over 32 use the long ones
         metadata.update({f"{a}.rope.dimension_count": ("uint32", 48),
                          f"{a}.rope.scaling.original_context_length": ("uint32", 32),
@@ -203,9 +220,6 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", n_embd)
         if "fused" in features:
-    if yarn:
-        metadata.update({f"{a}.rope.scaling.type": ("string", "yarn"), f"{a}.rope.scaling.factor": ("float32", 2.0),
-                         f"{a}.rope.scaling.original_context_length": ("uint32", 64)})
             matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
         else:
             matrix(p + "attn_q.weight", q_dim, n_embd)

@@ -38,6 +38,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "llama-moe": ("llama", {"experts": True}, 64),
     "llama-rope-freqs": ("llama", {"rope_freqs": True}, 64),
     "qwen3-yarn": ("qwen3", {"yarn": True}, 128),  # past the original context of 64
+    "smollm3": ("smollm3", {"n_layer": 4}, 64),  # layer 3 without rope
 }
 
 

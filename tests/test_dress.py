@@ -170,6 +170,8 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
     layer, extra = {
         "qwen2": (attention | dense | {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)}, {}),
         "qwen3": (attention | dense | qk_norm, {}),
+        "qwen3-yarn": (attention | dense | qk_norm, {}),
+        "smollm3": (attention | dense, {}),
         "phi3": ({"attn_norm": (e,), "attn_qkv": (q + 2 * kv, e), "attn_output": (e, q), "ffn_norm": (e,),
                   "ffn_up": (2 * ff, e), "ffn_down": (e, ff)},
                  {"rope_factors_long": (24,), "rope_factors_short": (24,)}),

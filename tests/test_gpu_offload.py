@@ -28,7 +28,8 @@ from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_model
 from tests.test_model import TOLERANCE
 
-ARCHS = ["llama", "qwen2", "gemma3"]  # plain; q/k/v biases; qk-norm, post-norms, gelu, a window of 8 tokens
+ARCHS = ["llama", "qwen2", "gemma3", "smollm3"]  # plain; q/k/v biases; qk-norm, post-norms, gelu, a window of 8
+# tokens; a layer without rope (smollm3's 4th)
 PROMPT = "the cat sat"  # 12 tokens with BOS: the last four are decoded, past gemma3's window
 PREFILLED = 8
 ALL_ON_GPU_TOLERANCE = 1e-4
@@ -49,7 +50,7 @@ def small_model(tmp_path_factory):
     def get(arch: str):
         if arch not in paths:
             paths[arch] = tmp_path_factory.mktemp("gpu") / f"{arch}-small.gguf"
-            write_model(paths[arch], arch, "Q8_0", small=True, n_layer=2)
+            write_model(paths[arch], arch, "Q8_0", small=True, n_layer=4 if arch == "smollm3" else 2)
         return paths[arch]
 
     return get
@@ -68,10 +69,11 @@ def test_offloaded_layers_agree_with_the_reference(arch, small_model, fast_simul
     tokens = Model.load(path, n_ctx=32, n_threads=1).tokenize(PROMPT)
     reference = ReferenceModel(path).logits(tokens, kv_type="f16")[PREFILLED - 1:-1]
     spread = float(np.ptp(reference))
-    for ngl, layers, head in ((1, 1, False), (-1, 2, True)):
+    n_layer = Model.load(path, n_ctx=32).config.n_layer
+    for ngl, layers, head in ((1, 1, False), (-1, n_layer, True)):
         model = load_model(path, n_ctx=32, n_threads=1, n_gpu_layers=ngl)
         assert (model.gpu.layers, model.gpu.head, model.gpu.warning) == (layers, head, None)
-        assert model.n_cpu_layers == 2 - layers and model.cache.keys.shape[0] == 2 - layers
+        assert model.n_cpu_layers == n_layer - layers and model.cache.keys.shape[0] == n_layer - layers
         error = float(np.abs(prefill_then_decode(model, tokens) - reference).max()) / spread
         assert error < (ALL_ON_GPU_TOLERANCE if head else TOLERANCE), (ngl, error)
 

@@ -35,7 +35,7 @@ ATTENTION = ["rms_norm", "qkv", "rope", "attention", "output", "residual"]
 FFN = ["rms_norm", "ffn", "residual"]
 GEMMA = ["rms_norm", "qkv", "rope", "attention", "output", "post_norm", "residual", "rms_norm", "ffn", "post_norm",
          "residual"]
-# each tiny model's layer steps, and steps its recipe must hold (as printed)
+# each tiny model's layer steps (or each layer's, where they differ), and steps its recipe must hold (as printed)
 FAMILIES = {
     "llama": (ATTENTION + FFN, ["rope(pairs, base=10000)", "ffn(silu, ffn_gate, ffn_up, ffn_down)",
                                 "head(token_embd)"]),
@@ -52,6 +52,9 @@ FAMILIES = {
     "gemma2": (GEMMA, ["embed(token_embd, × √n_embd)", "attention(window=8, scale=1/√64, softcap=1)",
                        "attention(global, scale=1/√64, softcap=1)", "ffn(gelu_tanh, ffn_gate, ffn_up, ffn_down)",
                        "post_norm(post_attention_norm)", "post_norm(post_ffw_norm)", "head(token_embd, softcap=3)"]),
+    "qwen3-yarn": (ATTENTION[:2] + ["qk_norm"] + ATTENTION[2:] + FFN,
+                   ["rope(neox, base=10000, freq_scale=0.5, attn_factor=1.06931, yarn(beta 32/1, original 64))"]),
+    "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",
                                                      "attention(global, scale=1/√64)"]),
@@ -86,7 +89,8 @@ def test_every_family_has_a_tiny_model_here():
 def test_each_familys_recipe(family, name):
     names, shown = FAMILIES[name]
     r = recipe_of(family(name)[0])
-    assert [[s.name for s in steps] for steps in r.layers] == [names] * len(r.layers)
+    per_layer = names if isinstance(names[0], list) else [names] * len(r.layers)
+    assert [[s.name for s in steps] for steps in r.layers] == per_layer
     printed = {str(s) for s in every_step(r)}
     assert set(shown) <= printed, set(shown) - printed
 
@@ -155,8 +159,9 @@ def test_the_fused_kernels_give_way_to_the_python_steps_where_a_layer_cannot_tak
 
 
 def test_a_fused_kernel_takes_only_the_runs_of_steps_it_knows(family):
-    """A setting the kernel lacks (an activation) or a step it does not know between its steps: no kernel there,
-    so the layer would take the Python steps rather than a kernel that skips or misreads a step."""
+    """A setting the kernel lacks (an activation): no kernel there, so the layer takes the Python steps rather than
+    a kernel that misreads a step; a step it does not know between its steps: the kernel stops before it (its
+    steps after it are optional: qk_norm, rope), so no step is skipped."""
     import dataclasses
 
     from llamapyz.model.fused import fused_run
@@ -171,6 +176,8 @@ def test_a_fused_kernel_takes_only_the_runs_of_steps_it_knows(family):
     assert fused_run(relu, 6, *args) is None
     clamp = dataclasses.make_dataclass("Clamp", [], bases=(Step,), frozen=True, namespace={"name": "clamp"})
     unknown = steps[:2] + (clamp(),) + steps[2:]
+    assert fused_run(unknown, 0, *args)[:2] == ("attention_input", 2)
+    unknown = steps[:1] + (clamp(),) + steps[1:]
     assert fused_run(unknown, 0, *args) is None
 
 

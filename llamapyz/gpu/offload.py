@@ -189,7 +189,7 @@ class Offload:
         self.first = c.n_layer - n_layers
         self.n_layers = n_layers
         self.head = head
-        tables = {}
+        tables = {id(None): None}  # a layer without rope
         for rope in ropes[self.first:]:
             if id(rope) not in tables:
                 tables[id(rope)] = (cuda.to_device(rope.cos), cuda.to_device(rope.sin))
@@ -197,6 +197,7 @@ class Offload:
                        for il in range(self.first, c.n_layer)]
         self.output_norm = _vector(weights.output_norm)  # the last add_norm's weight, with or without the head
         self.none = _vector(None)  # an absent norm weight
+        self.none_table = cuda.to_device(np.zeros((1, 1), np.float32))  # a layer without rope's cos and sin
         if head:
             self.output = DeviceMatrices([weights.output])
             self.n_vocab = weights.output.n_rows
@@ -288,12 +289,14 @@ class Offload:
         return lambda a: layer.qkv(a.s["h"], a.s["qkv"])
 
     def qk_norm_rope(self, run: list) -> Callable[[DeviceValues], None]:
-        """q and k heads normed (qk_norm) and rotated in place, in one launch."""
-        c, (rope, layer, _) = self.config, run[-1]
-        q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if len(run) == 2 else (self.none, self.none)
-        cos, sin = layer.rope
+        """q and k heads normed (qk_norm) and rotated (rope) in place, in one launch; either may be absent."""
+        c, (last, layer, _) = self.config, run[-1]
+        normed = run[0][0].name == "qk_norm"
+        q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if normed else (self.none, self.none)
+        cos, sin = layer.rope if last.name == "rope" else (self.none_table, self.none_table)
+        n_rot, neox = (last.n_rot, last.neox) if last.name == "rope" else (0, False)
         return lambda a: kernels.launch_qk_norm_rope(a.s["qkv"], c.n_head, c.n_head_kv, q_norm, k_norm, c.rms_eps,
-                                                     a.positions, cos, sin, rope.n_rot, rope.neox)
+                                                     a.positions, cos, sin, n_rot, neox)
 
     def attention(self, run: list) -> Callable[[DeviceValues], None]:
         """Each segment's keys and values into its f16 cache, then its queries' attention: attn."""
@@ -383,7 +386,7 @@ LAUNCHES = (
     ("add_norm", ("post_norm?", "residual", "rms_norm?")),
     ("rms_norm", ("rms_norm",)),
     ("qkv", ("qkv",)),
-    ("qk_norm_rope", ("qk_norm?", "rope")),
+    ("qk_norm_rope", ("qk_norm?", "rope?")),
     ("attention", ("attention",)),
     ("output_projection", ("output",)),
     ("ffn", ("ffn",)),

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     Run = Callable[[Activations], None]
 
 NONE = np.empty(0, np.float32)  # an absent norm weight, for the kernels
+NO_ROPE = (np.empty((1, 0), np.float32), np.empty((1, 0), np.float32), 0, False)  # a layer without rope: n_rot 0
 
 
 def _product(group: MatrixGroup, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -84,12 +85,13 @@ def shared_width(layers: list[FusedLayer]) -> tuple[int, dict[str, set[str]]]:
 
 def _attention_input(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
                      ) -> Run | None:
-    """rms_norm, qkv, [qk_norm], rope: h = norm(x); q, k, v of h, normed per head and rotated."""
+    """rms_norm, qkv, [qk_norm], [rope]: h = norm(x); q, k, v of h, normed per head and rotated."""
     if f.qkv is None:
         return None
     buffer, qkv, norm, eps = f.buffer, f.qkv, getattr(layer, steps[0].weight), c.rms_eps
-    q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if steps[2].name == "qk_norm" else (NONE, NONE)
-    heads, tables = (c.n_head, c.n_head_kv, c.head_dim), ropes[steps[-1]].tables
+    names = [s.name for s in steps]
+    q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if "qk_norm" in names else (NONE, NONE)
+    heads, tables = (c.n_head, c.n_head_kv, c.head_dim), ropes[steps[-1]].tables if "rope" in names else NO_ROPE
     q_dim, kv_dim = c.n_head * c.head_dim, c.kv_dim
 
     def run(a: Activations) -> None:
@@ -135,7 +137,7 @@ def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, r
 
 # each layer kernel: the run of recipe steps it does ("name?": one it may go without), and what makes its call
 KERNELS = {
-    "attention_input": (("rms_norm", "qkv", "qk_norm?", "rope"), _attention_input),
+    "attention_input": (("rms_norm", "qkv", "qk_norm?", "rope?"), _attention_input),
     "add_attention_output": (("output", "post_norm?", "residual"), _add_attention_output),
     "add_ffn": (("rms_norm", "ffn", "post_norm?", "residual"), _add_ffn),
 }

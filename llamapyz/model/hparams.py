@@ -36,6 +36,7 @@ class ArchOptions:
     final_softcap: float = 0.0  # default final-logit soft-capping (file key final_logit_softcapping wins)
     wide_attention_scale_layers: int = 0  # llama.cpp scales the 27B gemmas (known by layer count) by
     # 1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim)
+    no_rope_layer_step: int = 0  # N > 0: layer il rotates nothing when (il + 1) % N == 0 (smollm3: every 4th)
     yarn_keys: bool = False  # YaRN reads rope.scaling.yarn_beta_fast/_slow and yarn_log_multiplier; llama.cpp
     # reads them for a few families only (mistral3, deepseek2): the others keep 32, 1 and none
 
@@ -61,6 +62,7 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     "qwen3": ArchOptions(rope_neox=True, qk_norm=True),
     "qwen3moe": ArchOptions(rope_neox=True, qk_norm=True, experts="required"),
     "phi3": ArchOptions(rope_neox=True, fused_ffn=True, rope_factors="longrope"),
+    "smollm3": ArchOptions(no_rope_layer_step=4),
     "gemma2": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,

@@ -293,9 +293,10 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
     steps: list[Step] = [RmsNorm("attn_norm"), Qkv(fused_qkv, any(f"{p}{t}.bias" in names for t in qkv))]
     if opt.qk_norm:
         steps.append(QkNorm())
-    steps += [Rope(opt.rope_neox, c.rope_base_of(il), c.n_rot, c.head_dim, rope_factors(c, names), c.rope_freq_scale,
-                   c.rope_attn_factor, c.rope_yarn),
-              Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap),
+    if not opt.no_rope_layer_step or (il + 1) % opt.no_rope_layer_step:
+        steps.append(Rope(opt.rope_neox, c.rope_base_of(il), c.n_rot, c.head_dim, rope_factors(c, names),
+                          c.rope_freq_scale, c.rope_attn_factor, c.rope_yarn))
+    steps += [Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap),
               Output(f"{p}attn_output.bias" in names)]
     if opt.post_norms:
         steps.append(PostNorm("post_attention_norm"))
