@@ -130,8 +130,9 @@ def read_bandwidth_gbs(threads: int) -> float:
 
 
 def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Generator):
-    """A QuantMatrix of random blocks; f16 fields (scales, mins) set to 0.01, as random bits may be NaN/inf, and
-    E8M0 scales (MXFP4's `e`) to 2^-7, as random ones may overflow or be subnormal (slow on some CPUs)."""
+    """A QuantMatrix of random blocks; f16 scales (fields, or IQ1_M's nibbles) set to 0.01, as random bits may be
+    NaN/inf, and E8M0 scales (MXFP4's `e`) to 2^-8, as random ones may overflow or be subnormal (slow on some
+    CPUs)."""
     from llamapyz.kernels.linear import QuantMatrix
 
     fmt = FORMATS_BY_NAME[fmt_name]
@@ -142,6 +143,10 @@ def random_matrix(fmt_name: str, n_rows: int, n_cols: int, rng: np.random.Genera
             blocks[field] = np.float16(0.01)
         elif field == "e":
             blocks[field] = 120
+    if fmt_name == "IQ1_M":
+        from tests.synth import set_iq1_m_scale
+
+        set_iq1_m_scale(blocks.reshape(-1), np.full(blocks.size, 0.01, np.float16))
     return QuantMatrix(Tensor(f"{fmt_name}.{n_rows}x{n_cols}", (n_cols, n_rows), fmt, 0, raw.nbytes, raw))
 
 

@@ -31,7 +31,8 @@ from llamapyz.bundler.registry import sha256_file  # noqa: E402
 from tests.synth import write_model  # noqa: E402
 
 OUT_DIR = ROOT / "tests" / "data" / "formats"
-FORMATS = ("IQ4_NL", "IQ4_XS", "MXFP4")
+FORMATS = ("IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0", "IQ3_S", "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S",
+           "IQ1_M")
 PROMPT = "the cat in the hat, there and here; the end of it all"
 TOP = 10
 

@@ -14,7 +14,17 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, dequantize, e8m0_half
+from llamapyz.gguf.iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
+from llamapyz.gguf.quants import (
+    FORMATS,
+    FORMATS_BY_NAME,
+    IQ4_NL_VALUES,
+    MXFP4_VALUES,
+    PARITY_SIGNS,
+    TRIT_POWERS,
+    dequantize,
+    e8m0_half,
+)
 from llamapyz.kernels import KERNELS
 from llamapyz.kernels.blockdot import ROW_KERNELS
 from llamapyz.kernels.linear import MatrixGroup, QuantizedRows, QuantMatrix
@@ -133,6 +143,144 @@ def _iq4_xs(b: np.ndarray) -> dict:
     sc = np.stack([((b[..., 4 + j // 2].astype(np.int64) >> (4 * (j & 1))) & 15 | (((high >> (2 * j)) & 3) << 4)) - 32
                    for j in range(8)], axis=-1)
     return {"q": q, "d": _half(b, 0), "sc": sc}
+
+
+@twin("TQ2_0")
+def _tq2_0(b: np.ndarray) -> dict:
+    q = np.stack([((b[..., 32 * (j // 4):32 * (j // 4) + 32].astype(np.int64) >> (2 * (j % 4))) & 3) - 1
+                  for j in range(8)], axis=2)
+    return {"q": q, "d": _half(b, 64)}
+
+
+def _trits(packed: np.ndarray, powers: np.ndarray) -> np.ndarray:
+    return ((((packed.astype(np.int64) * powers) & 255) * 3) >> 8) - 1
+
+
+@twin("TQ1_0")
+def _tq1_0(b: np.ndarray) -> dict:
+    powers = np.array(TRIT_POWERS)
+    low, high, qh = b[..., 0:32], b[..., 32:48], b[..., 48:52]
+    subs = [_trits(low, powers[j]) for j in range(5)]
+    subs += [_trits(np.concatenate([high, high], axis=-1), np.repeat(powers[n:n + 2], 16)) for n in (0, 2)]
+    tail = np.concatenate([high, np.tile(qh, 4)], axis=-1)
+    subs.append(_trits(tail, np.concatenate([np.full(16, powers[4]), np.repeat(powers[:4], 4)])))
+    return {"q": np.stack(subs, axis=2), "d": _half(b, 52)}
+
+
+# IQ grids: the integer values (signs applied; IQ1's times 8 with the delta of 1/8 as +-1), the integer scale
+# 2 s + 1 per sub-block or per 16 values (lanes 0-3 and 4-7), d with the power of two the scales leave out
+
+def _u(b: np.ndarray, at: int, n: int) -> np.ndarray:
+    """The little-endian unsigned n-byte word at byte `at` of each step, as int64."""
+    return sum(b[..., at + i].astype(np.int64) << (8 * i) for i in range(n))
+
+
+def _negate(values: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """values (..., 32) negated where bit k of bits (...) is set."""
+    return np.where((bits[..., None] >> np.arange(32)) & 1, -values, values)
+
+
+def _parity(words: np.ndarray) -> np.ndarray:
+    """4 7-bit sign fields -> 32 sign bits, each byte's eighth bit making its count even."""
+    fields = (words[..., None] >> (7 * np.arange(4))) & 127
+    return (np.array(PARITY_SIGNS, np.int64)[fields] << (8 * np.arange(4))).sum(axis=-1)
+
+
+def _lane_scales(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.repeat(first[..., None], 4, -1), np.repeat(second[..., None], 4, -1)], axis=-1)
+
+
+def _grid_twin(values: list, scales: list, d: np.ndarray, per_16: bool = False) -> dict:
+    scale = np.stack(scales, axis=2)
+    return {"q": np.stack(values, axis=2), "d": d, ("lane_scale" if per_16 else "sc"): scale}
+
+
+@twin("IQ2_XXS")
+def _iq2_xxs(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        word = _u(b, 6 + 8 * j, 4)
+        grid = IQ2XXS_GRID[b[..., 2 + 8 * j:6 + 8 * j]].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(_negate(grid, _parity(word)))
+        scales.append(2 * (word >> 28) + 1)
+    return _grid_twin(values, scales, _half(b, 0) * F32(0.125))
+
+
+@twin("IQ2_XS")
+def _iq2_xs(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        words = np.stack([_u(b, 2 + 8 * j + 2 * k, 2) for k in range(4)], axis=-1)
+        grid = IQ2XS_GRID[words & 511].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(_negate(grid, _parity(((words >> 9) << (7 * np.arange(4))).sum(axis=-1))))
+        sc = b[..., 66 + j].astype(np.int64)
+        scales.append(_lane_scales(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1))
+    return _grid_twin(values, scales, _half(b, 0) * F32(0.125), per_16=True)
+
+
+@twin("IQ2_S")
+def _iq2_s(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        qh = b[..., 66 + j].astype(np.int64)[..., None]
+        index = b[..., 2 + 4 * j:6 + 4 * j].astype(np.int64) | (((qh >> (2 * np.arange(4))) & 3) << 8)
+        grid = IQ2S_GRID[index].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(_negate(grid, _u(b, 34 + 4 * j, 4)))
+        sc = b[..., 74 + j].astype(np.int64)
+        scales.append(_lane_scales(2 * (sc & 15) + 1, 2 * (sc >> 4) + 1))
+    return _grid_twin(values, scales, _half(b, 0) * F32(0.125), per_16=True)
+
+
+@twin("IQ3_XXS")
+def _iq3_xxs(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        word = _u(b, 66 + 4 * j, 4)
+        grid = IQ3XXS_GRID[b[..., 2 + 8 * j:10 + 8 * j]].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(_negate(grid, _parity(word)))
+        scales.append(2 * (word >> 28) + 1)
+    return _grid_twin(values, scales, _half(b, 0) * F32(0.25))
+
+
+@twin("IQ3_S")
+def _iq3_s(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        qh = b[..., 66 + j].astype(np.int64)[..., None]
+        index = b[..., 2 + 8 * j:10 + 8 * j].astype(np.int64) | (((qh >> np.arange(8)) & 1) << 8)
+        grid = IQ3S_GRID[index].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(_negate(grid, _u(b, 74 + 4 * j, 4)))
+        scales.append(2 * ((b[..., 106 + j // 2].astype(np.int64) >> (4 * (j & 1))) & 15) + 1)
+    return _grid_twin(values, scales, _half(b, 0))
+
+
+@twin("IQ1_S")
+def _iq1_s(b: np.ndarray) -> dict:
+    values, scales = [], []
+    for j in range(8):
+        qh = _u(b, 34 + 2 * j, 2)
+        index = b[..., 2 + 4 * j:6 + 4 * j].astype(np.int64) | (((qh[..., None] >> (3 * np.arange(4))) & 7) << 8)
+        grid = IQ1S_GRID[index].astype(np.int64).reshape(*b.shape[:2], 32)
+        values.append(8 * grid + np.where(qh >> 15, -1, 1)[..., None])
+        scales.append(2 * ((qh >> 12) & 7) + 1)
+    return _grid_twin(values, scales, _half(b, 0) * F32(0.125))
+
+
+@twin("IQ1_M")
+def _iq1_m(b: np.ndarray) -> dict:
+    words = [_u(b, 48 + 2 * i, 2) for i in range(4)]
+    bits = sum((w >> 12) << (4 * i) for i, w in enumerate(words))
+    d = bits.astype(np.uint16).view(np.float16).astype(F32) * F32(0.125)
+    values, scales = [], []
+    for j in range(8):
+        nibbles = np.stack([(b[..., 32 + 2 * j + k // 2].astype(np.int64) >> (4 * (k & 1))) & 15 for k in range(4)],
+                           axis=-1)
+        index = b[..., 4 * j:4 * j + 4].astype(np.int64) | ((nibbles & 7) << 8)
+        grid = IQ1S_GRID[index].astype(np.int64)  # (rows, steps, 4, 8)
+        values.append((8 * grid + np.where(nibbles & 8, -1, 1)[..., None]).reshape(*b.shape[:2], 32))
+        word = words[j // 2]
+        scales.append(_lane_scales(2 * ((word >> (6 * (j & 1))) & 7) + 1, 2 * ((word >> (6 * (j & 1) + 3)) & 7) + 1))
+    return _grid_twin(values, scales, d, per_16=True)
 
 
 def _k4(b: np.ndarray, qs: np.ndarray, qh: np.ndarray | None = None) -> dict:

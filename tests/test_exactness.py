@@ -235,7 +235,8 @@ def test_the_layer_kernels_give_the_python_steps_bits(model_path, name):
 # --- threads and CPU tiers: a fingerprint of each model ---------------------------------------------------
 
 FINGERPRINTED = ["llama-Q4_1", "llama-Q8_0", "llama-Q3_K", "llama-Q4_K", "llama-Q6_K", "llama-F16", "llama-BF16",
-                 "llama-IQ4_NL", "llama-IQ4_XS", "llama-MXFP4",
+                 "llama-IQ4_NL", "llama-IQ4_XS", "llama-MXFP4", "llama-TQ1_0", "llama-IQ2_XS", "llama-IQ3_S",
+                 "llama-IQ1_M",
                  "gemma3-Q4_K", "gemma2-Q4_K", "qwen3moe-Q4_K"]
 FINGERPRINTS = ("import json, sys; from tests.test_exactness import fingerprint; "
                 "print(json.dumps({path: fingerprint(path) for path in sys.argv[1:]}))")

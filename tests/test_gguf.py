@@ -126,15 +126,15 @@ def test_every_truncation_is_refused(small_gguf, tmp_path):
 
 
 def test_unsupported_quant_type_loads_but_refuses_to_decode(tmp_path):
-    path = tmp_path / "iq.gguf"
-    write_gguf(path, {"blk.0.ffn_up.weight": ("Q4_0", (1, 256))}, metadata={})
+    path = tmp_path / "unsupported.gguf"
+    write_gguf(path, {"blk.0.ffn_up.weight": ("F32", (1, 32))}, metadata={})
     data = bytearray(path.read_bytes())
     at = data.index(b"blk.0.ffn_up.weight") + len("blk.0.ffn_up.weight") + 4 + 2 * 8
-    data[at:at + 4] = struct.pack("<I", 16)  # IQ2_XXS: 66 bytes per 256 values, within Q4_0's 144
+    data[at:at + 4] = struct.pack("<I", 9)  # Q8_1 (an activation type): 36 bytes per 32 values, within F32's 128
     with load_gguf(write(tmp_path, bytes(data))) as g:
         t = g.tensor("blk.0.ffn_up.weight")
-        assert t.type_name == "IQ2_XXS"
-        with pytest.raises(UnsupportedQuantError, match=r"'blk.0.ffn_up.weight'.*IQ2_XXS"):
+        assert t.type_name == "Q8_1"
+        with pytest.raises(UnsupportedQuantError, match=r"'blk.0.ffn_up.weight'.*Q8_1"):
             t.dequantize()
 
 

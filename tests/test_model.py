@@ -22,7 +22,8 @@ from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_gguf, write_model
 
 WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                "IQ4_NL", "IQ4_XS", "MXFP4"]
+                "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                "IQ1_S", "IQ1_M"]
 PROMPT = "the cat in the hat, there and here; the end"
 TOLERANCE = 0.06  # of the logit range, int8 activations as llama.cpp forms them (q8_0 with float16 scales; q8_K,
 # one scale per 256, for the K-quants): measured up to 4.3e-2 (gemma3 Q4_K), 4.1e-2 (gemma3 Q4_1)

@@ -11,7 +11,8 @@ from llamapyz.gguf.reader import load_gguf
 from tests.synth import edge_scale_blocks, random_blocks
 
 REQUIRED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-            "IQ4_NL", "IQ4_XS", "MXFP4"]
+            "IQ4_NL", "IQ4_XS", "MXFP4", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+            "IQ1_M"]
 SUPPORTED = [f.name for f in FORMATS.values() if f.supported]
 # ggml's block_q8_1 is two halves and 32 int8 (36 bytes); gguf-py's table still says 4 + 4 + 32
 GGUF_PY_TABLE_DIFFERS = {"Q8_1"}

@@ -6,7 +6,9 @@ tensor byte sizes from it, kernels derive their strides from it, tests iterate o
 
 The dequantizers here are the plain, readable references (bit-exact with ggml's `dequantize_row_*`): each
 takes the blocks of a tensor as a structured array (a zero-copy view of the file) and returns float32
-values of shape (n_blocks, block_size). Arithmetic follows ggml's order of float32 operations exactly.
+values of shape (n_blocks, block_size). Arithmetic follows ggml's order of float32 operations exactly. The
+tables some formats' values come from are data beside them: IQ4_NL's and MXFP4's 16 levels here, the IQ
+grids in `iq_grids.py`; the kernels compile them in.
 
 A format's kernels live in the module of their kind, in higher layers; each attaches itself to its record
 by name through a `KernelTable` of its kind, which refuses a name this table does not know and a second
@@ -31,6 +33,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from ..errors import GGUFError, UnsupportedQuantError
+from .iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
 
 QK_K = 256  # elements per super-block of the k-quants
 
@@ -218,6 +221,148 @@ def dequant_mxfp4(blocks: np.ndarray) -> np.ndarray:
     return e8m0_half(blocks["e"]).reshape(-1, 1) * _levels(MXFP4_VALUES, _nibbles(blocks["qs"]))
 
 
+# --- ternary: values -1, 0, 1 (TQ2_0: 2 bits each; TQ1_0: 5 or 4 base-3 digits per byte) -------------------
+
+TRIT_POWERS = (1, 3, 9, 27, 81)  # TQ1_0: digit n of a byte is read as ((byte * 3^n mod 256) * 3) >> 8
+
+
+def _trits(packed: np.ndarray, n: int) -> np.ndarray:
+    """(blocks, k) bytes -> (blocks, n * k) base-3 digits 0..2: digit 0 of every byte, then digit 1, ..."""
+    scaled = packed[:, None, :] * np.array(TRIT_POWERS[:n], dtype=np.uint8).reshape(1, n, 1)  # mod 256
+    return ((scaled.astype(np.uint16) * 3) >> 8).reshape(len(packed), -1)
+
+
+def dequant_tq1_0(blocks: np.ndarray) -> np.ndarray:
+    """qs: 32 bytes of 5 digits (values 0..159), 16 bytes of 5 (160..239); qh: 4 bytes of 4 (240..255)."""
+    qs = blocks["qs"]
+    digits = np.concatenate([_trits(qs[:, :32], 5), _trits(qs[:, 32:], 5), _trits(blocks["qh"], 4)], axis=-1)
+    return _f32(blocks["d"]) * (digits.astype(np.int8) - np.int8(1)).astype(np.float32)
+
+
+def dequant_tq2_0(blocks: np.ndarray) -> np.ndarray:
+    """qs (64): two halves of 32 bytes; each byte holds 4 values at shifts 0, 2, 4, 6, as Q2_K's."""
+    n = len(blocks)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = ((blocks["qs"].reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, QK_K)
+    return _f32(blocks["d"]) * (q.astype(np.int8) - np.int8(1)).astype(np.float32)
+
+
+# --- IQ grids: each 8 (or 4) values one entry of a fixed grid (`iq_grids.py`), signs and scales apart -----
+
+# ggml's ksigns_iq2xs: 7 stored sign bits and an eighth that makes the count of negatives even
+PARITY_SIGNS = tuple(k | (bin(k).count("1") & 1) << 7 for k in range(128))
+IQ1_DELTA = 0.125  # ggml's IQ1S_DELTA (IQ1_M's too): every IQ1 value is grid +- 1/8
+
+
+def _bytes_of(words: np.ndarray, n: int) -> np.ndarray:
+    """Unsigned words (...) -> their n little-endian bytes (..., n), as int64."""
+    return (words.astype(np.int64)[..., None] >> (8 * np.arange(n))) & 0xFF
+
+
+def _signs(signs: np.ndarray) -> np.ndarray:
+    """Sign bytes (..., k) -> (..., 8k) float32 +-1: bit j of byte i (set: negative) is value 8i + j's."""
+    bits = (signs.astype(np.int64)[..., None] >> np.arange(8)) & 1
+    return np.where(bits == 1, np.float32(-1), np.float32(1)).reshape(*signs.shape[:-1], -1)
+
+
+def _parity_signs(words: np.ndarray, n: int) -> np.ndarray:
+    """Words (...) holding n 7-bit sign fields (at bits 0, 7, 14, 21) -> (..., 8n) float32 +-1."""
+    fields = (words.astype(np.int64)[..., None] >> (7 * np.arange(n))) & 127
+    return _signs(np.array(PARITY_SIGNS, dtype=np.uint8)[fields])
+
+
+def _nibble_scales(scales: np.ndarray) -> np.ndarray:
+    """(n, k) bytes -> (n, 2k) 4-bit scales, low nibble first, as float32."""
+    return np.stack([scales & 0x0F, scales >> 4], axis=-1).reshape(len(scales), -1).astype(np.float32)
+
+
+def dequant_iq2_xxs(blocks: np.ndarray) -> np.ndarray:
+    """Per 32 values two words: 4 bytes of grid indices (8 values each), then 4 7-bit sign fields and a
+    4-bit scale s at bits 28..31: d * (0.5 + s) * 0.25."""
+    n = len(blocks)
+    qs = blocks["qs"].reshape(n, 8, 2)
+    db = _f32(blocks["d"]) * (np.float32(0.5) + (qs[..., 1] >> 28).astype(np.float32)) * np.float32(0.25)
+    grid = IQ2XXS_GRID[_bytes_of(qs[..., 0], 4)].astype(np.float32).reshape(n, 8, 32)
+    return (db[..., None] * grid * _parity_signs(qs[..., 1], 4)).reshape(n, QK_K)
+
+
+def _scales_16(blocks: np.ndarray) -> np.ndarray:
+    """IQ2_XS's and IQ2_S's scale per 16 values, d * (0.5 + nibble) * 0.25: (n, 16, 1)."""
+    return (_f32(blocks["d"]) * (np.float32(0.5) + _nibble_scales(blocks["scales"])) * np.float32(0.25))[..., None]
+
+
+def dequant_iq2_xs(blocks: np.ndarray) -> np.ndarray:
+    """Per 8 values a 16-bit word: a 9-bit index into the 512-entry grid, a 7-bit sign field above it."""
+    n = len(blocks)
+    qs = blocks["qs"].astype(np.int64)
+    grid = IQ2XS_GRID[qs & 511].astype(np.float32).reshape(n, 16, 16)
+    signs = _signs(np.array(PARITY_SIGNS, dtype=np.uint8)[qs >> 9]).reshape(n, 16, 16)
+    return (_scales_16(blocks) * grid * signs).reshape(n, QK_K)
+
+
+def dequant_iq2_s(blocks: np.ndarray) -> np.ndarray:
+    """Per 8 values a 10-bit index into the 1024-entry grid (a byte of qs, two bits of qh[j // 4]) and a
+    byte of explicit signs."""
+    n = len(blocks)
+    high = (blocks["qh"].astype(np.int64)[..., None] >> (2 * np.arange(4))) & 3  # (n, 8, 4)
+    index = blocks["qs"].astype(np.int64) | (high.reshape(n, 32) << 8)
+    grid = IQ2S_GRID[index].astype(np.float32).reshape(n, 16, 16)
+    return (_scales_16(blocks) * grid * _signs(blocks["signs"]).reshape(n, 16, 16)).reshape(n, QK_K)
+
+
+def dequant_iq3_xxs(blocks: np.ndarray) -> np.ndarray:
+    """Per 4 values a byte index into the 256-entry grid; per 32 a word of 4 7-bit sign fields and a 4-bit
+    scale s at bits 28..31: d * (0.5 + s) * 0.5."""
+    n = len(blocks)
+    words = blocks["scales_signs"]
+    db = _f32(blocks["d"]) * (np.float32(0.5) + (words >> 28).astype(np.float32)) * np.float32(0.5)
+    grid = IQ3XXS_GRID[blocks["qs"]].astype(np.float32).reshape(n, 8, 32)
+    return (db[..., None] * grid * _parity_signs(words, 4)).reshape(n, QK_K)
+
+
+def dequant_iq3_s(blocks: np.ndarray) -> np.ndarray:
+    """Per 4 values a 9-bit index into the 512-entry grid (a byte of qs, bit k of qh[j // 8]); explicit sign
+    bytes; per 32 a 4-bit scale s (low nibble first): d * (1 + 2 s)."""
+    n = len(blocks)
+    high = (blocks["qh"].astype(np.int64)[..., None] >> np.arange(8)) & 1  # (n, 8, 8)
+    index = blocks["qs"].astype(np.int64) | (high.reshape(n, 64) << 8)
+    grid = IQ3S_GRID[index].astype(np.float32).reshape(n, 8, 32)
+    db = _f32(blocks["d"]) * (1 + 2 * _nibble_scales(blocks["scales"]))
+    return (db[..., None] * grid * _signs(blocks["signs"]).reshape(n, 8, 32)).reshape(n, QK_K)
+
+
+def dequant_iq1_s(blocks: np.ndarray) -> np.ndarray:
+    """Per 32 values a 16-bit qh: 4 times the 3 high bits of an 11-bit index into the 2048-entry grid of
+    -1/0/1 (the low 8 in qs), a 3-bit scale s at bits 12..14 (d * (2 s + 1)), the delta's sign at bit 15."""
+    n = len(blocks)
+    qh = blocks["qh"].astype(np.int64)  # (n, 8)
+    index = blocks["qs"].astype(np.int64).reshape(n, 8, 4) | (((qh[..., None] >> (3 * np.arange(4))) & 7) << 8)
+    dl = _f32(blocks["d"]) * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
+    delta = np.where(qh & 0x8000, np.float32(-IQ1_DELTA), np.float32(IQ1_DELTA))
+    grid = IQ1S_GRID[index].astype(np.float32).reshape(n, 8, 32)
+    return (dl[..., None] * (grid + delta[..., None])).reshape(n, QK_K)
+
+
+def iq1_m_scale(scales: np.ndarray) -> np.ndarray:
+    """IQ1_M's float16 super-block scale, whose 4 nibbles are the top nibbles of its 4 16-bit scale words."""
+    s = scales.astype(np.uint16)
+    bits = (s[:, 0] >> 12) | ((s[:, 1] >> 8) & 0x00F0) | ((s[:, 2] >> 4) & 0x0F00) | (s[:, 3] & 0xF000)
+    return bits.astype(np.uint16).view(np.float16)
+
+
+def dequant_iq1_m(blocks: np.ndarray) -> np.ndarray:
+    """Per 8 values an 11-bit grid index (a byte of qs, a nibble of qh: 3 high bits, then the delta's sign);
+    per 16 a 3-bit scale s (4 per 16-bit word, bits 0..11): d * (2 s + 1)."""
+    n = len(blocks)
+    nibbles = (blocks["qh"].astype(np.int64)[..., None] >> np.array([0, 4])).reshape(n, 32)
+    index = blocks["qs"].astype(np.int64) | ((nibbles & 7) << 8)
+    delta = np.where(nibbles & 8, np.float32(-IQ1_DELTA), np.float32(IQ1_DELTA)).reshape(n, 16, 2, 1)
+    s = (blocks["scales"].astype(np.int64)[..., None] >> (3 * np.arange(4))) & 7  # (n, 4, 4): per 16 values
+    dl = (_f32(iq1_m_scale(blocks["scales"])) * (2 * s.reshape(n, 16) + 1).astype(np.float32)).reshape(n, 16, 1, 1)
+    grid = IQ1S_GRID[index].astype(np.float32).reshape(n, 16, 2, 8)
+    return (dl * (grid + delta)).reshape(n, QK_K)
+
+
 # --- the table ---------------------------------------------------------------------------------------
 
 Field = tuple[str, str, int]  # (name, numpy dtype, count)
@@ -279,13 +424,15 @@ _TABLE: tuple[QuantFormat, ...] = (
     QuantFormat("Q6_K", 14, QK_K, (("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), _F16),
                 dequant_q6_k),
     QuantFormat("Q8_K", 15, QK_K, (("d", "<f4", 1), ("qs", "i1", 256), ("bsums", "<i2", 16))),
-    QuantFormat("IQ2_XXS", 16, QK_K, _opaque(2 + 64)),
-    QuantFormat("IQ2_XS", 17, QK_K, _opaque(2 + 64 + 8)),
-    QuantFormat("IQ3_XXS", 18, QK_K, _opaque(2 + 64 + 32)),
-    QuantFormat("IQ1_S", 19, QK_K, _opaque(2 + 32 + 16)),
+    QuantFormat("IQ2_XXS", 16, QK_K, (_F16, ("qs", "<u4", 16)), dequant_iq2_xxs),
+    QuantFormat("IQ2_XS", 17, QK_K, (_F16, ("qs", "<u2", 32), ("scales", "u1", 8)), dequant_iq2_xs),
+    QuantFormat("IQ3_XXS", 18, QK_K, (_F16, ("qs", "u1", 64), ("scales_signs", "<u4", 8)), dequant_iq3_xxs),
+    QuantFormat("IQ1_S", 19, QK_K, (_F16, ("qs", "u1", 32), ("qh", "<u2", 8)), dequant_iq1_s),
     QuantFormat("IQ4_NL", 20, 32, (_F16, ("qs", "u1", 16)), dequant_iq4_nl),
-    QuantFormat("IQ3_S", 21, QK_K, _opaque(2 + 64 + 32 + 8 + 4)),
-    QuantFormat("IQ2_S", 22, QK_K, _opaque(2 + 64 + 16)),
+    QuantFormat("IQ3_S", 21, QK_K,
+                (_F16, ("qs", "u1", 64), ("qh", "u1", 8), ("signs", "u1", 32), ("scales", "u1", 4)), dequant_iq3_s),
+    QuantFormat("IQ2_S", 22, QK_K,
+                (_F16, ("qs", "u1", 32), ("signs", "u1", 32), ("qh", "u1", 8), ("scales", "u1", 8)), dequant_iq2_s),
     QuantFormat("IQ4_XS", 23, QK_K, (_F16, ("scales_h", "<u2", 1), ("scales_l", "u1", 4), ("qs", "u1", 128)),
                 dequant_iq4_xs),
     QuantFormat("I8", 24, 1, (("v", "i1", 1),), dequant_float),
@@ -293,10 +440,10 @@ _TABLE: tuple[QuantFormat, ...] = (
     QuantFormat("I32", 26, 1, (("v", "<i4", 1),), dequant_float),
     QuantFormat("I64", 27, 1, (("v", "<i8", 1),), dequant_float),
     QuantFormat("F64", 28, 1, (("v", "<f8", 1),), dequant_float),
-    QuantFormat("IQ1_M", 29, QK_K, _opaque(32 + 16 + 8)),
+    QuantFormat("IQ1_M", 29, QK_K, (("qs", "u1", 32), ("qh", "u1", 16), ("scales", "<u2", 4)), dequant_iq1_m),
     QuantFormat("BF16", 30, 1, (("v", "<u2", 1),), dequant_bf16),
-    QuantFormat("TQ1_0", 34, QK_K, _opaque(2 + 4 * 13)),
-    QuantFormat("TQ2_0", 35, QK_K, _opaque(2 + 64)),
+    QuantFormat("TQ1_0", 34, QK_K, (("qs", "u1", 48), ("qh", "u1", 4), _F16), dequant_tq1_0),
+    QuantFormat("TQ2_0", 35, QK_K, (("qs", "u1", 64), _F16), dequant_tq2_0),
     QuantFormat("MXFP4", 39, 32, (_E8M0, ("qs", "u1", 16)), dequant_mxfp4),
 )
 

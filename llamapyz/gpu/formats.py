@@ -3,7 +3,8 @@
 Weights stay in their GGUF encoding on the GPU, as rows of raw block bytes (`llamapyz/gguf/quants.py`'s layout);
 activations are float32. Every format `llamapyz/gguf/quants.py` decodes is here but the integer types: the 32-value
 quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), the k-quants (Q2_K to Q6_K), the non-linear 4-bit ones (IQ4_NL,
-IQ4_XS, MXFP4: a table of 16 levels per nibble) and the plain floats (F32, F16, BF16, a
+IQ4_XS, MXFP4: a table of 16 levels per nibble), the grid ones (IQ1_S to IQ3_S: per 8 or 4 values an entry of a
+fixed grid, with signs), the ternary ones (TQ1_0, TQ2_0) and the plain floats (F32, F16, BF16, a
 "block" of one value, so that a warp's lanes read consecutive elements). Floats and float16 scales are
 decoded with integer operations and exact powers of two (`half_at`, `_binary32_value`), which every CUDA
 architecture and the simulator compute alike, subnormals, infinities and NaN included.
@@ -24,7 +25,8 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
-from ..gguf.quants import IQ4_NL_VALUES, MXFP4_VALUES, KernelTable
+from ..gguf.iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
+from ..gguf.quants import IQ4_NL_VALUES, MXFP4_VALUES, PARITY_SIGNS, KernelTable
 
 DEVICE_DOTS: KernelTable = KernelTable("GPU block dot")  # in the order `block_dot` tries them: the most used first
 
@@ -278,6 +280,209 @@ def _dot_mxfp4(row, base, x, x0):
     the halved scale 2^(e - 128) (exact: ldexp of a power of two, subnormal for e < 2)."""
     d = float32(math.ldexp(float32(1.0), int(int32(row[base]) - 128)))
     return d * _levels_dot(MXFP4_LEVELS, row, base + 1, x, x0)
+
+
+@DEVICE_DOTS.of("TQ2_0")
+@cuda.jit(device=True)
+def _dot_tq2_0(row, base, x, x0):
+    """qs[64], d: value e = 128 h + 32 g + i is bits 2g..2g+1 of qs[32 h + i] (Q2_K's order), minus 1, times d."""
+    block = float32(0.0)
+    for e in range(256):
+        q = (int32(row[base + 32 * (e // 128) + e % 32]) >> (2 * ((e // 32) % 4))) & 3
+        block += float32(q - 1) * x[x0 + e]
+    return half_at(row, base + 64) * block
+
+
+@cuda.jit(device=True)
+def _trit(byte, power):
+    """A TQ1_0 byte's base-3 digit `power` (3^n) as ((byte * 3^n mod 256) * 3) >> 8, minus 1: -1, 0 or 1."""
+    return ((((byte * power) & 255) * 3) >> 8) - 1
+
+
+@DEVICE_DOTS.of("TQ1_0")
+@cuda.jit(device=True)
+def _dot_tq1_0(row, base, x, x0):
+    """qs[48], qh[4], d: value e < 160 is digit e // 32 of qs[e % 32], e < 240 digit (e - 160) // 16 of
+    qs[32 + e % 16], else digit (e - 240) // 4 of qh[e % 4] (`_trit`), times d."""
+    block = float32(0.0)
+    for e in range(256):
+        if e < 160:
+            q = _trit(int32(row[base + e % 32]), int32(3) ** (e // 32))
+        elif e < 240:
+            q = _trit(int32(row[base + 32 + e % 16]), int32(3) ** ((e - 160) // 16))
+        else:
+            q = _trit(int32(row[base + 48 + e % 4]), int32(3) ** ((e - 240) // 4))
+        block += float32(q) * x[x0 + e]
+    return half_at(row, base + 52) * block
+
+
+# IQ grids (`gguf/iq_grids.py`, int8: 33 KiB in all): global arrays, constants in the compiled kernels
+IQ2XXS, IQ2XS, IQ2S = (np.ascontiguousarray(g) for g in (IQ2XXS_GRID, IQ2XS_GRID, IQ2S_GRID))
+IQ3XXS, IQ3S, IQ1S = (np.ascontiguousarray(g) for g in (IQ3XXS_GRID, IQ3S_GRID, IQ1S_GRID))
+PARITY = np.array(PARITY_SIGNS, np.uint8)
+
+
+@cuda.jit(device=True)
+def _u16_at(row, offset):
+    return int32(row[offset]) | (int32(row[offset + 1]) << 8)
+
+
+@cuda.jit(device=True)
+def _signed_grid8(grid, index, signs, x, x0):
+    """Entry `index` of an 8-value grid, value j negated where bit j of the sign byte is set, dotted with
+    x[x0:x0 + 8]."""
+    block = float32(0.0)
+    for j in range(8):
+        value = float32(grid[index, j]) * x[x0 + j]
+        block += -value if (signs >> j) & 1 else value
+    return block
+
+
+@DEVICE_DOTS.of("IQ2_XXS")
+@cuda.jit(device=True)
+def _dot_iq2_xxs(row, base, x, x0):
+    """d, then per 32 values 4 grid index bytes and a word of 4 7-bit sign fields (completed to even parity)
+    and s at bits 28..31: d * (0.5 + s) * 0.25 times the signed grid entries."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for ib in range(8):
+        q = base + 2 + 8 * ib
+        word = _u16_at(row, q + 4) | (_u16_at(row, q + 6) << 16)
+        sub = float32(0.0)
+        for k in range(4):
+            signs = int32(PARITY[(word >> (7 * k)) & 127])
+            sub += _signed_grid8(IQ2XXS, int32(row[q + k]), signs, x, x0 + 32 * ib + 8 * k)
+        block += d * (float32(0.5) + float32((word >> 28) & 15)) * float32(0.25) * sub
+    return block
+
+
+@DEVICE_DOTS.of("IQ2_XS")
+@cuda.jit(device=True)
+def _dot_iq2_xs(row, base, x, x0):
+    """d, qs[32] 16-bit words (9-bit grid index, 7-bit sign field), scales[8]: a nibble s per 16 values,
+    d * (0.5 + s) * 0.25."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for h in range(16):  # 16 values: two grid entries
+        s = (int32(row[base + 66 + h // 2]) >> (4 * (h % 2))) & 15
+        sub = float32(0.0)
+        for k in range(2 * h, 2 * h + 2):
+            word = _u16_at(row, base + 2 + 2 * k)
+            sub += _signed_grid8(IQ2XS, word & 511, int32(PARITY[word >> 9]), x, x0 + 8 * k)
+        block += d * (float32(0.5) + float32(s)) * float32(0.25) * sub
+    return block
+
+
+@DEVICE_DOTS.of("IQ2_S")
+@cuda.jit(device=True)
+def _dot_iq2_s(row, base, x, x0):
+    """d, qs[32], signs[32], qh[8], scales[8]: per 8 values the index qs[k] | bits 2(k%4)..+1 of qh[k//4] << 8
+    and a sign byte; a nibble s per 16 values, d * (0.5 + s) * 0.25."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for h in range(16):
+        s = (int32(row[base + 74 + h // 2]) >> (4 * (h % 2))) & 15
+        sub = float32(0.0)
+        for k in range(2 * h, 2 * h + 2):
+            index = int32(row[base + 2 + k]) | (((int32(row[base + 66 + k // 4]) >> (2 * (k % 4))) & 3) << 8)
+            sub += _signed_grid8(IQ2S, index, int32(row[base + 34 + k]), x, x0 + 8 * k)
+        block += d * (float32(0.5) + float32(s)) * float32(0.25) * sub
+    return block
+
+
+@cuda.jit(device=True)
+def _signed_grid4(grid, index, signs, shift, x, x0):
+    """Entry `index` of a 4-value grid, value j negated where bit shift + j of `signs` is set, dotted with
+    x[x0:x0 + 4]."""
+    block = float32(0.0)
+    for j in range(4):
+        value = float32(grid[index, j]) * x[x0 + j]
+        block += -value if (signs >> (shift + j)) & 1 else value
+    return block
+
+
+@DEVICE_DOTS.of("IQ3_XXS")
+@cuda.jit(device=True)
+def _dot_iq3_xxs(row, base, x, x0):
+    """d, qs[64] (a grid index per 4 values), 8 words of 4 7-bit sign fields and s at bits 28..31:
+    d * (0.5 + s) * 0.5 per 32 values."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for ib in range(8):
+        w = base + 66 + 4 * ib
+        word = _u16_at(row, w) | (_u16_at(row, w + 2) << 16)
+        sub = float32(0.0)
+        for m in range(8):
+            signs = int32(PARITY[(word >> (7 * (m // 2))) & 127])
+            sub += _signed_grid4(IQ3XXS, int32(row[base + 2 + 8 * ib + m]), signs, 4 * (m % 2), x, x0 + 32 * ib + 4 * m)
+        block += d * (float32(0.5) + float32((word >> 28) & 15)) * float32(0.5) * sub
+    return block
+
+
+@DEVICE_DOTS.of("IQ3_S")
+@cuda.jit(device=True)
+def _dot_iq3_s(row, base, x, x0):
+    """d, qs[64], qh[8], signs[32], scales[4]: per 4 values the index qs[m] | bit m%8 of qh[m//8] << 8, sign
+    bytes, a nibble s per 32 values: d * (1 + 2 s)."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for ib in range(8):
+        s = (int32(row[base + 106 + ib // 2]) >> (4 * (ib % 2))) & 15
+        sub = float32(0.0)
+        for m in range(8):
+            index = int32(row[base + 2 + 8 * ib + m]) | (((int32(row[base + 66 + ib]) >> m) & 1) << 8)
+            signs = int32(row[base + 74 + 4 * ib + m // 2])
+            sub += _signed_grid4(IQ3S, index, signs, 4 * (m % 2), x, x0 + 32 * ib + 4 * m)
+        block += d * float32(1 + 2 * s) * sub
+    return block
+
+
+@cuda.jit(device=True)
+def _iq1_grid8(index, delta, x, x0):
+    """(IQ1_S's grid entry `index`, -1/0/1, plus delta) dotted with x[x0:x0 + 8]."""
+    block = float32(0.0)
+    for j in range(8):
+        block += (float32(IQ1S[index, j]) + delta) * x[x0 + j]
+    return block
+
+
+@DEVICE_DOTS.of("IQ1_S")
+@cuda.jit(device=True)
+def _dot_iq1_s(row, base, x, x0):
+    """d, qs[32], qh[8] words: per 8 values the index qs[k] | 3 bits of qh << 8; per 32 s at bits 12..14
+    (d * (2 s + 1)) and the sign of the delta of 1/8 at bit 15."""
+    d = half_at(row, base)
+    block = float32(0.0)
+    for ib in range(8):
+        qh = _u16_at(row, base + 34 + 2 * ib)
+        delta = float32(-0.125) if qh & 0x8000 else float32(0.125)
+        sub = float32(0.0)
+        for k in range(4):
+            index = int32(row[base + 2 + 4 * ib + k]) | (((qh >> (3 * k)) & 7) << 8)
+            sub += _iq1_grid8(index, delta, x, x0 + 32 * ib + 8 * k)
+        block += d * float32(2 * ((qh >> 12) & 7) + 1) * sub
+    return block
+
+
+@DEVICE_DOTS.of("IQ1_M")
+@cuda.jit(device=True)
+def _dot_iq1_m(row, base, x, x0):
+    """qs[32], qh[16], scales[4] words: per 8 values the index qs[k] | 3 bits of a qh nibble << 8, the nibble's
+    top bit the delta's sign; per 16 values a 3-bit scale s (d * (2 s + 1)); the words' top nibbles are d."""
+    bits = int32(0)
+    for i in range(4):
+        bits |= (_u16_at(row, base + 48 + 2 * i) >> 12) << (4 * i)
+    d = half_value(bits)
+    block = float32(0.0)
+    for h in range(16):
+        s = (_u16_at(row, base + 48 + 2 * (h // 4)) >> (3 * (h % 4))) & 7
+        sub = float32(0.0)
+        for k in range(2 * h, 2 * h + 2):
+            nibble = (int32(row[base + 32 + k // 2]) >> (4 * (k % 2))) & 15
+            delta = float32(-0.125) if nibble & 8 else float32(0.125)
+            sub += _iq1_grid8(int32(row[base + k]) | ((nibble & 7) << 8), delta, x, x0 + 8 * k)
+        block += d * float32(2 * s + 1) * sub
+    return block
 
 
 @DEVICE_DOTS.of("F32")

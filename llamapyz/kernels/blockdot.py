@@ -6,20 +6,24 @@ blocks from `quantize_q8` / `quantize_q8_k` (matvec.py; C-contiguous, as out). T
 (each weight block is unpacked once for all four), then one at a time.
 
 Each format's kernel is one `@row_kernel(name, activation)` function below, the code for one block (one
-super-block for the K-quants) of a row against every token of a pass; `ROW_KERNELS` collects them, keyed
-by the format table's records (`llamapyz/gguf/quants.py`), whose block bytes are the kernels' strides.
-`row_dot` is generated from that table: one switch on the ggml type id with a case per format (numba
-cannot pick a function by a runtime value), so adding a format adds no line to any dispatch.
+super-block of 256 for the K-quants, IQ4_XS, the grid IQs and the TQs) of a row against every token of a
+pass; `ROW_KERNELS` collects them, keyed by the format table's records (`llamapyz/gguf/quants.py`), whose
+block bytes are the kernels' strides. `row_dot` is generated from that table: one switch on the ggml type
+id with a case per format (numba cannot pick a function by a runtime value), so adding a format adds no line
+to any dispatch.
 
 Why a hand-written loop: each output keeps its partial sums in vector registers for the whole row and
 reduces them once, where a block-at-a-time dot product pays a horizontal reduction per 32 values. The
 order of every operation is fixed here, not left to a compiler or a library:
 
+- weights to int8 first, in registers: bit fields, IQ4_NL's and MXFP4's levels by a byte shuffle (`levels`),
+  the other IQs' grid entries loaded from a constant table in the module (`_grid`, `_gather`) with their
+  signs as byte masks, TQ1_0's base-3 digits by a byte multiply.
 - integer part: each block's products go to 8 int32 lanes, lane j summing the products of elements
   4j..4j+3 (x86: pmaddubsw + pmaddwd, or vpdpbusd with VNNI; Arm dotprod: sdot; elsewhere plain vector
   arithmetic; integer sums are exact, so every instruction choice gives the same lanes). pmaddubsw cannot saturate here:
   weights are below 64 (or |w| <= 128 for signed weights, whose sign moves onto x) and |x| <= 127.
-- float part, per block (per super-block for the K-quants, whose sub-block scales are applied in
+- float part, per block (per super-block for the 256-value formats, whose sub-block scales are applied in
   integers first, as in llama.cpp): acc = fma(float(lanes), d_w * d_x, acc) in 8 float lanes (llvm.fma:
   fused on every target, a library call where the CPU has no FMA, as llama.cpp's x86 code accumulates);
   offset terms (Q4_1's m, the K-quants' mins) in one float `off` per token, no fused multiply-add.
@@ -35,11 +39,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, KernelTable, QuantFormat
+from ..gguf.iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
+from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, TRIT_POWERS, KernelTable, QuantFormat
 from ..machine.cpu import Target, active
 from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
 
@@ -455,25 +461,272 @@ def _q6_k(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
 
 
+def _sub_blocks(blk: Block, toks: Tokens, xb: ir.Value, d: ir.Value, values: list[ir.Value],
+                scales: list[ir.Value] | None = None) -> None:
+    """A super-block of 8 signed 32-value sub-blocks and one float scale d (8 lanes): each sub-block's lanes
+    times its integer scale (<8 x i32>: one per sub-block, or per lane for scales per 16 values), summed in
+    integers (as llama.cpp), then acc = fma(float(lanes), d * xd, acc)."""
+    b = blk.b
+    for t in range(len(toks.rows)):
+        lanes = None
+        for j, q in enumerate(values):
+            part = dot4s(b, q, toks.x(t, b.add(xb, ir.Constant(xb.type, j))))
+            part = part if scales is None else b.mul(part, scales[j])
+            lanes = part if lanes is None else b.add(lanes, part)
+        toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
+
+
 @row_kernel("IQ4_XS", "q8_K")
 def _iq4_xs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     # d f16 | scales_h u16 | scales_l 4 | qs 128: sub-block j is IQ4_NL's 16 bytes at 8 + 16 j, its scale
-    # (6 bits, minus 32) the low (even j) or high nibble of scales_l[j // 2] below bits 2j of scales_h;
-    # scales applied in integers, as in llama.cpp
+    # (6 bits, minus 32) the low (even j) or high nibble of scales_l[j // 2] below bits 2j of scales_h
     b = blk.b
-    c = lambda v: ir.Constant(I32, v)  # noqa: E731
-    d, high = blk.half_splat(0), b.zext(blk.at(2, I16), I32)
-    subs = []
+    high = b.zext(blk.at(2, I16), I32)
+    values, scales = [], []
     for j in range(8):
-        low = b.and_(b.lshr(blk.byte(4 + j // 2), c(4 * (j & 1))), c(15))
-        scale = b.sub(b.or_(low, b.shl(b.and_(b.lshr(high, c(2 * j)), c(3)), c(4))), c(32))
-        subs.append((levels(b, IQ4_NL_VALUES, blk.nibbles16(8 + 16 * j)), _broadcast(b, scale)))
-    for t in range(len(toks.rows)):
-        lanes = None
-        for j, (q, scale) in enumerate(subs):
-            part = b.mul(dot4s(b, q, toks.x(t, b.add(xb, ir.Constant(xb.type, j)))), scale)
-            lanes = part if lanes is None else b.add(lanes, part)
-        toks.add_lanes(t, lanes, b.fmul(d, toks.splat("xd", t, xb)))
+        low = b.and_(b.lshr(blk.byte(4 + j // 2), _i32(4 * (j & 1))), _i32(15))
+        scale = b.sub(b.or_(low, b.shl(b.and_(b.lshr(high, _i32(2 * j)), _i32(3)), _i32(4))), _i32(32))
+        values.append(levels(b, IQ4_NL_VALUES, blk.nibbles16(8 + 16 * j)))
+        scales.append(_broadcast(b, scale))
+    _sub_blocks(blk, toks, xb, blk.half_splat(0), values, scales)
+
+
+@row_kernel("TQ2_0", "q8_K")
+def _tq2_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # qs 64 | d f16: sub-block j is bits 2(j%4)..+1 of qs[32*(j//4)][:32], minus 1 (Q2_K's order)
+    one = _splat(I8, 32, 1)
+    values = [blk.b.sub(blk.field(32 * (j // 4), 2 * (j % 4), 3), one) for j in range(8)]
+    _sub_blocks(blk, toks, xb, blk.half_splat(64), values)
+
+
+def _trits(b, packed: ir.Value, powers: list[int]) -> ir.Value:
+    """<n x i8> bytes, <n x i8> powers of 3 -> the base-3 digits ((byte * power mod 256) * 3) >> 8, minus 1."""
+    n = packed.type.count
+    scaled = b.zext(b.mul(packed, ir.Constant(_vec(I8, n), powers)), _vec(I16, n))
+    digits = b.trunc(b.lshr(b.mul(scaled, _splat(I16, n, 3)), _splat(I16, n, 8)), _vec(I8, n))
+    return b.sub(digits, _splat(I8, n, 1))
+
+
+@row_kernel("TQ1_0", "q8_K")
+def _tq1_0(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # qs 48 | qh 4 | d f16: sub-blocks 0..4 are digit j of qs[0:32]; 5 and 6 digits 0, 1 and 2, 3 of
+    # qs[32:48]; 7 digit 4 of qs[32:48], then digits 0..3 of qh's 4 bytes
+    b = blk.b
+    low, high = blk.at(0, V32I8), blk.at(32, _vec(I8, 16))
+    qh = blk.at(48, _vec(I8, 4))
+    pairs = b.shuffle_vector(high, high, ir.Constant(_vec(I32, 32), list(range(16)) * 2))
+    tail = _concat(b, high, b.shuffle_vector(qh, qh, ir.Constant(_vec(I32, 16), list(range(4)) * 4)))
+    values = [_trits(b, low, [TRIT_POWERS[j]] * 32) for j in range(5)]
+    values += [_trits(b, pairs, [TRIT_POWERS[n]] * 16 + [TRIT_POWERS[n + 1]] * 16) for n in (0, 2)]
+    values.append(_trits(b, tail, [TRIT_POWERS[4]] * 16 + [p for p in TRIT_POWERS[:4] for _ in range(4)]))
+    _sub_blocks(blk, toks, xb, blk.half_splat(52), values)
+
+
+# --- IQ grids: per 8 (or 4) values a grid entry (`gguf/iq_grids.py`), signs and integer scales apart --------
+
+def _i32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value)
+
+
+def _grid(b, name: str, grid: np.ndarray) -> ir.Value:
+    """The grid as a constant array of its entries' little-endian words (i64: 8 values, i32: 4) in the
+    module being built (one per module; internal linkage)."""
+    table = b.module.globals.get(name)
+    if table is None:
+        width = grid.shape[1]
+        words = np.ascontiguousarray(grid).view("<i8" if width == 8 else "<i4").reshape(-1)
+        ty = ir.ArrayType(ir.IntType(8 * width), len(words))
+        table = cgutils.global_constant(b.module, name, ir.Constant(ty, [int(w) for w in words]))
+    return table
+
+
+def _gather(b, table: ir.Value, indices: list[ir.Value]) -> ir.Value:
+    """The grid entries at `indices` (i32 each; 4 of 8 values or 8 of 4) one after another, <32 x i8>."""
+    word = table.type.pointee.element
+    vec = ir.Constant(_vec(word, len(indices)), None)
+    for k, index in enumerate(indices):
+        vec = b.insert_element(vec, b.load(b.gep(table, [_i32(0), index])), _i32(k))
+    return b.bitcast(vec, V32I8)
+
+
+def _byte_mask(b, bits: ir.Value) -> ir.Value:
+    """An i32 -> <32 x i8>: -1 where bit k is set, else 0."""
+    return b.sext(b.bitcast(bits, _vec(ir.IntType(1), 32)), V32I8)
+
+
+def _negate_where(b, values: ir.Value, bits: ir.Value) -> ir.Value:
+    """<32 x i8> values with value k negated where bit k of the i32 `bits` is set: (v ^ m) - m."""
+    m = _byte_mask(b, bits)
+    return b.sub(b.xor(values, m), m)
+
+
+def _parity_signs(b, word: ir.Value) -> ir.Value:
+    """An i32 of 4 7-bit sign fields (bits 0, 7, 14, 21) -> 32 sign bits, each field's byte completed with
+    the bit that makes its count of negatives even (ggml's ksigns_iq2xs)."""
+    out = None
+    for k in range(4):
+        field = b.and_(b.lshr(word, _i32(7 * k)), _i32(127))
+        parity = b.and_(_call(b, "llvm.ctpop.i32", I32, field), _i32(1))
+        byte = b.shl(b.or_(field, b.shl(parity, _i32(7))), _i32(8 * k))
+        out = byte if out is None else b.or_(out, byte)
+    return out
+
+
+def _per_16(b, first: ir.Value, second: ir.Value) -> ir.Value:
+    """Two i32 scales -> <8 x i32>: the first in the lanes of a sub-block's first 16 values, the second after."""
+    v = b.insert_element(ir.Constant(V8I32, None), first, _i32(0))
+    v = b.insert_element(v, second, _i32(4))
+    return b.shuffle_vector(v, v, ir.Constant(V8I32, [0] * 4 + [4] * 4))
+
+
+def _odd(b, s: ir.Value) -> ir.Value:
+    """2 s + 1: the IQ2/IQ3_XXS/IQ1 scales' integer part."""
+    return b.add(b.shl(s, _i32(1)), _i32(1))
+
+
+def _scaled_d(blk: Block, offset: int, factor: float) -> ir.Value:
+    """The half at offset times an exact power of two, in 8 float lanes."""
+    return blk.b.fmul(blk.half_splat(offset), ir.Constant(V8F32, [factor] * LANES))
+
+
+@row_kernel("IQ2_XXS", "q8_K")
+def _iq2_xxs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | per 32 values: 4 index bytes (grid entries of 8), a word of 4 7-bit sign fields and s at bits 28..31;
+    # value = d * (2 s + 1) / 8 * +-grid
+    b = blk.b
+    table = _grid(b, "llamapyz.iq2xxs_grid", IQ2XXS_GRID)
+    values, scales = [], []
+    for j in range(8):
+        q = 2 + 8 * j
+        word = blk.at(q + 4, I32)
+        grid = _gather(b, table, [blk.byte(q + k) for k in range(4)])
+        values.append(_negate_where(b, grid, _parity_signs(b, word)))
+        scales.append(_broadcast(b, _odd(b, b.lshr(word, _i32(28)))))
+    _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
+
+
+def _nibble(blk: Block, offset: int, upper: int) -> ir.Value:
+    return blk.b.and_(blk.b.lshr(blk.byte(offset), _i32(4 * upper)), _i32(15))
+
+
+@row_kernel("IQ2_XS", "q8_K")
+def _iq2_xs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | qs 32 words (9-bit index into 512 entries of 8, 7-bit sign field) | scales 8: a nibble s per 16
+    # values; value = d * (2 s + 1) / 8 * +-grid
+    b = blk.b
+    table = _grid(b, "llamapyz.iq2xs_grid", IQ2XS_GRID)
+    values, scales = [], []
+    for j in range(8):
+        words = [b.zext(blk.at(2 + 8 * j + 2 * k, I16), I32) for k in range(4)]
+        grid = _gather(b, table, [b.and_(w, _i32(511)) for w in words])
+        fields = None
+        for k, w in enumerate(words):
+            field = b.shl(b.lshr(w, _i32(9)), _i32(7 * k))
+            fields = field if fields is None else b.or_(fields, field)
+        values.append(_negate_where(b, grid, _parity_signs(b, fields)))
+        scales.append(_per_16(b, _odd(b, _nibble(blk, 66 + j, 0)), _odd(b, _nibble(blk, 66 + j, 1))))
+    _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
+
+
+@row_kernel("IQ2_S", "q8_K")
+def _iq2_s(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | qs 32 | signs 32 | qh 8 | scales 8: per 8 values index qs[k] | bits 2(k%4).. of qh[k//4] << 8 into
+    # 1024 entries, a sign byte; a nibble s per 16 values; value = d * (2 s + 1) / 8 * +-grid
+    b = blk.b
+    table = _grid(b, "llamapyz.iq2s_grid", IQ2S_GRID)
+    values, scales = [], []
+    for j in range(8):
+        qh = blk.byte(66 + j)
+        indices = [b.or_(blk.byte(2 + 4 * j + k), b.shl(b.and_(b.lshr(qh, _i32(2 * k)), _i32(3)), _i32(8)))
+                   for k in range(4)]
+        values.append(_negate_where(b, _gather(b, table, indices), blk.at(34 + 4 * j, I32)))
+        scales.append(_per_16(b, _odd(b, _nibble(blk, 74 + j, 0)), _odd(b, _nibble(blk, 74 + j, 1))))
+    _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
+
+
+@row_kernel("IQ3_XXS", "q8_K")
+def _iq3_xxs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | qs 64 (an index per 4 values into 256 entries) | 8 words of 4 7-bit sign fields and s at bits 28..31;
+    # value = d * (2 s + 1) / 4 * +-grid
+    b = blk.b
+    table = _grid(b, "llamapyz.iq3xxs_grid", IQ3XXS_GRID)
+    values, scales = [], []
+    for j in range(8):
+        word = blk.at(66 + 4 * j, I32)
+        grid = _gather(b, table, [blk.byte(2 + 8 * j + m) for m in range(8)])
+        values.append(_negate_where(b, grid, _parity_signs(b, word)))
+        scales.append(_broadcast(b, _odd(b, b.lshr(word, _i32(28)))))
+    _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.25), values, scales)
+
+
+@row_kernel("IQ3_S", "q8_K")
+def _iq3_s(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | qs 64 | qh 8 | signs 32 | scales 4: per 4 values index qs[m] | bit m%8 of qh[m//8] << 8 into 512
+    # entries; sign bytes; a nibble s per 32 values; value = d * (2 s + 1) * +-grid
+    b = blk.b
+    table = _grid(b, "llamapyz.iq3s_grid", IQ3S_GRID)
+    values, scales = [], []
+    for j in range(8):
+        qh = blk.byte(66 + j)
+        indices = [b.or_(blk.byte(2 + 8 * j + m), b.shl(b.and_(b.lshr(qh, _i32(m)), _i32(1)), _i32(8)))
+                   for m in range(8)]
+        values.append(_negate_where(b, _gather(b, table, indices), blk.at(74 + 4 * j, I32)))
+        scales.append(_broadcast(b, _odd(b, _nibble(blk, 106 + j // 2, j & 1))))
+    _sub_blocks(blk, toks, xb, blk.half_splat(0), values, scales)
+
+
+def _iq1_values(b, grid: ir.Value, negative: ir.Value) -> ir.Value:
+    """8 * grid (-1/0/1) + delta, delta -1 where the byte mask of `negative` (i32 bits) is set, else +1: IQ1's
+    values times 8, so that the delta of 1/8 is an integer."""
+    m = _byte_mask(b, negative)
+    return b.add(b.shl(grid, _splat(I8, 32, 3)), b.or_(m, _splat(I8, 32, 1)))
+
+
+@row_kernel("IQ1_S", "q8_K")
+def _iq1_s(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # d | qs 32 | qh 8 words: per 8 values index qs[k] | 3 bits of qh << 8 into 2048 entries of -1/0/1; per
+    # 32 s at bits 12..14 and the delta's sign at 15; value = d * (2 s + 1) / 8 * (8 grid +- 1)
+    b = blk.b
+    table = _grid(b, "llamapyz.iq1s_grid", IQ1S_GRID)
+    values, scales = [], []
+    for j in range(8):
+        qh = b.zext(blk.at(34 + 2 * j, I16), I32)
+        indices = [b.or_(blk.byte(2 + 4 * j + k), b.shl(b.and_(b.lshr(qh, _i32(3 * k)), _i32(7)), _i32(8)))
+                   for k in range(4)]
+        negative = b.sub(_i32(0), b.lshr(qh, _i32(15)))  # all 32 bits, or none
+        values.append(_iq1_values(b, _gather(b, table, indices), negative))
+        scales.append(_broadcast(b, _odd(b, b.and_(b.lshr(qh, _i32(12)), _i32(7)))))
+    _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
+
+
+@row_kernel("IQ1_M", "q8_K")
+def _iq1_m(blk: Block, toks: Tokens, xb: ir.Value) -> None:
+    # qs 32 | qh 16 | scales 4 words: per 8 values index qs[k] | 3 bits of a qh nibble << 8 into IQ1_S's grid,
+    # the nibble's top bit the delta's sign; per 16 values a 3-bit scale s (bits 0..11 of the words), the
+    # words' top nibbles the f16 d; value = d * (2 s + 1) / 8 * (8 grid +- 1)
+    b = blk.b
+    table = _grid(b, "llamapyz.iq1s_grid", IQ1S_GRID)
+    words = [b.zext(blk.at(48 + 2 * i, I16), I32) for i in range(4)]
+    bits = None
+    for i, w in enumerate(words):  # nibble i of d: bits 12..15 of word i
+        part = b.shl(b.lshr(w, _i32(12)), _i32(4 * i))
+        bits = part if bits is None else b.or_(bits, part)
+    h = b.insert_element(ir.Constant(_vec(I16, LANES), None), b.trunc(bits, I16), _i32(0))
+    d = b.fmul(_half_to_float(b, b.shuffle_vector(h, h, ir.Constant(_vec(I32, LANES), [0] * LANES))),
+               ir.Constant(V8F32, [0.125] * LANES))
+    values, scales = [], []
+    for j in range(8):
+        indices, negative = [], None
+        for k in range(4):
+            nibble = _nibble(blk, 32 + 2 * j + k // 2, k & 1)
+            indices.append(b.or_(blk.byte(4 * j + k), b.shl(b.and_(nibble, _i32(7)), _i32(8))))
+            flag = b.shl(b.mul(b.lshr(nibble, _i32(3)), _i32(0xFF)), _i32(8 * k))
+            negative = flag if negative is None else b.or_(negative, flag)
+        values.append(_iq1_values(b, _gather(b, table, indices), negative))
+        word = words[j // 2]
+        first, second = (b.and_(b.lshr(word, _i32(6 * (j & 1) + 3 * h)), _i32(7)) for h in (0, 1))
+        scales.append(_per_16(b, _odd(b, first), _odd(b, second)))
+    _sub_blocks(blk, toks, xb, d, values, scales)
 
 
 def _pass(context, builder, sig, args, t0: ir.Value, count: int, kernel: RowKernel) -> None:

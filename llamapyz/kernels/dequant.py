@@ -17,8 +17,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, KernelTable
-from .simd import f16_at
+from ..gguf.iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
+from ..gguf.quants import FORMATS_BY_NAME, IQ1_DELTA, IQ4_NL_VALUES, MXFP4_VALUES, PARITY_SIGNS, KernelTable
+from .simd import f16_at, f16_value
 
 _OPTS = dict(parallel=True, error_model="numpy", cache=True, nogil=True)  # as ops.py
 F32 = np.float32
@@ -302,3 +303,226 @@ def dequant_mxfp4(w, out):
                 q = I64(row[o + 1 + j])
                 out[r, e + j] = d * MXFP4_LEVELS[q & 15]
                 out[r, e + j + 16] = d * MXFP4_LEVELS[q >> 4]
+
+
+TQ1_0_BYTES = _bytes("TQ1_0")
+
+
+@njit(inline="always", error_model="numpy")
+def _trit(byte, n):
+    """Base-3 digit n (0..4) of a TQ1_0 byte: ((byte * 3^n mod 256) * 3) >> 8, minus 1."""
+    return np.int32((((byte * I64(3) ** n) & 255) * 3) >> 8) - 1
+
+
+@DEQUANT.of("TQ1_0")
+@njit(**_OPTS)
+def dequant_tq1_0(w, out):
+    # qs 48 | qh 4 | d (54 bytes); value e < 160: digit e // 32 of qs[e % 32]; e < 240: digit (e - 160) // 16 of
+    # qs[32 + e % 16]; else digit (e - 240) // 4 of qh[e % 4]
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * TQ1_0_BYTES, sb * 256
+            d = f16_at(row, o + 52)
+            for e in range(256):
+                if e < 160:
+                    q = _trit(I64(row[o + e % 32]), e // 32)
+                elif e < 240:
+                    q = _trit(I64(row[o + 32 + e % 16]), (e - 160) // 16)
+                else:
+                    q = _trit(I64(row[o + 48 + e % 4]), (e - 240) // 4)
+                out[r, e0 + e] = d * F32(q)
+
+
+TQ2_0_BYTES = _bytes("TQ2_0")
+
+
+@DEQUANT.of("TQ2_0")
+@njit(**_OPTS)
+def dequant_tq2_0(w, out):
+    # qs 64 | d (66 bytes); value e: 2 bits of qs[32*(e//128) + e%32] at 2*((e//32)%4), minus 1
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * TQ2_0_BYTES, sb * 256
+            d = f16_at(row, o + 64)
+            for e in range(256):
+                q = (I64(row[o + 32 * (e // 128) + e % 32]) >> (2 * ((e // 32) % 4))) & 3
+                out[r, e0 + e] = d * F32(np.int32(q) - 1)
+
+
+# --- IQ grids: per 8 (or 4) values a grid entry, signs and scales apart (`gguf/quants.py` has the layouts) ---
+
+PARITY = np.array(PARITY_SIGNS, np.uint8)  # 7 sign bits -> 8, the eighth making the count of negatives even
+
+
+@njit(inline="always", error_model="numpy")
+def _u16(row, o):
+    return I64(row[o]) | (I64(row[o + 1]) << 8)
+
+
+@njit(inline="always", error_model="numpy")
+def _u32(row, o):
+    return _u16(row, o) | (_u16(row, o + 2) << 16)
+
+
+@njit(inline="always", error_model="numpy")
+def _sign(signs, j):
+    """-1.0 where bit j of the sign byte is set, else 1.0."""
+    return F32(-1.0) if (signs >> j) & 1 else F32(1.0)
+
+
+IQ2_XXS_BYTES = _bytes("IQ2_XXS")
+
+
+@DEQUANT.of("IQ2_XXS")
+@njit(**_OPTS)
+def dequant_iq2_xxs(w, out):
+    # d | per 32 values: 4 grid index bytes, a word of 4 7-bit sign fields and the scale at bits 28..31 (66 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ2_XXS_BYTES, sb * 256
+            d = f16_at(row, o)
+            for ib in range(8):
+                q = o + 2 + 8 * ib
+                word = _u32(row, q + 4)
+                db = d * (F32(0.5) + F32(word >> 28)) * F32(0.25)
+                for k in range(4):
+                    signs = PARITY[(word >> (7 * k)) & 127]
+                    for j in range(8):
+                        g = F32(IQ2XXS_GRID[row[q + k], j])
+                        out[r, e0 + 32 * ib + 8 * k + j] = db * g * _sign(signs, j)
+
+
+IQ2_XS_BYTES = _bytes("IQ2_XS")
+
+
+@DEQUANT.of("IQ2_XS")
+@njit(**_OPTS)
+def dequant_iq2_xs(w, out):
+    # d | qs 32 words (9-bit grid index, 7-bit sign field) | scales 8 (a nibble per 16 values) (74 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ2_XS_BYTES, sb * 256
+            d = f16_at(row, o)
+            for k in range(32):
+                word = _u16(row, o + 2 + 2 * k)
+                scale = (I64(row[o + 66 + k // 4]) >> (4 * ((k // 2) & 1))) & 15
+                db = d * (F32(0.5) + F32(scale)) * F32(0.25)
+                signs = PARITY[word >> 9]
+                for j in range(8):
+                    out[r, e0 + 8 * k + j] = db * F32(IQ2XS_GRID[word & 511, j]) * _sign(signs, j)
+
+
+IQ2_S_BYTES = _bytes("IQ2_S")
+
+
+@DEQUANT.of("IQ2_S")
+@njit(**_OPTS)
+def dequant_iq2_s(w, out):
+    # d | qs 32 | signs 32 | qh 8 (2 high index bits per 8 values) | scales 8 (82 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ2_S_BYTES, sb * 256
+            d = f16_at(row, o)
+            for k in range(32):
+                index = I64(row[o + 2 + k]) | (((I64(row[o + 66 + k // 4]) >> (2 * (k % 4))) & 3) << 8)
+                scale = (I64(row[o + 74 + k // 4]) >> (4 * ((k // 2) & 1))) & 15
+                db = d * (F32(0.5) + F32(scale)) * F32(0.25)
+                signs = I64(row[o + 34 + k])
+                for j in range(8):
+                    out[r, e0 + 8 * k + j] = db * F32(IQ2S_GRID[index, j]) * _sign(signs, j)
+
+
+IQ3_XXS_BYTES = _bytes("IQ3_XXS")
+
+
+@DEQUANT.of("IQ3_XXS")
+@njit(**_OPTS)
+def dequant_iq3_xxs(w, out):
+    # d | qs 64 (a grid index per 4 values) | 8 words: 4 7-bit sign fields, the scale at bits 28..31 (98 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ3_XXS_BYTES, sb * 256
+            d = f16_at(row, o)
+            for ib in range(8):
+                word = _u32(row, o + 66 + 4 * ib)
+                db = d * (F32(0.5) + F32(word >> 28)) * F32(0.5)
+                for k in range(4):
+                    signs = PARITY[(word >> (7 * k)) & 127]
+                    for j in range(8):
+                        g = F32(IQ3XXS_GRID[row[o + 2 + 8 * ib + 2 * k + j // 4], j % 4])
+                        out[r, e0 + 32 * ib + 8 * k + j] = db * g * _sign(signs, j)
+
+
+IQ3_S_BYTES = _bytes("IQ3_S")
+
+
+@DEQUANT.of("IQ3_S")
+@njit(**_OPTS)
+def dequant_iq3_s(w, out):
+    # d | qs 64 | qh 8 (the 9th index bit, one per 4 values) | signs 32 | scales 4 (a nibble per 32) (110 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ3_S_BYTES, sb * 256
+            d = f16_at(row, o)
+            for ib in range(8):
+                scale = (I64(row[o + 106 + ib // 2]) >> (4 * (ib & 1))) & 15
+                db = d * F32(1 + 2 * scale)
+                for e in range(32):
+                    k = 8 * ib + e // 4  # the grid entry
+                    index = I64(row[o + 2 + k]) | (((I64(row[o + 66 + ib]) >> (k % 8)) & 1) << 8)
+                    g = F32(IQ3S_GRID[index, e % 4])
+                    out[r, e0 + 32 * ib + e] = db * g * _sign(I64(row[o + 74 + 4 * ib + e // 8]), e % 8)
+
+
+IQ1_S_BYTES = _bytes("IQ1_S")
+
+
+@DEQUANT.of("IQ1_S")
+@njit(**_OPTS)
+def dequant_iq1_s(w, out):
+    # d | qs 32 | qh 8 words: 4 x 3 high index bits, the scale at bits 12..14, the delta's sign at 15 (50 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ1_S_BYTES, sb * 256
+            d = f16_at(row, o)
+            for ib in range(8):
+                qh = _u16(row, o + 34 + 2 * ib)
+                dl = d * F32(2 * ((qh >> 12) & 7) + 1)
+                delta = F32(-IQ1_DELTA) if qh & 0x8000 else F32(IQ1_DELTA)
+                for k in range(4):
+                    index = I64(row[o + 2 + 4 * ib + k]) | (((qh >> (3 * k)) & 7) << 8)
+                    for j in range(8):
+                        out[r, e0 + 32 * ib + 8 * k + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)
+
+
+IQ1_M_BYTES = _bytes("IQ1_M")
+
+
+@DEQUANT.of("IQ1_M")
+@njit(**_OPTS)
+def dequant_iq1_m(w, out):
+    # qs 32 | qh 16 (a nibble per 8 values: 3 high index bits, the delta's sign) | scales 4 words: 3-bit
+    # scales per 16 values at bits 0..11, the top nibbles the f16 super-block scale (56 bytes)
+    for r in prange(w.shape[0]):
+        row = w[r]
+        for sb in range(out.shape[1] // 256):
+            o, e0 = sb * IQ1_M_BYTES, sb * 256
+            words = (_u16(row, o + 48), _u16(row, o + 50), _u16(row, o + 52), _u16(row, o + 54))
+            bits = (words[0] >> 12) | ((words[1] >> 8) & 0xF0) | ((words[2] >> 4) & 0xF00) | (words[3] & 0xF000)
+            d = f16_value(bits)
+            for k in range(32):
+                nibble = (I64(row[o + 32 + k // 2]) >> (4 * (k & 1))) & 15
+                index = I64(row[o + k]) | ((nibble & 7) << 8)
+                delta = F32(-IQ1_DELTA) if nibble & 8 else F32(IQ1_DELTA)
+                s = (words[k // 8] >> (3 * ((k // 2) % 4))) & 7
+                dl = d * F32(2 * s + 1)
+                for j in range(8):
+                    out[r, e0 + 8 * k + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)

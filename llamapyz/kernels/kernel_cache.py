@@ -19,15 +19,16 @@ from numba.core.caching import InTreeCacheLocator
 
 PACKAGE = Path(__file__).resolve().parent
 FORMAT_TABLE = PACKAGE.parent / "gguf" / "quants.py"  # the block layouts every kernel's strides come from
+FORMAT_DATA = (FORMAT_TABLE, PACKAGE.parent / "gguf" / "iq_grids.py")  # and the IQ grids they compile in
 NUMBA_LOCATORS = "UserProvidedCacheLocator,InTreeCacheLocator,UserWideCacheLocator,IPythonCacheLocator,ZipCacheLocator"
 
 
 @functools.cache
 def package_stamp(package: Path = PACKAGE) -> str:
     """The hash of every source of a package (this one: the CPU kernels; llamapyz/gpu's too) and of the format
-    table, which the kernels compile in (strides, type ids)."""
+    table and grids, which the kernels compile in (strides, type ids, constants)."""
     digest = hashlib.sha256()
-    for path in [*sorted(package.glob("*.py")), FORMAT_TABLE]:
+    for path in [*sorted(package.glob("*.py")), *FORMAT_DATA]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -97,6 +97,17 @@ f16_at_integer = intrinsic(_f16_at(_half_to_float_integer))
 f16_at_integer.__doc__ = "f16_at by integer operations whatever the target (the ssse3 tier's; for its tests)."
 
 
+@intrinsic
+def f16_value(typingctx, bits):
+    """The IEEE half whose bits are the low 16 of integer `bits`, as float32 (exact)."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, signature, args):
+        return _half_to_float(builder, builder.trunc(args[0], I16))
+
+    return sig, codegen
+
+
 def fixed_order_dot(context, builder, signature, args, load_b) -> ir.Value:
     """`dot_f32`'s code for (a, b, n): b's 16 elements at j come from load_b(j) as <16 x float> (`half.py`
     widens halves there), so every variant keeps the one order."""
