@@ -45,7 +45,15 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ..gguf.iq_grids import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
-from ..gguf.quants import FORMATS_BY_NAME, IQ4_NL_VALUES, MXFP4_VALUES, TRIT_POWERS, KernelTable, QuantFormat
+from ..gguf.quants import (
+    FORMATS_BY_NAME,
+    IQ4_NL_VALUES,
+    MXFP4_VALUES,
+    PARITY_SIGNS,
+    TRIT_POWERS,
+    KernelTable,
+    QuantFormat,
+)
 from ..machine.cpu import Target, active
 from .simd import I8, I16, I32, _concat, _half_to_float, _splat, _vec
 
@@ -560,16 +568,20 @@ def _negate_where(b, values: ir.Value, bits: ir.Value) -> ir.Value:
     return b.sub(b.xor(values, m), m)
 
 
-def _parity_signs(b, word: ir.Value) -> ir.Value:
-    """An i32 of 4 7-bit sign fields (bits 0, 7, 14, 21) -> 32 sign bits, each field's byte completed with
-    the bit that makes its count of negatives even (ggml's ksigns_iq2xs)."""
-    out = None
-    for k in range(4):
-        field = b.and_(b.lshr(word, _i32(7 * k)), _i32(127))
-        parity = b.and_(_call(b, "llvm.ctpop.i32", I32, field), _i32(1))
-        byte = b.shl(b.or_(field, b.shl(parity, _i32(7))), _i32(8 * k))
-        out = byte if out is None else b.or_(out, byte)
-    return out
+# per 7-bit sign field, the 8 bytes of its mask (0xFF: negative), the eighth making the count even
+PARITY_MASKS = np.unpackbits(np.array(PARITY_SIGNS, np.uint8)[:, None], axis=1, bitorder="little") * np.uint8(255)
+
+
+def _parity_negate(b, values: ir.Value, fields: list[ir.Value]) -> ir.Value:
+    """<32 x i8> values with 8-value group k negated by 7-bit sign field k (i32; ggml's ksigns_iq2xs): four
+    8-byte masks gathered from a table, (v ^ m) - m."""
+    m = _gather(b, _grid(b, "llamapyz.parity_masks", PARITY_MASKS), fields)
+    return b.sub(b.xor(values, m), m)
+
+
+def _sign_fields(b, word: ir.Value) -> list[ir.Value]:
+    """The 4 7-bit sign fields at bits 0, 7, 14, 21 of an i32."""
+    return [b.and_(b.lshr(word, _i32(7 * k)), _i32(127)) for k in range(4)]
 
 
 def _per_16(b, first: ir.Value, second: ir.Value) -> ir.Value:
@@ -600,7 +612,7 @@ def _iq2_xxs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
         q = 2 + 8 * j
         word = blk.at(q + 4, I32)
         grid = _gather(b, table, [blk.byte(q + k) for k in range(4)])
-        values.append(_negate_where(b, grid, _parity_signs(b, word)))
+        values.append(_parity_negate(b, grid, _sign_fields(b, word)))
         scales.append(_broadcast(b, _odd(b, b.lshr(word, _i32(28)))))
     _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
 
@@ -619,11 +631,7 @@ def _iq2_xs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     for j in range(8):
         words = [b.zext(blk.at(2 + 8 * j + 2 * k, I16), I32) for k in range(4)]
         grid = _gather(b, table, [b.and_(w, _i32(511)) for w in words])
-        fields = None
-        for k, w in enumerate(words):
-            field = b.shl(b.lshr(w, _i32(9)), _i32(7 * k))
-            fields = field if fields is None else b.or_(fields, field)
-        values.append(_negate_where(b, grid, _parity_signs(b, fields)))
+        values.append(_parity_negate(b, grid, [b.lshr(w, _i32(9)) for w in words]))
         scales.append(_per_16(b, _odd(b, _nibble(blk, 66 + j, 0)), _odd(b, _nibble(blk, 66 + j, 1))))
     _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.125), values, scales)
 
@@ -654,7 +662,7 @@ def _iq3_xxs(blk: Block, toks: Tokens, xb: ir.Value) -> None:
     for j in range(8):
         word = blk.at(66 + 4 * j, I32)
         grid = _gather(b, table, [blk.byte(2 + 8 * j + m) for m in range(8)])
-        values.append(_negate_where(b, grid, _parity_signs(b, word)))
+        values.append(_parity_negate(b, grid, _sign_fields(b, word)))
         scales.append(_broadcast(b, _odd(b, b.lshr(word, _i32(28)))))
     _sub_blocks(blk, toks, xb, _scaled_d(blk, 0, 0.25), values, scales)
 
