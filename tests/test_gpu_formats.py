@@ -9,6 +9,8 @@ sum of |products| (the classic gamma_k bound).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -16,6 +18,16 @@ from numba import cuda
 from llamapyz.gguf.quants import FORMATS, FORMATS_BY_NAME, dequantize
 from llamapyz.gpu import formats, kernels
 from tests.synth import random_blocks
+
+
+@pytest.fixture(autouse=True)
+def fast_simulator():
+    """The simulator polls its threads: a short switch interval (see tests/test_gpu_offload.py)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(interval)
+
 
 # Blocks per row: lane l of a row takes blocks l, l + 32, ..., so 65 gives lanes three or two blocks, 40
 # super-blocks two or one, 229 floats (a block each) eight or seven.
