@@ -37,6 +37,17 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
      {"attention.key_length": 128, "rope.freq_base": 1e6, "rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
       "rope.scaling.original_context_length": 32768}, {"output", "qk_norm"}),
     ("SmolLM3 (no rope on every 4th layer)", "smollm3", {}, {"output"}),
+    ("Qwen 1.5 / 2 MoE (a sigmoid-gated shared expert, unnormalized weights)", "qwen2moe",
+     {"expert_count": 60, "expert_used_count": 4}, {"output", "qkv_bias", "experts", "shared_expert"}),
+    ("Mistral 3 / Ministral 3 (YaRN from 16,384, attention temperature)", "mistral3",
+     {"attention.key_length": 128, "rope.freq_base": 1e6, "rope.scaling.type": "yarn", "rope.scaling.factor": 16.0,
+      "rope.scaling.original_context_length": 16384, "rope.scaling.yarn_log_multiplier": 1.0,
+      "attention.temperature_scale": 0.1}, {"output"}),
+    ("gpt-oss (gpt-oss-20b's window, YaRN and experts)", "gpt-oss",
+     {"attention.key_length": 64, "attention.head_count": 64, "rope.freq_base": 150000.0,
+      "rope.scaling.type": "yarn", "rope.scaling.factor": 32.0, "rope.scaling.original_context_length": 4096,
+      "attention.sliding_window": 128, "expert_count": 32, "expert_used_count": 4},
+     {"output", "qkv_bias", "experts", "biases", "sinks"}),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",
@@ -55,18 +66,24 @@ def specimen(arch: str, metadata: dict, features: set[str]) -> Recipe:
 
 def tensor_names(n_layer: int, features: set[str]) -> set[str]:
     """The tensors of a file with `features`: output (not tied to token_embd), rope_freqs, longrope, qkv_bias,
-    fused (attn_qkv and ffn_up = [gate; up]), qk_norm, post_norms, experts."""
+    fused (attn_qkv and ffn_up = [gate; up]), qk_norm, post_norms, experts, shared_expert, biases (the experts',
+    router's and output's), sinks (gpt-oss's: with its post_attention_norm as the FFN's norm)."""
     names = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if "output" in features else set())
     names |= {"rope_freqs.weight"} if "rope_freqs" in features else set()
     names |= {"rope_factors_long.weight", "rope_factors_short.weight"} if "longrope" in features else set()
     for i in range(n_layer):
         p = f"blk.{i}."
-        layer = ["attn_norm", "attn_output", "ffn_norm"]
+        layer = ["attn_norm", "attn_output", "post_attention_norm" if "sinks" in features else "ffn_norm"]
         layer += ["attn_qkv"] if "fused" in features else ["attn_q", "attn_k", "attn_v"]
         layer += ["attn_q_norm", "attn_k_norm"] if "qk_norm" in features else []
         layer += ["post_attention_norm", "post_ffw_norm"] if "post_norms" in features else []
         if "experts" in features:
             layer += ["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+            layer += ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_inp_shexp"] if (
+                "shared_expert" in features) else []
+            layer += ["attn_sinks"] if "sinks" in features else []
+            names |= {f"{p}{t}.bias" for t in ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps",
+                                                 "attn_output")} if "biases" in features else set()
         else:
             layer += ["ffn_up", "ffn_down"] if "fused" in features else ["ffn_gate", "ffn_up", "ffn_down"]
         names |= {f"{p}{t}.weight" for t in layer}

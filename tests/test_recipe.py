@@ -41,11 +41,11 @@ FAMILIES = {
                                 "head(token_embd)"]),
     "llama-rope-freqs": (ATTENTION + FFN, ["rope(pairs, base=10000, factors=rope_freqs)"]),
     "llama-moe": (ATTENTION + ["rms_norm", "moe", "residual"],
-                  ["moe(silu, top 2 of 4 experts, ffn_gate_inp, ffn_{gate,up,down}_exps)"]),
+                  ["moe(silu, top 2 of 4 experts, softmax, renormalized, ffn_gate_inp, ffn_{gate,up,down}_exps)"]),
     "qwen2": (ATTENTION + FFN, ["qkv(attn_q, attn_k, attn_v, +bias)", "rope(neox, base=10000)"]),
     "qwen3": (ATTENTION[:2] + ["qk_norm"] + ATTENTION[2:] + FFN, ["qk_norm(attn_q_norm, attn_k_norm)"]),
     "qwen3moe": (ATTENTION[:2] + ["qk_norm"] + ATTENTION[2:] + ["rms_norm", "moe", "residual"],
-                 ["moe(silu, top 2 of 4 experts, ffn_gate_inp, ffn_{gate,up,down}_exps)"]),
+                 ["moe(silu, top 2 of 4 experts, softmax, renormalized, ffn_gate_inp, ffn_{gate,up,down}_exps)"]),
     "phi3-long": (ATTENTION + FFN, ["qkv(attn_qkv)", "rope(neox, base=10000, n_rot=48 of 64, factors=longrope, "
                                     "attn_factor=1.2)", "ffn(silu, ffn_up = [gate; up], ffn_down)"]),
     "phi3-short": (ATTENTION + FFN, ["qkv(attn_qkv)"]),
@@ -54,6 +54,17 @@ FAMILIES = {
                        "post_norm(post_attention_norm)", "post_norm(post_ffw_norm)", "head(token_embd, softcap=3)"]),
     "qwen3-yarn": (ATTENTION[:2] + ["qk_norm"] + ATTENTION[2:] + FFN,
                    ["rope(neox, base=10000, freq_scale=0.5, attn_factor=1.06931, yarn(beta 32/1, original 64))"]),
+    "qwen2moe": (ATTENTION + ["rms_norm", "moe", "residual"],
+                 ["qkv(attn_q, attn_k, attn_v, +bias)", "moe(silu, top 2 of 4 experts, softmax, ffn_gate_inp, "
+                  "ffn_{gate,up,down}_exps, + sigmoid-gated shared expert)"]),
+    "mistral3": (ATTENTION[:3] + ["temperature"] + ATTENTION[3:] + FFN,
+                 ["rope(pairs, base=10000, freq_scale=0.5, yarn(beta 16/2, original 64))",
+                  "temperature(q × 1 + 0.5 ln(⌊p / 64⌋ + 1))"]),
+    "gpt-oss": (["rms_norm", "qkv", "rope", "attention", "output", "residual", "rms_norm", "moe", "residual"],
+                ["qkv(attn_q, attn_k, attn_v, +bias)", "attention(window=8, scale=1/√64, attn_sinks)",
+                 "attention(global, scale=1/√64, attn_sinks)", "output(attn_output, +bias)",
+                 "rms_norm(post_attention_norm)", "moe(swiglu_oai, top 2 of 4 experts, softmax of the top logits, "
+                 "ffn_gate_inp, ffn_{gate,up,down}_exps, +bias)"]),
     "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",
@@ -128,12 +139,13 @@ def test_the_cpu_runs_exactly_the_recipe(family, name, weight_type):
     for il, ops in enumerate(t.plans):
         assert [s for op in ops for s in op.steps] == list(t.recipe.layers[il])
         kernels = [op.kernel for op in ops]
+        names = [s.name for s in t.recipe.layers[il]]
         if weight_type == "F16":
             assert kernels == [""] * len(ops)
-        elif "moe" in name:
-            assert kernels == ["attention_input", "", "add_attention_output", "", "", ""]
-        else:
-            assert kernels == ["attention_input", "", "add_attention_output", "add_ffn"]
+        else:  # attention (and the temperature before it) in Python; experts too
+            between = [""] * (1 + ("temperature" in names))
+            ffn = ["", "", ""] if "moe" in names else ["add_ffn"]
+            assert kernels == ["attention_input", *between, "add_attention_output", *ffn]
     ran = []
 
     def traced(ops: list[forward.Op]) -> list[forward.Op]:

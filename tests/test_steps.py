@@ -57,6 +57,36 @@ def test_attention_kernel_matches_the_numpy_twin(n, pos0, key_pos0, window):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [0, 5])
+def test_attention_sinks_match_the_numpy_twin_and_damp_attention(window):
+    """gpt-oss's sinks: one more softmax score per head without a value. A sink far above every score takes
+    all the weight (the output goes to 0); one far below changes nothing."""
+    q = RNG.standard_normal((4, 6, 32)).astype(np.float32)
+    keys, values = RNG.standard_normal((2, 14, 3, 32)).astype(np.float32)
+    sinks = RNG.standard_normal(6).astype(np.float32)
+    got = ops.attention(q, keys, values, 10, 0, window, 0.2, sinks=sinks)
+    expected = ops.attention_numpy(q, keys, values, 10, 0, window, 0.2, sinks=sinks)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    plain = ops.attention(q, keys, values, 10, 0, window, 0.2)
+    assert np.abs(got - plain).max() > 1e-3  # the sinks count
+    low = ops.attention(q, keys, values, 10, 0, window, 0.2, sinks=np.full(6, -1e4, np.float32))
+    np.testing.assert_allclose(low, plain, rtol=1e-6, atol=1e-7)
+    high = ops.attention(q, keys, values, 10, 0, window, 0.2, sinks=np.full(6, 1e3, np.float32))
+    assert np.abs(high).max() < 1e-30
+
+
+def test_swiglu_oai_matches_its_numpy_twin_and_clamps():
+    from llamapyz.model.reference import GATED
+
+    gate = np.concatenate([RNG.standard_normal(61) * 4, [9.0, -9.0, 7.5]]).astype(np.float32)
+    up = np.concatenate([RNG.standard_normal(61) * 4, [-9.0, 9.0, 0.5]]).astype(np.float32)
+    got = ops.gated_ffn_input(gate[None], up[None], "swiglu_oai")[0]
+    np.testing.assert_allclose(got, GATED["swiglu_oai"](gate, up), rtol=2e-6, atol=1e-6)
+    seven = np.float32(7.0) / (1 + np.exp(np.float32(-1.702 * 7.0)))  # gate clamped at 7
+    np.testing.assert_allclose(got[61:], [seven * -6.0, -9.0 / (1 + np.exp(1.702 * 9.0)) * 8.0, seven * 1.5],
+                               rtol=1e-6)
+
+
 def test_attention_rows_do_not_depend_on_the_chunk():
     q = RNG.standard_normal((12, 6, 32)).astype(np.float32)
     keys, values = RNG.standard_normal((2, 12, 3, 32)).astype(np.float32)
@@ -110,9 +140,10 @@ def test_attention_rows_do_not_depend_on_how_heads_are_split(keys_dtype):
     if keys_dtype == np.float16:
         keys, values = keys.view(np.uint16), values.view(np.uint16)
     outs, work = [], ops.AttentionWork(9, 32, 11)
+    sinks = RNG.standard_normal(9).astype(np.float32)
     for n_parts in (1, 2, 4, 9):
         out = np.empty((3, 9, 32), np.float32)
-        attention_rows(q, keys, values, 8, 0, 6, np.float32(0.2), np.float32(1.5), n_parts, out, work.scores,
+        attention_rows(q, keys, values, 8, 0, 6, np.float32(0.2), np.float32(1.5), sinks, n_parts, out, work.scores,
                        work.inv, work.acc)
         outs.append(out)
     for out in outs[1:]:

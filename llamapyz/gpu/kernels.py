@@ -38,7 +38,8 @@ if not config.ENABLE_CUDASIM:  # compiled kernels are cached per user (the simul
     install()
 
 # the scalar math the CPU kernels share (`kernels/scalar.py`), as device functions
-gelu_tanh, silu, softcap = (cuda.jit(device=True)(f) for f in (scalar.gelu_tanh, scalar.silu, scalar.softcap))
+gelu_tanh, silu, swiglu_oai, softcap = (cuda.jit(device=True)(f) for f in (scalar.gelu_tanh, scalar.silu,
+                                                                           scalar.swiglu_oai, scalar.softcap))
 
 WARP = 32  # the most lanes: shared arrays are sized for it
 MAX_ROWS = 4  # the most weight rows per thread block of `product`
@@ -186,14 +187,39 @@ def qk_norm_rope(qkv, n_head, n_head_kv, q_norm, k_norm, eps, positions, cos, si
 
 
 @cuda.jit(cache=True)
-def gated_activation(gate, up, gelu, out):
-    """out = act(gate) * up for gate, up, out (n, n_ff) float32, act gelu_tanh if gelu else silu; a thread per
-    element (the grid looping over the rest)."""
+def gated_activation(gate, up, kind, out):
+    """out = act(gate) * up for gate, up, out (n, n_ff) float32, act silu (kind 0) or gelu_tanh (1); or
+    swiglu_oai(gate, up) (2); a thread per element (the grid looping over the rest)."""
     for i in range(cuda.grid(1), out.shape[0] * out.shape[1], cuda.gridsize(1)):
         t, j = i // out.shape[1], i % out.shape[1]
         g = gate[t, j]
-        a = gelu_tanh(g) if gelu else silu(g)
-        out[t, j] = a * up[t, j]
+        if kind == 2:
+            out[t, j] = swiglu_oai(g, up[t, j])
+        else:
+            out[t, j] = (gelu_tanh(g) if kind == 1 else silu(g)) * up[t, j]
+
+
+@cuda.jit(cache=True)
+def scale_rows(x, n_cols, factors):
+    """x[t, :n_cols] *= factors[t]: q scaled by its row's attention temperature; a thread per element."""
+    for i in range(cuda.grid(1), x.shape[0] * n_cols, cuda.gridsize(1)):
+        t, j = i // n_cols, i % n_cols
+        x[t, j] *= factors[t]
+
+
+@cuda.jit(cache=True)
+def add_gated(out, y, h, gate):
+    """out[t] += sigmoid(h[t] . gate) * y[t] (gate empty: out[t] += y[t]): a shared expert's output, weighted by
+    its gate (the dot summed in column order); a thread per token."""
+    for t in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        weight = float32(1.0)
+        if gate.shape[0]:
+            logit = float32(0.0)
+            for j in range(h.shape[1]):
+                logit += h[t, j] * gate[j]
+            weight = float32(1.0) / (float32(1.0) + math.exp(-logit))
+        for j in range(out.shape[1]):
+            out[t, j] += y[t, j] * weight
 
 
 @cuda.jit(device=True)
@@ -263,10 +289,11 @@ def sum_ranks(parts, out):
 
 
 @cuda.jit(cache=True)
-def attention(q, keys, values, pos0, key_pos0, window, scale, cap, out):
+def attention(q, keys, values, pos0, key_pos0, window, scale, cap, sinks, out):
     """q (n, n_head * hd) float32 at positions pos0..; keys/values (s, n_kv, hd) uint16 halves at positions
     key_pos0..; out (n, n_head * hd). Query p sees keys at max(key_pos0, p - window + 1)..p (window 0: from
-    key_pos0); cap > 0 turns each scaled score x into cap * tanh(x / cap). hd <= MAX_HEAD_DIM."""
+    key_pos0); cap > 0 turns each scaled score x into cap * tanh(x / cap); sinks (n_head,) or empty: one more
+    score per head, without a value. hd <= MAX_HEAD_DIM."""
     t, h = cuda.blockIdx.x, cuda.blockIdx.y
     lane = cuda.threadIdx.x
     hd = keys.shape[2]
@@ -306,10 +333,14 @@ def attention(q, keys, values, pos0, key_pos0, window, scale, cap, out):
     best = float32(-math.inf)
     for i in range(cuda.blockDim.x):
         best = max(best, tops[i])
+    if sinks.shape[0]:
+        best = max(best, sinks[h])
     total = float32(0.0)
     for i in range(cuda.blockDim.x):
         if weights[i] > 0:
             total += weights[i] * math.exp(tops[i] - best)
+    if sinks.shape[0]:
+        total += math.exp(sinks[h] - best)
     for d in range(lane, hd, cuda.blockDim.x):
         value = float32(0.0)
         for i in range(cuda.blockDim.x):
@@ -351,10 +382,10 @@ def launch_elementwise(kernel, n_elements: int, *args, launch: Launch | None = N
 
 
 def launch_attention(q, keys, values, pos0: int, key_pos0: int, window: int, scale: float, softcap: float, out,
-                     launch: Launch | None = None) -> None:
+                     launch: Launch | None = None, sinks=NO_BIAS) -> None:
     n_head = q.shape[1] // keys.shape[2]
     attention[(q.shape[0], n_head), (launch or LAUNCH).lanes](q, keys, values, pos0, key_pos0, window,
-                                                              np.float32(scale), np.float32(softcap), out)
+                                                              np.float32(scale), np.float32(softcap), sinks, out)
 
 
 def matmul(type_name: str, w_device, x: np.ndarray, bias: np.ndarray = NO_BIAS,

@@ -22,6 +22,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernels.linear import QuantMatrix
+from ..kernels.steps import GATED_ACTIVATIONS
 from ..model.forward import output_rows
 from ..model.hparams import ModelConfig
 from ..model.moe import route
@@ -66,7 +67,7 @@ def _matrices(layer: LayerWeights) -> list[QuantMatrix]:
                             layer.ffn_up, layer.ffn_down) if m is not None]
     if layer.experts is not None:
         e = layer.experts
-        matrices += [e.router, *e.gate, *e.up, *e.down]
+        matrices += [e.router, *e.gate, *e.up, *e.down, *(e.shared or ())]
     return matrices
 
 
@@ -121,6 +122,7 @@ class DeviceLayer:
     experts: DeviceExperts | None
     post_ffw_norm: object
     rope: tuple  # (cos, sin) on the device
+    attn_sinks: object  # empty: none
 
     @classmethod
     def upload(cls, layer: LayerWeights, rope: tuple) -> DeviceLayer:
@@ -129,7 +131,8 @@ class DeviceLayer:
                    _vector(layer.post_attention_norm), _vector(layer.ffn_norm),
                    None if layer.experts else DeviceMatrices([layer.ffn_gate, layer.ffn_up]),
                    None if layer.experts else DeviceMatrices([layer.ffn_down]),
-                   layer.experts and DeviceExperts(layer.experts), _vector(layer.post_ffw_norm), rope)
+                   layer.experts and DeviceExperts(layer.experts), _vector(layer.post_ffw_norm), rope,
+                   _vector(layer.attn_sinks))
 
 
 class DeviceExperts:
@@ -141,6 +144,11 @@ class DeviceExperts:
         self.n_ff = experts.down[0].n_cols
         self.gate_up = [DeviceMatrices([g, u]) for g, u in zip(experts.gate, experts.up, strict=True)]
         self.down = [DeviceMatrices([d]) for d in experts.down]
+        self.shared = None  # the shared expert's gate and up, its down, its width
+        if experts.shared is not None:
+            gate, up, down = experts.shared
+            self.shared = (DeviceMatrices([gate, up]), DeviceMatrices([down]), down.n_cols)
+        self.shared_gate = None if experts.shared_gate is None else _vector(experts.shared_gate)
 
 
 class DeviceKV:
@@ -300,8 +308,9 @@ class Offload:
 
     def attention(self, run: list) -> Callable[[DeviceValues], None]:
         """Each segment's keys and values into its f16 cache, then its queries' attention: attn."""
-        c, ((step, _, i),) = self.config, run
+        c, ((step, layer, i),) = self.config, run
         q_dim = c.n_head * c.head_dim
+        sinks = layer.attn_sinks if step.sinks else self.none
 
         def attend(a: DeviceValues) -> None:
             qkv, attn = a.s["qkv"], a.s["attn"]
@@ -314,10 +323,24 @@ class Offload:
                 stop = seg.pos0 + seg.n
                 rows = slice(row, row + seg.n)
                 kernels.launch_attention(qkv[rows, :q_dim], keys[key_start:stop], values[key_start:stop], seg.pos0,
-                                         key_start, step.window, step.scale, step.softcap, attn[rows])
+                                         key_start, step.window, step.scale, step.softcap, attn[rows],
+                                         sinks=sinks)
                 row += seg.n
 
         return attend
+
+    def temperature(self, run: list) -> Callable[[DeviceValues], None]:
+        """q (qkv's first columns) times its row's temperature, computed on the host as the CPU computes it."""
+        c, ((step, _, _),) = self.config, run
+        q_dim = c.n_head * c.head_dim
+
+        def scale(a: DeviceValues) -> None:
+            positions = a.positions.copy_to_host()
+            factors = (1 + step.scale * np.log(np.floor(positions / step.floor_scale) + 1)).astype(np.float32)
+            kernels.launch_elementwise(kernels.scale_rows, len(factors) * q_dim, a.s["qkv"], q_dim,
+                                       cuda.to_device(factors))
+
+        return scale
 
     def output_projection(self, run: list) -> Callable[[DeviceValues], None]:
         ((_, layer, _),) = run
@@ -351,7 +374,7 @@ class Offload:
         """act = act(gate) * up, gu holding gate and up side by side."""
         n_ff = act.shape[1]
         kernels.launch_elementwise(kernels.gated_activation, act.shape[0] * n_ff, gu[:, :n_ff], gu[:, n_ff:],
-                                   activation == "gelu_tanh", act)
+                                   GATED_ACTIVATIONS.index(activation), act)
 
     def _experts(self, step: Moe, experts: DeviceExperts, h, out) -> None:
         """out = the weighted sum of each token's chosen experts (`model.moe`'s order): the router's logits come
@@ -361,7 +384,7 @@ class Offload:
         n = h.shape[0]
         logits = cuda.device_array((n, experts.n_expert), np.float32)
         experts.router(h, logits)
-        chosen, weights = route(logits.copy_to_host(), step.n_used, step.weights_scale)
+        chosen, weights = route(logits.copy_to_host(), step.n_used, step.weights_scale, step.gating, step.normalize)
         parts = cuda.device_array((step.n_used, n, c.n_embd), np.float32)  # each place written once
         for e in np.unique(chosen):
             rows, ranks = np.nonzero(chosen == e)
@@ -378,6 +401,16 @@ class Offload:
             w = cuda.to_device(np.ascontiguousarray(weights[rows, ranks], dtype=np.float32))
             kernels.launch_elementwise(kernels.scatter_scaled, y.size, y, rows_d, ranks_d, w, parts)
         kernels.launch_elementwise(kernels.sum_ranks, n * c.n_embd, parts, out)
+        if experts.shared is not None:
+            gate_up, down, n_ff = experts.shared
+            gu = cuda.device_array((n, 2 * n_ff), np.float32)
+            act = cuda.device_array((n, n_ff), np.float32)
+            y = cuda.device_array((n, c.n_embd), np.float32)
+            gate_up(h, gu)
+            self._activate(gu, act, step.activation)
+            down(act, y)
+            gate = self.none if experts.shared_gate is None else experts.shared_gate  # none: a weight of 1
+            kernels.launch_elementwise(kernels.add_gated, n, out, y, h, gate)
 
 
 # runs of recipe steps the device does at once, tried in this order at each point of the offloaded steps
@@ -387,6 +420,7 @@ LAUNCHES = (
     ("rms_norm", ("rms_norm",)),
     ("qkv", ("qkv",)),
     ("qk_norm_rope", ("qk_norm?", "rope?")),
+    ("temperature", ("temperature",)),
     ("attention", ("attention",)),
     ("output_projection", ("output",)),
     ("ffn", ("ffn",)),

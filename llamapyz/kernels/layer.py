@@ -53,14 +53,14 @@ def add_attention_output(x, w, attn, o, forms, out, post_norm, eps):
 
 
 @njit(**_OPTS)
-def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, gelu, act, down, ff_forms, out, post_norm):
+def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, kind, act, down, ff_forms, out, post_norm):
     """x (n, n_embd) += post_norm(act(gate) * up @ Wd.T), [gate up] = rms_norm(x) @ [Wg; Wu].T; scratch:
     h (n, n_embd), gu (n, 2 n_ff), act (n, n_ff), out (n, n_embd)."""
     rms_norm_rows(x, norm, eps, h)
     product(h, w, gate_up[0], gate_up[1], forms, gu)
     n_ff = act.shape[1]
     for t in range(x.shape[0]):
-        gated_activation(gu[t, :n_ff], gu[t, n_ff:], gelu, act[t])
+        gated_activation(gu[t, :n_ff], gu[t, n_ff:], kind, act[t])
     product(act, w, down[0], down[1], ff_forms, out)
     if post_norm.size:
         rms_norm_rows(out, post_norm, eps, out)

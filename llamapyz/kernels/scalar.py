@@ -28,6 +28,18 @@ def silu(x):
     return x / (float32(1.0) + math.exp(-x))
 
 
+SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT = 1.702, 7.0  # gpt-oss's, as llama.cpp fixes them
+
+
+def swiglu_oai(gate, up):
+    """g / (1 + exp(-1.702 g)) * (u + 1), g = min(gate, 7), u = clamp(up, -7, 7): gpt-oss's gated activation
+    (ggml's swiglu_oai, in its order of operations)."""
+    limit = float32(SWIGLU_OAI_LIMIT)
+    g = min(gate, limit)
+    u = min(max(up, -limit), limit)
+    return g / (float32(1.0) + math.exp(float32(SWIGLU_OAI_ALPHA) * -g)) * (u + float32(1.0))
+
+
 def softcap(x, cap):
     """cap * tanh(x / cap): gemma2's soft-capping of attention scores (and, in numpy, of the final logits)."""
     return cap * math.tanh(x / cap)

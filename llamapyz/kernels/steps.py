@@ -83,27 +83,32 @@ def rope_rows(x, c0, n_heads, head_dim, cos, sin, positions, n_rot, neox):
 
 
 # the shared scalar math (`scalar.py`), inlined into the kernels that call it, under their flags
-gelu_tanh, silu, softcap = (njit(inline="always", error_model="numpy")(f) for f in
-                            (scalar.gelu_tanh, scalar.silu, scalar.softcap))
+gelu_tanh, silu, swiglu_oai, softcap = (njit(inline="always", error_model="numpy")(f) for f in
+                                        (scalar.gelu_tanh, scalar.silu, scalar.swiglu_oai, scalar.softcap))
+GATED_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")  # the gated activations, by their code in the kernels
 
 
 @njit(**_OPTS)
-def gated_activation(gate, up, gelu, out):
-    """out = act(gate) * up, act = gelu_tanh if gelu else silu; all (n,) float32."""
+def gated_activation(gate, up, kind, out):
+    """out = act(gate) * up, act silu (kind 0) or gelu_tanh (1); or swiglu_oai(gate, up) (2); all (n,) float32."""
     for i in range(gate.shape[0]):
         g = gate[i]
-        a = gelu_tanh(g) if gelu else silu(g)
-        out[i] = a * up[i]
+        if kind == 2:
+            out[i] = swiglu_oai(g, up[i])
+        else:
+            out[i] = (gelu_tanh(g) if kind == 1 else silu(g)) * up[i]
 
 
 @njit(parallel=True, **_OPTS)
-def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts, out, scores_of, inv_of, acc_of):
+def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, sinks, n_parts, out, scores_of, inv_of,
+                   acc_of):
     """Causal attention: q (n, n_head, hd) at positions pos0..; keys/values (s, n_kv, hd) at positions
     key_pos0.., float32 or IEEE halves as uint16 (an f16 KV cache read in place, widened in registers: the
     same bits as its float32 copy); out (n, n_head, hd). cap > 0: each scaled score s becomes
-    cap * tanh(s / cap) (gemma2's attention-logit soft-capping). scores_of (threads, n_head, >= keys), inv_of
-    (threads, n_head), acc_of (threads, n_head, hd): each thread's scratch for the query it is on (indexed by
-    `get_thread_id`), so a call allocates nothing.
+    cap * tanh(s / cap) (gemma2's attention-logit soft-capping). sinks (n_head,) or empty: each head's
+    softmax also counts the score sinks[head], which has no value (gpt-oss). scores_of (threads, n_head,
+    >= keys), inv_of (threads, n_head), acc_of (threads, n_head, hd): each thread's scratch for the query it
+    is on (indexed by `get_thread_id`), so a call allocates nothing.
 
     Query p sees the keys at positions max(key_pos0, p - window + 1)..p (no window: from key_pos0). One
     task per query and part of its heads (n_parts per query: more than one only when there are fewer
@@ -143,10 +148,14 @@ def attention_rows(q, keys, values, pos0, key_pos0, window, scale, cap, n_parts,
             best = np.float32(-np.inf)
             for t in range(s):
                 best = max(best, scores[r, t])
+            if sinks.size:
+                best = max(best, sinks[h0 + r])
             total = np.float32(0.0)
             for t in range(s):
                 scores[r, t] = np.exp(scores[r, t] - best)
                 total += scores[r, t]
+            if sinks.size:
+                total += np.exp(sinks[h0 + r] - best)
             inv[r] = np.float32(1.0) / total
         acc = acc_of[thread, :h1 - h0]
         acc[:] = 0.0

@@ -244,8 +244,13 @@ class Transformer:
             keys, values = seg.cache.read(il, key_start, seg.pos0 + seg.n)
             attention(q[rows].reshape(seg.n, c.n_head, c.head_dim), keys.reshape(-1, c.n_head_kv, c.head_dim),
                       values.reshape(-1, c.n_head_kv, c.head_dim), seg.pos0, key_start, step.window, step.scale,
-                      step.softcap, out=out[rows], work=a.attention)
+                      step.softcap, out=out[rows], work=a.attention, sinks=w.attn_sinks if step.sinks else None)
         a.h = out
+
+    def temperature(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        """q times its row's temperature (a view of the product or the workspace's: scaled in place)."""
+        scale = 1 + step.scale * np.log(np.floor(a.positions / step.floor_scale) + 1)
+        a.q *= scale.astype(np.float32)[:, None]
 
     def output(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         (a.h,) = self.project(a.h, w.attn_output)
@@ -268,8 +273,9 @@ class Transformer:
         (logits,) = self.project(a.h, getattr(w, step.tensor), keep=True)
         a.h = softcap(logits, step.softcap) if step.softcap else logits
 
-    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate, "attention": attend,
-             "output": output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": experts, "head": head}
+    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
+             "temperature": temperature, "attention": attend, "output": output, "post_norm": post_norm,
+             "residual": residual, "ffn": ffn, "moe": experts, "head": head}
 
 
 def output_rows(output: str | int, n: int) -> int:

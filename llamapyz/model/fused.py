@@ -19,6 +19,7 @@ import numpy as np
 
 from ..kernels import layer as layer_kernels
 from ..kernels.linear import MatrixGroup
+from ..kernels.steps import GATED_ACTIVATIONS
 from .hparams import ModelConfig
 from .ops import Rope
 from .recipe import Step, Steps, match
@@ -121,15 +122,15 @@ def _add_attention_output(steps: Steps, f: FusedLayer, layer: LayerWeights, c: M
 def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
              ) -> Run | None:
     """rms_norm, ffn, [post_norm], residual: x += post_norm(ffn(norm(x)))."""
-    if f.gate_up is None or f.down is None or steps[1].activation not in ("silu", "gelu_tanh"):
+    if f.gate_up is None or f.down is None or steps[1].activation not in GATED_ACTIVATIONS:
         return None
     buffer, gate_up, down, eps = f.buffer, f.gate_up, f.down, c.rms_eps
-    norm, gelu = getattr(layer, steps[0].weight), steps[1].activation == "gelu_tanh"
+    norm, kind = getattr(layer, steps[0].weight), GATED_ACTIVATIONS.index(steps[1].activation)
     post = getattr(layer, steps[2].weight) if steps[2].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
         s = a.ws
-        layer_kernels.add_ffn(a.x, buffer, norm, eps, gate_up, s.embd_forms, s.h, s.gu, gelu, s.act, down,
+        layer_kernels.add_ffn(a.x, buffer, norm, eps, gate_up, s.embd_forms, s.h, s.gu, kind, s.act, down,
                               s.ff_forms, s.out, post)
 
     return run

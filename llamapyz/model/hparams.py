@@ -39,6 +39,12 @@ class ArchOptions:
     no_rope_layer_step: int = 0  # N > 0: layer il rotates nothing when (il + 1) % N == 0 (smollm3: every 4th)
     yarn_keys: bool = False  # YaRN reads rope.scaling.yarn_beta_fast/_slow and yarn_log_multiplier; llama.cpp
     # reads them for a few families only (mistral3, deepseek2): the others keep 32, 1 and none
+    ffn_norm: str = "ffn_norm"  # the FFN's input norm (gpt-oss names it post_attention_norm)
+    # how the router's logits weight the chosen experts: "softmax" (over all experts, then top-k) or
+    # "softmax_weight" (top-k of the logits, softmax over those k: gpt-oss)
+    expert_gating: str = "softmax"
+    expert_weights_norm: bool = True  # the chosen experts' softmax weights renormalized to sum to 1 (not qwen2moe)
+    attn_temperature: bool = False  # q scaled by position past the original context (attention.temperature_scale)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,11 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     "qwen3moe": ArchOptions(rope_neox=True, qk_norm=True, experts="required"),
     "phi3": ArchOptions(rope_neox=True, fused_ffn=True, rope_factors="longrope"),
     "smollm3": ArchOptions(no_rope_layer_step=4),
+    "qwen2moe": ArchOptions(rope_neox=True, experts="required", expert_weights_norm=False),
+    "mistral3": ArchOptions(experts="optional", rope_factors="freqs", yarn_keys=True, attn_temperature=True),
+    "gpt-oss": ArchOptions(rope_neox=True, experts="required", sliding_window_pattern=2, default_sliding_window=128,
+                           ffn_norm="post_attention_norm",
+                           ffn_activation="swiglu_oai", expert_gating="softmax_weight", expert_weights_norm=False),
     "gemma2": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,
@@ -119,6 +130,7 @@ class ModelConfig:
     n_expert_used: int
     expert_weights_scale: float
     sliding_layers: tuple[bool, ...]  # per layer: uses the sliding window
+    attn_temp_scale: float = 0.0  # q times 1 + attn_temp_scale * ln(floor(p / original_ctx) + 1) at position p
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> ModelConfig:
@@ -222,6 +234,7 @@ class ModelConfig:
             expert_weights_scale=real("expert_weights_scale", 0.0, zero=True),
             sliding_layers=_sliding_layers(md.get(f"{arch}.attention.sliding_window_pattern", pattern), n_layer,
                                            window),
+            attn_temp_scale=real("attention.temperature_scale", 0.0, zero=True) if options.attn_temperature else 0.0,
         )
 
     def is_global(self, layer: int) -> bool:

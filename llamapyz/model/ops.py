@@ -27,11 +27,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | No
 
 def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str, out: np.ndarray | None = None
                     ) -> np.ndarray:
-    """act(gate) * up (n, n_ff), row by row (gate and up may be column ranges of one product), into `out` or a
-    new array."""
+    """act(gate) * up (n, n_ff) (swiglu_oai: its function of both), row by row (gate and up may be column
+    ranges of one product), into `out` or a new array."""
     out = np.empty(gate.shape, np.float32) if out is None else out
+    kind = kernels.GATED_ACTIVATIONS.index(activation)
     for g, u, o in zip(gate, up, out, strict=True):
-        kernels.gated_activation(g, u, activation == "gelu_tanh", o)
+        kernels.gated_activation(g, u, kind, o)
     return out
 
 
@@ -91,10 +92,14 @@ class Rope:
         return self.cos, self.sin, self.n_rot, self.neox
 
 
+NO_SINKS = np.empty(0, np.float32)
+
+
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
-              scale: float, softcap: float = 0.0, out: np.ndarray | None = None, work: AttentionWork | None = None
-              ) -> np.ndarray:
-    """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap).
+              scale: float, softcap: float = 0.0, out: np.ndarray | None = None, work: AttentionWork | None = None,
+              sinks: np.ndarray | None = None) -> np.ndarray:
+    """Causal grouped-query attention; with softcap, each score s becomes softcap * tanh(s / softcap); with
+    sinks (n_head,), each head's softmax counts one more score, sinks[head], that adds no value.
 
     q (n, n_head, head_dim) for positions pos0..pos0+n-1; keys/values (s, n_head_kv, head_dim) for positions
     key_pos0..key_pos0+s-1, float32 or float16 (the KV cache as stored: the kernel widens each row as it
@@ -109,8 +114,8 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, ke
         work = AttentionWork(n_head, head_dim, keys.shape[0])
     n_parts = min(n_head, -(-numba.get_num_threads() // n))  # split each query's heads only to fill the threads
     kernels.attention_rows(np.ascontiguousarray(q), _kernel_view(keys), _kernel_view(values), pos0, key_pos0,
-                           window, np.float32(scale), np.float32(softcap), n_parts, out.reshape(n, n_head, head_dim),
-                           work.scores, work.inv, work.acc)
+                           window, np.float32(scale), np.float32(softcap), NO_SINKS if sinks is None else sinks,
+                           n_parts, out.reshape(n, n_head, head_dim), work.scores, work.inv, work.acc)
     return out
 
 
@@ -133,7 +138,7 @@ def _kernel_view(a: np.ndarray) -> np.ndarray:
 
 
 def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: int, key_pos0: int, window: int,
-                    scale: float, softcap: float = 0.0) -> np.ndarray:
+                    scale: float, softcap: float = 0.0, sinks: np.ndarray | None = None) -> np.ndarray:
     """Numpy attention (BLAS products): any number of queries, masks applied; float16 keys/values are
     widened to float32 first."""
     keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
@@ -153,8 +158,15 @@ def attention_numpy(q: np.ndarray, keys: np.ndarray, values: np.ndarray, pos0: i
         hidden |= query_pos - key_pos >= window
     if hidden.any():
         np.copyto(scores, -np.inf, where=hidden[None, :, None, :])
-    scores -= scores.max(axis=-1, keepdims=True)
+    best = scores.max(axis=-1, keepdims=True)
+    if sinks is not None:  # (n_head,) as (n_kv, 1, group, 1)
+        sink = sinks.astype(np.float32).reshape(n_kv, 1, group, 1)
+        best = np.maximum(best, sink)
+    scores -= best
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    total = scores.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        total += np.exp(sink - best)
+    scores /= total
     out = np.matmul(scores.reshape(n_kv, n * group, s), values.transpose(1, 0, 2))  # (n_kv, n * group, hd)
     return out.reshape(n_kv, n, group, head_dim).transpose(1, 0, 2, 3).reshape(n, n_head * head_dim)

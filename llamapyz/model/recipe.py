@@ -114,15 +114,30 @@ class Rope(Step):
 
 
 @dataclass(frozen=True)
+class Temperature(Step):
+    """q times 1 + scale * ln(floor(p / floor_scale) + 1) at position p: attention sharpened past the original
+    context (llama 4's temperature tuning, as mistral3 reads it)."""
+
+    name = "temperature"
+    scale: float
+    floor_scale: int
+
+    def __str__(self) -> str:
+        return f"temperature(q × 1 + {self.scale:g} ln(⌊p / {self.floor_scale}⌋ + 1))"
+
+
+@dataclass(frozen=True)
 class Attention(Step):
     """Each sequence's k and v stored in its cache; h = causal attention of q over the cached keys (those
     within `window` positions when window > 0), scores times `scale`, each score s soft-capped to
-    softcap * tanh(s / softcap) when softcap > 0."""
+    softcap * tanh(s / softcap) when softcap > 0. `sinks`: each head's softmax also counts one more score,
+    attn_sinks[head], that has no value (gpt-oss's attention sinks: a head may attend to nothing)."""
 
     name = "attention"
     window: int
     scale: float
     softcap: float = 0.0
+    sinks: bool = False
 
     def __str__(self) -> str:
         parts = [f"window={self.window}" if self.window else "global"]
@@ -130,6 +145,8 @@ class Attention(Step):
         parts.append(f"scale=1/√{round(d)}" if math.isclose(d, round(d), rel_tol=1e-6) else f"scale={self.scale:g}")
         if self.softcap:
             parts.append(f"softcap={self.softcap:g}")
+        if self.sinks:
+            parts.append("attn_sinks")
         return f"attention({', '.join(parts)})"
 
 
@@ -167,8 +184,9 @@ class Residual(Step):
 
 @dataclass(frozen=True)
 class Ffn(Step):
-    """h = ffn_down(act(h @ ffn_gate.T) * (h @ ffn_up.T)) (+ biases), act silu or gelu_tanh. `fused`: the file's
-    ffn_up holds [gate; up] (a layout the loader resolves into row slices)."""
+    """h = ffn_down(act(h @ ffn_gate.T) * (h @ ffn_up.T)) (+ biases), act silu or gelu_tanh; or, act swiglu_oai
+    (gpt-oss), g = min(gate, 7) and u = clamp(up, -7, 7) give g * sigmoid(1.702 g) * (u + 1). `fused`: the
+    file's ffn_up holds [gate; up] (a layout the loader resolves into row slices)."""
 
     name = "ffn"
     activation: str
@@ -182,20 +200,30 @@ class Ffn(Step):
 
 @dataclass(frozen=True)
 class Moe(Step):
-    """Mixture of experts (`moe.py`): router logits h @ ffn_gate_inp.T, softmax, the n_used most probable experts,
-    their weights renormalized (times weights_scale unless 0 or 1); h = the weighted sum, best first, of each
-    chosen expert's gated FFN (ffn_{gate,up,down}_exps[e], act as `Ffn`)."""
+    """Mixture of experts (`moe.py`): router logits h @ ffn_gate_inp.T (+ its bias); gating "softmax": softmax
+    over all experts, the n_used most probable, their weights renormalized when `normalize`; "softmax_weight":
+    the n_used largest logits, softmax over those; then times weights_scale unless 0 or 1. h = the weighted
+    sum, best first, of each chosen expert's gated FFN (ffn_{gate,up,down}_exps[e] (+ their biases), act as
+    `Ffn`). `shared`: plus a shared expert's FFN (ffn_{gate,up,down}_shexp), weighted by
+    sigmoid(h @ ffn_gate_inp_shexp.T) when "gated", by 1 when "plain"."""
 
     name = "moe"
     activation: str
     n_expert: int
     n_used: int
     weights_scale: float = 0.0
+    gating: str = "softmax"
+    normalize: bool = True
+    bias: bool = False
+    shared: str = ""
 
     def __str__(self) -> str:
         scale = f", × {self.weights_scale:g}" if self.weights_scale not in (0.0, 1.0) else ""
-        return (f"moe({self.activation}, top {self.n_used} of {self.n_expert} experts{scale}, ffn_gate_inp, "
-                "ffn_{gate,up,down}_exps)")
+        gating = ("softmax of the top logits" if self.gating == "softmax_weight"
+                  else "softmax" + (", renormalized" if self.normalize else ""))
+        shared = {"gated": ", + sigmoid-gated shared expert", "plain": ", + shared expert"}.get(self.shared, "")
+        return (f"moe({self.activation}, top {self.n_used} of {self.n_expert} experts, {gating}{scale}, "
+                f"ffn_gate_inp, ffn_{{gate,up,down}}_exps{', +bias' if self.bias else ''}{shared})")
 
 
 @dataclass(frozen=True)
@@ -215,8 +243,8 @@ class Head(Step):
         return f"head({self.tensor}{f', softcap={self.softcap:g}' if self.softcap else ''})"
 
 
-STEPS: tuple[type[Step], ...] = (Embed, RmsNorm, Qkv, QkNorm, Rope, Attention, Output, PostNorm, Residual, Ffn, Moe,
-                                 Head)
+STEPS: tuple[type[Step], ...] = (Embed, RmsNorm, Qkv, QkNorm, Rope, Temperature, Attention, Output, PostNorm, Residual,
+                                 Ffn, Moe, Head)
 Steps = tuple[Step, ...]
 
 
@@ -296,13 +324,21 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
     if not opt.no_rope_layer_step or (il + 1) % opt.no_rope_layer_step:
         steps.append(Rope(opt.rope_neox, c.rope_base_of(il), c.n_rot, c.head_dim, rope_factors(c, names),
                           c.rope_freq_scale, c.rope_attn_factor, c.rope_yarn))
-    steps += [Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap),
+    if c.attn_temp_scale:
+        steps.append(Temperature(c.attn_temp_scale, c.rope_original_ctx))
+    steps += [Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap,
+                        f"{p}attn_sinks.weight" in names),
               Output(f"{p}attn_output.bias" in names)]
     if opt.post_norms:
         steps.append(PostNorm("post_attention_norm"))
-    steps += [Residual(), RmsNorm("ffn_norm")]
+    steps += [Residual(), RmsNorm(opt.ffn_norm)]
     if c.n_expert:
-        steps.append(Moe(opt.ffn_activation, c.n_expert, c.n_expert_used, c.expert_weights_scale))
+        shared = "" if f"{p}ffn_down_shexp.weight" not in names else (
+            "gated" if f"{p}ffn_gate_inp_shexp.weight" in names else "plain")
+        steps.append(Moe(opt.ffn_activation, c.n_expert, c.n_expert_used, c.expert_weights_scale, opt.expert_gating,
+                         opt.expert_weights_norm,
+                         any(f"{p}ffn_{t}.bias" in names for t in ("gate_inp", "gate_exps", "up_exps", "down_exps")),
+                         shared))
     else:
         biased = any(f"{p}ffn_{t}.bias" in names for t in ("gate", "up", "down"))
         steps.append(Ffn(opt.ffn_activation, opt.fused_ffn, biased))

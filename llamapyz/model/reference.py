@@ -55,7 +55,13 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1 + np.exp(-x))
 
 
-ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}
+def swiglu_oai(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    g, u = np.minimum(gate, np.float32(7.0)), np.clip(up, np.float32(-7.0), np.float32(7.0))
+    return g / (1 + np.exp(np.float32(-1.702) * g)) * (u + 1)
+
+
+# the FFN's gated activations: (gate, up) -> its input to ffn_down
+GATED = {"silu": lambda g, u: silu(g) * u, "gelu_tanh": lambda g, u: gelu_tanh(g) * u, "swiglu_oai": swiglu_oai}
 
 
 class Values:
@@ -103,6 +109,11 @@ class ReferenceModel:
         y = x @ self.w[name + ".weight"].T
         return y + self.w[name + ".bias"] if bias and name + ".bias" in self.w else y
 
+    def bias(self, name: str, e: int | None = None) -> np.ndarray | float:
+        """The tensor's bias (expert e's row of a per-expert one), or 0 when the file has none."""
+        b = self.w.get(name + ".bias")
+        return 0.0 if b is None else b if e is None else b[e]
+
     # --- the steps ---------------------------------------------------------------------------------------
 
     def embed(self, step, p: str, a: Values) -> None:
@@ -134,6 +145,10 @@ class ReferenceModel:
                     attn_factor=step.attn_factor, yarn=step.yarn)
         a.q, a.k = rope(a.q, a.positions, **turn), rope(a.k, a.positions, **turn)
 
+    def temperature(self, step, p: str, a: Values) -> None:
+        scale = 1 + step.scale * np.log(np.floor(a.positions / step.floor_scale) + 1)
+        a.q = a.q * scale.astype(np.float32)[:, None, None]
+
     def attention(self, step, p: str, a: Values) -> None:
         c, q, k, v, positions = self.config, a.q, a.k, a.v, a.positions
         if a.kv_type == "f16":
@@ -148,8 +163,14 @@ class ReferenceModel:
             if step.softcap:
                 scores = step.softcap * np.tanh(scores / step.softcap)
             scores = np.where(mask, scores, -np.inf)
-            probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-            probs /= probs.sum(axis=-1, keepdims=True)
+            best = scores.max(axis=-1, keepdims=True)
+            if step.sinks:  # one more score per head, without a value
+                best = np.maximum(best, self.w[p + "attn_sinks.weight"][hd])
+            probs = np.exp(scores - best)
+            total = probs.sum(axis=-1, keepdims=True)
+            if step.sinks:
+                total = total + np.exp(self.w[p + "attn_sinks.weight"][hd] - best)
+            probs /= total
             heads.append(probs @ v[:, hd // group])
         a.h = np.concatenate(heads, axis=-1)
 
@@ -167,23 +188,38 @@ class ReferenceModel:
             gate, up = np.split(self.linear(a.h, p + "ffn_up", step.bias), 2, axis=-1)
         else:
             gate, up = self.linear(a.h, p + "ffn_gate", step.bias), self.linear(a.h, p + "ffn_up", step.bias)
-        a.h = self.linear(ACTIVATIONS[step.activation](gate) * up, p + "ffn_down", step.bias)
+        a.h = self.linear(GATED[step.activation](gate, up), p + "ffn_down", step.bias)
 
     def moe(self, step, p: str, a: Values) -> None:
-        """Softmax router, top-k experts, weights renormalized, summed best first (llama.cpp's order)."""
-        h, act = a.h, ACTIVATIONS[step.activation]
-        logits = h @ self.w[p + "ffn_gate_inp.weight"].T  # (n, n_expert)
+        """The router (softmax, then top-k, renormalized or not; or top-k logits, then their softmax), each chosen
+        expert's FFN summed best first (llama.cpp's order), plus the shared expert's."""
+        h, act = a.h, GATED[step.activation]
+        logits = self.linear(h, p + "ffn_gate_inp", bias=True)  # (n, n_expert)
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.zeros_like(h)
-        gate, up, down = (self.w[p + f"ffn_{k}_exps.weight"] for k in ("gate", "up", "down"))
+        name = {k: p + f"ffn_{k}_exps" for k in ("gate", "up", "down")}
+        gate, up, down = (self.w[name[k] + ".weight"] for k in ("gate", "up", "down"))
         for i in range(len(h)):
-            chosen = np.argsort(-probs[i], kind="stable")[:step.n_used]
-            weights = probs[i, chosen] / probs[i, chosen].sum()
+            if step.gating == "softmax_weight":
+                chosen = np.argsort(-logits[i], kind="stable")[:step.n_used]
+                weights = np.exp(logits[i, chosen] - logits[i, chosen].max())
+                weights /= weights.sum()
+            else:
+                chosen = np.argsort(-probs[i], kind="stable")[:step.n_used]
+                weights = probs[i, chosen] / (probs[i, chosen].sum() if step.normalize else 1)
             if step.weights_scale not in (0.0, 1.0):
                 weights = weights * step.weights_scale
             for e, weight in zip(chosen, weights, strict=True):
-                out[i] += weight * (down[e] @ (act(gate[e] @ h[i]) * (up[e] @ h[i])))
+                g = gate[e] @ h[i] + self.bias(name["gate"], e)
+                u = up[e] @ h[i] + self.bias(name["up"], e)
+                out[i] += weight * (down[e] @ act(g, u) + self.bias(name["down"], e))
+        if step.shared:
+            g, u = self.linear(h, p + "ffn_gate_shexp"), self.linear(h, p + "ffn_up_shexp")
+            shared = self.linear(act(g, u), p + "ffn_down_shexp")
+            if step.shared == "gated":
+                shared = shared / (1 + np.exp(-(h @ self.w[p + "ffn_gate_inp_shexp.weight"])))[:, None]
+            out = out + shared
         a.h = out
 
     def head(self, step, p: str, a: Values) -> None:
@@ -192,5 +228,6 @@ class ReferenceModel:
             logits = step.softcap * np.tanh(logits / step.softcap)
         a.h = logits
 
-    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate, "attention": attention,
+    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
+             "temperature": temperature, "attention": attention,
              "output": attn_output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": moe, "head": head}

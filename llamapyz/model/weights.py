@@ -34,6 +34,9 @@ class Experts:
     gate: list[QuantMatrix]  # per expert (n_ff_exp, n_embd)
     up: list[QuantMatrix]
     down: list[QuantMatrix]  # per expert (n_embd, n_ff_exp)
+    # the shared expert (qwen2moe and later): its gated FFN, and its sigmoid gate's weights when it has one
+    shared: tuple[QuantMatrix, QuantMatrix, QuantMatrix] | None = None  # gate, up, down
+    shared_gate: np.ndarray | None = None  # ffn_gate_inp_shexp (n_embd,)
 
 
 @dataclass
@@ -43,7 +46,7 @@ class LayerWeights:
     attn_k: QuantMatrix  # (n_head_kv * head_dim, n_embd)
     attn_v: QuantMatrix  # (n_head_kv * head_dim, n_embd)
     attn_output: QuantMatrix  # (n_embd, n_head * head_dim)
-    ffn_norm: np.ndarray  # (n_embd,)
+    ffn_norm: np.ndarray | None  # (n_embd,); None where the FFN's input norm has another name (gpt-oss)
     ffn_gate: QuantMatrix | None = None  # (n_ff, n_embd); None with experts
     ffn_up: QuantMatrix | None = None  # (n_ff, n_embd)
     ffn_down: QuantMatrix | None = None  # (n_embd, n_ff)
@@ -52,6 +55,7 @@ class LayerWeights:
     attn_k_norm: np.ndarray | None = None
     post_attention_norm: np.ndarray | None = None  # (n_embd,) with post_norms
     post_ffw_norm: np.ndarray | None = None
+    attn_sinks: np.ndarray | None = None  # (n_head,) gpt-oss's attention sinks
 
 
 @dataclass
@@ -100,8 +104,9 @@ class _Tensors:
         weight = self.take(f"{name}.weight", (n_out, n_in))
         return QuantMatrix(weight, self.optional_vector(f"{name}.bias", weight.shape[0]) if bias else None)
 
-    def vector(self, name: str, n: int) -> np.ndarray:
-        values = np.ascontiguousarray(self.take(name, (n,)).dequantize(), dtype=np.float32)
+    def vector(self, name: str, *shape: int) -> np.ndarray:
+        """A float32 tensor of this shape (a vector, or per-expert vectors), checked finite."""
+        values = np.ascontiguousarray(self.take(name, shape).dequantize(), dtype=np.float32)
         if not np.isfinite(values).all():
             raise GGUFError(f"tensor {name!r} holds NaN or infinite values: the file is corrupt")
         return values
@@ -137,8 +142,12 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
             attn_norm=t.vector(p + "attn_norm.weight", c.n_embd),
             attn_q=q, attn_k=k, attn_v=v,
             attn_output=t.matrix(p + "attn_output", c.n_embd, q_dim),
-            ffn_norm=t.vector(p + "ffn_norm.weight", c.n_embd),
+            ffn_norm=t.vector(p + "ffn_norm.weight", c.n_embd) if opt.ffn_norm == "ffn_norm" else None,
         )
+        if opt.ffn_norm != "ffn_norm":
+            setattr(layer, opt.ffn_norm, t.vector(f"{p}{opt.ffn_norm}.weight", c.n_embd))
+        if t.has(p + "attn_sinks.weight"):
+            layer.attn_sinks = t.vector(p + "attn_sinks.weight", c.n_head)
         if c.n_expert:
             layer.experts = _experts(t, p, c)
         elif opt.fused_ffn:  # ffn_up = [gate; up]
@@ -178,16 +187,28 @@ def _experts(t: _Tensors, p: str, c: ModelConfig) -> Experts:
     n = c.n_expert
     if not 0 < c.n_expert_used <= n:
         raise UnsupportedModelError(f"{c.arch} model: expert_used_count {c.n_expert_used} is not in 1..{n}")
-    gate = QuantMatrix(t.take(p + "ffn_gate_exps.weight", (n, -1, c.n_embd)))
-    n_ff = gate.n_rows // n
-    up = QuantMatrix(t.take(p + "ffn_up_exps.weight", (n, n_ff, c.n_embd)))
-    down = QuantMatrix(t.take(p + "ffn_down_exps.weight", (n, c.n_embd, n_ff)))
+    n_ff = t.take(p + "ffn_gate_exps.weight", (n, -1, c.n_embd)).shape[1]
+
+    def stacked(name: str, rows: int, cols: int) -> QuantMatrix:
+        """ffn_*_exps (n, rows, cols) as one matrix of n * rows rows, with its per-expert biases (n, rows)."""
+        bias = t.vector(f"{p}{name}.bias", n, rows) if t.has(f"{p}{name}.bias") else None
+        return QuantMatrix(t.take(f"{p}{name}.weight", (n, rows, cols)), None if bias is None else bias.reshape(-1))
 
     def per_expert(m: QuantMatrix, rows: int) -> list[QuantMatrix]:
         return [m.slice_rows(e * rows, (e + 1) * rows, f"{m.name}[{e}]") for e in range(n)]
 
-    return Experts(router=t.matrix(p + "ffn_gate_inp", n, c.n_embd, bias=False), gate=per_expert(gate, n_ff),
-                   up=per_expert(up, n_ff), down=per_expert(down, c.n_embd))
+    gate, up = stacked("ffn_gate_exps", n_ff, c.n_embd), stacked("ffn_up_exps", n_ff, c.n_embd)
+    down = stacked("ffn_down_exps", c.n_embd, n_ff)
+    experts = Experts(router=t.matrix(p + "ffn_gate_inp", n, c.n_embd), gate=per_expert(gate, n_ff),
+                      up=per_expert(up, n_ff), down=per_expert(down, c.n_embd))
+    if t.has(p + "ffn_down_shexp.weight"):
+        shared_gate = t.matrix(p + "ffn_gate_shexp", -1, c.n_embd, bias=False)
+        n_ff_shared = shared_gate.n_rows
+        experts.shared = (shared_gate, t.matrix(p + "ffn_up_shexp", n_ff_shared, c.n_embd, bias=False),
+                          t.matrix(p + "ffn_down_shexp", c.n_embd, n_ff_shared, bias=False))
+        if t.has(p + "ffn_gate_inp_shexp.weight"):
+            experts.shared_gate = t.vector(p + "ffn_gate_inp_shexp.weight", c.n_embd)
+    return experts
 
 
 def _rope_factors(t: _Tensors, c: ModelConfig) -> dict[str, np.ndarray]:
