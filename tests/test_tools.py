@@ -17,8 +17,8 @@ from llamapyz.chat.tools import (
     SYNTAXES,
     ToolError,
     ToolRequest,
-    ToolStream,
     call_grammar,
+    call_stream,
     lazy_call_constraint,
     parse_calls,
     prepare_messages,
@@ -57,6 +57,8 @@ NATIVE = {
     "mistralai-Mistral-Nemo-Instruct-2407.jinja": "mistral",
     "mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja": "mistral",
     "llama-cpp-microsoft-Phi-4-mini-instruct.jinja": "phi4",
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja": "mistral3",
+    "openai-gpt-oss-120b.jinja": "harmony",
 }
 NO_TOOLS = ["HuggingFaceTB-SmolLM2-135M-Instruct.jinja", "google-gemma-2-2b-it.jinja"]
 
@@ -116,7 +118,7 @@ def test_streamed_parsing_equals_whole_parsing(syntax: str) -> None:
     rng = np.random.default_rng(0)
     for _ in range(20):  # random piece boundaries, as tokens come
         cuts = sorted(rng.choice(np.arange(1, len(text)), size=8, replace=False))
-        stream = ToolStream(s, names)
+        stream = call_stream(s, names)
         pieces = zip([0, *cuts], [*cuts, len(text)], strict=True)
         events = [e for a, b in pieces for e in stream.feed(text[a:b])] + stream.finish()
         streamed_content = "".join(e[1] for e in events if e[0] == "content")

@@ -5,8 +5,10 @@ conversation's earlier calls in that syntax):
 
     hermes   <tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>       Qwen 2.5/3, Hermes 2 Pro
     mistral  [TOOL_CALLS][{"name": "f", "arguments": {...}}]                   Mistral Nemo, Small 3.1
+    mistral3 [TOOL_CALLS]f[ARGS]{...}  (one marker per call)                  Ministral 3, Small 3.2, Devstral
     phi4     <|tool_call|>{"name": "f", "arguments": {...}}<|/tool_call|>      Phi-4-mini (llama.cpp's template)
     llama3   {"name": "f", "parameters": {...}}                                Llama 3.1/3.2
+    harmony  <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}   gpt-oss (harmony.py)
 
 `syntax_of` picks it from the template's text. Such a template renders `tools` and the history's
 `tool_calls`/`tool` messages itself. A template that knows no tools (SmolLM2's ChatML, Gemma's) gets the
@@ -16,6 +18,7 @@ and tool results as user turns (`prepare_messages`).
 With `tool_choice` "required" or a named function, the whole reply is grammar-constrained to calls of the
 given functions whose arguments follow each function's JSON schema (`call_grammar`), so they always parse.
 With "auto", the model writes freely and `parse_calls` finds the calls in its text; "none" hides the tools.
+A reply's reasoning (harmony's analysis channel, Mistral's [THINK]) is split off in `reply.py`.
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..decode.constraint import JSON_FORMAT, Grammar, LazyConstraint
-from ..decode.generation import prefix_overlap
 from ..decode.grammar_limits import GrammarError, check_schema, check_size
 from ..errors import LlamapyzError
 from ..tokenizer import TokenType
+from . import harmony, think
+from .tool_stream import ToolCall, ToolStream, new_call_id
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -49,11 +52,18 @@ class ToolSyntax:
     array: bool  # the calls are one JSON array after one opening (else one object per opening ... closing)
     args_key: str  # "arguments" or "parameters"
     separator: str = ""  # between the opening marker and the JSON (and the JSON and the closing marker)
+    args_marker: str = ""  # set: a call is `opening NAME args_marker ARGUMENTS` (no JSON around the name)
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return tuple(m for m in (self.opening, self.closing, self.args_marker) if m)
 
 
 SYNTAXES = {
     "hermes": ToolSyntax("hermes", "<tool_call>", "</tool_call>", array=False, args_key="arguments", separator="\n"),
     "mistral": ToolSyntax("mistral", "[TOOL_CALLS]", "", array=True, args_key="arguments"),
+    "mistral3": ToolSyntax("mistral3", "[TOOL_CALLS]", "", array=False, args_key="arguments", args_marker="[ARGS]"),
+    "harmony": ToolSyntax("harmony", "", "", array=False, args_key="arguments"),  # its own reader (harmony.py)
     "phi4": ToolSyntax("phi4", "<|tool_call|>", "<|/tool_call|>", array=False, args_key="arguments"),
     "llama3": ToolSyntax("llama3", "", "", array=False, args_key="parameters"),
 }
@@ -64,8 +74,9 @@ def syntax_of(template_source: str) -> ToolSyntax | None:
     """The tool-call syntax a chat template renders, or None when it renders no tool calls."""
     if "tool_call" not in template_source and "tools" not in template_source:
         return None
-    for marker, name in (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|tool_call|>", "phi4"),
-                         ("<|python_tag|>", "llama3"), ("ipython", "llama3")):
+    for marker, name in (("<|channel|>", "harmony"), ("<tool_call>", "hermes"), ("[ARGS]", "mistral3"),
+                         ("[TOOL_CALLS]", "mistral"), ("<|tool_call|>", "phi4"), ("<|python_tag|>", "llama3"),
+                         ("ipython", "llama3")):
         if marker in template_source:
             return SYNTAXES[name]
     return None
@@ -82,15 +93,18 @@ class ToolRequest:
     parallel: bool
     syntax: ToolSyntax
     native: bool  # the template renders tools and calls itself
+    reasoning: str | None = None  # how the template writes reasoning: "harmony", "think" ([THINK]) or None
 
     @classmethod
     def from_fields(cls, tools: list | None, choice: Any, parallel: bool | None, template_source: str
                     ) -> ToolRequest:
         syntax = syntax_of(template_source)
+        reasoning = ("harmony" if syntax is not None and syntax.name == "harmony"
+                     else "think" if think.uses_think(template_source) else None)
         if not tools:  # no tools now, but earlier calls and results in the history still need rendering
             if choice not in (None, "none", "auto"):
                 raise ToolError("tool_choice needs tools")
-            return cls([], "none", True, syntax or GENERIC, syntax is not None)
+            return cls([], "none", True, syntax or GENERIC, syntax is not None, reasoning)
         checked = [_check_tool(i, tool) for i, tool in enumerate(tools)]
         names = [tool["function"]["name"] for tool in checked]
         if len(set(names)) != len(names):
@@ -113,7 +127,8 @@ class ToolRequest:
             choice = name
         elif choice not in ("auto", "none", "required"):
             raise ToolError('tool_choice must be "auto", "none", "required" or a named function')
-        return cls(checked, choice, True if parallel is None else bool(parallel), syntax or GENERIC, syntax is not None)
+        return cls(checked, choice, True if parallel is None else bool(parallel), syntax or GENERIC, syntax is not None,
+                   reasoning)
 
     @property
     def active(self) -> bool:
@@ -182,6 +197,10 @@ def prepare_messages(messages: list[dict], request: ToolRequest | None) -> tuple
             out.append(message)
     if not native:
         out = _merge_turns(out)
+    elif request is not None and request.reasoning == "harmony":
+        out = harmony.prepare_history(out)
+    elif request is not None and request.reasoning == "think":
+        out = [think.think_blocks(m) if m["role"] in ("assistant", "system") else m for m in out]
     extra: dict = {}
     if request is not None and request.active:
         if request.native:
@@ -234,6 +253,11 @@ def _merge_turns(messages: list[dict]) -> list[dict]:
 
 def render_call(syntax: ToolSyntax, name: str, arguments: Any) -> str:
     """One call as the model writes it."""
+    if syntax.name == "harmony":
+        return (f"{harmony.CHANNEL}commentary to={harmony.FUNCTIONS}{name} {harmony.CONSTRAIN}json{harmony.MESSAGE}"
+                + json.dumps(arguments, ensure_ascii=False))
+    if syntax.args_marker:
+        return f"{syntax.opening}{name}{syntax.args_marker}{json.dumps(arguments, ensure_ascii=False)}"
     body = json.dumps({"name": name, syntax.args_key: arguments}, ensure_ascii=False)
     if syntax.array:
         body = f"[{body}]"
@@ -255,7 +279,10 @@ def lazy_call_constraint(request: ToolRequest, tokenizer: Tokenizer) -> LazyCons
         return None
     syntax = request.syntax
     grammar = _calls_grammar(request, request.tools, tokenizer, after_opening=True)
-    trigger, anchored = (syntax.opening, False) if syntax.opening else ("{", True)
+    if syntax.name == "harmony":
+        trigger, anchored = harmony.TRIGGER, False
+    else:
+        trigger, anchored = (syntax.opening, False) if syntax.opening else ("{", True)
     return LazyConstraint(grammar, trigger, tokenizer, marker_tokens(syntax, tokenizer), anchored)
 
 
@@ -263,6 +290,12 @@ def _calls_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer
     """Calls of `tools` in the request's syntax: from the reply's start, or from just after an opening
     marker already written (then the first call's opening is left out; llama3 has none)."""
     syntax = request.syntax
+    if syntax.name == "harmony":
+        named = [{"name": t["function"]["name"], "schema": _closed(t)} for t in tools]
+        return Grammar.around_schema(harmony.call_lark(named, after_opening, JSON_FORMAT),
+                                     {"anyOf": [n["schema"] for n in named]})
+    if syntax.args_marker:
+        return _name_first_grammar(request, tools, tokenizer, after_opening)
     calls = [{"type": "object", "additionalProperties": False, "required": ["name", syntax.args_key],
               "properties": {"name": {"const": t["function"]["name"]}, syntax.args_key: _closed(t)}}
              for t in tools]
@@ -279,6 +312,20 @@ def _calls_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer
     lark = (f"start: {first}{repeat}\ncall: {opening} rest\nrest: {rest}\n"
             f"body: %json {json.dumps({**body, 'x-guidance': JSON_FORMAT})}\n")
     return Grammar.around_schema(lark, body)
+
+
+def _name_first_grammar(request: ToolRequest, tools: list[dict], tokenizer: Tokenizer, after_opening: bool
+                        ) -> Grammar:
+    """`_calls_grammar` for a syntax that writes a call as `opening NAME args_marker ARGUMENTS`."""
+    syntax = request.syntax
+    opening, args = _marker(syntax.opening, tokenizer), _marker(syntax.args_marker, tokenizer)
+    repeat = " call*" if request.parallel else ""
+    lines = [f"start: {'rest' if after_opening else 'call'}{repeat}\ncall: {opening} rest\n",
+             "rest: " + " | ".join(f"tool_{i}" for i in range(len(tools))) + "\n"]
+    for i, tool in enumerate(tools):
+        lines.append(f"tool_{i}: {json.dumps(tool['function']['name'])} {args} "
+                     f"%json {json.dumps({**_closed(tool), 'x-guidance': JSON_FORMAT})}\n")
+    return Grammar.around_schema("".join(lines), {"anyOf": [_closed(t) for t in tools]})
 
 
 def _closed(tool: dict) -> dict:
@@ -302,29 +349,22 @@ def _marker(text: str, tokenizer: Tokenizer) -> str:
 
 def marker_tokens(syntax: ToolSyntax, tokenizer: Tokenizer) -> frozenset[int]:
     """Control tokens among the syntax's markers: their text must reach the parser."""
-    ids = (tokenizer.vocab.token_to_id.get(m) for m in (syntax.opening, syntax.closing) if m)
+    ids = (tokenizer.vocab.token_to_id.get(m) for m in syntax.markers)
     return frozenset(t for t in ids if t is not None and tokenizer.vocab.types[t] == TokenType.CONTROL)
 
 
 # --- reading the reply ------------------------------------------------------------------------------------
 
-@dataclass
-class ToolCall:
-    name: str
-    arguments: str  # JSON text, as OpenAI sends it
-    id: str
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+def call_stream(syntax: ToolSyntax, names: set[str]) -> ToolStream | harmony.HarmonyStream:
+    """A reader of a reply's calls in `syntax` (events: see `ToolStream`)."""
+    if syntax.name == "harmony":
+        return harmony.HarmonyStream(names, new_call_id)
+    return ToolStream(syntax, names)
 
 
 def parse_calls(text: str, syntax: ToolSyntax, names: set[str]) -> tuple[str, list[ToolCall]]:
     """The reply's text outside tool calls, and its calls (a block that does not parse stays text)."""
-    stream = ToolStream(syntax, names)
+    stream = call_stream(syntax, names)
     content, calls = [], []
     for event in stream.feed(text) + stream.finish():
         if event[0] == "content":
@@ -334,169 +374,3 @@ def parse_calls(text: str, syntax: ToolSyntax, names: set[str]) -> tuple[str, li
         else:
             calls[event[1]].arguments += event[2]
     return "".join(content).strip() if calls else "".join(content), calls
-
-
-# a call's start up to its arguments' first character: '{"name": "f", "arguments": ' (then "{" follows)
-_HEADER = re.compile(r'\{\s*"name"\s*:\s*"([^"\\]*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\S)')
-
-
-class ToolStream:
-    """Reads a reply as it streams and says, as early as it can, what is text and what are calls.
-
-    `feed` returns events: ("content", text), ("call", index, id, name) when a call's name is known, and
-    ("arguments", index, text) for each new piece of its arguments' JSON (the pieces join to the JSON text
-    the model wrote). Text that may be the start of an opening marker is held back until it is not; a
-    call's arguments are released as they arrive, since everything before the arguments' value completes
-    belongs to it. `finish` releases what is left: an unfinished or unparsable block as text.
-    """
-
-    def __init__(self, syntax: ToolSyntax, names: set[str]) -> None:
-        self.syntax, self.names = syntax, names
-        self.text = ""
-        self.at = 0  # everything before is released
-        self.in_calls = False  # past an opening marker (or, for llama3, at the reply's first "{")
-        self.block_start = 0  # where the current opening marker starts (to give it back as text)
-        self.n_calls = 0
-        self.header_end: int | None = None  # the current call's arguments start here once its name is out
-        self.sent = 0  # how far the current call's arguments are released
-        self.closing = False  # past a block's last call, before its closing marker
-        self.decoder = json.JSONDecoder()
-
-    def feed(self, text: str) -> list[tuple]:
-        self.text += text
-        events: list[tuple] = []
-        while self._advance(events):
-            pass
-        return events
-
-    def finish(self) -> list[tuple]:
-        events: list[tuple] = []
-        if self.in_calls and self.header_end is None:  # an unfinished block: it was text after all
-            self.at = self.block_start
-        if self.at < len(self.text) and self.header_end is None:
-            events.append(("content", self.text[self.at:]))
-        elif self.header_end is not None and self.sent < len(self.text):  # a call cut short (length)
-            events.append(("arguments", self.n_calls, self.text[self.sent:]))
-            self.n_calls += 1
-        self.at = len(self.text)
-        return events
-
-    def _advance(self, events: list[tuple]) -> bool:
-        """One step of reading; True when it made progress and may make more."""
-        if self.closing:
-            return self._read_closing()
-        if not self.in_calls:
-            return self._read_text(events)
-        if self.header_end is not None:
-            return self._read_arguments(events)
-        return self._read_call_start(events)
-
-    def _read_text(self, events: list[tuple]) -> bool:
-        syntax, text = self.syntax, self.text
-        if not syntax.opening:  # llama3: only a reply that starts with "{" is a call
-            if self.n_calls == 0 and self.at == 0:
-                head = text.lstrip()
-                if not head:
-                    return False
-                if head.startswith("{"):
-                    self.in_calls, self.block_start, self.at = True, 0, len(text) - len(head)
-                    return True
-            if self.at < len(text):
-                events.append(("content", text[self.at:]))
-                self.at = len(text)
-            return False
-        found = text.find(syntax.opening, self.at)
-        if found >= 0:
-            if found > self.at:
-                events.append(("content", text[self.at:found]))
-            self.block_start, self.at, self.in_calls = found, found + len(syntax.opening), True
-            return True
-        hold = prefix_overlap(text[self.at:], syntax.opening)
-        if len(text) - hold > self.at:
-            events.append(("content", text[self.at:len(text) - hold]))
-            self.at = len(text) - hold
-        return False
-
-    def _read_call_start(self, events: list[tuple]) -> bool:
-        text, position = self.text, self.at
-        while position < len(text) and (text[position].isspace() or text[position] in "[,"):
-            position += 1  # calls may come as an array in any syntax (Ollama writes Phi-4's that way)
-        if position == len(text):
-            return False
-        if text[position] == "]":  # the end of the calls' array
-            self._end_block(position + 1)
-            return True
-        match = _HEADER.match(text, position)
-        if match and match.group(1) in self.names:
-            events.append(("call", self.n_calls, new_call_id(), match.group(1)))
-            self.at, self.header_end, self.sent = position, match.end(), match.end()
-            return True
-        try:  # a call written another way ("arguments" first): whole, once it is complete
-            value, end = self.decoder.raw_decode(text, position)
-        except ValueError:
-            return False
-        call = _call(value, self.syntax, self.names)
-        if call is None:  # not a call after all: the block is text (given back at finish)
-            self.header_end = None
-            return False
-        events += [("call", self.n_calls, call.id, call.name), ("arguments", self.n_calls, call.arguments)]
-        self.n_calls += 1
-        self._after_call(end)
-        return True
-
-    def _read_arguments(self, events: list[tuple]) -> bool:
-        text = self.text
-        try:
-            _, end = self.decoder.raw_decode(text, self.header_end)
-        except ValueError:  # not complete yet: all of it so far is the arguments'
-            if len(text) > self.sent:
-                events.append(("arguments", self.n_calls, text[self.sent:]))
-                self.sent = len(text)
-            return False
-        if end > self.sent:
-            events.append(("arguments", self.n_calls, text[self.sent:end]))
-        close = end
-        while close < len(text) and text[close].isspace():
-            close += 1
-        if close == len(text):
-            self.sent = end
-            return False  # the call's "}" has not come yet
-        self.header_end = None
-        self.n_calls += 1
-        self._after_call(close + 1 if text[close] == "}" else close)
-        return True
-
-    def _after_call(self, end: int) -> None:
-        self.at = end
-        if not self.syntax.array:
-            self._end_block(end)
-
-    def _end_block(self, end: int) -> None:
-        """Past a block's last call: its closing marker (if the syntax has one) comes next."""
-        self.at, self.in_calls, self.closing = end, False, bool(self.syntax.closing)
-
-    def _read_closing(self) -> bool:
-        """Skip the closing marker once it is whole; wait while what came may still be its start."""
-        rest = self.text[self.at:]
-        head = rest.lstrip()
-        closing = self.syntax.closing
-        if head.startswith(closing):
-            self.at += len(rest) - len(head) + len(closing)
-        elif not head or closing.startswith(head):
-            return False
-        self.closing = False
-        return True
-
-
-def _call(value: Any, syntax: ToolSyntax, names: set[str]) -> ToolCall | None:
-    if not isinstance(value, dict) or value.get("name") not in names:
-        return None
-    arguments = value.get(syntax.args_key, value.get("arguments", value.get("parameters", {})))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return ToolCall(value["name"], json.dumps(arguments, ensure_ascii=False), new_call_id())

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..chat.tools import ToolStream, parse_calls
+from ..chat.reply import read_reply, reply_stream
 from ..decode.generation import Step
 from ..version import __version__
 from . import schema
@@ -33,10 +33,8 @@ async def chat_completions(request: Request) -> Response:
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": served.alias,
             "system_fingerprint": f"llamapyz-{__version__}"}
-    names = {tool["function"]["name"] for tool in tools.tools} if tools.active else None  # calls to read
-
     if fields["stream"]:
-        reader = ToolStream(tools.syntax, names) if names is not None else None
+        reader = reply_stream(tools)  # None: the reply is content as it comes
 
         def chunk(step: Step) -> dict | None:
             delta = tool_delta(reader.feed(step.text)) if reader is not None else {"content": step.text}
@@ -58,12 +56,10 @@ async def chat_completions(request: Request) -> Response:
 
     steps = await collect_steps(job, request, served)
     text, finish = "".join(s.text for s in steps), steps[-1].finish_reason if steps else None
-    message: dict = {"role": "assistant", "content": text}
-    if names is not None:
-        content, calls = parse_calls(text, tools.syntax, names)
-        if calls:
-            message = {"role": "assistant", "content": content or None, "tool_calls": [c.as_dict() for c in calls]}
-            finish = "tool_calls" if finish == "stop" else finish
+    reply = read_reply(text, tools)
+    message = reply.message()
+    if reply.calls:
+        finish = "tool_calls" if finish == "stop" else finish
     return JSONResponse({
         **base, "object": "chat.completion",
         "choices": [{"index": 0, "message": message,
@@ -74,12 +70,15 @@ async def chat_completions(request: Request) -> Response:
 
 
 def tool_delta(events: list[tuple]) -> dict:
-    """A ToolStream's events as one chat delta: content text and tool_calls pieces (OpenAI's shape: the
-    first piece of a call carries its index, id, type and name; later ones add to its arguments)."""
-    content, calls = [], []
+    """A reply reader's events as one chat delta: content text, reasoning_content text and tool_calls pieces
+    (OpenAI's shape: the first piece of a call carries its index, id, type and name; later ones add to its
+    arguments)."""
+    content, reasoning, calls = [], [], []
     for event in events:
         if event[0] == "content":
             content.append(event[1])
+        elif event[0] == "reasoning":
+            reasoning.append(event[1])
         elif event[0] == "call":
             calls.append({"index": event[1], "id": event[2], "type": "function",
                           "function": {"name": event[3], "arguments": ""}})
@@ -88,6 +87,8 @@ def tool_delta(events: list[tuple]) -> dict:
         else:
             calls.append({"index": event[1], "function": {"arguments": event[2]}})
     delta: dict = {"content": "".join(content)} if content else {}
+    if reasoning:
+        delta["reasoning_content"] = "".join(reasoning)
     if calls:
         delta["tool_calls"] = calls
     return delta

@@ -7,8 +7,9 @@ import asyncio
 import math
 import re
 
+from ..chat.reply import reply_marker_tokens
 from ..chat.template import ChatTemplateError
-from ..chat.tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, marker_tokens, prepare_messages
+from ..chat.tools import ToolError, ToolRequest, call_grammar, lazy_call_constraint, prepare_messages
 from ..decode.constraint import Grammar
 from ..decode.generation import Generation, Step
 from ..decode.grammar_limits import GrammarError, WorkersBusy
@@ -115,10 +116,9 @@ def make_job(served: ServedModel, fields: dict, prompt: list[int], logprobs: int
     room = model.n_ctx - len(prompt)
     max_tokens = fields["max_completion_tokens"] or fields["max_tokens"] or room
     grammar, param = output_grammar(fields)
-    keep_text: frozenset[int] = frozenset()
+    keep_text = reply_marker_tokens(tools, model.tokenizer) if tools is not None else frozenset()  # for the reader
     try:
         if tools is not None and tools.active:
-            keep_text = marker_tokens(tools.syntax, model.tokenizer)
             if tools.forced and grammar is not None:
                 raise ApiError(400, "a forced tool call (tool_choice) cannot also follow a response_format or "
                                "grammar", param="tool_choice")
@@ -171,6 +171,8 @@ def chat_message(i: int, message: dict) -> dict:
     if not isinstance(content, str):
         raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
     clean: dict = {"role": "system" if role == "developer" else role, "content": content}
+    if role == "assistant" and isinstance(message.get("reasoning_content"), str):  # templates that render it
+        clean["reasoning_content"] = message["reasoning_content"]
     if role == "assistant" and message.get("tool_calls") is not None:
         clean["tool_calls"] = [_tool_call(i, j, call) for j, call in enumerate(_list(i, message["tool_calls"]))]
     if role == "tool":
