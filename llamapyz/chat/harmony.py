@@ -193,19 +193,21 @@ def prepare_history(messages: list[dict]) -> list[dict]:
 # --- the grammar of a call --------------------------------------------------------------------------------
 
 TRIGGER = "to=functions."  # what a lazy grammar waits for (both header orders contain it)
-# after the function's name, up to its arguments: either header order, "<|constrain|>json" or " json" or nothing
-_HEAD = ('head: (" " "<|constrain|>"? "json")? ("<|channel|>" ("commentary" | "analysis") '
-         '(" " "<|constrain|>"? "json")?)? "<|message|>"\n')
+# after the function's name, up to its arguments: "<|constrain|>json", " json" or nothing, then in a lazy
+# grammar (either header order) the channel if the recipient came first
+_TYPE = '(" " "<|constrain|>"? "json")?'
+_HEAD = f'head: {_TYPE} ("<|channel|>" ("commentary" | "analysis") {_TYPE})? "<|message|>"\n'
 # a forced reply: one analysis message at most, then the call in the commentary channel
 _FORCED = ('start: analysis? "<|channel|>commentary to=functions." call\n'
            'analysis: "<|channel|>analysis<|message|>" reasoning "<|start|>assistant"\n'
-           'reasoning[lazy]: /(?s:.*)/ "<|end|>"\n')
+           'reasoning[lazy]: /(?s:.*)/ "<|end|>"\n'
+           f'head: {_TYPE} "<|message|>"\n')
 
 
 def call_lark(tools: list[dict], after_trigger: bool, json_format: dict) -> str:
     """Lark (llguidance's dialect) for one call of one of `tools` (each `{"name", "schema"}`), its arguments
     following the schema: from just after `TRIGGER` (a lazy grammar), or from the reply's start."""
-    lines = ["start: call\n" if after_trigger else _FORCED, _HEAD,
+    lines = ["start: call\n" + _HEAD if after_trigger else _FORCED,
              "call: " + " | ".join(f"tool_{i}" for i in range(len(tools))) + "\n"]
     for i, tool in enumerate(tools):
         lines.append(f"tool_{i}: {json.dumps(tool['name'])} head args_{i}\n"
