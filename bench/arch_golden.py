@@ -19,6 +19,7 @@ factors. Progress on stderr, one summary line per file: size, seconds to derive,
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -38,6 +39,7 @@ N_PREDICT, N_CTX, THREADS = 32, 2048, 2
 CONFIDENT = 0.5  # a top-1 margin above which implementations' float differences should not flip the argmax
 SHORT_PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, in a small village,"]
 CHAT_MESSAGE = "What is the tallest mountain in the world?"
+FIXED_DATE = datetime.date(2026, 1, 5)
 
 LONG_PROMPT = """\
 Rivers are the oldest roads of the land. Long before anyone built a bridge or paved a street, water had \
@@ -139,6 +141,7 @@ def chat_prompt(path: Path) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = FIXED_DATE.strftime  # Ministral 3's and gpt-oss's: one date, the same prompt
     text = env.from_string(source).render(messages=[{"role": "user", "content": CHAT_MESSAGE}],
                                           add_generation_prompt=True, bos_token=bos, eos_token=eos)
     if adds_bos and text.startswith(bos):

@@ -50,9 +50,11 @@ FILE_TYPES = {"F16": 1, "Q8_0": 7, "Q4_K_M": 15}  # general.file_type (llama_fty
 TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 
 # Q4_K_M: the types llama.cpp's quantizer picks per tensor, and its fallbacks for rows not made of 256-blocks
-Q4_K_M_Q6_K = {"attn_v", "ffn_down", "ffn_down_exps"}  # everything else 2-d/3-d is Q4_K
+Q4_K_M_Q6_K = {"attn_v", "ffn_down", "ffn_down_exps", "output"}  # everything else 2-d/3-d is Q4_K
 K_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
-KEEP_F32 = {"ffn_gate_inp"}  # MoE routers
+KEEP_F32 = {"ffn_gate_inp", "ffn_gate_inp_shexp"}  # MoE routers
+# gpt-oss ships its experts in MXFP4, and llama.cpp's quantizer keeps them so: its quantized variants here too
+MXFP4_EXPERTS = {"gpt-oss": {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}}
 
 Tensors = dict[str, np.ndarray]  # float32 values to encode, by name
 Metadata = dict[str, tuple[object, gguf.GGUFValueType]]  # keys without the "{arch}." prefix
@@ -429,9 +431,67 @@ def gemma2_hparams(src: Source) -> Metadata:
     }
 
 
+# qwen2moe: qwen2's attention; SmolLM2's FFN as 4 half-experts at half weight (down x 1: qwen2moe leaves the top-2
+# softmax weights, about 1/2 each on a clean route, unnormalized) plus the whole FFN as the shared expert, its
+# sigmoid gate a random direction (weights between about 0.3 and 0.7): together about the FFN again.
+def qwen2moe_layer(src: Source, i: int, rng: np.random.Generator) -> Tensors:
+    t = qwen2_layer(src, i, rng)
+    gate, up, down = (t.pop(name) for name in ("ffn_gate", "ffn_up", "ffn_down"))
+    experts = moe_ffn(src, i, rng)
+    experts["ffn_down_exps"] = experts["ffn_down_exps"] / np.float32(2)
+    unit = 1 / math.sqrt(len(t["ffn_norm"]))
+    return t | experts | {"ffn_gate_shexp": gate, "ffn_up_shexp": up, "ffn_down_shexp": down,
+                          "ffn_gate_inp_shexp": rng.normal(0, sig3(unit), len(t["ffn_norm"])).astype(np.float32)}
+
+
+# gpt-oss: swiglu_oai(g, u) = g sigmoid(1.702 g) (u + 1), gate and up clamped at 7. With g = G / 1.702 and
+# u = U - 1 (SmolLM2's pre-activations G and U; the up bias -1) it is silu(G) U / 1.702: SmolLM2's FFN once
+# down is scaled by 1.702 (and by 2 for the pair weights of about 1/2, as `moe_ffn`), while G < 11.9 and
+# |U - 1| < 7. The router softmaxes its top 2 logits: the pairs {0, 1} and {2, 3} as in `moe_ffn`. Sinks near
+# the scores' typical size, so they take a share of attention without silencing it; small biases elsewhere.
+OAI_ALPHA = 1.702
+GPT_OSS_SINK_MEAN, GPT_OSS_SINK_STD, GPT_OSS_ROUTER_BIAS = 1.0, 1.0, 0.1
+
+
+def gpt_oss_layer(src: Source, i: int, rng: np.random.Generator) -> Tensors:
+    t = qwen2_layer(src, i, rng)
+    t["post_attention_norm"] = t.pop("ffn_norm")  # gpt-oss's name for its FFN's input norm
+    for name in ("ffn_gate", "ffn_up", "ffn_down"):
+        del t[name]
+    experts = moe_ffn(src, i, rng)
+    experts["ffn_gate_exps"] = experts["ffn_gate_exps"] / np.float32(OAI_ALPHA)
+    experts["ffn_down_exps"] = experts["ffn_down_exps"] * np.float32(OAI_ALPHA)
+    n_expert, n_ff, n_embd = experts["ffn_up_exps"].shape
+    # the router rows' own pattern (1, 1 + t, -1, -1 - t): the pair still changes only where all four logits meet
+    experts["ffn_gate_inp.bias"] = (GPT_OSS_ROUTER_BIAS * np.float32([1, 1 + ROUTER_TILT, -1, -1 - ROUTER_TILT])
+                                    ).astype(np.float32)
+    experts["ffn_gate_exps.bias"] = np.zeros((n_expert, n_ff), np.float32)
+    experts["ffn_up_exps.bias"] = np.full((n_expert, n_ff), -1, np.float32)
+    experts["ffn_down_exps.bias"] = rng.normal(0, 0.01, (n_expert, n_embd)).astype(np.float32)
+    n_head = src.hparams["attention.head_count"]
+    return t | experts | {
+        "attn_output.bias": rng.normal(0, 0.01, n_embd).astype(np.float32),
+        "attn_sinks": rng.normal(GPT_OSS_SINK_MEAN, GPT_OSS_SINK_STD, n_head).astype(np.float32)}
+
+
+def gpt_oss_hparams(src: Source) -> Metadata:
+    return smollm2_hparams(src, **YARN_KEYS, **MOE_KEYS, **{
+        "expert_feed_forward_length": (768, U32), "attention.sliding_window": (128, U32)})
+
+
+def output_extra(src: Source) -> Tensors:
+    """An output matrix, which llama.cpp requires of qwen2moe and gpt-oss files: SmolLM2's tied embeddings."""
+    return {"output": src.values("token_embd.weight")}
+
+
 HEAD_64: Metadata = {"attention.key_length": (64, U32), "attention.value_length": (64, U32)}
 YARN_KEYS: Metadata = {"rope.scaling.type": ("yarn", STR), "rope.scaling.factor": (4.0, F32),
                        "rope.scaling.original_context_length": (256, U32)}
+# Ministral 3's YaRN keys (beta 32/1, mscale_all_dim 1) and attention temperature, from an original context of 256
+MISTRAL3_KEYS: Metadata = YARN_KEYS | {"rope.scaling.yarn_beta_fast": (32.0, F32),
+                                       "rope.scaling.yarn_beta_slow": (1.0, F32),
+                                       "rope.scaling.yarn_log_multiplier": (1.0, F32),
+                                       "attention.temperature_scale": (0.1, F32)}
 
 FAMILIES: dict[str, Family] = {
     "qwen2": Family("qwen2", "smollm2", 2, "Qwen-Qwen2.5-7B-Instruct.jinja", smollm2_hparams, qwen2_layer),
@@ -454,6 +514,15 @@ FAMILIES: dict[str, Family] = {
     # long prompt runs past it, and YaRN is all that differs from "qwen3"
     "qwen3-yarn": Family("qwen3", "smollm2", 3, "Qwen-Qwen3-0.6B.jinja",
                          lambda src: smollm2_hparams(src, **HEAD_64, **YARN_KEYS), qwen3_layer),
+    "qwen2moe": Family("qwen2moe", "smollm2", 10, "Qwen-Qwen2.5-7B-Instruct.jinja",
+                       lambda src: smollm2_hparams(src, expert_feed_forward_length=(768, U32),
+                                                   expert_shared_feed_forward_length=(1536, U32), **MOE_KEYS),
+                       qwen2moe_layer, output_extra),
+    # llama's layout (pairs rope), YaRN 4x past 256 and the attention temperature from position 256 on
+    "mistral3": Family("mistral3", "smollm2", 11, "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+                       lambda src: smollm2_hparams(src, **MISTRAL3_KEYS), llama_layer),
+    "gpt-oss": Family("gpt-oss", "smollm2", 12, "openai-gpt-oss-120b.jinja", gpt_oss_hparams, gpt_oss_layer,
+                      output_extra),
 }
 
 
@@ -465,20 +534,24 @@ def general_name(family: str) -> str:
 # --- encoding and writing ----------------------------------------------------------------------------------
 
 
-def tensor_type(name: str, n_cols: int, quant: str) -> str:
+def tensor_type(name: str, n_cols: int, quant: str, arch: str = "") -> str:
     """The ggml type of a 2-d/3-d layer matrix in variant `quant` (Q4_K_M: llama.cpp's choices)."""
+    kind = name.split(".")[-2]
+    if quant != "F16" and kind in MXFP4_EXPERTS.get(arch, ()):
+        return "MXFP4"
     if quant != "Q4_K_M":
         return quant
-    kind = name.split(".")[-2]
     k_type = "Q6_K" if kind in Q4_K_M_Q6_K else "Q4_K"
     return k_type if n_cols % 256 == 0 else K_FALLBACK[k_type]
 
 
-def encode(name: str, values: np.ndarray, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
-    """(array for GGUFWriter.add_tensor, raw_dtype): 1-d tensors and routers stay float32."""
-    if values.ndim == 1 or name.split(".")[-2] in KEEP_F32:
+def encode(name: str, values: np.ndarray, quant: str, arch: str = "") -> tuple[np.ndarray,
+                                                                               gguf.GGMLQuantizationType | None]:
+    """(array for GGUFWriter.add_tensor, raw_dtype): 1-d tensors, biases (the experts' are 2-d), sinks and
+    routers stay float32."""
+    if values.ndim == 1 or name.endswith(".bias") or name.split(".")[-2] in KEEP_F32:
         return np.ascontiguousarray(values, dtype=np.float32), None
-    type_name = tensor_type(name, values.shape[-1], quant)
+    type_name = tensor_type(name, values.shape[-1], quant, arch)
     return quantize(values, type_name), gguf.GGMLQuantizationType[type_name]
 
 
@@ -509,11 +582,12 @@ def derive(family: str, quant: str, out: Path) -> Path:
     tensors = {f"{name}.weight": values for name, values in fam.extra(src).items()}
     tensors["output_norm.weight"] = src.values("output_norm.weight")
     for name, values in tensors.items():
-        writer.add_tensor(name, *encode(name, values, quant))
+        array, raw_dtype = encode(name, values, quant, fam.arch)
+        writer.add_tensor(name, array, raw_dtype=raw_dtype)
     for i in range(src.n_layer):
         for name, values in fam.layer(src, i, rng).items():
             full = f"blk.{i}.{name}" + ("" if name.endswith(".bias") else ".weight")
-            array, raw_dtype = encode(full, values, quant)
+            array, raw_dtype = encode(full, values, quant, fam.arch)
             writer.add_tensor(full, array, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

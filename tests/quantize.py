@@ -1,4 +1,4 @@
-"""Deterministic numpy encoders for F16, Q8_0, Q5_0, Q4_K and Q6_K, in ggml's block layouts.
+"""Deterministic numpy encoders for F16, Q8_0, Q5_0, Q4_K, Q6_K and MXFP4, in ggml's block layouts.
 
 Plain round-to-nearest / min-max encoders (no llama.cpp-style search for the best scale): good enough to make
 test models, and bit-for-bit the same on every CPU and numpy version, because every decision about a byte
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from llamapyz.gguf.quants import FORMATS_BY_NAME
+from llamapyz.gguf.quants import FORMATS_BY_NAME, MXFP4_VALUES, e8m0_half
 
 F32, F16 = np.float32, np.float16
 
@@ -131,8 +131,24 @@ def encode_q6_k(x: np.ndarray) -> np.ndarray:
     return _as_bytes(blocks, x.shape, "Q6_K")
 
 
+def encode_mxfp4(x: np.ndarray) -> np.ndarray:
+    """ggml's MXFP4 reference encoder: the block's exponent floor(log2(amax)) - 2 (from frexp, exact, where a
+    library's log2 could round near a power of two), each value the nearest of the 16 E2M1 levels times
+    2^(e - 128) (the first on a tie, as argmin picks)."""
+    values, blocks = _blocks(x, "MXFP4")
+    amax = np.abs(values).max(axis=1)
+    e = np.where(amax > 0, np.frexp(amax)[1] - 1 - 2 + 127, 0).astype(np.uint8)
+    levels = np.array(MXFP4_VALUES, dtype=F32)
+    errors = np.abs(e8m0_half(e)[:, None, None] * levels[None, None, :] - values[:, :, None])
+    nibbles = np.argmin(errors, axis=2).astype(np.uint8)  # (blocks, 32)
+    blocks["e"] = e
+    blocks["qs"] = nibbles[:, :16] | (nibbles[:, 16:] << np.uint8(4))
+    return _as_bytes(blocks, x.shape, "MXFP4")
+
+
 ENCODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "F16": encode_f16, "Q8_0": encode_q8_0, "Q5_0": encode_q5_0, "Q4_K": encode_q4_k, "Q6_K": encode_q6_k,
+    "MXFP4": encode_mxfp4,
 }
 
 

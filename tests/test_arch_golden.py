@@ -27,6 +27,15 @@ YaRN's magnitude correction (cos and sin x 1.139 at factor 4, so scores x 1.30) 
 first-step gaps reach 0.51 (plain qwen3's: 0.59); one position at a margin of 0.54 flipped in two derivations
 (seeds 10 and 3), so its sure margin is 0.75. Its F16 file agrees at 100% with gaps <= 0.05, the long prompt
 (790 tokens, 3x past the original context of 256) included, and its Q8_0 file passes the usual gate.
+
+And gpt-oss at Q4_K_M (its experts MXFP4, the rest Q4_K/Q6_K's fallbacks): on "def fibonacci(n):" the first
+step's logits are 2.52 from llama.cpp's, but the float32 reference (tests/test_architectures.py's oracle, no int8
+activations) is 5.2 from ours and 7.3 from llama.cpp's there: at that point the derived model's output hangs on
+int8 rounding (30 layers of a 4-expert router on SmolLM2's FFN halves), not on the arithmetic of a step. Flips
+at margins 0.54 and 0.82 put the usual gate at 101/103; from a margin of 1.0 on, 81/81 agree. So its sure margin
+is 1.0 and its short-prompt bound 2.75 (the other short prompts: <= 0.85, the long one 0.21). Its F16 file
+agrees at 100% with gaps <= 0.10 (sinks, windows past 128 tokens, YaRN, swiglu_oai, biased experts), its Q8_0
+file (MXFP4 experts too) passes the usual gate with gaps <= 0.56.
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ from tests.dress import FAMILIES, QUANTS, derived_path
 
 DATA = Path(__file__).resolve().parent / "data" / "arch"
 SENSITIVE = {("gemma2", "Q8_0"): (1.75, 1.75, 1.75), ("gemma2", "Q4_K_M"): (1.75, 1.75, 1.75),
-             ("qwen3-yarn", "Q4_K_M"): (0.75, 1.0, 1.25)}  # see the module docstring: (sure margin, short, long)
+             ("qwen3-yarn", "Q4_K_M"): (0.75, 1.0, 1.25),
+             ("gpt-oss", "Q4_K_M"): (1.0, 2.75, 1.25)}  # see the module docstring: (sure margin, short, long)
 SURE_MARGIN = 0.5
 LONG_PROMPT = 512
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]

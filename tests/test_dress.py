@@ -59,15 +59,21 @@ def error_bound(x: np.ndarray, type_name: str) -> np.ndarray:
     the far end of the range, +16 d, clip to +15 d). Q4_K: half its sub-block's step s = (max - min(min, 0)) / 15,
     plus what rounding the 6-bit scale and offset can cost at the ends of the range (7.5 super-steps d = s_max / 63
     and half a super-step of the offsets). Q6_K: one step of its 16-value sub-block, |s| = max|x| / 32, plus what
-    rounding the int8 sub-scale costs at +-32 steps (33 super-steps, |d| = |s|_max / 128).
+    rounding the int8 sub-scale costs at +-32 steps (33 super-steps, |d| = |s|_max / 128). MXFP4: its unit
+    d = 2^(floor(log2 max|x|) - 3) is exact, its largest level 12 d, so values up to 16 d lose at most 4 d.
     Each with 1% slack for the f16 rounding of the scales, and room for that rounding's absolute error (2^-25)
     when a scale is an f16 subnormal, times the largest multiple of the scale a value can be.
     """
-    slack, tiny = 1.01, 2.0**-25 * {"F16": 1, "Q8_0": 127, "Q5_0": 16, "Q4_K": 63 * 16, "Q6_K": 128 * 32}[type_name]
+    slack, tiny = 1.01, 2.0**-25 * {"F16": 1, "Q8_0": 127, "Q5_0": 16, "Q4_K": 63 * 16, "Q6_K": 128 * 32,
+                                    "MXFP4": 0}[type_name]
     return _bound(x, type_name, slack) + tiny
 
 
 def _bound(x: np.ndarray, type_name: str, slack: float) -> np.ndarray:
+    if type_name == "MXFP4":
+        amax = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True)
+        unit = np.where(amax > 0, np.exp2(np.frexp(amax)[1] - 1 - 3.0), 0)
+        return np.broadcast_to(4 * unit * slack, (len(amax), 32)).reshape(x.shape)
     if type_name == "F16":
         return np.abs(x) * 2.0**-11
     if type_name in ("Q8_0", "Q5_0"):
@@ -87,7 +93,7 @@ def _bound(x: np.ndarray, type_name: str, slack: float) -> np.ndarray:
 
 
 # relative RMS error on the weight-like rows: round-to-nearest quality, far from a broken layout (~1.0)
-RMS_LIMIT = {"F16": 1e-3, "Q8_0": 0.01, "Q5_0": 0.06, "Q4_K": 0.1, "Q6_K": 0.03}
+RMS_LIMIT = {"F16": 1e-3, "Q8_0": 0.01, "Q5_0": 0.06, "Q4_K": 0.1, "Q6_K": 0.03, "MXFP4": 0.15}
 
 
 @pytest.mark.parametrize("type_name", sorted(ENCODERS))
@@ -114,7 +120,12 @@ def test_encoder_is_deterministic(type_name: str) -> None:
     assert np.array_equal(first.reshape(2, 32, -1), quantize(x.reshape(2, 32, -1), type_name))
 
 
-@pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0", "Q4_K", "Q6_K"])
+def test_mxfp4_encoder_gives_gguf_pys_bytes() -> None:
+    x = sample(np.random.default_rng(3))
+    assert np.array_equal(quantize(x, "MXFP4"), gguf.quants.quantize(x, gguf.GGMLQuantizationType.MXFP4))
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0", "Q4_K", "Q6_K", "MXFP4"])
 def test_encoder_refuses_partial_blocks(type_name: str) -> None:
     with pytest.raises(ValueError, match="multiple"):
         quantize(np.zeros((2, FORMATS_BY_NAME[type_name].block_size + 16), np.float32), type_name)
@@ -167,8 +178,14 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
     moe = {"ffn_norm": (e,), "ffn_gate_inp": (4, e), "ffn_gate_exps": (4, 768, e), "ffn_up_exps": (4, 768, e),
            "ffn_down_exps": (4, e, 768)}
     qk_norm = {"attn_q_norm": (64,), "attn_k_norm": (64,)}
+    qkv_bias = {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)}
+    shared = {"ffn_gate_shexp": (ff, e), "ffn_up_shexp": (ff, e), "ffn_down_shexp": (e, ff),
+              "ffn_gate_inp_shexp": (e,)}
+    gpt_oss = {"post_attention_norm": (e,), "attn_sinks": (9,), "attn_output.bias": (e,), "ffn_gate_inp.bias": (4,),
+               "ffn_gate_exps.bias": (4, 768), "ffn_up_exps.bias": (4, 768), "ffn_down_exps.bias": (4, e)}
+    moe_no_norm = {k: v for k, v in moe.items() if k != "ffn_norm"}
     layer, extra = {
-        "qwen2": (attention | dense | {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)}, {}),
+        "qwen2": (attention | dense | qkv_bias, {}),
         "qwen3": (attention | dense | qk_norm, {}),
         "qwen3-yarn": (attention | dense | qk_norm, {}),
         "smollm3": (attention | dense, {}),
@@ -179,23 +196,29 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "llama-moe": (attention | moe, {}),
         "qwen3moe": (attention | moe | qk_norm, {}),
         "gemma2": (attention | dense | {"post_attention_norm": (e,), "post_ffw_norm": (e,)}, {}),
+        "qwen2moe": (attention | qkv_bias | moe | shared, {"output": (m["vocab"], e)}),
+        "mistral3": (attention | dense, {}),
+        "gpt-oss": (attention | qkv_bias | moe_no_norm | gpt_oss, {"output": (m["vocab"], e)}),
     }[family]
     names = {"token_embd": (m["vocab"], e), "output_norm": (e,)} | extra
     names |= {f"blk.{i}.{n}": shape for i in range(m["n_layer"]) for n, shape in layer.items()}
     return {n if n.endswith(".bias") else f"{n}.weight": shape for n, shape in names.items()}
 
 
-def expected_type(name: str, shape: tuple[int, ...], quant: str) -> str:
-    """llama.cpp's choices: Q4_K_M = Q6_K for attn_v/ffn_down, Q4_K for the other matrices, Q5_0/Q8_0 instead
-    when rows are not made of 256-value blocks; routers and 1-d tensors F32; token_embd as in the source."""
+def expected_type(name: str, shape: tuple[int, ...], quant: str, family: str = "") -> str:
+    """llama.cpp's choices: Q4_K_M = Q6_K for attn_v/ffn_down/output, Q4_K for the other matrices, Q5_0/Q8_0
+    instead when rows are not made of 256-value blocks; routers, biases and 1-d tensors F32; token_embd as in the
+    source; gpt-oss's experts MXFP4 but in F16 files."""
     kind = name.split(".")[-2]
     if name == "token_embd.weight":
         return "Q8_0"
-    if len(shape) == 1 or kind == "ffn_gate_inp":
+    if len(shape) == 1 or name.endswith(".bias") or kind in ("ffn_gate_inp", "ffn_gate_inp_shexp"):
         return "F32"
+    if family == "gpt-oss" and quant != "F16" and kind.endswith("_exps"):
+        return "MXFP4"
     if quant != "Q4_K_M":
         return quant
-    if kind in ("attn_v", "ffn_down", "ffn_down_exps"):
+    if kind in ("attn_v", "ffn_down", "ffn_down_exps", "output"):
         return "Q6_K" if shape[-1] % 256 == 0 else "Q8_0"
     return "Q4_K" if shape[-1] % 256 == 0 else "Q5_0"
 
@@ -220,7 +243,7 @@ def test_derived_tensors_and_metadata(family: str) -> None:
         shapes = {name: t.shape for name, t in model.tensors.items()}
         assert shapes == expected_tensors(family)
         for name, t in model.tensors.items():
-            assert t.type_name == expected_type(name, t.shape, quant), name
+            assert t.type_name == expected_type(name, t.shape, quant, family), name
         meta, arch = model.metadata, FAMILIES[family].arch
         assert meta["general.architecture"] == arch
         assert meta["general.name"] == general_name(family)
@@ -237,7 +260,7 @@ def test_derived_tensors_and_metadata(family: str) -> None:
         if family == "gemma2":
             assert meta["gemma2.attention.sliding_window"] == 64
             assert (meta["gemma2.attn_logit_softcapping"], meta["gemma2.final_logit_softcapping"]) == (50.0, 30.0)
-        if family.endswith("moe"):
+        if family.endswith("moe") or family == "gpt-oss":
             assert (meta[f"{arch}.expert_count"], meta[f"{arch}.expert_used_count"]) == (4, 2)
             # any input goes to experts {0, 1} (the FFN's halves) or {2, 3} (its even and odd units)
             router = model.tensors["blk.0.ffn_gate_inp.weight"].dequantize()
