@@ -28,13 +28,15 @@ SIGNATURES = {
     "add_norm": "(float32[:, ::1], float32[:, ::1], float32[::1], float32, float32[::1], float32[:, ::1])",
     "qk_norm_rope": "(float32[:, ::1], int64, int64, float32[::1], float32[::1], float32, int64[::1], float32[:, ::1],"
                     " float32[:, ::1], int64, boolean)",
-    "gated_activation": "(float32[:, ::1], float32[:, ::1], boolean, float32[:, ::1])",
+    "gated_activation": "(float32[:, ::1], float32[:, ::1], int64, float32[:, ::1])",
+    "scale_rows": "(float32[:, ::1], int64, float32[::1])",
+    "add_gated": "(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1])",
     "store_kv": "(float32[:, ::1], int64, int64, int64, uint16[:, :, ::1], uint16[:, :, ::1], int64)",
     "gather_rows": "(float32[:, ::1], int64[::1], float32[:, ::1])",
     "scatter_scaled": "(float32[:, ::1], int64[::1], int64[::1], float32[::1], float32[:, :, ::1])",
     "sum_ranks": "(float32[:, :, ::1], float32[:, ::1])",
     "attention": "(float32[:, :], uint16[:, :, ::1], uint16[:, :, ::1], int64, int64, int64, float32, float32,"
-                 " float32[:, ::1])",
+                 " float32[::1], float32[:, ::1])",
 }
 
 
