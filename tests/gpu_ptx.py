@@ -29,7 +29,7 @@ SIGNATURES = {
     "qk_norm_rope": "(float32[:, ::1], int64, int64, float32[::1], float32[::1], float32, int64[::1], float32[:, ::1],"
                     " float32[:, ::1], int64, boolean)",
     "gated_activation": "(float32[:, ::1], float32[:, ::1], int64, float32[:, ::1])",
-    "scale_rows": "(float32[:, ::1], int64, float32[::1])",
+    "temperature_rows": "(float32[:, ::1], int64, int64[::1], float64, int64)",
     "add_gated": "(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1])",
     "store_kv": "(float32[:, ::1], int64, int64, int64, uint16[:, :, ::1], uint16[:, :, ::1], int64)",
     "gather_rows": "(float32[:, ::1], int64[::1], float32[:, ::1])",

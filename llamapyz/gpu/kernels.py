@@ -38,8 +38,9 @@ if not config.ENABLE_CUDASIM:  # compiled kernels are cached per user (the simul
     install()
 
 # the scalar math the CPU kernels share (`kernels/scalar.py`), as device functions
-gelu_tanh, silu, swiglu_oai, softcap = (cuda.jit(device=True)(f) for f in (scalar.gelu_tanh, scalar.silu,
-                                                                           scalar.swiglu_oai, scalar.softcap))
+gelu_tanh, silu, swiglu_oai, softcap, attn_temperature = (
+    cuda.jit(device=True)(f)
+    for f in (scalar.gelu_tanh, scalar.silu, scalar.swiglu_oai, scalar.softcap, scalar.attn_temperature))
 
 WARP = 32  # the most lanes: shared arrays are sized for it
 MAX_ROWS = 4  # the most weight rows per thread block of `product`
@@ -200,11 +201,12 @@ def gated_activation(gate, up, kind, out):
 
 
 @cuda.jit(cache=True)
-def scale_rows(x, n_cols, factors):
-    """x[t, :n_cols] *= factors[t]: q scaled by its row's attention temperature; a thread per element."""
+def temperature_rows(x, n_cols, positions, scale, floor_scale):
+    """x[t, :n_cols] *= attn_temperature(positions[t]): q scaled by its row's attention temperature (the CPU's
+    `kernels.steps.temperature_rows`); a thread per element."""
     for i in range(cuda.grid(1), x.shape[0] * n_cols, cuda.gridsize(1)):
         t, j = i // n_cols, i % n_cols
-        x[t, j] *= factors[t]
+        x[t, j] *= attn_temperature(positions[t], scale, floor_scale)
 
 
 @cuda.jit(cache=True)

@@ -330,17 +330,11 @@ class Offload:
         return attend
 
     def temperature(self, run: list) -> Callable[[DeviceValues], None]:
-        """q (qkv's first columns) times its row's temperature, computed on the host as the CPU computes it."""
+        """q (qkv's first columns) times its row's temperature."""
         c, ((step, _, _),) = self.config, run
         q_dim = c.n_head * c.head_dim
-
-        def scale(a: DeviceValues) -> None:
-            positions = a.positions.copy_to_host()
-            factors = (1 + step.scale * np.log(np.floor(positions / step.floor_scale) + 1)).astype(np.float32)
-            kernels.launch_elementwise(kernels.scale_rows, len(factors) * q_dim, a.s["qkv"], q_dim,
-                                       cuda.to_device(factors))
-
-        return scale
+        return lambda a: kernels.launch_elementwise(kernels.temperature_rows, a.x.shape[0] * q_dim, a.s["qkv"], q_dim,
+                                                    a.positions, step.scale, step.floor_scale)
 
     def output_projection(self, run: list) -> Callable[[DeviceValues], None]:
         ((_, layer, _),) = run
@@ -359,22 +353,30 @@ class Offload:
         """out = ffn_down(act(gate) * up) of h."""
         ((step, layer, _),) = run
 
-        def ffn(a: DeviceValues) -> None:
-            layer.gate_up(a.s["h"], a.s["gu"])
-            self._activate(a.s["gu"], a.s["act"], step.activation)
-            layer.down(a.s["act"], a.s["out"])
-
-        return ffn
+        return lambda a: self._gated_ffn(layer.gate_up, layer.down, a.s["h"], a.s["gu"], a.s["act"], a.s["out"],
+                                         step.activation)
 
     def moe(self, run: list) -> Callable[[DeviceValues], None]:
         ((step, layer, _),) = run
         return lambda a: self._experts(step, layer.experts, a.s["h"], a.s["out"])
 
-    def _activate(self, gu, act, activation: str) -> None:
-        """act = act(gate) * up, gu holding gate and up side by side."""
+    @staticmethod
+    def _gated_ffn(gate_up: DeviceMatrices, down: DeviceMatrices, x, gu, act, out, activation: str) -> None:
+        """out = down(act(gate) * up) of x, gate and up side by side in gu (scratch, as act)."""
+        gate_up(x, gu)
         n_ff = act.shape[1]
         kernels.launch_elementwise(kernels.gated_activation, act.shape[0] * n_ff, gu[:, :n_ff], gu[:, n_ff:],
                                    GATED_ACTIVATIONS.index(activation), act)
+        down(act, out)
+
+    @staticmethod
+    def _gated_ffn_new(gate_up: DeviceMatrices, down: DeviceMatrices, n_ff: int, x, activation: str):
+        """`_gated_ffn` into new arrays: its output (n, n_embd)."""
+        n = x.shape[0]
+        out = cuda.device_array((n, x.shape[1]), np.float32)
+        Offload._gated_ffn(gate_up, down, x, cuda.device_array((n, 2 * n_ff), np.float32),
+                           cuda.device_array((n, n_ff), np.float32), out, activation)
+        return out
 
     def _experts(self, step: Moe, experts: DeviceExperts, h, out) -> None:
         """out = the weighted sum of each token's chosen experts (`model.moe`'s order): the router's logits come
@@ -392,23 +394,12 @@ class Offload:
             rows_d, ranks_d = cuda.to_device(rows.astype(np.int64)), cuda.to_device(ranks.astype(np.int64))
             xe = cuda.device_array((m, c.n_embd), np.float32)
             kernels.launch_elementwise(kernels.gather_rows, xe.size, h, rows_d, xe)
-            gu = cuda.device_array((m, 2 * experts.n_ff), np.float32)
-            act = cuda.device_array((m, experts.n_ff), np.float32)
-            y = cuda.device_array((m, c.n_embd), np.float32)
-            experts.gate_up[e](xe, gu)
-            self._activate(gu, act, step.activation)
-            experts.down[e](act, y)
+            y = self._gated_ffn_new(experts.gate_up[e], experts.down[e], experts.n_ff, xe, step.activation)
             w = cuda.to_device(np.ascontiguousarray(weights[rows, ranks], dtype=np.float32))
             kernels.launch_elementwise(kernels.scatter_scaled, y.size, y, rows_d, ranks_d, w, parts)
         kernels.launch_elementwise(kernels.sum_ranks, n * c.n_embd, parts, out)
         if experts.shared is not None:
-            gate_up, down, n_ff = experts.shared
-            gu = cuda.device_array((n, 2 * n_ff), np.float32)
-            act = cuda.device_array((n, n_ff), np.float32)
-            y = cuda.device_array((n, c.n_embd), np.float32)
-            gate_up(h, gu)
-            self._activate(gu, act, step.activation)
-            down(act, y)
+            y = self._gated_ffn_new(*experts.shared, h, step.activation)
             gate = self.none if experts.shared_gate is None else experts.shared_gate  # none: a weight of 1
             kernels.launch_elementwise(kernels.add_gated, n, out, y, h, gate)
 

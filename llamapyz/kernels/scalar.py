@@ -40,6 +40,12 @@ def swiglu_oai(gate, up):
     return g / (float32(1.0) + math.exp(float32(SWIGLU_OAI_ALPHA) * -g)) * (u + float32(1.0))
 
 
+def attn_temperature(position, scale, floor_scale):
+    """1 + scale ln(floor(p / floor_scale) + 1), computed in float64 as llama.cpp does, as float32: the factor of
+    q at position p under llama 4's attention temperature (mistral3)."""
+    return float32(1.0 + scale * math.log(math.floor(position / floor_scale) + 1.0))
+
+
 def softcap(x, cap):
     """cap * tanh(x / cap): gemma2's soft-capping of attention scores (and, in numpy, of the final logits)."""
     return cap * math.tanh(x / cap)

@@ -83,8 +83,9 @@ def rope_rows(x, c0, n_heads, head_dim, cos, sin, positions, n_rot, neox):
 
 
 # the shared scalar math (`scalar.py`), inlined into the kernels that call it, under their flags
-gelu_tanh, silu, swiglu_oai, softcap = (njit(inline="always", error_model="numpy")(f) for f in
-                                        (scalar.gelu_tanh, scalar.silu, scalar.swiglu_oai, scalar.softcap))
+gelu_tanh, silu, swiglu_oai, softcap, attn_temperature = (
+    njit(inline="always", error_model="numpy")(f)
+    for f in (scalar.gelu_tanh, scalar.silu, scalar.swiglu_oai, scalar.softcap, scalar.attn_temperature))
 GATED_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")  # the gated activations, by their code in the kernels
 
 
@@ -97,6 +98,15 @@ def gated_activation(gate, up, kind, out):
             out[i] = swiglu_oai(g, up[i])
         else:
             out[i] = (gelu_tanh(g) if kind == 1 else silu(g)) * up[i]
+
+
+@njit(**_OPTS)
+def temperature_rows(x, n_cols, positions, scale, floor_scale):
+    """x[t, :n_cols] *= attn_temperature(positions[t]): q scaled by its row's attention temperature."""
+    for t in range(x.shape[0]):
+        factor = attn_temperature(positions[t], scale, floor_scale)
+        for j in range(n_cols):
+            x[t, j] *= factor
 
 
 @njit(parallel=True, **_OPTS)

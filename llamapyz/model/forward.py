@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels.linear import MatrixGroup, QuantMatrix
-from ..kernels.steps import rms_norm_heads
+from ..kernels.steps import rms_norm_heads, temperature_rows
 from .fused import FusedLayer, fused_run, shared_width
 from .hparams import ModelConfig
 from .kv_cache import KVCache
@@ -249,8 +249,7 @@ class Transformer:
 
     def temperature(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         """q times its row's temperature (a view of the product or the workspace's: scaled in place)."""
-        scale = 1 + step.scale * np.log(np.floor(a.positions / step.floor_scale) + 1)
-        a.q *= scale.astype(np.float32)[:, None]
+        temperature_rows(a.q, a.q.shape[1], a.positions, step.scale, step.floor_scale)
 
     def output(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         (a.h,) = self.project(a.h, w.attn_output)

@@ -202,9 +202,9 @@ def _experts(t: _Tensors, p: str, c: ModelConfig) -> Experts:
     experts = Experts(router=t.matrix(p + "ffn_gate_inp", n, c.n_embd), gate=per_expert(gate, n_ff),
                       up=per_expert(up, n_ff), down=per_expert(down, c.n_embd))
     if t.has(p + "ffn_down_shexp.weight"):
-        shared_gate = t.matrix(p + "ffn_gate_shexp", -1, c.n_embd, bias=False)
-        n_ff_shared = shared_gate.n_rows
-        experts.shared = (shared_gate, t.matrix(p + "ffn_up_shexp", n_ff_shared, c.n_embd, bias=False),
+        gate_shexp = t.matrix(p + "ffn_gate_shexp", -1, c.n_embd, bias=False)
+        n_ff_shared = gate_shexp.n_rows
+        experts.shared = (gate_shexp, t.matrix(p + "ffn_up_shexp", n_ff_shared, c.n_embd, bias=False),
                           t.matrix(p + "ffn_down_shexp", c.n_embd, n_ff_shared, bias=False))
         if t.has(p + "ffn_gate_inp_shexp.weight"):
             experts.shared_gate = t.vector(p + "ffn_gate_inp_shexp.weight", c.n_embd)
