@@ -6,6 +6,7 @@
     python bench/bench_engine.py smollm2 --requantize Q8_0     # the same model re-encoded as Q8_0 first
     python bench/bench_engine.py smollm2 --cpu-tier all        # once per CPU tier this machine runs
     python bench/bench_engine.py smollm2 --vs-llama-cpp --quick --no-compile-time   # smoke test, ~1 minute
+    python bench/bench_engine.py llama-3.2-1b-Q4_K_M --vs-llama-cpp   # a real shape (bench/real_shapes.py)
 
 Each engine runs in its own child process, `--repeats` rounds (default 3) alternating llamapyz / llama.cpp,
 so both see the same machine state; the report gives the median of each metric per engine and the ratio of
@@ -39,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import real_shapes  # noqa: E402
 from llamapyz.bundler.registry import cache_dir, resolve_model  # noqa: E402
 
 SHORT_PROMPT, CHAT_TOKENS, BUDGET_EXTRA_MIB = 20, 20, 150
@@ -231,7 +233,8 @@ def report(summary: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="registry name (smollm2, gemma3-270m) or GGUF path")
+    parser.add_argument("model", help="registry name (smollm2, gemma3-270m), GGUF path, or a real shape and mix "
+                                      "of bench/real_shapes.py (llama-3.2-1b-Q4_K_M), made when missing")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("-c", "--ctx-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="rounds per engine; the median is reported")
@@ -254,7 +257,8 @@ def main() -> None:
     if args.cpu_tier:
         os.environ["LLAMAPYZ_CPU_TIER"] = args.cpu_tier  # inherited by every child
     n_prompt, n_decode, repeats = (64, 16, 1) if args.quick else (512, 128, args.repeats)
-    path = Path(resolve_model(args.model))
+    shape = real_shapes.parse(args.model)
+    path = real_shapes.write(*shape) if shape else Path(resolve_model(args.model))
     if args.requantize:
         path = requantize(path, args.requantize)
     ours_runs: list[dict] = []
