@@ -523,6 +523,8 @@ FAMILIES: dict[str, Family] = {
                        lambda src: smollm2_hparams(src, **MISTRAL3_KEYS), llama_layer),
     "gpt-oss": Family("gpt-oss", "smollm2", 12, "openai-gpt-oss-120b.jinja", gpt_oss_hparams, gpt_oss_layer,
                       output_extra),
+    # llama's layer and rope under ERNIE 4.5's name: SmolLM2 as it is (tied embeddings, as ERNIE-4.5-0.3B)
+    "ernie4_5": Family("ernie4_5", "smollm2", 13, None, smollm2_hparams, llama_layer),
 }
 
 

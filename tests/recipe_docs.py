@@ -48,6 +48,7 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
       "rope.scaling.type": "yarn", "rope.scaling.factor": 32.0, "rope.scaling.original_context_length": 4096,
       "attention.sliding_window": 128, "expert_count": 32, "expert_used_count": 4},
      {"output", "qkv_bias", "experts", "biases", "sinks"}),
+    ("ERNIE 4.5 (dense; ERNIE-4.5-0.3B's tied embeddings)", "ernie4_5", {"attention.key_length": 128}, set()),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",

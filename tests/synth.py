@@ -152,6 +152,7 @@ ARCH_FEATURES = {
     "qwen2moe": {"qkv_bias", "experts", "shared_expert"},
     "mistral3": {"temperature"},  # llama's tensors, YaRN and attention temperature past the original context
     "gpt-oss": {"qkv_bias", "experts", "sinks", "biases", "window"},  # experts, router and output with biases
+    "ernie4_5": set(),  # llama's tensors and rope
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }

@@ -48,6 +48,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "mistral3": ("mistral3", {}, 128),  # YaRN, attention temperature from position 64 on
     "gpt-oss": ("gpt-oss", {"n_layer": 4}, 64),  # sinks, biases, windows of 8 on layers 0 and 2, swiglu_oai
     "gpt-oss-mxfp4": ("gpt-oss", {"n_layer": 4, "expert_type": "MXFP4"}, 64),  # the experts as gpt-oss ships them
+    "ernie4_5": ("ernie4_5", {}, 64),  # llama's layer under its own name
 }
 
 

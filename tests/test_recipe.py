@@ -65,6 +65,7 @@ FAMILIES = {
                  "attention(global, scale=1/√64, attn_sinks)", "output(attn_output, +bias)",
                  "rms_norm(post_attention_norm)", "moe(swiglu_oai, top 2 of 4 experts, softmax of the top logits, "
                  "ffn_gate_inp, ffn_{gate,up,down}_exps, +bias)"]),
+    "ernie4_5": (ATTENTION + FFN, ["rope(pairs, base=10000)", "head(token_embd)"]),
     "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",

@@ -74,6 +74,8 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     "gpt-oss": ArchOptions(rope_neox=True, experts="required", sliding_window_pattern=2, default_sliding_window=128,
                            ffn_norm="post_attention_norm",
                            ffn_activation="swiglu_oai", expert_gating="softmax_weight", expert_weights_norm=False),
+    # ernie4_5: llama's layer (pairs rope, an optional attn_output bias); its MoE is another architecture
+    "ernie4_5": ArchOptions(),
     "gemma2": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,
@@ -180,6 +182,12 @@ class ModelConfig:
         n_rot = integer("rope.dimension_count", head_dim, least=2)
         if n_rot > head_dim or n_rot % 2:
             raise _corrupt(arch, "rope.dimension_count", n_rot, f"an even number up to the head size ({head_dim})")
+        sections = md.get(f"{arch}.rope.dimension_sections")  # GLM-OCR's and PaddleOCR's multi-axis rope
+        if hasattr(sections, "tolist"):
+            sections = sections.tolist()
+        if isinstance(sections, list) and any(sections):
+            raise UnsupportedModelError(f"{arch} model: multi-axis rope (rope.dimension_sections = {sections[:4]}) "
+                                        "is not supported")
         rope_base = real("rope.freq_base", 10000.0)
         scaling = str(key("rope.scaling.type", "linear"))
         if scaling not in ROPE_SCALING:
