@@ -32,7 +32,7 @@ def test_a_moe_shape_has_three_dimensional_experts_and_a_float_router() -> None:
     assert tensors["blk.0.ffn_gate_inp.weight"].type_name == "F32"
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_XS", "Q5_K"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "IQ4_XS", "Q5_K", "Q5_0", "MXFP4"])
 def test_random_weights_have_about_the_spread_of_trained_ones(type_name: str) -> None:
     n_in = 2048
     t = TensorPlan("w", (64, n_in), type_name, n_in)
@@ -46,3 +46,19 @@ def test_a_model_argument_names_a_shape_and_a_mix() -> None:
     assert parse("llama-3.2-1b-Q4_K_M") == ("llama-3.2-1b", "Q4_K_M")
     assert parse("qwen3-30b-a3b-IQ4_XS") == ("qwen3-30b-a3b", "IQ4_XS")
     assert parse("smollm2") is None and parse("llama-3.2-1b-Q5_K") is None
+
+
+def test_rows_of_other_widths_fall_back_as_llama_cpps_quantizer_does() -> None:
+    tensors = {t.name: t for t in plan(SHAPES["qwen1.5-moe-a2.7b"], "Q4_K_M")}
+    assert tensors["blk.1.ffn_down_exps.weight"].type_name == "Q5_0"  # 1408 columns: Q4_K -> Q5_0
+    assert tensors["blk.0.ffn_down_exps.weight"].type_name == "Q8_0"  # Q6_K (more bits) -> Q8_0
+    assert tensors["blk.1.ffn_up_exps.weight"].type_name == "Q4_K"  # 2048 columns
+
+
+def test_gpt_oss_has_mxfp4_experts_biases_and_sinks_and_no_other_mix() -> None:
+    shape = SHAPES["gpt-oss-20b"]
+    tensors = {t.name: t for t in plan(shape, "MXFP4_MOE")}
+    assert tensors["blk.0.ffn_gate_exps.weight"].type_name == "MXFP4"
+    assert tensors["blk.0.attn_q.weight"].type_name == "Q8_0" and tensors["output.weight"].shape == (201088, 2880)
+    assert {"blk.0.attn_sinks.weight", "blk.0.ffn_down_exps.bias", "blk.0.attn_output.bias"} <= tensors.keys()
+    assert shape.mixes == ("MXFP4_MOE",) and parse("gpt-oss-20b-Q4_K_M") is None
