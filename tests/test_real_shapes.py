@@ -50,9 +50,9 @@ def test_a_model_argument_names_a_shape_and_a_mix() -> None:
 
 def test_rows_of_other_widths_fall_back_as_llama_cpps_quantizer_does() -> None:
     tensors = {t.name: t for t in plan(SHAPES["qwen1.5-moe-a2.7b"], "Q4_K_M")}
-    assert tensors["blk.1.ffn_down_exps.weight"].type_name == "Q5_0"  # 1408 columns: Q4_K -> Q5_0
+    assert tensors["blk.3.ffn_down_exps.weight"].type_name == "Q5_0"  # 1408 columns: Q4_K -> Q5_0
     assert tensors["blk.0.ffn_down_exps.weight"].type_name == "Q8_0"  # Q6_K (more bits) -> Q8_0
-    assert tensors["blk.1.ffn_up_exps.weight"].type_name == "Q4_K"  # 2048 columns
+    assert tensors["blk.3.ffn_up_exps.weight"].type_name == "Q4_K"  # 2048 columns
 
 
 def test_gpt_oss_has_mxfp4_experts_biases_and_sinks_and_no_other_mix() -> None:
