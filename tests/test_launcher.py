@@ -49,7 +49,7 @@ def make_archive(tmp_path: Path, targets: dict | None = None, args: tuple[str, .
         write_model(path, arch="gemma3" if file.startswith("gemma") else "llama", seed=n)
     archive = tmp_path / "tiny.pyz"
     with ArchiveWriter(archive, "/usr/bin/env python3", (2024, 1, 1, 0, 0, 0)) as w:
-        offsets = {file: w.add_aligned(file, path) for file, path in files.items()}
+        offsets = {file: w.add_weights(path) for file, path in files.items()}
         w.add_bytes(".args", "".join(f"{a}\n" for a in args).encode())
         w.add_file("__main__.py", REPO / "llamapyz" / "archive" / "launcher.py")
         w.add_file("_llamapyz_targets.py", REPO / "llamapyz" / "archive" / "targets.py")
@@ -135,23 +135,28 @@ def test_verify_hashes_each_stored_model_and_names_the_damaged_one(tmp_path):
     assert lines[1].startswith("FAILED gemma.gguf (gemma): sha256 ") and "damaged" in lines[-1]
 
 
-@pytest.mark.parametrize("damage", ["missing", "compressed", "size"])
-def test_a_model_entry_that_is_missing_compressed_or_of_another_size_is_refused_at_start(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["offset", "size", "missing"])
+def test_a_model_the_manifest_misplaces_is_refused_at_start(tmp_path, damage):
+    """No GGUF where the manifest says, weights running into the zip, or no offset at all: a clear error."""
     archive = make_archive(tmp_path, models=TWO_MODELS)
     with zipfile.ZipFile(archive) as zf:
         entries = {i.filename: zf.read(i) for i in zf.infolist()}
+        zip_start = zf.infolist()[0].header_offset
     manifest = json.loads(entries["manifest.json"])
-    if damage == "missing":
-        manifest["models"][2]["file"] = "other.gguf"
+    gemma = manifest["models"][2]
+    if damage == "offset":
+        gemma["offset"] += 65536
     elif damage == "size":
-        manifest["models"][2]["size"] += 1
+        gemma["size"] = zip_start - gemma["offset"] + 1
+    else:
+        del gemma["offset"]
     damaged = tmp_path / "damaged.pyz"
-    with zipfile.ZipFile(damaged, "w") as zf:
-        for name, data in entries.items():
-            compressed = damage == "compressed" and name == "gemma.gguf"
-            zf.writestr(name, json.dumps(manifest) if name == "manifest.json" else data,
-                        zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED)
-    expected = "not a complete" if damage == "missing" else "gemma.gguf is compressed or has the wrong size"
+    with open(archive, "rb") as src, open(damaged, "wb") as dst:
+        dst.write(src.read(zip_start))  # the shebang and the weights, as they were
+        with zipfile.ZipFile(dst, "w") as zf:
+            for name, data in entries.items():
+                zf.writestr(name, json.dumps(manifest) if name == "manifest.json" else data)
+    expected = "not a complete" if damage == "missing" else "no GGUF of \\d+ bytes at offset \\d+ for gemma.gguf"
     with pytest.raises(BundleError, match=expected):
         open_bundle(damaged)
 

@@ -47,10 +47,10 @@ def archive(tmp_path_factory, tiny_llama) -> Path:
 
 
 def read_archive(path: Path) -> tuple[dict, dict[str, bytes], dict[str, dict[str, str]]]:
-    """(manifest, every entry's bytes but the weights', each target's site-packages/ as path -> the entry
-    its bytes come from)."""
+    """(manifest, every entry's bytes (the weights precede the zip), each target's site-packages/ as path -> the
+    entry its bytes come from)."""
     with zipfile.ZipFile(path) as zf:
-        data = {name: zf.read(name) for name in zf.namelist() if not name.endswith(".gguf")}
+        data = {name: zf.read(name) for name in zf.namelist()}
     manifest = json.loads(data["manifest.json"])
     common = {name[len("site-packages/"):]: name for name in data if name.startswith("site-packages/")}
     trees = {}
@@ -230,4 +230,4 @@ def test_version_lists_every_target_and_the_size_of_each_part(archive):
     parts = {line.rsplit(None, 2)[0].strip(): float(line.split()[-2]) for line in table}
     assert {"weights", "runtime, every target", "shared by some targets", *TARGETS} <= parts.keys()
     assert abs(sum(parts.values()) - archive.stat().st_size / 2**20) < 0.1 * len(parts)
-    assert open_bundle(archive).manifest["format"] == 3
+    assert open_bundle(archive).manifest["format"] == 4

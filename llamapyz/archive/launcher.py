@@ -3,12 +3,13 @@
 The archive (written by `llamapyz/bundler/builder.py`):
 
     #!/usr/bin/env python3
-    <model>.gguf …      each model stored, its data at a multiple of 64 KiB: memory-mapped in place, never
-                        extracted (a file two models share is stored once)
+    <model>.gguf …      each model's bytes, before the zip, at a multiple of 64 KiB: memory-mapped in place,
+                        never extracted (a file two models share is stored once); the manifest says where
+    (the zip)
     .args               baked-in default arguments, one per line; a `...` line marks where the user's go
     __main__.py         this file
-    manifest.json       the models in order, the first the default: file, size, sha256, alias, settings;
-                        versions; Python and platform tags; build time
+    manifest.json       the models in order, the first the default: file, size, sha256, alias, settings,
+                        offset (in the archive); versions; Python and platform tags; build time
     _llamapyz_targets.py  llamapyz/archive/targets.py: which target fits this interpreter, as pip decides
     environment.json    shiv's build settings (entry point, build id)
     _bootstrap/         shiv's bootstrap: puts the extracted site-packages/ on sys.path and calls the entry
@@ -16,6 +17,9 @@ The archive (written by `llamapyz/bundler/builder.py`):
     site-packages/      what every target has: llamapyz/, webui/, the pure-Python dependencies
     blobs/SHA256        the other files, each distinct one once; targets/NAME.json says where they go
                         (llamapyz/bundler/layout.py)
+
+The weights sit in front of the zip (llamapyz/bundler/zipapp.py), so that the zip's offsets stay small and
+zipimport reads it, however large the weights, on CPython 3.11 and 3.12 too (they read no ZIP64 record).
 
 Start-up (`main`) runs before anything is extracted, so this module uses the standard library only. It
 chooses the target that fits this interpreter (or says which the archive carries), answers `--version` and
@@ -31,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import sys
 import zipfile
 from collections import Counter
@@ -48,7 +51,7 @@ TARGETS_MODULE = "_llamapyz_targets.py"
 COMMON, BLOBS, INDEXES = "site-packages/", "blobs/", "targets/"
 ARGS = ".args"
 USER_ARGS = "..."  # the line in .args where the user's own arguments are inserted
-LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: signature ... name length, extra length
+GGUF_MAGIC = b"GGUF"
 HASH_CHUNK = 8 << 20
 MAX_ERROR_CHARS = 400  # an error line's length (llamapyz/errors.py's; this module imports nothing of ours)
 
@@ -70,7 +73,7 @@ class BundledModel:
     sha256: str
     alias: str  # the model name the API shows and requests ask for
     settings: dict  # its own serving settings (n_ctx, chat_template, …: llamapyz/server/config_file.py's ModelSpec)
-    offset: int  # file offset of the GGUF's first byte inside the archive
+    offset: int  # file offset of the GGUF's first byte inside the archive (before the zip)
     archive: Path
 
     @property
@@ -95,36 +98,28 @@ class Bundle:
 
 
 def open_bundle(path: str | Path) -> Bundle:
-    """Read the manifest and baked-in arguments, and find where each model's weights start in the archive."""
+    """Read the manifest and baked-in arguments, and check that a GGUF starts where it says each model's
+    weights do, ending before the zip."""
     path = Path(path).resolve()
     try:
         with zipfile.ZipFile(path) as zf:
             manifest = json.loads(zf.read(MANIFEST))
             names = set(zf.namelist())
             args = zf.read(ARGS).decode().splitlines() if ARGS in names else []
-            entries = {m["file"]: zf.getinfo(m["file"]) for m in manifest["models"]}
-            listed = [(m["file"], m["size"], m["sha256"], m["alias"], m.get("settings") or {})
-                      for m in manifest["models"]]
+            zip_start = min(i.header_offset for i in zf.infolist())  # absolute: zipfile counts what precedes it
+            models = [BundledModel(m["file"], int(m["size"]), m["sha256"], m["alias"], m.get("settings") or {},
+                                   int(m["offset"]), path) for m in manifest["models"]]
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: not a complete llamapyz archive ({exc})",
                           hint="the file may be truncated or damaged; copy it again") from None
-    if not listed:
+    if not models:
         raise BundleError(f"{path}: the manifest lists no model", hint="rebuild the archive with build.py")
-    offsets = {}
     with open(path, "rb") as f:
-        for file, size, *_ in listed:
-            entry = entries[file]
-            if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != size:
-                raise BundleError(f"{path}: the model entry {file} is compressed or has the wrong size",
-                                  hint="rebuild the archive with build.py")
-            f.seek(entry.header_offset)  # absolute: zipfile accounts for the shebang before the zip
-            header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
-            if header[0] != b"PK\x03\x04":
-                raise BundleError(f"{path}: no zip header at offset {entry.header_offset}", hint="copy the file again")
-            name_len, extra_len = header[-2:]
-            offsets[file] = entry.header_offset + LOCAL_HEADER.size + name_len + extra_len
-    models = [BundledModel(file, size, sha256, alias, settings, offsets[file], path)
-              for file, size, sha256, alias, settings in listed]
+        for model in models:
+            f.seek(model.offset)
+            if not 0 < model.offset < model.offset + model.size <= zip_start or f.read(4) != GGUF_MAGIC:
+                raise BundleError(f"{path}: no GGUF of {model.size} bytes at offset {model.offset} for {model.file} "
+                                  f"(the zip starts at {zip_start})", hint="rebuild the archive with build.py")
     return Bundle(path, manifest, [a for a in args if a.strip()], models)
 
 
@@ -233,7 +228,7 @@ def part_sizes(bundle: Bundle) -> list[tuple[str, int]]:
         stored = {i.filename: i.compress_size for i in zf.infolist()}
         indexes = read_indexes(zf, bundle.manifest)
     users = Counter(entry for files in indexes.values() for entry in {f[1] for f in files if f[1].startswith(BLOBS)})
-    parts = [("weights", sum(stored[file] for file in bundle.stored())),
+    parts = [("weights", sum(models[0].size for models in bundle.stored().values())),
              ("runtime, every target", sum(n for name, n in stored.items() if name.startswith(COMMON)))]
     if len(indexes) > 1:  # (one target has everything under site-packages/)
         parts.append(("shared by some targets", sum(stored[entry] for entry, n in users.items() if n > 1)))
@@ -253,7 +248,7 @@ def verify(bundle: Bundle, say=print) -> bool:
     sha256 against its name, and that each target's files are all there; say what is wrong."""
     ok = all([_verify_weights(models, say) for models in bundle.stored().values()])  # a line for each
     with zipfile.ZipFile(bundle.path) as zf:
-        others = [i for i in zf.infolist() if i.filename not in bundle.stored()]
+        others = zf.infolist()  # the weights are not among them: they precede the zip
         bad = [f"{i.filename} ({problem})" for i in others if (problem := _check_entry(zf, i))]
         try:
             indexes = read_indexes(zf, bundle.manifest)

@@ -8,7 +8,8 @@ Stages: choose the models (`--model`, `--config`: llamapyz/bundler/selection.py)
 Python side of each target (`--python`, `--platform`: llamapyz/bundler/platforms.py; our `llamapyz/` and `webui/`, and
 every dependency for that target, llamapyz/bundler/deps.py, with `--gpu` NVIDIA's libraries too,
 llamapyz/bundler/cuda_wheels.py) and lay it out with each distinct file once (llamapyz/bundler/layout.py); write the
-archive with the weights first, each distinct GGUF stored and aligned, then everything else in sorted order. With
+archive with the weights first, each distinct GGUF aligned before the zip (llamapyz/bundler/zipapp.py: how an
+archive of any size starts on CPython 3.11), then the zip of everything else in sorted order. With
 `SOURCE_DATE_EPOCH` set the same inputs give the same bytes.
 """
 
@@ -112,13 +113,13 @@ def _build(models: list[str], out: Path | None, name: str | None, args: list[str
     say(f"[3/4] writing {out}")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with ArchiveWriter(tmp, SHEBANG, zip_date_time(epoch)) as archive:
+        with ArchiveWriter(tmp, SHEBANG, zip_date_time(epoch), allow_zip64=not before_zip64(targets)) as archive:
             offsets = {}
             for w in stored:
-                offsets[w.entry] = archive.add_aligned(w.entry, w.path, progress=copy_progress(say, w.entry))
-                say(f"  {w.entry} stored uncompressed at offset {offsets[w.entry]} (a multiple of 64 KiB)")
+                offsets[w.entry] = archive.add_weights(w.path, progress=copy_progress(say, w.entry))
+                say(f"  {w.entry} placed before the zip at offset {offsets[w.entry]} (a multiple of 64 KiB)")
             manifest = {
-                "format": 3, "name": name, "llamapyz_version": __version__, "built_at": built_at,
+                "format": 4, "name": name, "llamapyz_version": __version__, "built_at": built_at,
                 "models": [m.manifest_entry(offsets[m.weights.entry], architectures[m.weights.entry])
                            for m in selected],
                 "targets": {t.name: target_manifest(t, side.wheels[t.name], side.tiers if t.name == side.runs_here
@@ -140,6 +141,8 @@ def _build(models: list[str], out: Path | None, name: str | None, args: list[str
             n_entries = archive.n_entries
         make_executable(tmp)
         os.replace(tmp, out)
+    except zipfile.LargeZipFile as exc:
+        raise zip64_refusal(targets, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     result = BuildResult(out, out.stat().st_size, manifest["models"], n_entries, time.perf_counter() - started)
@@ -274,6 +277,26 @@ def bake_args(args: list[str], say=_say) -> list[str]:
     if any(a == "--api-key" or a.startswith("--api-key=") for a in given):
         say("  warning: the baked-in API key can be read by anyone who has the archive (it is in .args)")
     return args if USER_ARGS in args else [*args, USER_ARGS]
+
+
+ZIPIMPORT_ZIP64 = (3, 13)  # the first CPython whose zipimport reads ZIP64 records
+
+
+def before_zip64(targets: list[Target]) -> list[str]:
+    """The targets' Python versions whose zipimport reads no ZIP64 record (zipimport runs the archive)."""
+    older = sorted({t.interpreter.version[:2] for t in targets if t.interpreter.version < ZIPIMPORT_ZIP64})
+    return ["{}.{}".format(*version) for version in older]
+
+
+def zip64_refusal(targets: list[Target], exc: zipfile.LargeZipFile) -> LlamapyzError:
+    """The error for a zip part only ZIP64 records could describe, on targets whose zipimport cannot read them.
+    (The weights sit before the zip and never count: llamapyz/bundler/zipapp.py.)"""
+    older = ", ".join(before_zip64(targets))
+    return LlamapyzError(
+        f"the archive's zip (all but the weights) would need ZIP64 records, as it passes 65,535 files or 2 GiB "
+        f"({exc}); CPython {older} cannot start such an archive: zipimport reads ZIP64 from CPython 3.13 on",
+        hint="build for fewer targets (--python, --platform) or without --gpu, or for CPython 3.13 only: "
+             "--python 3.13")
 
 
 def metadata_entries(manifest: dict, baked: list[str], build_id: str, built_at: str) -> list[tuple[str, bytes, int]]:

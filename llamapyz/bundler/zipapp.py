@@ -1,56 +1,86 @@
-"""The zip writer behind `.pyz` archives: a shebang line, then a zip whose entries are reproducible.
+"""The writer behind `.pyz` archives: a shebang line, the weights, then a zip whose entries are reproducible.
 
-Two things the stdlib's `zipapp` cannot do:
-- store entries (the GGUFs) uncompressed with their data at aligned file offsets, so the runtime can
-  memory-map them in place (mmap offsets must be multiples of the page size; 64 KiB covers every page size
-  in use, like llamafile's zipalign). The alignment is bought with a padding record in each entry's local
-  extra field; where the room needed is too short for a record (1 to 5 bytes), an empty entry written
-  first moves the header along;
-- make the bytes a function of the inputs only: every entry gets the same timestamp and explicit
-  permissions, and callers add entries in a fixed order.
+    #!/usr/bin/env python3
+    (zeros)         up to the next multiple of 64 KiB
+    model.gguf      its bytes as they are: memory-mapped in place (mmap offsets must be multiples of the page
+                    size; 64 KiB covers every page size in use, like llamafile's zipalign)
+    (zeros)         each further model likewise, at the next multiple of 64 KiB
+    zip             every other file, then the zip's directory and end record
+
+The weights come before the zip, not inside it, so that an archive of any size starts on every CPython it
+targets. zipimport, which runs a `.pyz`, reads ZIP64 records only from CPython 3.13 on, and zipfile writes
+them as soon as an offset passes 2 GiB (`zipfile.ZIP64_LIMIT`): with a large model as a zip member, 3.11 and
+3.12 saw no `__main__.py`. Every zipimport accepts data in front of a zip (it takes the difference between
+where the directory is and where the end record says it is: how the shebang line always worked), so with the
+weights in front the zip's offsets count from the zip's own start and stay those of the small files after
+them, however large the weights. The manifest says where each model starts (`llamapyz/archive/launcher.py`).
+
+`allow_zip64=False` (the builder's choice when a target is older than 3.13) turns what would need a ZIP64
+record into zipfile's `LargeZipFile`: over 65,535 entries, or a zip over 2 GiB of its own.
+
+The bytes are a function of the inputs only: every entry gets the same timestamp and explicit permissions,
+and callers add entries in a fixed order.
 """
 
 from __future__ import annotations
 
-import struct
+import contextlib
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from stat import S_IFREG
+from typing import BinaryIO
 
-ALIGNMENT = 1 << 16  # data offsets of the aligned entries: multiples of 64 KiB
-PADDING_ID = 0xD935  # the extra-field id Android's zipalign uses for alignment padding
-LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header
-ZIP64_EXTRA_SIZE = 4 + 16  # zipfile adds this record to the local header of zip64 entries
-MIN_PADDING = 4 + 2  # the shortest padding record: id and size, then the alignment
+ALIGNMENT = 1 << 16  # where each model's bytes start: multiples of 64 KiB
 COPY_CHUNK = 8 << 20
+ZEROS = bytes(COPY_CHUNK)
 
 Progress = Callable[[int, int], None]  # (bytes copied, total bytes)
 
 
 class ArchiveWriter:
-    """`with ArchiveWriter(path, shebang, date_time) as w: w.add_aligned(...); w.add_bytes(...)`."""
+    """`with ArchiveWriter(path, shebang, date_time) as w: w.add_weights(...); w.add_bytes(...)`: the weights
+    first, then the zip's entries (the first entry starts the zip)."""
 
-    def __init__(self, path: Path, shebang: str, date_time: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(self, path: Path, shebang: str, date_time: tuple[int, int, int, int, int, int],
+                 allow_zip64: bool = True) -> None:
         self.path = path
         self.date_time = date_time
+        self.allow_zip64 = allow_zip64
+        self.zip_start: int | None = None  # file offset of the zip's first entry, once there is one
         self._file = open(path, "wb")
         self._file.write(f"#!{shebang}\n".encode())
-        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_DEFLATED)
+        self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> ArchiveWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # A half-written archive, which the caller removes: closed, and the error that stopped it the one raised.
+        with contextlib.suppress(zipfile.LargeZipFile, OSError, ValueError):
+            self.close()
 
     def close(self) -> None:
-        self._zip.close()
-        self._file.close()
+        try:
+            self._entries().close()
+        finally:
+            self._file.close()
 
     @property
     def n_entries(self) -> int:
-        return len(self._zip.infolist())
+        return len(self._zip.infolist()) if self._zip else 0
+
+    def _entries(self) -> zipfile.ZipFile:
+        """The zip, started where the file now ends: its offsets count from there (`_FromOffset`)."""
+        if self._zip is None:
+            self.zip_start = self._file.tell()
+            self._zip = zipfile.ZipFile(_FromOffset(self._file, self.zip_start), "w",  # type: ignore[arg-type]
+                                        compression=zipfile.ZIP_DEFLATED, allowZip64=self.allow_zip64)
+        return self._zip
 
     def _info(self, name: str, mode: int, compress: bool) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(name, date_time=self.date_time)
@@ -60,49 +90,54 @@ class ArchiveWriter:
         return info
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644, compress: bool = True) -> None:
-        self._zip.writestr(self._info(name, mode, compress), data)
+        self._entries().writestr(self._info(name, mode, compress), data)
 
     def add_file(self, name: str, path: Path, compress: bool = True) -> None:
         mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
         self.add_bytes(name, path.read_bytes(), mode, compress)
 
-    def add_aligned(self, name: str, path: Path, alignment: int = ALIGNMENT,
-                    progress: Progress | None = None) -> int:
-        """Store `path` uncompressed with its data at a multiple of `alignment`; returns that file offset."""
-        size = path.stat().st_size
-        info = self._info(name, 0o644, compress=False)
-        info.file_size = size
-        zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for reserving a zip64 record
-        header = LOCAL_HEADER_SIZE + len(name.encode()) + (ZIP64_EXTRA_SIZE if zip64 else 0)
-        gap = (-(self._file.tell() + header)) % alignment
-        if 0 < gap < MIN_PADDING:  # no record is that short: an empty entry moves the header past the next boundary
-            self.add_bytes(f"{name}.padding", b"", compress=False)
-            gap = (-(self._file.tell() + header)) % alignment
-        info.extra = padding_record(gap, alignment)
-        with open(path, "rb") as src, self._zip.open(info, "w", force_zip64=zip64) as dst:
-            data_offset = self._file.tell()
-            copied = 0
+    def add_weights(self, path: Path, progress: Progress | None = None) -> int:
+        """Copy `path` in before the zip, its first byte at a multiple of ALIGNMENT; returns that file offset.
+        Chunks of zeros are skipped, not written: where the file system has holes, a sparse file stays sparse."""
+        if self._zip is not None:
+            raise RuntimeError(f"{path.name}: the weights go before the zip's first entry")
+        offset = self._file.tell() + -self._file.tell() % ALIGNMENT
+        self._file.seek(offset)  # the gap reads as zeros
+        size, copied = path.stat().st_size, 0
+        with open(path, "rb") as src:
             while chunk := src.read(COPY_CHUNK):
-                dst.write(chunk)
+                if chunk == (ZEROS if len(chunk) == COPY_CHUNK else bytes(len(chunk))):
+                    self._file.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    self._file.write(chunk)
                 copied += len(chunk)
                 if progress:
                     progress(copied, size)
-        # The padding only matters in the local header; keep it out of the central directory.
-        info.extra = b""
-        if data_offset % alignment:
-            raise AssertionError(f"{name}: data landed at {data_offset}, not a multiple of {alignment}")
-        return data_offset
+        if copied != size:
+            raise OSError(f"{path}: {copied} bytes read, {size} expected (did it change while it was copied?)")
+        self._file.truncate(offset + size)  # a hole at the end belongs to the file too
+        self._file.seek(offset + size)
+        return offset
 
 
-def padding_record(n_bytes: int, alignment: int) -> bytes:
-    """An extra-field record of exactly `n_bytes` (0, or 6 up to 65535): id, size, alignment, zeros."""
-    if n_bytes == 0:
-        return b""
-    if not MIN_PADDING <= n_bytes <= 0xFFFF:
-        # A record needs its 4-byte header plus the 2-byte alignment field, and an extra field is capped
-        # at 64 KiB: add_aligned asks for neither (it pads by less than 64 KiB, or adds an entry first).
-        raise ValueError(f"cannot pad a zip entry by {n_bytes} bytes")
-    return struct.pack("<HHH", PADDING_ID, n_bytes - 4, min(alignment, 0xFFFF)) + bytes(n_bytes - 6)
+class _FromOffset:
+    """A file as zipfile writes it, seen from `start` on: the zip's offsets count from its own first entry,
+    not from the file's first byte (zipfile counts from byte 0 and would put the weights' size in them)."""
+
+    def __init__(self, file: BinaryIO, start: int) -> None:
+        self._file, self._start = file, start
+
+    def tell(self) -> int:
+        return self._file.tell() - self._start
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset + self._start if whence == os.SEEK_SET else offset, whence) - self._start
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def make_executable(path: Path) -> None:
@@ -119,4 +154,3 @@ def copy_progress(say: Callable[[str], None], label: str, step_bytes: int = 64 <
             say(f"  {label}: {copied / 2**20:.0f}/{total / 2**20:.0f} MiB")
 
     return progress
-
