@@ -479,6 +479,33 @@ def gpt_oss_hparams(src: Source) -> Metadata:
         "expert_feed_forward_length": (768, U32), "attention.sliding_window": (128, U32)})
 
 
+# granite: Granite 3's multipliers, SmolLM2's function kept. The residual stream becomes 12 times SmolLM2's
+# (embeddings x 12), so each branch's output must be too: attn_output and ffn_down x 12 / 0.22 (the residual
+# scale takes 0.22 back off); attention's scale 1/64 (muP's 1/head_dim) instead of 1/8: q x 8 (exact in every
+# format's scales); the logits are divided by 8: output_norm x 8 (the head is SmolLM2's tied embeddings). The
+# norms make the stream's size invisible but for eps, so the model computes nearly SmolLM2's function.
+GRANITE_EMBEDDING, GRANITE_RESIDUAL, GRANITE_ATTENTION, GRANITE_LOGIT = 12.0, 0.22, 1 / 64, 8.0
+
+
+def granite_layer(src: Source, i: int, rng: np.random.Generator) -> Tensors:
+    t = llama_layer(src, i, rng)
+    head_dim = src.hparams["embedding_length"] // src.hparams["attention.head_count"]
+    t["attn_q"] = t["attn_q"] * np.float32(1 / math.sqrt(head_dim) / GRANITE_ATTENTION)
+    for name in ("attn_output", "ffn_down"):
+        t[name] = t[name] * np.float32(GRANITE_EMBEDDING / GRANITE_RESIDUAL)
+    return t
+
+
+def granite_hparams(src: Source) -> Metadata:
+    return smollm2_hparams(src, **{"embedding_scale": (GRANITE_EMBEDDING, F32),
+                                   "residual_scale": (GRANITE_RESIDUAL, F32),
+                                   "attention.scale": (GRANITE_ATTENTION, F32), "logit_scale": (GRANITE_LOGIT, F32)})
+
+
+def granite_extra(src: Source) -> Tensors:
+    return {"output_norm": src.values("output_norm.weight") * np.float32(GRANITE_LOGIT)}
+
+
 def output_extra(src: Source) -> Tensors:
     """An output matrix, which llama.cpp requires of qwen2moe and gpt-oss files: SmolLM2's tied embeddings."""
     return {"output": src.values("token_embd.weight")}
@@ -525,6 +552,7 @@ FAMILIES: dict[str, Family] = {
                       output_extra),
     # llama's layer and rope under ERNIE 4.5's name: SmolLM2 as it is (tied embeddings, as ERNIE-4.5-0.3B)
     "ernie4_5": Family("ernie4_5", "smollm2", 13, None, smollm2_hparams, llama_layer),
+    "granite": Family("granite", "smollm2", 14, None, granite_hparams, granite_layer, granite_extra),
 }
 
 
@@ -582,7 +610,7 @@ def derive(family: str, quant: str, out: Path) -> Path:
     embd = src.file.tensor("token_embd.weight")  # copied as it is (Q8_0 in both sources)
     writer.add_tensor("token_embd.weight", embd.raw, raw_dtype=gguf.GGMLQuantizationType[embd.type_name])
     tensors = {f"{name}.weight": values for name, values in fam.extra(src).items()}
-    tensors["output_norm.weight"] = src.values("output_norm.weight")
+    tensors.setdefault("output_norm.weight", src.values("output_norm.weight"))
     for name, values in tensors.items():
         array, raw_dtype = encode(name, values, quant, fam.arch)
         writer.add_tensor(name, array, raw_dtype=raw_dtype)

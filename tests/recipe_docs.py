@@ -49,6 +49,10 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
       "attention.sliding_window": 128, "expert_count": 32, "expert_used_count": 4},
      {"output", "qkv_bias", "experts", "biases", "sinks"}),
     ("ERNIE 4.5 (dense; ERNIE-4.5-0.3B's tied embeddings)", "ernie4_5", {"attention.key_length": 128}, set()),
+    ("Granite 3 (Granite 3.3 8B's multipliers: embedding_scale 12, attention.scale 1/128, residual_scale 0.22, "
+     "logit_scale 16)", "granite",
+     {"attention.key_length": 128, "embedding_scale": 12.0, "attention.scale": 0.0078125, "residual_scale": 0.22,
+      "logit_scale": 16.0}, set()),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",

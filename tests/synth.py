@@ -153,6 +153,7 @@ ARCH_FEATURES = {
     "mistral3": {"temperature"},  # llama's tensors, YaRN and attention temperature past the original context
     "gpt-oss": {"qkv_bias", "experts", "sinks", "biases", "window"},  # experts, router and output with biases
     "ernie4_5": set(),  # llama's tensors and rope
+    "granite": {"multipliers"},  # llama's tensors; embedding, attention, residual and logit scales
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }
@@ -208,6 +209,9 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     if yarn:
         metadata.update({f"{a}.rope.scaling.type": ("string", "yarn"), f"{a}.rope.scaling.factor": ("float32", 2.0),
                          f"{a}.rope.scaling.original_context_length": ("uint32", 8 if small else 64)})
+    if "multipliers" in features:  # far from 1, so that each shows
+        metadata.update({f"{a}.embedding_scale": ("float32", 3.0), f"{a}.residual_scale": ("float32", 0.5),
+                         f"{a}.attention.scale": ("float32", 0.1), f"{a}.logit_scale": ("float32", 2.0)})
     if "longrope" in features:  # partial rotary, LongRoPE factors; contexts over 32 use the long ones
         metadata.update({f"{a}.rope.dimension_count": ("uint32", 48),
                          f"{a}.rope.scaling.original_context_length": ("uint32", 32),

@@ -49,6 +49,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "gpt-oss": ("gpt-oss", {"n_layer": 4}, 64),  # sinks, biases, windows of 8 on layers 0 and 2, swiglu_oai
     "gpt-oss-mxfp4": ("gpt-oss", {"n_layer": 4, "expert_type": "MXFP4"}, 64),  # the experts as gpt-oss ships them
     "ernie4_5": ("ernie4_5", {}, 64),  # llama's layer under its own name
+    "granite": ("granite", {}, 64),  # embeddings x 3, attention scale 0.1, branches x 0.5, logits / 2
 }
 
 
@@ -76,7 +77,7 @@ def test_engine_matches_reference(variant_path, name, weight_type):
 
 @pytest.mark.parametrize("name, feature", [
     ("llama-rope-freqs", "rope factors"), ("phi3-long", "rope factors"), ("gemma2", "soft-capping"),
-    ("qwen2", "biases"), ("llama-moe", "experts")])
+    ("qwen2", "biases"), ("llama-moe", "experts"), ("granite", "multipliers")])
 def test_each_feature_changes_the_output(variant_path, name, feature):
     """The reference without the feature is several times further from the engine than the reference
     with it: the agreement above is not vacuous."""
@@ -97,6 +98,10 @@ def test_each_feature_changes_the_output(variant_path, name, feature):
             del reference.w[key]
     elif feature == "experts":
         object.__setattr__(reference.config, "n_expert_used", 1)
+    elif feature == "multipliers":
+        for name, neutral in (("embedding_scale", 1.0), ("residual_scale", 1.0), ("logit_scale", 1.0),
+                              ("attn_scale", 0.0)):
+            object.__setattr__(reference.config, name, neutral)
     without = reference.logits(tokens)
     assert np.abs(got - without).max() > 3 * np.abs(got - with_feature).max()
 

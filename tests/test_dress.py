@@ -199,6 +199,7 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "qwen2moe": (attention | qkv_bias | moe | shared, {"output": (m["vocab"], e)}),
         "mistral3": (attention | dense, {}),
         "ernie4_5": (attention | dense, {}),
+        "granite": (attention | dense, {}),
         "gpt-oss": (attention | qkv_bias | moe_no_norm | gpt_oss, {"output": (m["vocab"], e)}),
     }[family]
     names = {"token_embd": (m["vocab"], e), "output_norm": (e,)} | extra

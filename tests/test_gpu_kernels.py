@@ -147,6 +147,9 @@ def test_norms_and_the_residual_with_and_without_a_post_norm(launch):
             np.testing.assert_array_equal(fused, residual)  # a plain add: exact
         np.testing.assert_allclose(fused, residual, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(h, rms_norm(residual, weight, 1e-6), rtol=1e-5, atol=1e-6)
+    scaled, h = x.copy(), np.zeros_like(x)  # granite's residual_scale: the branch times it, then the add (exact)
+    kernels.launch_add_norm(scaled, y, kernels.NO_BIAS, 1e-6, weight, h, launch=launch, scale=0.22)
+    np.testing.assert_array_equal(scaled, x + y * np.float32(0.22))
 
 
 def test_expert_gather_scatter_and_rank_sum_match_their_twins():

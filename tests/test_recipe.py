@@ -66,6 +66,8 @@ FAMILIES = {
                  "rms_norm(post_attention_norm)", "moe(swiglu_oai, top 2 of 4 experts, softmax of the top logits, "
                  "ffn_gate_inp, ffn_{gate,up,down}_exps, +bias)"]),
     "ernie4_5": (ATTENTION + FFN, ["rope(pairs, base=10000)", "head(token_embd)"]),
+    "granite": (ATTENTION + FFN, ["embed(token_embd, × 3)", "attention(global, scale=1/√100)", "residual(h × 0.5)",
+                                  "head(token_embd, / 2)"]),
     "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",

@@ -148,15 +148,17 @@ def rms_norm(x, weight, eps, out):
 
 
 @cuda.jit(cache=True)
-def add_norm(x, y, post_weight, eps, weight, out):
-    """x += y, or with a (non-empty) post_weight x += rms_norm(y) * post_weight (the post-norms); then
-    out = rms_norm(x) * weight: the residual and the next step's input norm in one launch; grid n."""
+def add_norm(x, y, post_weight, eps, scale, weight, out):
+    """x += y, or with a (non-empty) post_weight x += rms_norm(y) * post_weight (the post-norms), that branch
+    first times scale unless it is 1 (granite's residual_scale); then out = rms_norm(x) * weight: the residual
+    and the next step's input norm in one launch; grid n."""
     i, lane, lanes = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     partial = cuda.shared.array(WARP, float32)
     post = post_weight.shape[0] > 0
     inv = _inv_rms(partial, y, i, 0, y.shape[1], eps) if post else float32(1.0)
     for j in range(lane, x.shape[1], lanes):  # each lane later reads back only what it wrote
-        x[i, j] += y[i, j] * inv * post_weight[j] if post else y[i, j]
+        branch = y[i, j] * inv * post_weight[j] if post else y[i, j]
+        x[i, j] += branch * scale if scale != float32(1.0) else branch
     inv = _inv_rms(partial, x, i, 0, x.shape[1], eps)
     for j in range(lane, x.shape[1], lanes):
         out[i, j] = x[i, j] * inv * weight[j]
@@ -367,8 +369,10 @@ def launch_rms_norm(x, weight, eps: float, out, launch: Launch | None = None) ->
     rms_norm[x.shape[0], (launch or LAUNCH).lanes](x, weight, np.float32(eps), out)
 
 
-def launch_add_norm(x, y, post_weight, eps: float, weight, out, launch: Launch | None = None) -> None:
-    add_norm[x.shape[0], (launch or LAUNCH).lanes](x, y, post_weight, np.float32(eps), weight, out)
+def launch_add_norm(x, y, post_weight, eps: float, weight, out, launch: Launch | None = None, scale: float = 1.0
+                    ) -> None:
+    add_norm[x.shape[0], (launch or LAUNCH).lanes](x, y, post_weight, np.float32(eps), np.float32(scale), weight,
+                                                   out)
 
 
 def launch_qk_norm_rope(qkv, n_head: int, n_head_kv: int, q_norm, k_norm, eps: float, positions, cos, sin,

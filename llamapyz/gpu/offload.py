@@ -282,7 +282,10 @@ class Offload:
         logits = s["logits"][n - k:] if "logits" in s else cuda.device_array((k, self.n_vocab), np.float32)
         self.output(rows, logits)  # the head step: its product here, its soft-capping on the host as the CPU's
         logits = logits.copy_to_host()
-        return softcap(logits, step.softcap) if step.softcap else logits
+        logits = softcap(logits, step.softcap) if step.softcap else logits
+        if step.logit_scale != 1.0:
+            logits *= step.multiplier
+        return logits
 
     # --- the launches, each for a run of steps: [(step, its tensors on the device, device layer index)] ----
 
@@ -346,8 +349,8 @@ class Offload:
         (post, tensors, _), (last, following, _) = run[0], run[-1]
         post_weight = getattr(tensors, post.weight) if post.name == "post_norm" else self.none
         weight = getattr(following, last.weight) if last.name == "rms_norm" else self.output_norm
-        eps = self.config.rms_eps
-        return lambda a: kernels.launch_add_norm(a.x, a.s["out"], post_weight, eps, weight, a.s["h"])
+        eps, scale = self.config.rms_eps, next(step.scale for step, _, _ in run if step.name == "residual")
+        return lambda a: kernels.launch_add_norm(a.x, a.s["out"], post_weight, eps, weight, a.s["h"], scale=scale)
 
     def ffn(self, run: list) -> Callable[[DeviceValues], None]:
         """out = ffn_down(act(gate) * up) of h."""

@@ -9,8 +9,8 @@ the same bits either way (`tests/test_exactness.py` compares them):
 
 - `attention_input`: h = rms_norm(x); [q k v] = h @ [Wq; Wk; Wv].T + biases; q and k heads normed
   (qk-norm, when q_norm/k_norm are not empty) and rotated by their rows' positions.
-- `add_attention_output`: x += post_norm(attn @ Wo.T) (post_norm when not empty).
-- `add_ffn`: x += post_norm(down(act(h @ Wg.T) * (h @ Wu.T))), h = rms_norm(x).
+- `add_attention_output`: x += post_norm(attn @ Wo.T) (post_norm when not empty) times the residual's scale.
+- `add_ffn`: x += post_norm(down(act(h @ Wg.T) * (h @ Wu.T))) times the residual's scale, h = rms_norm(x).
 
 A product is (table, bias) for `matvec.product`; forms are its int8 buffers for x, scratch arrays have the
 call's n rows. The products run in parallel (their own prange); the rest is small and runs here.
@@ -44,17 +44,17 @@ def attention_input(x, w, norm, eps, qkv, forms, h, out, q_norm, k_norm, heads, 
 
 
 @njit(**_OPTS)
-def add_attention_output(x, w, attn, o, forms, out, post_norm, eps):
-    """x (n, n_embd) += post_norm(attn @ Wo.T + bias); out (n, n_embd) scratch."""
+def add_attention_output(x, w, attn, o, forms, out, post_norm, eps, scale):
+    """x (n, n_embd) += post_norm(attn @ Wo.T + bias) * scale (float32; 1: none); out (n, n_embd) scratch."""
     product(attn, w, o[0], o[1], forms, out)
     if post_norm.size:
         rms_norm_rows(out, post_norm, eps, out)
-    _add(x, out)
+    _add(x, out, scale)
 
 
 @njit(**_OPTS)
-def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, kind, act, down, ff_forms, out, post_norm):
-    """x (n, n_embd) += post_norm(act(gate) * up @ Wd.T), [gate up] = rms_norm(x) @ [Wg; Wu].T; scratch:
+def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, kind, act, down, ff_forms, out, post_norm, scale):
+    """x (n, n_embd) += post_norm(act(gate) * up @ Wd.T) * scale, [gate up] = rms_norm(x) @ [Wg; Wu].T; scratch:
     h (n, n_embd), gu (n, 2 n_ff), act (n, n_ff), out (n, n_embd)."""
     rms_norm_rows(x, norm, eps, h)
     product(h, w, gate_up[0], gate_up[1], forms, gu)
@@ -64,11 +64,13 @@ def add_ffn(x, w, norm, eps, gate_up, forms, h, gu, kind, act, down, ff_forms, o
     product(act, w, down[0], down[1], ff_forms, out)
     if post_norm.size:
         rms_norm_rows(out, post_norm, eps, out)
-    _add(x, out)
+    _add(x, out, scale)
 
 
 @njit(**_OPTS)
-def _add(x, y):
+def _add(x, y, scale):
+    """x += y, y first times scale (the Python step's order: h *= scale, then x += h) unless it is 1."""
+    scaled = scale != 1.0
     for t in range(x.shape[0]):
         for j in range(x.shape[1]):
-            x[t, j] += y[t, j]
+            x[t, j] += y[t, j] * scale if scaled else y[t, j]

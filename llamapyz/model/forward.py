@@ -214,6 +214,8 @@ class Transformer:
         a.x = w.token_embd.rows(a.tokens, out=a.ws.x)  # (n, n_embd)
         if step.scaled:
             a.x *= np.float32(np.sqrt(self.config.n_embd))
+        if step.multiplier != 1.0:
+            a.x *= np.float32(step.multiplier)
 
     def norm(self, step: Step, il: int, w: LayerWeights | Weights, a: Activations) -> None:
         a.h = rms_norm(a.x, getattr(w, step.weight), self.config.rms_eps, out=a.ws.h[:len(a.x)])
@@ -258,6 +260,8 @@ class Transformer:
         a.h = rms_norm(a.h, getattr(w, step.weight), self.config.rms_eps, out=a.h)
 
     def residual(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        if step.scale != 1.0:
+            a.h *= np.float32(step.scale)  # the branch's product or workspace array: scaled in place
         a.x += a.h
 
     def ffn(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
@@ -271,6 +275,8 @@ class Transformer:
     def head(self, step: Step, il: int, w: Weights, a: Activations) -> None:
         (logits,) = self.project(a.h, getattr(w, step.tensor), keep=True)
         a.h = softcap(logits, step.softcap) if step.softcap else logits
+        if step.logit_scale != 1.0:
+            a.h *= step.multiplier
 
     STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
              "temperature": temperature, "attention": attend, "output": output, "post_norm": post_norm,

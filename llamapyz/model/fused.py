@@ -109,12 +109,12 @@ def _add_attention_output(steps: Steps, f: FusedLayer, layer: LayerWeights, c: M
     """output, [post_norm], residual: x += post_norm(h @ attn_output.T)."""
     if f.o is None:
         return None
-    buffer, o, eps = f.buffer, f.o, c.rms_eps
+    buffer, o, eps, scale = f.buffer, f.o, c.rms_eps, np.float32(steps[-1].scale)
     post = getattr(layer, steps[1].weight) if steps[1].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
         s = a.ws
-        layer_kernels.add_attention_output(a.x, buffer, a.h, o, s.q_forms, s.out, post, eps)
+        layer_kernels.add_attention_output(a.x, buffer, a.h, o, s.q_forms, s.out, post, eps, scale)
 
     return run
 
@@ -124,14 +124,14 @@ def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, r
     """rms_norm, ffn, [post_norm], residual: x += post_norm(ffn(norm(x)))."""
     if f.gate_up is None or f.down is None or steps[1].activation not in GATED_ACTIVATIONS:
         return None
-    buffer, gate_up, down, eps = f.buffer, f.gate_up, f.down, c.rms_eps
+    buffer, gate_up, down, eps, scale = f.buffer, f.gate_up, f.down, c.rms_eps, np.float32(steps[-1].scale)
     norm, kind = getattr(layer, steps[0].weight), GATED_ACTIVATIONS.index(steps[1].activation)
     post = getattr(layer, steps[2].weight) if steps[2].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
         s = a.ws
         layer_kernels.add_ffn(a.x, buffer, norm, eps, gate_up, s.embd_forms, s.h, s.gu, kind, s.act, down,
-                              s.ff_forms, s.out, post)
+                              s.ff_forms, s.out, post, scale)
 
     return run
 

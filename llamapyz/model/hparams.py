@@ -45,6 +45,10 @@ class ArchOptions:
     expert_gating: str = "softmax"
     expert_weights_norm: bool = True  # the chosen experts' softmax weights renormalized to sum to 1 (not qwen2moe)
     attn_temperature: bool = False  # q scaled by position past the original context (attention.temperature_scale)
+    # granite's scalar multipliers from the file: embedding_scale (embeddings times it), attention.scale (instead of
+    # 1/sqrt(head_dim)), residual_scale (each branch's output times it before the residual add), logit_scale
+    # (required: the logits divided by it)
+    multipliers: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ ARCHITECTURES: dict[str, ArchOptions] = {
                            ffn_activation="swiglu_oai", expert_gating="softmax_weight", expert_weights_norm=False),
     # ernie4_5: llama's layer (pairs rope, an optional attn_output bias); its MoE is another architecture
     "ernie4_5": ArchOptions(),
+    # granite: llama's layer (pairs rope, optional rope_freqs and biases) with its scalar multipliers
+    "granite": ArchOptions(rope_factors="freqs", multipliers=True),
     "gemma2": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,
@@ -133,6 +139,10 @@ class ModelConfig:
     expert_weights_scale: float
     sliding_layers: tuple[bool, ...]  # per layer: uses the sliding window
     attn_temp_scale: float = 0.0  # q times 1 + attn_temp_scale * ln(floor(p / original_ctx) + 1) at position p
+    embedding_scale: float = 1.0  # the embeddings times it (granite's embedding_scale)
+    residual_scale: float = 1.0  # each branch's output times it before the residual add (granite)
+    logit_scale: float = 1.0  # the logits divided by it (granite)
+    attn_scale: float = 0.0  # attention's score scale when not 0 (granite's attention.scale); else 1/sqrt(head_dim)
 
     @classmethod
     def from_metadata(cls, md: dict[str, Any]) -> ModelConfig:
@@ -212,6 +222,18 @@ class ModelConfig:
         n_expert_used = integer("expert_used_count", 0, least=1) if n_expert else 0
         if n_expert_used > n_expert:
             raise _corrupt(arch, "expert_used_count", n_expert_used, f"at most expert_count ({n_expert})")
+        multipliers = {}
+        if options.multipliers:
+            if not md.get(f"{arch}.rope.scaling.finetuned", True):  # llama.cpp: no rope in any layer then
+                raise UnsupportedModelError(f"{arch} model: rope.scaling.finetuned = false (no rope) is not supported")
+            mapping = md.get(f"{arch}.deepstack_mapping")
+            if mapping is not None and any(int(m) >= 0 for m in list(mapping)):
+                raise UnsupportedModelError(f"{arch} model: deepstack layers (a vision model's) are not supported")
+            # llama.cpp applies each only when not 0; 1 is the same (a product by 1 is exact)
+            multipliers = dict(embedding_scale=real("embedding_scale", 0.0, zero=True) or 1.0,
+                               residual_scale=real("residual_scale", 0.0, zero=True) or 1.0,
+                               logit_scale=real("logit_scale"),
+                               attn_scale=real("attention.scale", 0.0, zero=True))
         pattern = options.sliding_window_pattern
         window = integer("attention.sliding_window", options.default_sliding_window) if pattern is not None else 0
         return cls(
@@ -243,6 +265,7 @@ class ModelConfig:
             sliding_layers=_sliding_layers(md.get(f"{arch}.attention.sliding_window_pattern", pattern), n_layer,
                                            window),
             attn_temp_scale=real("attention.temperature_scale", 0.0, zero=True) if options.attn_temperature else 0.0,
+            **multipliers,
         )
 
     def is_global(self, layer: int) -> bool:
@@ -258,6 +281,8 @@ class ModelConfig:
 
     @property
     def attention_scale(self) -> float:
+        if self.attn_scale:
+            return self.attn_scale
         if self.n_layer == self.options.wide_attention_scale_layers:
             return 1.0 / math.sqrt(self.n_embd // self.n_head)
         return 1.0 / math.sqrt(self.head_dim)

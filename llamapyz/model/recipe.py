@@ -26,6 +26,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from .hparams import ModelConfig, Yarn
 
 
@@ -37,13 +39,16 @@ class Step:
 
 @dataclass(frozen=True)
 class Embed(Step):
-    """x = token_embd's rows of the tokens, times sqrt(n_embd) when `scaled` (gemma)."""
+    """x = token_embd's rows of the tokens, times sqrt(n_embd) when `scaled` (gemma), times `multiplier` (a float32
+    product) unless it is 1 (granite's embedding_scale)."""
 
     name = "embed"
     scaled: bool = False
+    multiplier: float = 1.0
 
     def __str__(self) -> str:
-        return "embed(token_embd" + (", × √n_embd)" if self.scaled else ")")
+        return ("embed(token_embd" + (", × √n_embd" if self.scaled else "")
+                + (f", × {self.multiplier:g}" if self.multiplier != 1.0 else "") + ")")
 
 
 @dataclass(frozen=True)
@@ -174,12 +179,13 @@ class PostNorm(Step):
 
 @dataclass(frozen=True)
 class Residual(Step):
-    """x += h."""
+    """x += h, h first times `scale` (a float32 product) unless it is 1 (granite's residual_scale)."""
 
     name = "residual"
+    scale: float = 1.0
 
     def __str__(self) -> str:
-        return "residual"
+        return "residual" + (f"(h × {self.scale:g})" if self.scale != 1.0 else "")
 
 
 @dataclass(frozen=True)
@@ -229,18 +235,26 @@ class Moe(Step):
 @dataclass(frozen=True)
 class Head(Step):
     """h = logits = h @ output.T (token_embd's rows when `tied`: the file has no output), each logit soft-capped
-    to softcap * tanh(l / softcap) when softcap > 0."""
+    to softcap * tanh(l / softcap) when softcap > 0, or times float32(1 / logit_scale) unless that is 1
+    (granite's logit_scale, as llama.cpp's ggml_scale applies it)."""
 
     name = "head"
     tied: bool = False
     softcap: float = 0.0
+    logit_scale: float = 1.0
 
     @property
     def tensor(self) -> str:
         return "token_embd" if self.tied else "output"
 
+    @property
+    def multiplier(self) -> np.float32:
+        """What the logits are multiplied by: 1 / logit_scale, in float32 as ggml computes it."""
+        return np.float32(1.0) / np.float32(self.logit_scale)
+
     def __str__(self) -> str:
-        return f"head({self.tensor}{f', softcap={self.softcap:g}' if self.softcap else ''})"
+        scale = f", / {self.logit_scale:g}" if self.logit_scale != 1.0 else ""
+        return f"head({self.tensor}{f', softcap={self.softcap:g}' if self.softcap else ''}{scale})"
 
 
 STEPS: tuple[type[Step], ...] = (Embed, RmsNorm, Qkv, QkNorm, Rope, Temperature, Attention, Output, PostNorm, Residual,
@@ -309,8 +323,8 @@ def recipe(config: ModelConfig, tensors: Collection[str]) -> Recipe:
     c, names = config, frozenset(tensors)
     kinds: dict[Steps, Steps] = {}  # one tuple per kind of layer, shared by the layers of that kind
     layers = tuple(kinds.setdefault(steps, steps) for steps in (_layer(c, names, il) for il in range(c.n_layer)))
-    return Recipe(c.arch, (Embed(c.options.scale_embeddings),), layers, (RmsNorm("output_norm"),),
-                  (Head("output.weight" not in names, c.final_softcap),))
+    return Recipe(c.arch, (Embed(c.options.scale_embeddings, c.embedding_scale),), layers, (RmsNorm("output_norm"),),
+                  (Head("output.weight" not in names, c.final_softcap, c.logit_scale),))
 
 
 def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
@@ -331,7 +345,7 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
               Output(f"{p}attn_output.bias" in names)]
     if opt.post_norms:
         steps.append(PostNorm("post_attention_norm"))
-    steps += [Residual(), RmsNorm(opt.ffn_norm)]
+    steps += [Residual(c.residual_scale), RmsNorm(opt.ffn_norm)]
     if c.n_expert:
         shared = "" if f"{p}ffn_down_shexp.weight" not in names else (
             "gated" if f"{p}ffn_gate_inp_shexp.weight" in names else "plain")
@@ -344,7 +358,7 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
         steps.append(Ffn(opt.ffn_activation, opt.fused_ffn, biased))
     if opt.post_norms:
         steps.append(PostNorm("post_ffw_norm"))
-    steps.append(Residual())
+    steps.append(Residual(c.residual_scale))
     return tuple(steps)
 
 

@@ -120,6 +120,8 @@ class ReferenceModel:
         a.x = self.w["token_embd.weight"][a.tokens]  # (n, n_embd)
         if step.scaled:
             a.x = a.x * np.float32(np.sqrt(self.config.n_embd))
+        if step.multiplier != 1.0:
+            a.x = a.x * np.float32(step.multiplier)
 
     def norm(self, step, p: str, a: Values) -> None:
         a.h = rms_norm(a.x, self.w[f"{p}{step.weight}.weight"], self.config.rms_eps)
@@ -181,7 +183,7 @@ class ReferenceModel:
         a.h = rms_norm(a.h, self.w[f"{p}{step.weight}.weight"], self.config.rms_eps)
 
     def residual(self, step, p: str, a: Values) -> None:
-        a.x = a.x + a.h
+        a.x = a.x + (a.h * np.float32(step.scale) if step.scale != 1.0 else a.h)
 
     def ffn(self, step, p: str, a: Values) -> None:
         if step.fused:
@@ -226,6 +228,8 @@ class ReferenceModel:
         logits = a.h @ self.w[step.tensor + ".weight"].T
         if step.softcap:
             logits = step.softcap * np.tanh(logits / step.softcap)
+        if step.logit_scale != 1.0:
+            logits = logits * step.multiplier
         a.h = logits
 
     STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
