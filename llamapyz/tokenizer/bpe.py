@@ -40,11 +40,13 @@ class BPEEncoder:
         self.vocab = vocab
         self.pretokenizer = PreTokenizer(vocab.pre)
         spec = self.pretokenizer.spec
-        self.ranks: dict[tuple[str, str], int] = {}
+        # each merge's rank, keyed by the merge's own string "left right" (split at its first space after the
+        # first character): no new objects per merge, a third of the memory of (left, right) keys (Llama 3's
+        # 280k merges: ~20 MiB instead of ~70)
+        self.ranks: dict[str, int] = {}
         for rank, merge in enumerate(vocab.merges):
-            cut = merge.find(" ", 1)
-            if cut > 0:  # llama.cpp keeps a merge without a space as ("", ""), which never applies
-                self.ranks.setdefault((merge[:cut], merge[cut + 1:]), rank)
+            if merge.find(" ", 1) > 0:  # llama.cpp keeps a merge without a space as ("", ""), which never applies
+                self.ranks.setdefault(merge, rank)
         self.ignore_merges = spec.ignore_merges
         self.escape_spaces = spec.escape_spaces
         self.newline_words_whole = spec.kind == "gemma4"  # llama.cpp's fix for Gemma 4 (its pull 21343)
@@ -67,7 +69,9 @@ class BPEEncoder:
         return out
 
     def _rank(self, left: str, right: str) -> int | None:
-        return self.ranks.get((left, right))
+        if left.find(" ", 1) >= 0:  # no merge's left side has a space after its first character
+            return None
+        return self.ranks.get(f"{left} {right}")
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         if self._byte_chars is not None:
