@@ -293,3 +293,14 @@ def test_the_start_up_error_line_is_capped(capsys):
     error, hint = capsys.readouterr().err.splitlines()
     assert exited.value.code == 1 and len(error) < 500 and error.endswith("more characters)")
     assert hint == "hint: copy it again"
+
+
+def test_version_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`./x.pyz --version | head -1`: the reader may go away before the second line; a BrokenPipeError
+    traceback was printed."""
+    archive = make_archive(tmp_path)
+    child = subprocess.Popen([sys.executable, str(archive), "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before anything is written
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err

@@ -382,12 +382,16 @@ def main() -> None:
     except BundleError as exc:
         fail(exc)
     user = sys.argv[1:]
-    if "--version" in user:
-        print(version_line(bundle))
-        print(size_table(part_sizes(bundle)))
+    try:
+        if "--version" in user:
+            print(version_line(bundle))
+            print(size_table(part_sizes(bundle)))
+            sys.exit(0)
+        if "--verify" in user:
+            sys.exit(0 if verify(bundle) else 1)
+    except BrokenPipeError:  # the reader went away (`--version | head -1`): nothing more to say, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         sys.exit(0)
-    if "--verify" in user:
-        sys.exit(0 if verify(bundle) else 1)
     sys.argv = [archive, *merge_args(bundle.args, user)]
     try:
         unpack(bundle, target, say=lambda line: print(line, file=sys.stderr))
