@@ -69,7 +69,10 @@ decode = model.tokenize(text, add_special=False)[1000:1000 + args["n_decode"]]
 words = args["chat_text"].split()
 chats = [model.chat_tokens([{"role": "user", "content": " ".join(words[:n])}]) for n in range(1, len(words) + 1)]
 chat = min(chats, key=lambda c: (abs(len(c) - args["n_chat"]), len(c)))
-model.prefill(prompt[:8]); model.decode(5)  # compile (or load cached kernels) before timing
+# compile (or load cached kernels) before timing, in a context of its own: numpy asks for huge pages for the KV
+# cache, so a context's first token makes every layer's first 2 MiB resident, and RSS would count the model's
+# default context (never used here) on top of the measured one
+warm = model.new_context(); model.prefill(prompt[:8], warm); model.decode(5, warm); del warm
 ttft = timed(model.prefill, chat, model.new_context())
 ctx = model.new_context()
 prefill = timed(model.prefill, prompt, ctx)

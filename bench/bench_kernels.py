@@ -51,6 +51,7 @@ import llamapyz  # noqa: E402,F401 - first: sets the thread-pool environment bef
 # isort: split
 import numpy as np  # noqa: E402
 
+from bench import real_shapes  # noqa: E402
 from llamapyz.bundler.registry import resolve_model  # noqa: E402
 from llamapyz.gguf.quants import FORMATS_BY_NAME  # noqa: E402
 from llamapyz.gguf.reader import Tensor  # noqa: E402
@@ -279,7 +280,8 @@ def profile_top(model, prompt: list[int], steps: int, top: int = 10) -> list[dic
 def main() -> None:
     global say
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default="smollm2", help="registry name or GGUF path (default smollm2)")
+    parser.add_argument("model", nargs="?", default="smollm2", help="registry name, GGUF path or a real shape "
+                        "and mix of bench/real_shapes.py (default smollm2)")
     parser.add_argument("-t", "--threads", type=int, help="threads (default: one per physical core)")
     parser.add_argument("--formats", help="comma-separated (default: every format with an integer row kernel)")
     parser.add_argument("--steps", type=int, default=32, help="decode steps timed per context length")
@@ -314,7 +316,9 @@ def main() -> None:
     if not args.no_kernels:
         report["kernels"] = bench_kernels(formats, bw, rng)
     if not args.no_model:
-        report["decode"] = bench_model(Path(resolve_model(args.model)), threads, args.steps, rng)
+        shape = real_shapes.parse(args.model)  # a real shape and mix, made when missing
+        path = real_shapes.write(*shape) if shape else Path(resolve_model(args.model))
+        report["decode"] = bench_model(path, threads, args.steps, rng)
     if args.json:
         print(json.dumps(report, indent=1))
 
