@@ -406,20 +406,67 @@ def test_the_default_sampling_options_bounds_are_the_apis(tmp_path, no_serving):
                 SamplingParams(**{name: bound.min})
 
 
-def interrupted(command: list[str], started: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
-    """Run `command`, call `started` with the process once it is under way, then press Ctrl+C (SIGINT, as a
-    terminal sends it); the exit code and stderr."""
+# `python -m llamapyz ARGS…` that prints every thread's stack on SIGUSR1 (faulthandler, from the signal handler
+# itself: it works in the middle of a numba call too), so a child that outlives the wait says where it was
+LLAMAPYZ_WITH_STACKS = ("import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1); "
+                        "runpy.run_module('llamapyz', run_name='__main__', alter_sys=True)")
+
+
+def interrupted(args: list[str], started: Callable[[subprocess.Popen], None],
+                program: str = LLAMAPYZ_WITH_STACKS) -> tuple[int, str]:
+    """Run `llamapyz ARGS…` (or the Python source `program`) as an interactive shell runs a foreground command,
+    call `started` with the process once it is under way, then press Ctrl+C (SIGINT, as a terminal sends it); the
+    exit code and stderr.
+
+    A foreground command starts with SIGINT at its default; a child inherits an ignored one, though, and pytest
+    ignores SIGINT when a script starts it in the background (`pytest … > log &`: POSIX shells without job
+    control start asynchronous commands so). Such a `run` would go on streaming after Ctrl+C, and `serve` stop
+    without a word (uvicorn re-raises the SIGINT it caught, into the ignored disposition it restored). So the
+    child is started while SIGINT has a handler here, which exec resets to the default."""
     import signal
 
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-c", program, *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if inherited is None else inherited)
     try:
         started(process)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            try:  # whether SIGINT was blocked, ignored or caught (Linux: bit SIGINT - 1 of each mask)
+                status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+                masks = " ".join(line for line in status if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+            except OSError:
+                masks = "(no /proc)"
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            process.kill()
+            _, stderr = process.communicate()
+            pytest.fail(f"still running 30 s after Ctrl+C; its signal masks: {masks}; its stderr and stacks:\n"
+                        f"{stderr[-20_000:]}")
     finally:
         if process.poll() is None:
             process.kill()
     return process.returncode, stderr
+
+
+def test_ctrl_c_reaches_the_child_even_where_pytest_ignores_it():
+    """What `interrupted` guards against: pytest started in the background by a script ignores SIGINT, and its
+    children would too (every Ctrl+C test below then failed, in whole runs started with `&`)."""
+    import signal
+
+    waits = "import time; print('ready', flush=True); time.sleep(60)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, stderr = interrupted([], lambda process: process.stdout.readline(), program=waits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # an uncaught KeyboardInterrupt ends Python by SIGINT itself, once its traceback is out
+    assert code == -signal.SIGINT and stderr.strip().splitlines()[-1] == "KeyboardInterrupt", (code, stderr)
 
 
 def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
@@ -451,10 +498,10 @@ def test_ctrl_c_while_a_stream_is_open_stops_the_server_with_one_line(tmp_path):
             time.sleep(0.05)
         time.sleep(0.5)
 
-    code, stderr = interrupted([sys.executable, "-m", "llamapyz", "serve", "-m", str(model), "-c", "100000",
-                                "-np", "1", "-t", "1", "--nobrowser", "--port", str(port)], started)
+    code, stderr = interrupted(["serve", "-m", str(model), "-c", "100000", "-np", "1", "-t", "1", "--nobrowser",
+                                "--port", str(port)], started)
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr
+    assert stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, f"exit code {code}; stderr:\n{stderr}"
     for stream_events in events:  # each client was told, not cut off
         assert stream_events and "shutting down" in stream_events[-1], events
 
@@ -466,6 +513,6 @@ def test_ctrl_c_while_run_streams_is_one_line(tmp_path):
     def started(process: subprocess.Popen) -> None:
         process.stdout.read(200)  # the prompt and generated text are coming
 
-    code, stderr = interrupted([sys.executable, "-m", "llamapyz", "run", "-m", str(model), "-p", "the cat",
-                                "-n", "100000", "-c", "100000", "-t", "1", "--temp", "0"], started)  # never ends
+    code, stderr = interrupted(["run", "-m", str(model), "-p", "the cat", "-n", "100000", "-c", "100000", "-t", "1",
+                                "--temp", "0"], started)  # never ends
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: aborted" and code == 1, stderr
