@@ -176,8 +176,13 @@ class Source:
 
     @functools.cached_property
     def qk_rms(self) -> list[tuple[float, float]]:
-        """Per layer, the measured rms of q and of k on the calibration text (see `measure_qk_rms`)."""
-        return measure_qk_rms(self)
+        """Per layer, the measured rms of q and of k on the calibration text (see `measure_rms`)."""
+        return [(m["q"], m["k"]) for m in self.rms]
+
+    @functools.cached_property
+    def rms(self) -> list[dict[str, float]]:
+        """Per layer, the measured rms of its values on the calibration text (see `measure_rms`)."""
+        return measure_rms(self)
 
     def tokenizer_metadata(self) -> Iterator[tuple[str, object, gguf.GGUFValueType, gguf.GGUFValueType | None]]:
         """(key, value, type, array element type) of every tokenizer.* key, in the source's order."""
@@ -226,8 +231,10 @@ def _rope_neox(x: np.ndarray, base: float) -> np.ndarray:
     return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
 
-def measure_qk_rms(src: Source) -> list[tuple[float, float]]:
-    """Per layer (rms of q, rms of k) over the calibration text: float64, 3 significant digits.
+def measure_rms(src: Source) -> list[dict[str, float]]:
+    """Per layer, the rms over the calibration text (float64, 3 significant digits) of q and k, of the residual
+    stream at its attention ("x_attn") and at its FFN ("x_ffn"), and of the attention's ("attn_out") and the
+    FFN's ("ffn_out") outputs before any post-norm.
 
     SmolLM2 (llama) or Gemma 3: embeddings (times sqrt(n_embd) for Gemma), pre-norm attention with NEOX rope
     on un-permuted q/k (the same function as llama's interleaved rope on the file's rows), Gemma's q/k norm and
@@ -248,9 +255,11 @@ def measure_qk_rms(src: Source) -> list[tuple[float, float]]:
         w = {name: v.astype(np.float64) for name, v in src.layer(i, GEMMA2_LAYER if gemma else LLAMA_LAYER).items()}
         if not gemma:
             w["attn_q"], w["attn_k"] = unpermute(w["attn_q"], n_head), unpermute(w["attn_k"], n_kv)
+        m = {"x_attn": _rms(x)}
         a = _rms_norm(x, w["attn_norm"], eps)
         q, k, v = (a @ w[name].T for name in ("attn_q", "attn_k", "attn_v"))
-        measured.append((sig3(math.sqrt(float(np.mean(q[1:] ** 2)))), sig3(math.sqrt(float(np.mean(k[1:] ** 2))))))
+        m |= {"q": _rms(q), "k": _rms(k)}
+        measured.append(m)
         q, k, v = q.reshape(len(ids), n_head, -1), k.reshape(len(ids), n_kv, -1), v.reshape(len(ids), n_kv, -1)
         base = h["rope.freq_base"]
         if gemma:
@@ -264,7 +273,9 @@ def measure_qk_rms(src: Source) -> list[tuple[float, float]]:
             probs = np.exp(scores - scores.max(axis=1, keepdims=True))
             heads.append(probs / probs.sum(axis=1, keepdims=True) @ v[:, j * n_kv // n_head])
         out = np.concatenate(heads, axis=1) @ w["attn_output"].T
+        m["attn_out"] = _rms(out)
         x = x + (_rms_norm(out, w["post_attention_norm"], eps) if gemma else out)
+        m["x_ffn"] = _rms(x)
         a = _rms_norm(x, w["ffn_norm"], eps)
         gate, up = a @ w["ffn_gate"].T, a @ w["ffn_up"].T
         if gemma:
@@ -272,8 +283,14 @@ def measure_qk_rms(src: Source) -> list[tuple[float, float]]:
         else:
             act = gate / (1 + np.exp(-gate))
         out = (act * up) @ w["ffn_down"].T
+        m["ffn_out"] = _rms(out)
         x = x + (_rms_norm(out, w["post_ffw_norm"], eps) if gemma else out)
     return measured
+
+
+def _rms(values: np.ndarray) -> float:
+    """The rms of a (n_tokens, ...) array, position 0 (an attention sink) left out, to 3 significant digits."""
+    return sig3(math.sqrt(float(np.mean(values[1:] ** 2))))
 
 
 # --- the families ------------------------------------------------------------------------------------------
@@ -506,6 +523,36 @@ def granite_extra(src: Source) -> Tensors:
     return {"output_norm": src.values("output_norm.weight") * np.float32(GRANITE_LOGIT)}
 
 
+# Layers without input norms (olmo2), their branches normed at the output: SmolLM2's input norm folded into the
+# matrices that read the residual stream (columns x norm weight / the stream's measured rms there), so a token of
+# typical size gives them SmolLM2's input; q and k normed again by their qk-norm (weights: their measured rms,
+# +-5% per dimension, as `qwen3_layer`), which takes each token's own size back out; each branch's output normed
+# to its measured rms (+-5%). What no fixed weight restores: v and the FFN's input keep each token's own stream
+# size (position 0's, an attention sink's, is many times the typical one), so the text degrades.
+NORM_SPREAD = 0.05
+
+
+def _spread(rms: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A norm weight of n dimensions about `rms`."""
+    return (rms * (1 + rng.normal(0, NORM_SPREAD, n))).astype(np.float32)
+
+
+def post_norm_layer(src: Source, i: int, rng: np.random.Generator, whole_qk: bool) -> Tensors:
+    """SmolLM2's layer (NEOX order) without input norms, q/k normed whole (`whole_qk`) or per head, post-norms."""
+    t, m = neox_attention(src, i), src.rms[i]
+    attn_norm, ffn_norm = t.pop("attn_norm"), t.pop("ffn_norm")
+    for names, norm, rms in ((("attn_q", "attn_k", "attn_v"), attn_norm, m["x_attn"]),
+                             (("ffn_gate", "ffn_up"), ffn_norm, m["x_ffn"])):
+        for name in names:
+            t[name] = t[name] * (norm / np.float32(rms))[None, :]
+    head_dim = src.hparams["embedding_length"] // src.hparams["attention.head_count"]
+    for name in ("attn_q", "attn_k"):
+        t[f"{name}_norm"] = _spread(m[name[-1]], len(t[name]) if whole_qk else head_dim, rng)
+    n_embd = len(attn_norm)
+    return t | {"post_attention_norm": _spread(m["attn_out"], n_embd, rng),
+                "post_ffw_norm": _spread(m["ffn_out"], n_embd, rng)}
+
+
 def output_extra(src: Source) -> Tensors:
     """An output matrix, which llama.cpp requires of qwen2moe and gpt-oss files: SmolLM2's tied embeddings."""
     return {"output": src.values("token_embd.weight")}
@@ -553,6 +600,9 @@ FAMILIES: dict[str, Family] = {
     # llama's layer and rope under ERNIE 4.5's name: SmolLM2 as it is (tied embeddings, as ERNIE-4.5-0.3B)
     "ernie4_5": Family("ernie4_5", "smollm2", 13, None, smollm2_hparams, llama_layer),
     "granite": Family("granite", "smollm2", 14, None, granite_hparams, granite_layer, granite_extra),
+    # no input norms, q and k normed whole, post-norms; llama.cpp requires olmo2's output matrix
+    "olmo2": Family("olmo2", "smollm2", 15, None, smollm2_hparams,
+                    lambda src, i, rng: post_norm_layer(src, i, rng, whole_qk=True), output_extra),
 }
 
 

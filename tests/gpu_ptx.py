@@ -25,6 +25,7 @@ CAPABILITIES = ((8, 0), (9, 0))
 SIGNATURES = {
     "product": "(int64, uint8[:, ::1], float32[:, ::1], float32[::1], float32[:, ::1], int64)",
     "rms_norm": "(float32[:, ::1], float32[::1], float32, float32[:, ::1])",
+    "rms_norm_span": "(float32[:, ::1], int64, int64, float32[::1], float32)",
     "add_norm": "(float32[:, ::1], float32[:, ::1], float32[::1], float32, float32, float32[::1], float32[:, ::1])",
     "qk_norm_rope": "(float32[:, ::1], int64, int64, float32[::1], float32[::1], float32, int64[::1], float32[:, ::1],"
                     " float32[:, ::1], int64, boolean)",

@@ -53,6 +53,12 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
      "logit_scale 16)", "granite",
      {"attention.key_length": 128, "embedding_scale": 12.0, "attention.scale": 0.0078125, "residual_scale": 0.22,
       "logit_scale": 16.0}, set()),
+    ("OLMo 2 (no input norms, q and k normed whole)", "olmo2", {"attention.key_length": 128, "rope.freq_base": 5e5},
+     {"output", "no_pre_norms", "qk_norm_whole", "post_norms"}),
+    ("Olmo 3 (olmo2 with a window on 3 of 4 layers, YaRN on the global ones)", "olmo2",
+     {"attention.key_length": 128, "rope.freq_base": 5e5, "attention.sliding_window": 4096,
+      "rope.scaling.type": "yarn", "rope.scaling.factor": 8.0, "rope.scaling.original_context_length": 8192},
+     {"output", "no_pre_norms", "qk_norm_whole", "post_norms"}),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",
@@ -72,15 +78,18 @@ def specimen(arch: str, metadata: dict, features: set[str]) -> Recipe:
 def tensor_names(n_layer: int, features: set[str]) -> set[str]:
     """The tensors of a file with `features`: output (not tied to token_embd), rope_freqs, longrope, qkv_bias,
     fused (attn_qkv and ffn_up = [gate; up]), qk_norm, post_norms, experts, shared_expert, biases (the experts',
-    router's and output's), sinks (gpt-oss's: with its post_attention_norm as the FFN's norm)."""
+    router's and output's), sinks (gpt-oss's: with its post_attention_norm as the FFN's norm), no_pre_norms (no
+    attn_norm, ffn_norm), qk_norm_whole (olmo2's: the tensors are qk_norm's, only longer)."""
     names = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} if "output" in features else set())
     names |= {"rope_freqs.weight"} if "rope_freqs" in features else set()
     names |= {"rope_factors_long.weight", "rope_factors_short.weight"} if "longrope" in features else set()
     for i in range(n_layer):
         p = f"blk.{i}."
-        layer = ["attn_norm", "attn_output", "post_attention_norm" if "sinks" in features else "ffn_norm"]
+        layer = ["attn_output"]
+        layer += [] if "no_pre_norms" in features else ["attn_norm", "post_attention_norm" if "sinks" in features
+                                                         else "ffn_norm"]
         layer += ["attn_qkv"] if "fused" in features else ["attn_q", "attn_k", "attn_v"]
-        layer += ["attn_q_norm", "attn_k_norm"] if "qk_norm" in features else []
+        layer += ["attn_q_norm", "attn_k_norm"] if {"qk_norm", "qk_norm_whole"} & features else []
         layer += ["post_attention_norm", "post_ffw_norm"] if "post_norms" in features else []
         if "experts" in features:
             layer += ["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]

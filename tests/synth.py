@@ -154,6 +154,7 @@ ARCH_FEATURES = {
     "gpt-oss": {"qkv_bias", "experts", "sinks", "biases", "window"},  # experts, router and output with biases
     "ernie4_5": set(),  # llama's tensors and rope
     "granite": {"multipliers"},  # llama's tensors; embedding, attention, residual and logit scales
+    "olmo2": {"no_pre_norms", "qk_norm", "qk_norm_whole", "post_norms"},  # q and k normed whole
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }
@@ -162,7 +163,8 @@ ARCH_FEATURES = {
 def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed: int = 0,
                 n_layer: int = 2, tied: bool = True, omit: tuple[str, ...] = (), extra: tuple[str, ...] = (),
                 experts: bool = False, rope_freqs: bool = False, small: bool = False,
-                chat_template: bool = True, yarn: bool = False, expert_type: str | None = None) -> None:
+                chat_template: bool = True, yarn: bool = False, expert_type: str | None = None,
+                sliding: bool = False) -> None:
     """A tiny random model of `arch` (an `ARCH_FEATURES` key) with its matrices in `weight_type`, less `omit`,
     plus `extra` F32 vectors (tensors no architecture uses). `experts`: llama as a Mixtral-style MoE (4
     experts, 2 used); `rope_freqs`: llama with Llama 3.1-style per-frequency rope factors; `small`: an eighth
@@ -170,9 +172,10 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     `chat_template`: False leaves tokenizer.chat_template out, as a base model's file does; `yarn`: YaRN rope
     scaling by 2 from an original context of 64 (a ramp over the rotary dimensions at this size), always on
     for mistral3, whose attention temperature starts there (8 for `small`); `expert_type`: the experts' format, if not
-    `weight_type` (gpt-oss ships MXFP4 experts)."""
+    `weight_type` (gpt-oss ships MXFP4 experts); `sliding`: a sliding window of 8 (for families that take one from
+    the file, as olmo2 does for Olmo 3)."""
     n_embd, n_ff, n_head, n_head_kv, head_dim = (32, 64, 2, 1, 16) if small else (256, 512, 4, 2, 64)
-    features = ARCH_FEATURES[arch] | ({"experts"} if experts else set())
+    features = ARCH_FEATURES[arch] | ({"experts"} if experts else set()) | ({"window"} if sliding else set())
     n_expert, n_ff_expert = 4, (64 if small else 256)
     rng = np.random.default_rng(seed)
     tokenizer = byte_level_tokenizer()
@@ -234,7 +237,8 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     matrix("token_embd.weight", n_vocab, n_embd, type_name="Q8_0" if tied else weight_type)
     for i in range(n_layer):
         p = f"blk.{i}."
-        norm(p + "attn_norm.weight", n_embd)
+        if "no_pre_norms" not in features:
+            norm(p + "attn_norm.weight", n_embd)
         if "fused" in features:
             matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, n_embd)
         else:
@@ -242,7 +246,8 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
             matrix(p + "attn_k.weight", kv_dim, n_embd)
             matrix(p + "attn_v.weight", kv_dim, n_embd)
         matrix(p + "attn_output.weight", n_embd, q_dim)
-        norm(p + ("post_attention_norm.weight" if arch == "gpt-oss" else "ffn_norm.weight"), n_embd)
+        if "no_pre_norms" not in features:
+            norm(p + ("post_attention_norm.weight" if arch == "gpt-oss" else "ffn_norm.weight"), n_embd)
         if "experts" in features:
             writer.add_tensor(p + "ffn_gate_inp.weight", rng.normal(0, 0.2, (n_expert, n_embd)).astype(np.float32))
             for name, shape in (("gate", (n_ff_expert, n_embd)), ("up", (n_ff_expert, n_embd)),
@@ -269,8 +274,9 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
         if "sinks" in features:
             norm(p + "attn_sinks.weight", n_head, 0.0, 1.0)
         if "qk_norm" in features:
-            norm(p + "attn_q_norm.weight", head_dim)
-            norm(p + "attn_k_norm.weight", head_dim)
+            whole = "qk_norm_whole" in features
+            norm(p + "attn_q_norm.weight", q_dim if whole else head_dim)
+            norm(p + "attn_k_norm.weight", kv_dim if whole else head_dim)
         if "post_norms" in features:
             norm(p + "post_attention_norm.weight", n_embd)
             norm(p + "post_ffw_norm.weight", n_embd)

@@ -36,6 +36,13 @@ at margins 0.54 and 0.82 put the usual gate at 101/103; from a margin of 1.0 on,
 is 1.0 and its short-prompt bound 2.75 (the other short prompts: <= 0.85, the long one 0.21). Its F16 file
 agrees at 100% with gaps <= 0.10 (sinks, windows past 128 tokens, YaRN, swiglu_oai, biased experts), its Q8_0
 file (MXFP4 experts too) passes the usual gate with gaps <= 0.56.
+
+olmo2 at Q4_K_M: its derived model has no input norms, so v and the FFN's input carry each token's own
+residual-stream size, and each int8 path lands about as far from the float32 reference as the two are from each
+other apart: on the chat prompt ours is 1.46 from llama.cpp, the reference 0.85 from ours and 0.90 from
+llama.cpp (on "The capital of France is": 1.03, 0.81, 0.64). So its short-prompt bound is 1.75; its sure
+positions agree at 126/126 with the usual margin, its long prompt's gap is 0.80. Its F16 file agrees at 100% with
+gaps <= 0.02, its Q8_0 file passes the usual gate (140/140, gaps <= 0.86).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ from tests.dress import FAMILIES, QUANTS, derived_path
 DATA = Path(__file__).resolve().parent / "data" / "arch"
 SENSITIVE = {("gemma2", "Q8_0"): (1.75, 1.75, 1.75), ("gemma2", "Q4_K_M"): (1.75, 1.75, 1.75),
              ("qwen3-yarn", "Q4_K_M"): (0.75, 1.0, 1.25),
-             ("gpt-oss", "Q4_K_M"): (1.0, 2.75, 1.25)}  # see the module docstring: (sure margin, short, long)
+             ("gpt-oss", "Q4_K_M"): (1.0, 2.75, 1.25),
+             ("olmo2", "Q4_K_M"): (0.5, 1.75, 1.25)}  # see the module docstring: (sure margin, short, long)
 SURE_MARGIN = 0.5
 LONG_PROMPT = 512
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]

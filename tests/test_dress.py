@@ -184,6 +184,9 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
     gpt_oss = {"post_attention_norm": (e,), "attn_sinks": (9,), "attn_output.bias": (e,), "ffn_gate_inp.bias": (4,),
                "ffn_gate_exps.bias": (4, 768), "ffn_up_exps.bias": (4, 768), "ffn_down_exps.bias": (4, e)}
     moe_no_norm = {k: v for k, v in moe.items() if k != "ffn_norm"}
+    # no input norms, post-norms (olmo2, exaone4)
+    post_normed = {k: v for k, v in (attention | dense).items() if k not in ("attn_norm", "ffn_norm")} | {
+        "post_attention_norm": (e,), "post_ffw_norm": (e,)}
     layer, extra = {
         "qwen2": (attention | dense | qkv_bias, {}),
         "qwen3": (attention | dense | qk_norm, {}),
@@ -200,6 +203,7 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "mistral3": (attention | dense, {}),
         "ernie4_5": (attention | dense, {}),
         "granite": (attention | dense, {}),
+        "olmo2": (post_normed | {"attn_q_norm": (q,), "attn_k_norm": (kv,)}, {"output": (m["vocab"], e)}),
         "gpt-oss": (attention | qkv_bias | moe_no_norm | gpt_oss, {"output": (m["vocab"], e)}),
     }[family]
     names = {"token_embd": (m["vocab"], e), "output_norm": (e,)} | extra

@@ -150,6 +150,24 @@ def test_norms_and_the_residual_with_and_without_a_post_norm(launch):
     scaled, h = x.copy(), np.zeros_like(x)  # granite's residual_scale: the branch times it, then the add (exact)
     kernels.launch_add_norm(scaled, y, kernels.NO_BIAS, 1e-6, weight, h, launch=launch, scale=0.22)
     np.testing.assert_array_equal(scaled, x + y * np.float32(0.22))
+    added, h = x.copy(), np.zeros_like(x)  # an empty weight: no input norm (olmo2), h = x
+    kernels.launch_add_norm(added, y, kernels.NO_BIAS, 1e-6, kernels.NO_BIAS, h, launch=launch)
+    np.testing.assert_array_equal(h, x + y)
+    kernels.launch_rms_norm(x, kernels.NO_BIAS, 1e-6, out, launch=launch)
+    np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.parametrize("launch", [kernels.ON_GPU, kernels.SIMULATED], ids=["on_gpu", "simulated"])
+def test_a_span_of_columns_normed_in_place(launch):
+    """olmo2's qk-norm: q (columns 0-63) and k (64-95) each normed over all their heads at once."""
+    rng = np.random.default_rng(14)
+    qkv = rng.standard_normal((3, 128)).astype(np.float32)
+    q_norm, k_norm = rng.standard_normal(64).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    expected = qkv.copy()
+    expected[:, :64], expected[:, 64:96] = rms_norm(qkv[:, :64], q_norm, 1e-6), rms_norm(qkv[:, 64:96], k_norm, 1e-6)
+    kernels.launch_rms_norm_span(qkv, 0, 64, q_norm, 1e-6, launch=launch)
+    kernels.launch_rms_norm_span(qkv, 64, 32, k_norm, 1e-6, launch=launch)
+    np.testing.assert_allclose(qkv, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_expert_gather_scatter_and_rank_sum_match_their_twins():

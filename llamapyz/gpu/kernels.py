@@ -139,8 +139,13 @@ def _inv_rms(partial, x, i, first, d, eps):
 
 @cuda.jit(cache=True)
 def rms_norm(x, weight, eps, out):
-    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight for each row i of x (n, d); grid n."""
+    """out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight for each row i of x (n, d), or out[i] = x[i] when weight
+    is empty (a branch without an input norm); grid n."""
     i = cuda.blockIdx.x
+    if weight.shape[0] == 0:
+        for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
+            out[i, j] = x[i, j]
+        return
     partial = cuda.shared.array(WARP, float32)
     inv = _inv_rms(partial, x, i, 0, x.shape[1], eps)
     for j in range(cuda.threadIdx.x, x.shape[1], cuda.blockDim.x):
@@ -148,10 +153,21 @@ def rms_norm(x, weight, eps, out):
 
 
 @cuda.jit(cache=True)
+def rms_norm_span(x, first, d, weight, eps):
+    """x[i, first:first + d] normed in place, times weight (d,), for each row i: q or k normed over all its heads
+    at once (olmo2's qk-norm); grid n."""
+    i = cuda.blockIdx.x
+    partial = cuda.shared.array(WARP, float32)
+    inv = _inv_rms(partial, x, i, first, d, eps)  # every lane's reads are summed before any lane writes
+    for j in range(cuda.threadIdx.x, d, cuda.blockDim.x):
+        x[i, first + j] = x[i, first + j] * inv * weight[j]
+
+
+@cuda.jit(cache=True)
 def add_norm(x, y, post_weight, eps, scale, weight, out):
     """x += y, or with a (non-empty) post_weight x += rms_norm(y) * post_weight (the post-norms), that branch
-    first times scale unless it is 1 (granite's residual_scale); then out = rms_norm(x) * weight: the residual
-    and the next step's input norm in one launch; grid n."""
+    first times scale unless it is 1 (granite's residual_scale); then out = rms_norm(x) * weight (out = x when
+    weight is empty: no input norm): the residual and the next step's input norm in one launch; grid n."""
     i, lane, lanes = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     partial = cuda.shared.array(WARP, float32)
     post = post_weight.shape[0] > 0
@@ -159,6 +175,10 @@ def add_norm(x, y, post_weight, eps, scale, weight, out):
     for j in range(lane, x.shape[1], lanes):  # each lane later reads back only what it wrote
         branch = y[i, j] * inv * post_weight[j] if post else y[i, j]
         x[i, j] += branch * scale if scale != float32(1.0) else branch
+    if weight.shape[0] == 0:
+        for j in range(lane, x.shape[1], lanes):
+            out[i, j] = x[i, j]
+        return
     inv = _inv_rms(partial, x, i, 0, x.shape[1], eps)
     for j in range(lane, x.shape[1], lanes):
         out[i, j] = x[i, j] * inv * weight[j]
@@ -367,6 +387,10 @@ def launch_product(fmt: int, w, x, bias, out, col0: int = 0, launch: Launch | No
 
 def launch_rms_norm(x, weight, eps: float, out, launch: Launch | None = None) -> None:
     rms_norm[x.shape[0], (launch or LAUNCH).lanes](x, weight, np.float32(eps), out)
+
+
+def launch_rms_norm_span(x, first: int, d: int, weight, eps: float, launch: Launch | None = None) -> None:
+    rms_norm_span[x.shape[0], (launch or LAUNCH).lanes](x, first, d, weight, np.float32(eps))
 
 
 def launch_add_norm(x, y, post_weight, eps: float, weight, out, launch: Launch | None = None, scale: float = 1.0

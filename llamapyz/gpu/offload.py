@@ -290,9 +290,9 @@ class Offload:
     # --- the launches, each for a run of steps: [(step, its tensors on the device, device layer index)] ----
 
     def rms_norm(self, run: list) -> Callable[[DeviceValues], None]:
-        """h = rms_norm(x): the first step."""
+        """h = rms_norm(x), or h = x (no_norm): the first step."""
         ((step, tensors, _),) = run
-        weight, eps = getattr(tensors, step.weight), self.config.rms_eps
+        weight, eps = getattr(tensors, step.weight) if step.name == "rms_norm" else self.none, self.config.rms_eps
         return lambda a: kernels.launch_rms_norm(a.x, weight, eps, a.s["h"])
 
     def qkv(self, run: list) -> Callable[[DeviceValues], None]:
@@ -300,13 +300,22 @@ class Offload:
         return lambda a: layer.qkv(a.s["h"], a.s["qkv"])
 
     def qk_norm_rope(self, run: list) -> Callable[[DeviceValues], None]:
-        """q and k heads normed (qk_norm) and rotated (rope) in place, in one launch; either may be absent."""
-        c, (last, layer, _) = self.config, run[-1]
-        normed = run[0][0].name == "qk_norm"
+        """q and k heads normed (qk_norm) and rotated (rope) in place, in one launch; either may be absent. q and k
+        normed whole (olmo2) are a launch each before."""
+        c, (first, layer, _), (last, _, _) = self.config, run[0], run[-1]
+        normed = first.name == "qk_norm"
         q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if normed else (self.none, self.none)
         cos, sin = layer.rope if last.name == "rope" else (self.none_table, self.none_table)
         n_rot, neox = (last.n_rot, last.neox) if last.name == "rope" else (0, False)
-        return lambda a: kernels.launch_qk_norm_rope(a.s["qkv"], c.n_head, c.n_head_kv, q_norm, k_norm, c.rms_eps,
+        q_dim, eps = c.n_head * c.head_dim, c.rms_eps
+        if normed and first.whole:
+            def whole(a: DeviceValues) -> None:
+                kernels.launch_rms_norm_span(a.s["qkv"], 0, q_dim, q_norm, eps)
+                kernels.launch_rms_norm_span(a.s["qkv"], q_dim, c.kv_dim, k_norm, eps)
+                kernels.launch_qk_norm_rope(a.s["qkv"], c.n_head, c.n_head_kv, self.none, self.none, eps, a.positions,
+                                            cos, sin, n_rot, neox)
+            return whole
+        return lambda a: kernels.launch_qk_norm_rope(a.s["qkv"], c.n_head, c.n_head_kv, q_norm, k_norm, eps,
                                                      a.positions, cos, sin, n_rot, neox)
 
     def attention(self, run: list) -> Callable[[DeviceValues], None]:
@@ -345,10 +354,12 @@ class Offload:
 
     def add_norm(self, run: list) -> Callable[[DeviceValues], None]:
         """x += post_norm(out), then h = the next step's norm of x (the next layer's attn_norm, or the output
-        norm), in one launch; at the end without the head, nothing reads that h (normed by output_norm)."""
+        norm; x itself for no_norm), in one launch; at the end without the head, nothing reads that h (normed by
+        output_norm)."""
         (post, tensors, _), (last, following, _) = run[0], run[-1]
         post_weight = getattr(tensors, post.weight) if post.name == "post_norm" else self.none
-        weight = getattr(following, last.weight) if last.name == "rms_norm" else self.output_norm
+        weight = (getattr(following, last.weight) if last.name == "rms_norm" else self.none if last.name == "no_norm"
+                  else self.output_norm)
         eps, scale = self.config.rms_eps, next(step.scale for step, _, _ in run if step.name == "residual")
         return lambda a: kernels.launch_add_norm(a.x, a.s["out"], post_weight, eps, weight, a.s["h"], scale=scale)
 
@@ -410,8 +421,8 @@ class Offload:
 # runs of recipe steps the device does at once, tried in this order at each point of the offloaded steps
 # ("name?": a step the run may go without), and the Offload method that makes the launch
 LAUNCHES = (
-    ("add_norm", ("post_norm?", "residual", "rms_norm?")),
-    ("rms_norm", ("rms_norm",)),
+    ("add_norm", ("post_norm?", "residual", "rms_norm|no_norm?")),
+    ("rms_norm", ("rms_norm|no_norm",)),
     ("qkv", ("qkv",)),
     ("qk_norm_rope", ("qk_norm?", "rope?")),
     ("temperature", ("temperature",)),

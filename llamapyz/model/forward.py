@@ -33,7 +33,7 @@ from .fused import FusedLayer, fused_run, shared_width
 from .hparams import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
-from .ops import AttentionWork, Rope, attention, gated_ffn_input, rms_norm, softcap
+from .ops import AttentionWork, Rope, attention, gated_ffn_input, qk_norm_spans, rms_norm, softcap
 from .recipe import Step, Steps, recipe
 from .weights import LayerWeights, Weights
 from .workspace import Workspace, Workspaces
@@ -220,13 +220,18 @@ class Transformer:
     def norm(self, step: Step, il: int, w: LayerWeights | Weights, a: Activations) -> None:
         a.h = rms_norm(a.x, getattr(w, step.weight), self.config.rms_eps, out=a.ws.h[:len(a.x)])
 
+    def no_norm(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
+        a.h = a.ws.h[:len(a.x)]
+        np.copyto(a.h, a.x)  # a copy: the steps after it may write to h
+
     def qkv(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         a.q, a.k, a.v = self.project(a.h, w.attn_q, w.attn_k, w.attn_v)  # (n, q_dim), (n, kv_dim) twice
 
     def qk_norm(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         c = self.config
-        rms_norm_heads(a.q, 0, c.n_head, c.head_dim, w.attn_q_norm, c.rms_eps)
-        rms_norm_heads(a.k, 0, c.n_head_kv, c.head_dim, w.attn_k_norm, c.rms_eps)
+        (q_heads, q_width), (k_heads, k_width) = qk_norm_spans(step, c)
+        rms_norm_heads(a.q, 0, q_heads, q_width, w.attn_q_norm, c.rms_eps)
+        rms_norm_heads(a.k, 0, k_heads, k_width, w.attn_k_norm, c.rms_eps)
 
     def rotate(self, step: Step, il: int, w: LayerWeights, a: Activations) -> None:
         rope = self.ropes[step]
@@ -278,7 +283,7 @@ class Transformer:
         if step.logit_scale != 1.0:
             a.h *= step.multiplier
 
-    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
+    STEPS = {"embed": embed, "rms_norm": norm, "no_norm": no_norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
              "temperature": temperature, "attention": attend, "output": output, "post_norm": post_norm,
              "residual": residual, "ffn": ffn, "moe": experts, "head": head}
 

@@ -21,7 +21,7 @@ from ..kernels import layer as layer_kernels
 from ..kernels.linear import MatrixGroup
 from ..kernels.steps import GATED_ACTIVATIONS
 from .hparams import ModelConfig
-from .ops import Rope
+from .ops import Rope, qk_norm_spans
 from .recipe import Step, Steps, match
 from .weights import LayerWeights
 
@@ -86,19 +86,21 @@ def shared_width(layers: list[FusedLayer]) -> tuple[int, dict[str, set[str]]]:
 
 def _attention_input(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
                      ) -> Run | None:
-    """rms_norm, qkv, [qk_norm], [rope]: h = norm(x); q, k, v of h, normed per head and rotated."""
+    """rms_norm or no_norm, qkv, [qk_norm], [rope]: h = norm(x) (or x); q, k, v of h, normed per head (or whole)
+    and rotated."""
     if f.qkv is None:
         return None
-    buffer, qkv, norm, eps = f.buffer, f.qkv, getattr(layer, steps[0].weight), c.rms_eps
+    buffer, qkv, norm, eps = f.buffer, f.qkv, _input_norm(steps[0], layer), c.rms_eps
     names = [s.name for s in steps]
     q_norm, k_norm = (layer.attn_q_norm, layer.attn_k_norm) if "qk_norm" in names else (NONE, NONE)
+    spans = qk_norm_spans(steps[2], c) if "qk_norm" in names else ((0, 0), (0, 0))
     heads, tables = (c.n_head, c.n_head_kv, c.head_dim), ropes[steps[-1]].tables if "rope" in names else NO_ROPE
     q_dim, kv_dim = c.n_head * c.head_dim, c.kv_dim
 
     def run(a: Activations) -> None:
         s = a.ws
         layer_kernels.attention_input(a.x, buffer, norm, eps, qkv, s.embd_forms, s.h, s.qkv, q_norm, k_norm, heads,
-                                      tables, a.positions)
+                                      spans, tables, a.positions)
         a.q, a.k, a.v = s.qkv[:, :q_dim], s.qkv[:, q_dim:q_dim + kv_dim], s.qkv[:, q_dim + kv_dim:]
 
     return run
@@ -121,11 +123,11 @@ def _add_attention_output(steps: Steps, f: FusedLayer, layer: LayerWeights, c: M
 
 def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, ropes: dict[Step, Rope]
              ) -> Run | None:
-    """rms_norm, ffn, [post_norm], residual: x += post_norm(ffn(norm(x)))."""
+    """rms_norm or no_norm, ffn, [post_norm], residual: x += post_norm(ffn(norm(x) or x))."""
     if f.gate_up is None or f.down is None or steps[1].activation not in GATED_ACTIVATIONS:
         return None
     buffer, gate_up, down, eps, scale = f.buffer, f.gate_up, f.down, c.rms_eps, np.float32(steps[-1].scale)
-    norm, kind = getattr(layer, steps[0].weight), GATED_ACTIVATIONS.index(steps[1].activation)
+    norm, kind = _input_norm(steps[0], layer), GATED_ACTIVATIONS.index(steps[1].activation)
     post = getattr(layer, steps[2].weight) if steps[2].name == "post_norm" else NONE
 
     def run(a: Activations) -> None:
@@ -136,11 +138,17 @@ def _add_ffn(steps: Steps, f: FusedLayer, layer: LayerWeights, c: ModelConfig, r
     return run
 
 
-# each layer kernel: the run of recipe steps it does ("name?": one it may go without), and what makes its call
+def _input_norm(step: Step, layer: LayerWeights) -> np.ndarray:
+    """A branch's input norm weight for the kernels: empty for no_norm (h = x)."""
+    return getattr(layer, step.weight) if step.name == "rms_norm" else NONE
+
+
+# each layer kernel: the run of recipe steps it does ("name?": one it may go without; "a|b": either), and what
+# makes its call
 KERNELS = {
-    "attention_input": (("rms_norm", "qkv", "qk_norm?", "rope?"), _attention_input),
+    "attention_input": (("rms_norm|no_norm", "qkv", "qk_norm?", "rope?"), _attention_input),
     "add_attention_output": (("output", "post_norm?", "residual"), _add_attention_output),
-    "add_ffn": (("rms_norm", "ffn", "post_norm?", "residual"), _add_ffn),
+    "add_ffn": (("rms_norm|no_norm", "ffn", "post_norm?", "residual"), _add_ffn),
 }
 
 

@@ -22,6 +22,8 @@ class ArchOptions:
     rope_neox: bool = False  # rotate halves (i, i + n_rot/2) instead of interleaved pairs (2i, 2i+1)
     scale_embeddings: bool = False  # token embeddings * sqrt(n_embd)
     qk_norm: bool = False  # per-head RMSNorm of q and k (attn_q_norm, attn_k_norm), required
+    qk_norm_whole: bool = False  # qk_norm over each token's whole q (n_head * head_dim) and k, not per head (olmo2)
+    pre_norms: bool = True  # each branch's input RMSNorm (attn_norm, ffn_norm); without: it takes x as is (olmo2)
     post_norms: bool = False  # RMSNorm of the attention and FFN outputs before each residual add
     ffn_activation: str = "silu"  # gate activation: silu or gelu_tanh
     fused_ffn: bool = False  # ffn_up holds [gate; up] (2 n_ff rows) and there is no ffn_gate (phi3)
@@ -32,6 +34,9 @@ class ArchOptions:
     sliding_window_pattern: int | None = None
     default_sliding_window: int = 0  # tokens, when the file names none
     local_rope_base: float | None = None  # rope base of sliding layers unless rope.freq_base_swa; None: global's
+    # the sliding layers' rope: "own" (local_rope_base, the file's scaling), "global" (the global layers' rope:
+    # llama.cpp's exaone4), "unscaled" (the global base without the file's scaling: its olmo2, for Olmo 3)
+    sliding_rope: str = "own"
     attn_softcap: float = 0.0  # default attention-logit soft-capping (file key attn_logit_softcapping wins)
     final_softcap: float = 0.0  # default final-logit soft-capping (file key final_logit_softcapping wins)
     wide_attention_scale_layers: int = 0  # llama.cpp scales the 27B gemmas (known by layer count) by
@@ -80,6 +85,10 @@ ARCHITECTURES: dict[str, ArchOptions] = {
                            ffn_activation="swiglu_oai", expert_gating="softmax_weight", expert_weights_norm=False),
     # ernie4_5: llama's layer (pairs rope, an optional attn_output bias); its MoE is another architecture
     "ernie4_5": ArchOptions(),
+    # olmo2: no input norms, q and k normed whole, post-norms; Olmo 3's files (olmo2 too) add a window with
+    # llama.cpp's n_pattern 4 (or the file's per-layer list), its sliding layers' rope unscaled
+    "olmo2": ArchOptions(rope_neox=True, qk_norm=True, qk_norm_whole=True, pre_norms=False, post_norms=True,
+                         sliding_window_pattern=4, sliding_rope="unscaled"),
     # granite: llama's layer (pairs rope, optional rope_freqs and biases) with its scalar multipliers
     "granite": ArchOptions(rope_factors="freqs", multipliers=True),
     "gemma2": ArchOptions(

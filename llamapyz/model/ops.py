@@ -10,12 +10,16 @@ products, is its batched twin for the tests), and `softcap` is gemma2's final-lo
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
 from ..kernels import steps as kernels
-from .hparams import Yarn
+from .hparams import ModelConfig, Yarn
+
+if TYPE_CHECKING:
+    from .recipe import QkNorm
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -34,6 +38,13 @@ def gated_ffn_input(gate: np.ndarray, up: np.ndarray, activation: str, out: np.n
     for g, u, o in zip(gate, up, out, strict=True):
         kernels.gated_activation(g, u, kind, o)
     return out
+
+
+def qk_norm_spans(step: QkNorm, c: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((count, width) of q's normed spans, the same of k's): each head, or (`whole`) all heads at once."""
+    if step.whole:
+        return (1, c.n_head * c.head_dim), (1, c.kv_dim)
+    return (c.n_head, c.head_dim), (c.n_head_kv, c.head_dim)
 
 
 def softcap(x: np.ndarray, cap: float) -> np.ndarray:

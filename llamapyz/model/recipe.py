@@ -63,6 +63,16 @@ class RmsNorm(Step):
 
 
 @dataclass(frozen=True)
+class NoNorm(Step):
+    """h = x: a branch that takes the residual stream as it is (olmo2's layers have no input norms)."""
+
+    name = "no_norm"
+
+    def __str__(self) -> str:
+        return "no_norm"
+
+
+@dataclass(frozen=True)
 class Qkv(Step):
     """q, k, v = h @ attn_q.T, h @ attn_k.T, h @ attn_v.T (+ their biases). `fused`: the file holds the three
     as one attn_qkv (a layout the loader resolves into row slices)."""
@@ -78,12 +88,14 @@ class Qkv(Step):
 
 @dataclass(frozen=True)
 class QkNorm(Step):
-    """Each head of q rms-normed with attn_q_norm, each of k with attn_k_norm (head_dim,)."""
+    """Each head of q rms-normed with attn_q_norm, each of k with attn_k_norm (head_dim,); `whole`: each token's
+    whole q (n_head * head_dim) and whole k (n_head_kv * head_dim) normed at once, the weights that long (olmo2)."""
 
     name = "qk_norm"
+    whole: bool = False
 
     def __str__(self) -> str:
-        return "qk_norm(attn_q_norm, attn_k_norm)"
+        return f"qk_norm(attn_q_norm, attn_k_norm{', over all heads' if self.whole else ''})"
 
 
 @dataclass(frozen=True)
@@ -257,8 +269,8 @@ class Head(Step):
         return f"head({self.tensor}{f', softcap={self.softcap:g}' if self.softcap else ''}{scale})"
 
 
-STEPS: tuple[type[Step], ...] = (Embed, RmsNorm, Qkv, QkNorm, Rope, Temperature, Attention, Output, PostNorm, Residual,
-                                 Ffn, Moe, Head)
+STEPS: tuple[type[Step], ...] = (Embed, RmsNorm, NoNorm, Qkv, QkNorm, Rope, Temperature, Attention, Output, PostNorm,
+                                 Residual, Ffn, Moe, Head)
 Steps = tuple[Step, ...]
 
 
@@ -332,12 +344,17 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
     opt, p = c.options, f"blk.{il}."
     fused_qkv = f"{p}attn_qkv.weight" in names
     qkv = ("attn_qkv",) if fused_qkv else ("attn_q", "attn_k", "attn_v")
-    steps: list[Step] = [RmsNorm("attn_norm"), Qkv(fused_qkv, any(f"{p}{t}.bias" in names for t in qkv))]
+    steps: list[Step] = [RmsNorm("attn_norm") if opt.pre_norms else NoNorm(),
+                         Qkv(fused_qkv, any(f"{p}{t}.bias" in names for t in qkv))]
     if opt.qk_norm:
-        steps.append(QkNorm())
+        steps.append(QkNorm(opt.qk_norm_whole))
     if not opt.no_rope_layer_step or (il + 1) % opt.no_rope_layer_step:
-        steps.append(Rope(opt.rope_neox, c.rope_base_of(il), c.n_rot, c.head_dim, rope_factors(c, names),
-                          c.rope_freq_scale, c.rope_attn_factor, c.rope_yarn))
+        base = c.rope_base if opt.sliding_rope != "own" else c.rope_base_of(il)
+        if opt.sliding_rope == "unscaled" and not c.is_global(il):
+            steps.append(Rope(opt.rope_neox, base, c.n_rot, c.head_dim))
+        else:
+            steps.append(Rope(opt.rope_neox, base, c.n_rot, c.head_dim, rope_factors(c, names), c.rope_freq_scale,
+                              c.rope_attn_factor, c.rope_yarn))
     if c.attn_temp_scale:
         steps.append(Temperature(c.attn_temp_scale, c.rope_original_ctx))
     steps += [Attention(0 if c.is_global(il) else c.sliding_window, c.attention_scale, c.attn_softcap,
@@ -345,7 +362,7 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
               Output(f"{p}attn_output.bias" in names)]
     if opt.post_norms:
         steps.append(PostNorm("post_attention_norm"))
-    steps += [Residual(c.residual_scale), RmsNorm(opt.ffn_norm)]
+    steps += [Residual(c.residual_scale), RmsNorm(opt.ffn_norm) if opt.pre_norms else NoNorm()]
     if c.n_expert:
         shared = "" if f"{p}ffn_down_shexp.weight" not in names else (
             "gated" if f"{p}ffn_gate_inp_shexp.weight" in names else "plain")
@@ -374,11 +391,12 @@ def rope_factors(c: ModelConfig, names: Collection[str]) -> str:
 
 
 def match(pattern: Sequence[str], steps: Sequence[Step], start: int) -> int:
-    """How many steps from `start` a run of step names covers ("name?": a step the run may go without), or 0
-    when it does not match: how a backend finds the runs of steps one of its kernels does at once."""
+    """How many steps from `start` a run of step names covers ("name?": a step the run may go without;
+    "name|other": either), or 0 when it does not match: how a backend finds the runs of steps one of its
+    kernels does at once."""
     i = start
     for want in pattern:
-        if i < len(steps) and steps[i].name == want.rstrip("?"):
+        if i < len(steps) and steps[i].name in want.rstrip("?").split("|"):
             i += 1
         elif not want.endswith("?"):
             return 0

@@ -126,6 +126,9 @@ class ReferenceModel:
     def norm(self, step, p: str, a: Values) -> None:
         a.h = rms_norm(a.x, self.w[f"{p}{step.weight}.weight"], self.config.rms_eps)
 
+    def no_norm(self, step, p: str, a: Values) -> None:
+        a.h = a.x
+
     def qkv(self, step, p: str, a: Values) -> None:
         c, n = self.config, len(a.tokens)
         if step.fused:
@@ -138,8 +141,9 @@ class ReferenceModel:
         a.v = v.reshape(n, c.n_head_kv, c.head_dim)
 
     def qk_norm(self, step, p: str, a: Values) -> None:
-        a.q = rms_norm(a.q, self.w[p + "attn_q_norm.weight"], self.config.rms_eps)
-        a.k = rms_norm(a.k, self.w[p + "attn_k_norm.weight"], self.config.rms_eps)
+        q, k = (a.q.reshape(len(a.q), -1), a.k.reshape(len(a.k), -1)) if step.whole else (a.q, a.k)  # whole: (n, all)
+        a.q = rms_norm(q, self.w[p + "attn_q_norm.weight"], self.config.rms_eps).reshape(a.q.shape)
+        a.k = rms_norm(k, self.w[p + "attn_k_norm.weight"], self.config.rms_eps).reshape(a.k.shape)
 
     def rotate(self, step, p: str, a: Values) -> None:
         turn = dict(base=step.base, n_rot=step.n_rot, neox=step.neox,
@@ -232,6 +236,6 @@ class ReferenceModel:
             logits = logits * step.multiplier
         a.h = logits
 
-    STEPS = {"embed": embed, "rms_norm": norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
+    STEPS = {"embed": embed, "rms_norm": norm, "no_norm": no_norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
              "temperature": temperature, "attention": attention,
              "output": attn_output, "post_norm": post_norm, "residual": residual, "ffn": ffn, "moe": moe, "head": head}

@@ -41,17 +41,17 @@ class Experts:
 
 @dataclass
 class LayerWeights:
-    attn_norm: np.ndarray  # (n_embd,)
+    attn_norm: np.ndarray | None  # (n_embd,); None without input norms (olmo2)
     attn_q: QuantMatrix  # (n_head * head_dim, n_embd), its bias if the file has one
     attn_k: QuantMatrix  # (n_head_kv * head_dim, n_embd)
     attn_v: QuantMatrix  # (n_head_kv * head_dim, n_embd)
     attn_output: QuantMatrix  # (n_embd, n_head * head_dim)
-    ffn_norm: np.ndarray | None  # (n_embd,); None where the FFN's input norm has another name (gpt-oss)
+    ffn_norm: np.ndarray | None  # (n_embd,); None where the FFN's input norm has another name (gpt-oss) or none
     ffn_gate: QuantMatrix | None = None  # (n_ff, n_embd); None with experts
     ffn_up: QuantMatrix | None = None  # (n_ff, n_embd)
     ffn_down: QuantMatrix | None = None  # (n_embd, n_ff)
     experts: Experts | None = None
-    attn_q_norm: np.ndarray | None = None  # (head_dim,) with qk_norm
+    attn_q_norm: np.ndarray | None = None  # (head_dim,) with qk_norm; (n_head * head_dim,) normed whole (olmo2)
     attn_k_norm: np.ndarray | None = None
     post_attention_norm: np.ndarray | None = None  # (n_embd,) with post_norms
     post_ffw_norm: np.ndarray | None = None
@@ -139,12 +139,13 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
             q, k, v = (t.matrix(p + "attn_q", q_dim, c.n_embd), t.matrix(p + "attn_k", kv_dim, c.n_embd),
                        t.matrix(p + "attn_v", kv_dim, c.n_embd))
         layer = LayerWeights(
-            attn_norm=t.vector(p + "attn_norm.weight", c.n_embd),
+            attn_norm=t.vector(p + "attn_norm.weight", c.n_embd) if opt.pre_norms else None,
             attn_q=q, attn_k=k, attn_v=v,
             attn_output=t.matrix(p + "attn_output", c.n_embd, q_dim),
-            ffn_norm=t.vector(p + "ffn_norm.weight", c.n_embd) if opt.ffn_norm == "ffn_norm" else None,
+            ffn_norm=t.vector(p + "ffn_norm.weight", c.n_embd) if opt.ffn_norm == "ffn_norm" and opt.pre_norms
+            else None,
         )
-        if opt.ffn_norm != "ffn_norm":
+        if opt.ffn_norm != "ffn_norm" and opt.pre_norms:
             setattr(layer, opt.ffn_norm, t.vector(f"{p}{opt.ffn_norm}.weight", c.n_embd))
         if t.has(p + "attn_sinks.weight"):
             layer.attn_sinks = t.vector(p + "attn_sinks.weight", c.n_head)
@@ -161,8 +162,9 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
             layer.ffn_up = t.matrix(p + "ffn_up", n_ff, c.n_embd)
             layer.ffn_down = t.matrix(p + "ffn_down", c.n_embd, n_ff)
         if opt.qk_norm:
-            layer.attn_q_norm = t.vector(p + "attn_q_norm.weight", c.head_dim)
-            layer.attn_k_norm = t.vector(p + "attn_k_norm.weight", c.head_dim)
+            whole = opt.qk_norm_whole
+            layer.attn_q_norm = t.vector(p + "attn_q_norm.weight", q_dim if whole else c.head_dim)
+            layer.attn_k_norm = t.vector(p + "attn_k_norm.weight", kv_dim if whole else c.head_dim)
         if opt.post_norms:
             layer.post_attention_norm = t.vector(p + "post_attention_norm.weight", c.n_embd)
             layer.post_ffw_norm = t.vector(p + "post_ffw_norm.weight", c.n_embd)
