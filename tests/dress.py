@@ -603,6 +603,9 @@ FAMILIES: dict[str, Family] = {
     # no input norms, q and k normed whole, post-norms; llama.cpp requires olmo2's output matrix
     "olmo2": Family("olmo2", "smollm2", 15, None, smollm2_hparams,
                     lambda src, i, rng: post_norm_layer(src, i, rng, whole_qk=True), output_extra),
+    # olmo2's layer with per-head q/k norms; SmolLM2's 30 layers are EXAONE 4.0 1.2B's: no window, rope everywhere
+    "exaone4": Family("exaone4", "smollm2", 16, None, smollm2_hparams,
+                      lambda src, i, rng: post_norm_layer(src, i, rng, whole_qk=False)),
 }
 
 

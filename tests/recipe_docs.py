@@ -59,6 +59,8 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
      {"attention.key_length": 128, "rope.freq_base": 5e5, "attention.sliding_window": 4096,
       "rope.scaling.type": "yarn", "rope.scaling.factor": 8.0, "rope.scaling.original_context_length": 8192},
      {"output", "no_pre_norms", "qk_norm_whole", "post_norms"}),
+    ("EXAONE 4.0 (1.2B's layout; the 32B's 64 layers add a window of 4,096 on 3 of 4, rope only there)", "exaone4",
+     {"attention.key_length": 64}, {"no_pre_norms", "qk_norm", "post_norms"}),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",

@@ -155,6 +155,7 @@ ARCH_FEATURES = {
     "ernie4_5": set(),  # llama's tensors and rope
     "granite": {"multipliers"},  # llama's tensors; embedding, attention, residual and logit scales
     "olmo2": {"no_pre_norms", "qk_norm", "qk_norm_whole", "post_norms"},  # q and k normed whole
+    "exaone4": {"no_pre_norms", "qk_norm", "post_norms"},  # olmo2's layer with per-head q/k norms
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }

@@ -203,6 +203,7 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "mistral3": (attention | dense, {}),
         "ernie4_5": (attention | dense, {}),
         "granite": (attention | dense, {}),
+        "exaone4": (post_normed | qk_norm, {}),
         "olmo2": (post_normed | {"attn_q_norm": (q,), "attn_k_norm": (kv,)}, {"output": (m["vocab"], e)}),
         "gpt-oss": (attention | qkv_bias | moe_no_norm | gpt_oss, {"output": (m["vocab"], e)}),
     }[family]

@@ -75,6 +75,11 @@ FAMILIES = {
                "post_norm", "residual"], ["rope(neox, base=10000)", "attention(window=8, scale=1/√64)",
                                           "rope(neox, base=10000, freq_scale=0.5, attn_factor=1.06931, yarn(beta 32/1, "
                                           "original 64))", "attention(global, scale=1/√64)"]),
+    "exaone4": (["no_norm", "qkv", "qk_norm", "rope", "attention", "output", "post_norm", "residual", "no_norm", "ffn",
+                 "post_norm", "residual"], ["qk_norm(attn_q_norm, attn_k_norm)", "rope(neox, base=10000)"]),
+    "exaone4-32b": ([["no_norm", "qkv", "qk_norm"] + (["rope"] if il % 4 < 3 else []) + ["attention", "output",
+                     "post_norm", "residual", "no_norm", "ffn", "post_norm", "residual"] for il in range(64)],
+                    ["attention(window=8, scale=1/√64)", "attention(global, scale=1/√64)"]),
     "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",

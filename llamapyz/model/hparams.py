@@ -33,6 +33,8 @@ class ArchOptions:
     # None: the architecture has none (phi3 files carry a window that llama.cpp ignores, see pull 13676)
     sliding_window_pattern: int | None = None
     default_sliding_window: int = 0  # tokens, when the file names none
+    sliding_window_layers: int = 0  # N > 0: windows only in a model of N layers (llama.cpp's exaone4: the 32B's 64)
+    rope_sliding_only: bool = False  # a model with windows rotates only in its sliding layers (exaone4)
     local_rope_base: float | None = None  # rope base of sliding layers unless rope.freq_base_swa; None: global's
     # the sliding layers' rope: "own" (local_rope_base, the file's scaling), "global" (the global layers' rope:
     # llama.cpp's exaone4), "unscaled" (the global base without the file's scaling: its olmo2, for Olmo 3)
@@ -89,6 +91,11 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     # llama.cpp's n_pattern 4 (or the file's per-layer list), its sliding layers' rope unscaled
     "olmo2": ArchOptions(rope_neox=True, qk_norm=True, qk_norm_whole=True, pre_norms=False, post_norms=True,
                          sliding_window_pattern=4, sliding_rope="unscaled"),
+    # exaone4: olmo2's layer with per-head q/k norms; windows only in the 64-layer 32B (llama.cpp decides by the
+    # layer count), whose global layers have no rope
+    "exaone4": ArchOptions(rope_neox=True, qk_norm=True, pre_norms=False, post_norms=True, rope_factors="freqs",
+                           sliding_window_pattern=4, default_sliding_window=4096, sliding_window_layers=64,
+                           sliding_rope="global", rope_sliding_only=True),
     # granite: llama's layer (pairs rope, optional rope_freqs and biases) with its scalar multipliers
     "granite": ArchOptions(rope_factors="freqs", multipliers=True),
     "gemma2": ArchOptions(
@@ -243,7 +250,11 @@ class ModelConfig:
                                residual_scale=real("residual_scale", 0.0, zero=True) or 1.0,
                                logit_scale=real("logit_scale"),
                                attn_scale=real("attention.scale", 0.0, zero=True))
+        if integer("nextn_predict_layers", 0):  # multi-token prediction layers, which llama.cpp loads but skips
+            raise UnsupportedModelError(f"{arch} model: nextn (multi-token prediction) layers are not supported")
         pattern = options.sliding_window_pattern
+        if options.sliding_window_layers and n_layer != options.sliding_window_layers:
+            pattern = None
         window = integer("attention.sliding_window", options.default_sliding_window) if pattern is not None else 0
         return cls(
             arch=arch,

@@ -348,7 +348,9 @@ def _layer(c: ModelConfig, names: frozenset[str], il: int) -> Steps:
                          Qkv(fused_qkv, any(f"{p}{t}.bias" in names for t in qkv))]
     if opt.qk_norm:
         steps.append(QkNorm(opt.qk_norm_whole))
-    if not opt.no_rope_layer_step or (il + 1) % opt.no_rope_layer_step:
+    unrotated = (opt.no_rope_layer_step and (il + 1) % opt.no_rope_layer_step == 0) or (
+        opt.rope_sliding_only and any(c.sliding_layers) and c.is_global(il))
+    if not unrotated:
         base = c.rope_base if opt.sliding_rope != "own" else c.rope_base_of(il)
         if opt.sliding_rope == "unscaled" and not c.is_global(il):
             steps.append(Rope(opt.rope_neox, base, c.n_rot, c.head_dim))
