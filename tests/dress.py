@@ -98,6 +98,17 @@ def partial_rotary(w: np.ndarray, n_head: int, n_rot: int) -> np.ndarray:
     return w.reshape(n_head, 2 * half, n_in)[:, order].reshape(n_out, n_in)
 
 
+def interleaved_partial_rotary(w: np.ndarray, n_head: int, n_rot: int) -> np.ndarray:
+    """Rows of interleaved (pairs) q/k heads re-laid for pairs rotary on the first `n_rot` of each head's dims:
+    `partial_rotary` on the NEOX order, then the rotated dims' halves interleaved again (a_0, b_0, a_1, b_1, ...)."""
+    n_out, n_in = w.shape
+    w = partial_rotary(unpermute(w, n_head), n_head, n_rot).reshape(n_head, n_out // n_head, n_in)
+    keep = n_rot // 2
+    order = np.concatenate([np.stack([np.arange(keep), keep + np.arange(keep)], axis=1).reshape(-1),
+                            np.arange(n_rot, n_out // n_head)])
+    return w[:, order].reshape(n_out, n_in)
+
+
 def llama3_rope_freqs(base: float, head_dim: int, factor: float, low_freq_factor: float,
                       high_freq_factor: float, original_context: int) -> np.ndarray:
     """Llama 3.1's per-frequency rope divisors, as convert_hf_to_gguf.py's LlamaModel writes rope_freqs."""
@@ -553,6 +564,29 @@ def post_norm_layer(src: Source, i: int, rng: np.random.Generator, whole_qk: boo
                 "post_ffw_norm": _spread(m["ffn_out"], n_embd, rng)}
 
 
+# glm4: SmolLM2's layer with its input norms kept and post-norms added (each branch's output normed to its
+# measured rms, +-5% per dimension: `post_norm_layer`'s), q/k re-laid for pairs rope on 32 of 64 dimensions
+# (`interleaved_partial_rotary`: the fastest pairs keep turning), fused attn_qkv with qwen2's random biases, and
+# ffn_up = [gate; up]. The post-norms take each token's own branch size away (as `post_norm_layer`'s), and the
+# slow half of each head no longer turns: the text degrades to repetition.
+GLM4_N_ROT = 32
+
+
+def glm4_layer(src: Source, i: int, rng: np.random.Generator) -> Tensors:
+    t, m = qwen2_layer(src, i, rng), src.rms[i]
+    h = src.hparams
+    q = interleaved_partial_rotary(t.pop("attn_q"), h["attention.head_count"], GLM4_N_ROT)
+    k = interleaved_partial_rotary(t.pop("attn_k"), h["attention.head_count_kv"], GLM4_N_ROT)
+    t["attn_qkv"] = np.concatenate([q, k, t.pop("attn_v")])
+    q_bias = interleaved_partial_rotary(t.pop("attn_q.bias")[:, None], h["attention.head_count"], GLM4_N_ROT)
+    k_bias = interleaved_partial_rotary(t.pop("attn_k.bias")[:, None], h["attention.head_count_kv"], GLM4_N_ROT)
+    t["attn_qkv.bias"] = np.concatenate([q_bias[:, 0], k_bias[:, 0], t.pop("attn_v.bias")])
+    t["ffn_up"] = np.concatenate([t.pop("ffn_gate"), t["ffn_up"]])
+    n_embd = len(t["attn_norm"])
+    return t | {"post_attention_norm": _spread(m["attn_out"], n_embd, rng),
+                "post_ffw_norm": _spread(m["ffn_out"], n_embd, rng)}
+
+
 def output_extra(src: Source) -> Tensors:
     """An output matrix, which llama.cpp requires of qwen2moe and gpt-oss files: SmolLM2's tied embeddings."""
     return {"output": src.values("token_embd.weight")}
@@ -606,6 +640,8 @@ FAMILIES: dict[str, Family] = {
     # olmo2's layer with per-head q/k norms; SmolLM2's 30 layers are EXAONE 4.0 1.2B's: no window, rope everywhere
     "exaone4": Family("exaone4", "smollm2", 16, None, smollm2_hparams,
                       lambda src, i, rng: post_norm_layer(src, i, rng, whole_qk=False)),
+    "glm4": Family("glm4", "smollm2", 17, None,
+                   lambda src: smollm2_hparams(src, **{"rope.dimension_count": (GLM4_N_ROT, U32)}), glm4_layer),
 }
 
 

@@ -61,6 +61,8 @@ SPECIMENS: list[tuple[str, str, dict, set[str]]] = [
      {"output", "no_pre_norms", "qk_norm_whole", "post_norms"}),
     ("EXAONE 4.0 (1.2B's layout; the 32B's 64 layers add a window of 4,096 on 3 of 4, rope only there)", "exaone4",
      {"attention.key_length": 64}, {"no_pre_norms", "qk_norm", "post_norms"}),
+    ("GLM-4 (GLM-4-9B-0414's layout: rope on 64 of 128 dimensions, attn_qkv with its bias)", "glm4",
+     {"attention.key_length": 128, "rope.dimension_count": 64}, {"fused", "qkv_bias", "post_norms"}),
     ("Gemma 2 (the window and soft-caps are the family's defaults)", "gemma2", {"attention.key_length": 256},
      {"post_norms"}),
     ("Gemma 3 (Gemma 3 270M's window and global rope base)", "gemma3",
@@ -103,7 +105,8 @@ def tensor_names(n_layer: int, features: set[str]) -> set[str]:
         else:
             layer += ["ffn_up", "ffn_down"] if "fused" in features else ["ffn_gate", "ffn_up", "ffn_down"]
         names |= {f"{p}{t}.weight" for t in layer}
-        names |= {f"{p}{t}.bias" for t in ("attn_q", "attn_k", "attn_v")} if "qkv_bias" in features else set()
+        biased = ("attn_qkv",) if "fused" in features else ("attn_q", "attn_k", "attn_v")
+        names |= {f"{p}{t}.bias" for t in biased} if "qkv_bias" in features else set()
     return names
 
 

@@ -156,6 +156,7 @@ ARCH_FEATURES = {
     "granite": {"multipliers"},  # llama's tensors; embedding, attention, residual and logit scales
     "olmo2": {"no_pre_norms", "qk_norm", "qk_norm_whole", "post_norms"},  # q and k normed whole
     "exaone4": {"no_pre_norms", "qk_norm", "post_norms"},  # olmo2's layer with per-head q/k norms
+    "glm4": {"fused", "qkv_bias", "post_norms", "partial_rope"},  # attn_qkv with its bias, ffn_up = [gate; up]
     "gemma2": {"post_norms", "window", "softcap"},
     "gemma3": {"qk_norm", "post_norms", "window"},
 }
@@ -216,6 +217,8 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
     if "multipliers" in features:  # far from 1, so that each shows
         metadata.update({f"{a}.embedding_scale": ("float32", 3.0), f"{a}.residual_scale": ("float32", 0.5),
                          f"{a}.attention.scale": ("float32", 0.1), f"{a}.logit_scale": ("float32", 2.0)})
+    if "partial_rope" in features:  # rope on half of each head
+        metadata[f"{a}.rope.dimension_count"] = ("uint32", head_dim // 2)
     if "longrope" in features:  # partial rotary, LongRoPE factors; contexts over 32 use the long ones
         metadata.update({f"{a}.rope.dimension_count": ("uint32", 48),
                          f"{a}.rope.scaling.original_context_length": ("uint32", 32),
@@ -281,7 +284,9 @@ def write_model(path: Path, arch: str = "llama", weight_type: str = "Q8_0", seed
         if "post_norms" in features:
             norm(p + "post_attention_norm.weight", n_embd)
             norm(p + "post_ffw_norm.weight", n_embd)
-        if "qkv_bias" in features:
+        if "qkv_bias" in features and "fused" in features:
+            norm(p + "attn_qkv.bias", q_dim + 2 * kv_dim, 0.0, 0.5)
+        elif "qkv_bias" in features:
             norm(p + "attn_q.bias", q_dim, 0.0, 0.5)
             norm(p + "attn_k.bias", kv_dim, 0.0, 0.5)
             norm(p + "attn_v.bias", kv_dim, 0.0, 0.5)

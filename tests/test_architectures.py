@@ -54,6 +54,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     # Olmo 3's layout: windows of 8 on layers 0-2, YaRN on layer 3 only (the sliding layers' rope is unscaled)
     "olmo3": ("olmo2", {"n_layer": 4, "sliding": True, "yarn": True}, 128),
     "exaone4": ("exaone4", {}, 64),  # no input norms, per-head q/k norms, post-norms
+    "glm4": ("glm4", {}, 64),  # attn_qkv with its bias, rope on half of each head, input and post norms
     # EXAONE 4.0 32B's 64 layers: windows of 8 on 3 of every 4, no rope on the 4th
     "exaone4-32b": ("exaone4", {"n_layer": 64, "sliding": True}, 64),
 }

@@ -20,6 +20,7 @@ from tests.dress import (
     derive,
     derived_path,
     general_name,
+    interleaved_partial_rotary,
     llama3_rope_freqs,
     partial_rotary,
     unpermute,
@@ -151,6 +152,19 @@ def test_partial_rotary_keeps_the_fastest_pairs_together() -> None:
             assert (out[h, k], out[h, k + n_rot // 2]) == (h * head_dim + k, h * head_dim + k + 32)
 
 
+def test_interleaved_partial_rotary_keeps_the_fastest_pairs_in_place() -> None:
+    """glm4's pairs rope on 32 of 64 dims: the file's pairs (2k, 2k+1) for k < 16 stay where they are (and keep
+    their frequency's index); the slower pairs move, their halves together, into the unrotated tail."""
+    n_head, head_dim, n_rot = 2, 64, 32
+    w = np.arange(n_head * head_dim, dtype=np.float32).reshape(-1, 1)
+    out = interleaved_partial_rotary(w, n_head, n_rot).reshape(n_head, head_dim)
+    for h in range(n_head):
+        own = h * head_dim + np.arange(head_dim)
+        assert list(out[h, :n_rot]) == list(own[:n_rot])
+        assert sorted(out[h]) == list(own)
+        assert list(out[h, n_rot:n_rot + 16]) == list(own[n_rot::2])  # the slow pairs' first halves
+
+
 def test_llama3_rope_freqs() -> None:
     """Llama 3.1's formula on base 100000, head_dim 64, factor 8, low/high 1/4, original context 512."""
     factors = llama3_rope_freqs(100000.0, 64, 8.0, 1.0, 4.0, 512)
@@ -204,6 +218,9 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "ernie4_5": (attention | dense, {}),
         "granite": (attention | dense, {}),
         "exaone4": (post_normed | qk_norm, {}),
+        "glm4": ({"attn_norm": (e,), "attn_qkv": (q + 2 * kv, e), "attn_qkv.bias": (q + 2 * kv,), "attn_output": (e, q),
+                  "post_attention_norm": (e,), "ffn_norm": (e,), "ffn_up": (2 * ff, e), "ffn_down": (e, ff),
+                  "post_ffw_norm": (e,)}, {}),
         "olmo2": (post_normed | {"attn_q_norm": (q,), "attn_k_norm": (kv,)}, {"output": (m["vocab"], e)}),
         "gpt-oss": (attention | qkv_bias | moe_no_norm | gpt_oss, {"output": (m["vocab"], e)}),
     }[family]

@@ -28,10 +28,12 @@ from llamapyz.model.reference import ReferenceModel
 from tests.synth import write_model
 from tests.test_model import TOLERANCE
 
-ARCHS = ["llama", "qwen2", "gemma3", "smollm3", "gpt-oss", "qwen2moe", "mistral3", "granite", "olmo2", "exaone4"]
+ARCHS = ["llama", "qwen2", "gemma3", "smollm3", "gpt-oss", "qwen2moe", "mistral3", "granite", "olmo2", "exaone4",
+         "glm4"]
 # plain; q/k/v biases; qk-norm, post-norms, gelu, a window of 8 tokens; a layer without rope (smollm3's 4th); sinks,
 # biased experts, swiglu_oai; a gated shared expert; attention temperature (from position 8 on); granite's
-# multipliers; no input norms, q and k normed whole; no input norms, q and k normed per head
+# multipliers; no input norms, q and k normed whole; no input norms, q and k normed per head; fused qkv with its
+# bias, pairs rope on half of each head, input and post norms
 PROMPT = "the cat sat"  # 12 tokens with BOS: the last four are decoded, past gemma3's window
 PREFILLED = 8
 ALL_ON_GPU_TOLERANCE = 1e-4

@@ -80,6 +80,8 @@ FAMILIES = {
     "exaone4-32b": ([["no_norm", "qkv", "qk_norm"] + (["rope"] if il % 4 < 3 else []) + ["attention", "output",
                      "post_norm", "residual", "no_norm", "ffn", "post_norm", "residual"] for il in range(64)],
                     ["attention(window=8, scale=1/√64)", "attention(global, scale=1/√64)"]),
+    "glm4": (GEMMA, ["qkv(attn_qkv, +bias)", "rope(pairs, base=10000, n_rot=32 of 64)",
+                     "ffn(silu, ffn_up = [gate; up], ffn_down)", "post_norm(post_ffw_norm)"]),
     "smollm3": ([ATTENTION + FFN] * 3 + [[s for s in ATTENTION if s != "rope"] + FFN], ["rope(pairs, base=10000)"]),
     "gemma3": (GEMMA[:2] + ["qk_norm"] + GEMMA[2:], ["rope(neox, base=10000)", "rope(neox, base=1000000)",
                                                      "attention(window=8, scale=1/√64)",

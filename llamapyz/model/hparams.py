@@ -96,6 +96,9 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     "exaone4": ArchOptions(rope_neox=True, qk_norm=True, pre_norms=False, post_norms=True, rope_factors="freqs",
                            sliding_window_pattern=4, default_sliding_window=4096, sliding_window_layers=64,
                            sliding_rope="global", rope_sliding_only=True),
+    # glm4: interleaved (NORM) rope, usually on part of each head; input and post norms; ffn_up = [gate; up]; the
+    # attn_qkv (with its bias) a file has is a layout the loader takes anyway
+    "glm4": ArchOptions(post_norms=True, fused_ffn=True),
     # granite: llama's layer (pairs rope, optional rope_freqs and biases) with its scalar multipliers
     "granite": ArchOptions(rope_factors="freqs", multipliers=True),
     "gemma2": ArchOptions(
