@@ -33,6 +33,7 @@ CAP_TOKENS = 4  # every generated request makes at most this many tokens (the se
 EXAMPLES = {  # per operation and generation mode; the GET operations take no input, so a few calls suffice
     "POST /v1/chat/completions": 40, "POST /v1/completions": 40, "POST /v1/embeddings": 25,
     "POST /tokenize": 25, "POST /detokenize": 25,
+    "POST /v1/responses": 20, "POST /v1/messages": 20, "POST /v1/messages/count_tokens": 15,
 }
 GET_EXAMPLES = 3
 NEIGHBOUR = {"messages": [{"role": "user", "content": "tell me a story"}], "temperature": 0, "max_tokens": 24,
@@ -42,7 +43,7 @@ NEIGHBOUR = {"messages": [{"role": "user", "content": "tell me a story"}], "temp
 def bounded(body: object) -> object:
     """`body` with the token counts it asks for capped at CAP_TOKENS (the schema sets no maximum)."""
     if isinstance(body, dict):
-        for key in ("max_tokens", "max_completion_tokens"):
+        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = body.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > CAP_TOKENS:
                 body[key] = CAP_TOKENS

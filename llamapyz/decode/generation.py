@@ -38,13 +38,15 @@ class StopMatcher:
     def __init__(self, stop: Sequence[str]) -> None:
         self.stop = [s for s in stop if s]
         self.pending = ""
+        self.matched: str | None = None  # the stop string found, once one is (the first in the text)
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add text; returns (text safe to release, whether a stop string was found)."""
         self.pending += text
-        found = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+        found = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stop) if i >= 0]
         if found:
-            released, self.pending = self.pending[:min(found)], ""
+            at, self.matched = min(found, key=lambda hit: hit[0])
+            released, self.pending = self.pending[:at], ""
             return released, True
         hold = max((prefix_overlap(self.pending, s) for s in self.stop), default=0)
         released = self.pending[:len(self.pending) - hold]

@@ -1,13 +1,14 @@
-"""The HTTP side: a Starlette app speaking OpenAI's API (plus llama.cpp's extras) in front of the engine.
+"""The HTTP side: a Starlette app speaking OpenAI's API (plus llama.cpp's extras, and Anthropic's Messages API)
+in front of the engine.
 
-This module puts the routes together (the handlers live one concern per module: `completions`,
-`embeddings`, `info`), describes them in /openapi.json and puts the guards of `security` around them (the
-Host check, CORS, the body's deadline, the API key). Every handler validates its request, turns it into an
-engine `Job` (`jobs`), and relays the job's events as one JSON response or as server-sent events (`http`).
-Errors take one path: handlers raise `ApiError`, and the exception handlers registered here (`http.api_error`,
-`http.internal_error`, and the router's own 404 and 405) answer every refusal and every bug in OpenAI's shape.
-Nothing here touches the model's weights: tokenizing and chat templates run in the thread pool, forward
-passes only on the engine thread.
+This module puts the routes together (the handlers live one concern per module: `completions`, `responses`,
+`messages`, `embeddings`, `info`), describes them in /openapi.json and puts the guards of `security` around
+them (the Host check, CORS, the body's deadline, the API key). Every handler validates its request, turns it
+into an engine `Job` (`jobs`; a chat's through `chat_job`), and relays the job's events as one JSON response
+or as server-sent events (`http`). Errors take one path: handlers raise `ApiError`, and the exception handlers
+registered here (`http.api_error`, `http.internal_error`, and the router's own 404 and 405) answer every
+refusal and every bug in OpenAI's shape (Anthropic's on its paths). Nothing here touches the model's weights:
+tokenizing and chat templates run in the thread pool, forward passes only on the engine thread.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .completions import chat_completions, completions
 from .embeddings import embeddings
 from .http import api_error, error_response, internal_error
 from .info import detokenize, health, metrics, models, props, tokenize
+from .messages import count_tokens, messages
+from .responses import responses
 from .schema import ApiError
 from .security import ApiKeyMiddleware, BodyDeadlineMiddleware, HostGuardMiddleware
 from .state import ServerState, load_webui
@@ -55,6 +58,9 @@ async def static(request: Request) -> Response:
 ROUTES = [
     ("/v1/chat/completions", "POST", chat_completions, schema.CHAT),
     ("/v1/completions", "POST", completions, schema.COMPLETION),
+    ("/v1/responses", "POST", responses, schema.RESPONSES),
+    ("/v1/messages", "POST", messages, schema.MESSAGES_API),
+    ("/v1/messages/count_tokens", "POST", count_tokens, schema.COUNT_TOKENS),
     ("/v1/embeddings", "POST", embeddings, schema.EMBEDDING),
     ("/v1/models", "GET", models, None),
     ("/health", "GET", health, None),
@@ -65,7 +71,8 @@ ROUTES = [
     ("/openapi.json", "GET", openapi, None),
 ]
 ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/v1/completions",
-           "/embeddings": "/v1/embeddings", "/models": "/v1/models", "/v1/health": "/health"}
+           "/embeddings": "/v1/embeddings", "/models": "/v1/models", "/v1/health": "/health",
+           "/responses": "/v1/responses"}
 API_PATHS = frozenset([route[0] for route in ROUTES] + list(ALIASES))
 OPEN_PATHS = ("/health", "/v1/health", "/openapi.json")  # reachable without the API key
 
@@ -86,10 +93,11 @@ def openapi_document() -> dict:
                                         "content": {"application/json": {"schema": schema.schema_of(fields)}}}
             operation["responses"]["415"] = {"description": "The body is not sent as application/json"}
         if path not in OPEN_PATHS:
-            operation["security"] = [{"bearer": []}]
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
         paths[path] = {method.lower(): operation}
     return {"openapi": "3.1.0", "info": {"title": "llamapyz", "version": __version__},
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                               "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}},
             "paths": paths}
 
 
@@ -134,7 +142,7 @@ def protected(path: str) -> bool:
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    return error_response(ApiError(404, f"not found: {request.url.path}"))
+    return error_response(ApiError(404, f"not found: {request.url.path}"), request.url.path)
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
@@ -144,7 +152,8 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
     path = request.url.path
     if path not in API_PATHS and path != "/" and path.lstrip("/") not in state.webui:
         return await not_found(request, exc)
-    response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+    response = error_response(ApiError(405, f"{request.method} is not allowed on {request.url.path}"),
+                              request.url.path)
     allow = (getattr(exc, "headers", None) or {}).get("Allow")  # Starlette's 405 names the route's methods
     if allow:
         response.headers["Allow"] = allow

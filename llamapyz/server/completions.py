@@ -1,4 +1,5 @@
-"""/v1/chat/completions and /v1/completions: a job per request, answered as one JSON object or streamed."""
+"""/v1/chat/completions and /v1/completions: a job per request (a chat's: `chat_job`), answered as one JSON
+object or streamed."""
 
 from __future__ import annotations
 
@@ -14,22 +15,16 @@ from ..chat.reply import read_reply, reply_stream
 from ..decode.generation import Step
 from ..version import __version__
 from . import schema
+from .chat_job import start_chat_job
 from .http import collect_steps, read_json, run_job, server_state, sse_response
-from .jobs import chat_logprob, chat_prompt, completion_prompt, make_job, token_text, tool_request, usage
+from .jobs import chat_logprob, completion_prompt, make_job, token_text, usage
 
 
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not, with tools and structured outputs."""
-    state = server_state(request)
-    fields = schema.validate(await read_json(request), schema.CHAT, state.sampling_defaults)
-    async with state.pool.use(fields["model"], request.is_disconnected) as served:  # loaded, if need be
-        model = served.model
-        tools = tool_request(fields, model)
-        prompt = await run_in_threadpool(chat_prompt, fields["messages"], model, tools)  # CPU work: off the event loop
-        logprobs = fields["top_logprobs"] if fields["logprobs"] else None
-        job = await run_in_threadpool(make_job, served, fields, prompt, logprobs, "messages",
-                                      asyncio.get_running_loop(), model.chat_template.end_of_turn, tools)
-        await run_job(served, job)
+    fields = schema.validate(await read_json(request), schema.CHAT, server_state(request).sampling_defaults)
+    run = await start_chat_job(request, fields)
+    served, model, job, tools, logprobs = run.served, run.model, run.job, run.tools, run.logprobs
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": served.alias,
             "system_fingerprint": f"llamapyz-{__version__}"}

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..decode.generation import Step
 from ..errors import ContextOverflowError, LlamapyzError, NonFiniteError
-from .engine import Job, Overloaded
+from .engine import Job, Overloaded, Timings
 from .jobs import usage
 from .pool import ServedModel
 from .schema import RETRY_SOON_S, ApiError
@@ -40,9 +40,18 @@ log = logging.getLogger("llamapyz.server")
 DISCONNECT_POLL_S = 0.25
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    """The error's JSON object, status and headers (Retry-After on a 503)."""
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")  # answered in Anthropic's error shape
+
+
+def error_body(exc: ApiError, path: str = "") -> dict:
+    """The error's JSON object, in the shape the path's API has: Anthropic's on its paths, else OpenAI's."""
+    return exc.anthropic_body() if path in ANTHROPIC_PATHS else exc.body()
+
+
+def error_response(exc: ApiError, path: str = "") -> JSONResponse:
+    """The error's JSON object (`error_body`: the shape of the API `path` belongs to), status and headers
+    (Retry-After on a 503)."""
+    return JSONResponse(error_body(exc, path), status_code=exc.status, headers=exc.headers())
 
 
 def internal_server_error() -> ApiError:
@@ -52,7 +61,7 @@ def internal_server_error() -> ApiError:
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     """Starlette's handler for `ApiError` (registered by `create_app`)."""
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -60,7 +69,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     a short 500. (Starlette raises the exception again after this answer; `app.App` ends it there, so the
     server logs no second traceback.)"""
     log.error("error while handling %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(internal_server_error())
+    return error_response(internal_server_error(), request.url.path)
 
 
 class BodyTimeout(ApiError):
@@ -196,38 +205,55 @@ async def collect_steps(job: Job, request: Request, served: ServedModel) -> list
 
 def sse_response(job: Job, request: Request, served: ServedModel, fields: dict, base: dict, opening: list[dict],
                  chunk: Callable[[Step], dict | None], last: Callable[[str | None], dict]) -> StreamingResponse:
-    """A job as server-sent events: the opening choices, one chunk per step with something to say, the last
-    choice (finish_reason, timings), the usage chunk if asked for, then [DONE]. An error ends the stream with
-    one event of the error's JSON object: the job's (`engine_error`), or a bug's here (logged once, told in
-    short), as the status line is long sent."""
+    """A chat or text completion as server-sent events: the opening choices, one chunk per step with something
+    to say, the last choice (finish_reason, timings), the usage chunk if asked for, then [DONE]."""
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+    finish = None
+
+    def step(value: Step) -> list[bytes]:
+        nonlocal finish
+        finish = value.finish_reason
+        choice = chunk(value)
+        return [] if choice is None else [sse({**base, "choices": [choice]})]
+
+    def done(timings: Timings) -> list[bytes]:
+        events = [sse({**base, "timings": timings.as_dict(), "choices": [last(finish)]})]
+        if include_usage:
+            events.append(sse({**base, "choices": [], "usage": usage(job)}))
+        return [*events, b"data: [DONE]\n\n"]
+
+    return event_stream(job, request, served, [sse({**base, "choices": [choice]}) for choice in opening], step, done,
+                        lambda error: sse(error.body()))
+
+
+def event_stream(job: Job, request: Request, served: ServedModel, opening: list[bytes],
+                 step: Callable[[Step], list[bytes]], done: Callable[[Timings], list[bytes]],
+                 error: Callable[[ApiError], bytes]) -> StreamingResponse:
+    """A job as server-sent events, each API's events made by its own callbacks: the `opening` events, then
+    `step`'s for each step, `done`'s at the end. An error ends the stream with `error`'s event: the job's
+    (`engine_error`), or a bug's here (logged once, told in short), as the status line is long sent."""
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            for choice in opening:
-                yield sse({**base, "choices": [choice]})
-            finish = None
+            for event in opening:
+                yield event
             async with aclosing(events(job, request, served)) as job_events:  # however it ends, the job ends
                 async for kind, value in job_events:
                     if kind == "error":
-                        yield sse(engine_error(value).body())
+                        yield error(engine_error(value))
                         return
+                    for event in done(value) if kind == "done" else step(value):
+                        yield event
                     if kind == "done":
-                        yield sse({**base, "timings": value.as_dict(), "choices": [last(finish)]})
-                        if include_usage:
-                            yield sse({**base, "choices": [], "usage": usage(job)})
-                        yield b"data: [DONE]\n\n"
                         return
-                    finish = value.finish_reason
-                    choice = chunk(value)
-                    if choice is not None:
-                        yield sse({**base, "choices": [choice]})
         except Exception as exc:  # a bug while streaming: the stream ends with an error event, not cut short
             log.error("error while streaming %s %s", request.method, request.url.path, exc_info=exc)
-            yield sse(internal_server_error().body())
+            yield error(internal_server_error())
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def sse(data: object) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+def sse(data: object, event: str | None = None) -> bytes:
+    """One server-sent event (named, for the APIs whose events have names)."""
+    named = f"event: {event}\n" if event else ""
+    return f"{named}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()

@@ -142,16 +142,19 @@ def make_job(served: ServedModel, fields: dict, prompt: list[int], logprobs: int
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = None) -> list[int]:
-    """The prompt tokens of a conversation (checked message by message), rendered with the tools. Contents
-    whose length alone cannot fit in the context are refused before rendering (templates render every
-    message's content)."""
+def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = None,
+                template_vars: dict | None = None) -> list[int]:
+    """The prompt tokens of a conversation (checked message by message), rendered with the tools and those
+    of `template_vars` (reasoning_effort, enable_thinking) that the template reads. Contents whose length
+    alone cannot fit in the context are refused before rendering (templates render every message's content)."""
     clean = [chat_message(i, message) for i, message in enumerate(messages)]
     if not clean:
         raise ApiError(400, "messages must not be empty", param="messages")
     check_text_fits(model, sum(len(message["content"]) for message in clean), model.n_ctx - 1, "the messages' content",
                     f"which does not leave room for an answer in the context of {model.n_ctx} tokens", "messages")
     clean, context = prepare_messages(clean, tools)
+    source = model.chat_template.source
+    context.update({name: value for name, value in (template_vars or {}).items() if name in source})
     try:
         return model.chat_tokens(clean, **context)
     except ChatTemplateError as exc:

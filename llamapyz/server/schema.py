@@ -41,6 +41,14 @@ ERROR_TYPES: dict[int, str] = {
     503: "unavailable_error",  # busy, loading, or a model that could not load: with Retry-After
 }
 
+# The same statuses as Anthropic's API names them, for its paths (/v1/messages): its error object is
+# {"type": "error", "error": {"type", "message"}}.
+ANTHROPIC_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 408: "invalid_request_error", 413: "request_too_large",
+    415: "invalid_request_error", 431: "invalid_request_error", 500: "api_error", 503: "overloaded_error",
+}
+
 # Retry-After (seconds) of a 503, by why the server cannot take the request now
 RETRY_SOON_S = 1  # busy: a slot, a queue place, a grammar worker or a connection frees within a reply or so
 RETRY_LOADING_S = 5  # a model still loading, or waiting for another to make room (a switch takes seconds)
@@ -68,6 +76,10 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
                           **self.extra}}
+
+    def anthropic_body(self) -> dict:
+        """The error in Anthropic's shape (its Messages API's paths)."""
+        return {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES[self.status], "message": self.message}}
 
     def headers(self) -> dict[str, str]:
         """The response's headers that the error itself calls for (Retry-After)."""
@@ -287,3 +299,95 @@ DETOKENIZE = [
     Field("tokens", "array", "Token ids.", required=True, items="integer",
           shape={"type": "array", "items": {"type": "integer", "minimum": 0}}),
 ]
+
+
+def defaults_of(fields: list[Field], defaults: dict[str, Any] | None = None) -> dict:
+    """Every field's default (`defaults` before the fields' own): the fields of a request that gives none,
+    as a translated request (Responses', Messages') starts from chat completions' fields."""
+    return {f.name: (defaults or {}).get(f.name, f.default) for f in fields}
+
+
+# The sampling fields the Responses and Messages endpoints take as chat completions do (OpenAI's and
+# Anthropic's own, plus llama.cpp's extras); the rest of each request is its own and translated.
+SHARED_SAMPLING = ("model", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                   "repeat_penalty", "repeat_last_n", "seed", "logit_bias")
+_SHARED = [f for f in SAMPLING if f.name in SHARED_SAMPLING]
+
+_RESPONSES_TOOLS = {"type": "array", "items": {"type": "object", "required": ["type", "name"], "properties": {
+    "type": {"const": "function"}, "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    "description": {"type": "string"}, "parameters": {"type": "object"}, "strict": {"type": "boolean"}}}}
+_RESPONSES_TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, {
+    "type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"},
+                                                                   "name": {"type": "string"}}}]}
+_RESPONSES_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+
+RESPONSES = [
+    Field("input", ("string", "array"), "A user message's text, or a list of items: messages ({\"role\", "
+          "\"content\": text or input_text / output_text parts}), function_call and function_call_output items "
+          "(and reasoning items, given back to templates that read them).", required=True, shape=_RESPONSES_INPUT),
+    Field("instructions", "string", "A system message put first."),
+    Field("tools", "array", "Function tools: [{\"type\": \"function\", \"name\", \"description\", \"parameters\": "
+          "JSON schema}].", items="object", shape=_RESPONSES_TOOLS),
+    Field("tool_choice", ("string", "object"), "auto (default with tools), none, required, or {\"type\": "
+          "\"function\", \"name\": ...}.", shape=_RESPONSES_TOOL_CHOICE),
+    Field("parallel_tool_calls", "boolean", "Whether one reply may call several tools.", default=True),
+    Field("text", "object", "{\"format\": {\"type\": \"json_schema\", \"name\", \"schema\", \"strict\"}} or "
+          "{\"format\": {\"type\": \"json_object\"}} constrains the output; {\"type\": \"text\"} is the default."),
+    Field("reasoning", "object", "{\"effort\": \"low\" | \"medium\" | \"high\"}: passed to templates that take a "
+          "reasoning effort (gpt-oss)."),
+    Field("max_output_tokens", "integer", "Most tokens to generate, reasoning included.", minimum=1),
+    Field("stream", "boolean", "Send the Responses API's server-sent events.", default=False),
+    Field("previous_response_id", "string", "Not supported: the server keeps no responses (a 400); send the "
+          "whole conversation in input."),
+    Field("conversation", ("string", "object"), "Not supported: the server keeps no conversations (a 400)."),
+    Field("store", "boolean", "Accepted and ignored: nothing is stored."),
+    Field("metadata", "object", "Accepted and returned as given."),
+    *_SHARED,
+]
+
+_ANTHROPIC_BLOCKS = {"type": "array", "items": {"type": "object", "required": ["type"]}}
+_ANTHROPIC_MESSAGES = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role", "content"], "properties": {
+        "role": {"enum": ["user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, _ANTHROPIC_BLOCKS]}}}}
+_ANTHROPIC_TOOLS = {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "description": {"type": "string"},
+    "input_schema": {"type": "object"}}}}
+_ANTHROPIC_TOOL_CHOICE = {"type": "object", "required": ["type"], "properties": {
+    "type": {"enum": ["auto", "any", "tool", "none"]}, "name": {"type": "string"},
+    "disable_parallel_tool_use": {"type": "boolean"}}}
+_ANTHROPIC_THINKING = {"type": "object", "required": ["type"], "properties": {
+    "type": {"enum": ["enabled", "adaptive", "disabled"]}, "budget_tokens": {"type": "integer"}}}
+_ANTHROPIC_OUTPUT = {"type": "object", "properties": {
+    "effort": {"enum": ["low", "medium", "high", "xhigh", "max"]},
+    "format": {"type": "object", "required": ["type", "schema"], "properties": {
+        "type": {"const": "json_schema"}, "schema": {"type": "object"}}}}}
+
+_ANTHROPIC_PROMPT = [
+    Field("messages", "array", "The conversation: {\"role\": \"user\" | \"assistant\", \"content\": a string or "
+          "blocks}; blocks: text, tool_use (assistant), tool_result (user: content a string or text blocks, "
+          "is_error), thinking (assistant).", required=True, items="object", shape=_ANTHROPIC_MESSAGES),
+    Field("system", ("string", "array"), "The system prompt: a string or text blocks.", items="object"),
+    Field("tools", "array", "Tools: [{\"name\", \"description\", \"input_schema\": JSON schema}].", items="object",
+          shape=_ANTHROPIC_TOOLS),
+    Field("tool_choice", "object", "{\"type\": \"auto\" | \"any\" | \"tool\" (with \"name\") | \"none\"}, and "
+          "disable_parallel_tool_use.", shape=_ANTHROPIC_TOOL_CHOICE),
+    Field("thinking", "object", "{\"type\": \"enabled\" | \"adaptive\" | \"disabled\"}: passed to templates "
+          "that switch thinking (enable_thinking); budget_tokens is accepted and not enforced.",
+          shape=_ANTHROPIC_THINKING),
+    Field("output_config", "object", "{\"effort\": ...} passed to templates that take a reasoning effort "
+          "(gpt-oss: xhigh and max as high); {\"format\": {\"type\": \"json_schema\", \"schema\": {...}}} "
+          "constrains the text to JSON matching the schema.", shape=_ANTHROPIC_OUTPUT),
+]
+
+MESSAGES_API = [
+    *_ANTHROPIC_PROMPT,
+    Field("max_tokens", "integer", "Most tokens to generate, thinking included.", required=True, minimum=1),
+    Field("stop_sequences", "array", "Up to 16 strings; generation stops before them (stop_reason "
+          "\"stop_sequence\").", items="string"),
+    Field("stream", "boolean", "Send the Messages API's server-sent events.", default=False),
+    Field("metadata", "object", "Accepted and ignored."),
+    *_SHARED,
+]
+
+COUNT_TOKENS = [*_ANTHROPIC_PROMPT, _SHARED[0]]

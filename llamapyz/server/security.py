@@ -6,7 +6,7 @@
 - `BodyDeadlineMiddleware`: a request's body arrives within --body-timeout-s or the answer is a 408;
 - `ApiKeyMiddleware`: with --api-key, the API's paths need the key.
 
-Each answers a refusal in OpenAI's error shape, never a traceback.
+Each answers a refusal in OpenAI's error shape (Anthropic's on its paths: `http.error_body`), never a traceback.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class HostGuardMiddleware:
                    "rebinding)")
         if name:
             message += f": to allow it, start the server with --allowed-host {name}"
-        response = error_response(ApiError(403, message, code="host_not_allowed"))
+        response = error_response(ApiError(403, message, code="host_not_allowed"), scope["path"])
         await response(scope, receive, send)
 
 
@@ -154,7 +154,7 @@ class BodyDeadlineMiddleware:
         except BodyTimeout as exc:  # from a handler that does not answer ApiErrors itself
             if response_started:
                 raise
-            await error_response(exc)(scope, receive, send_closing)
+            await error_response(exc, scope["path"])(scope, receive, send_closing)
 
 
 def has_body(scope: Scope) -> bool:
@@ -187,6 +187,6 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         message = "invalid API key" if given else "an API key is required (Authorization: Bearer KEY)"
-        response = error_response(ApiError(401, message, code="invalid_api_key"))
+        response = error_response(ApiError(401, message, code="invalid_api_key"), scope["path"])
         response.headers["WWW-Authenticate"] = 'Bearer realm="llamapyz"'
         await response(scope, receive, send)
