@@ -530,6 +530,16 @@ def granite_hparams(src: Source) -> Metadata:
                                    "attention.scale": (GRANITE_ATTENTION, F32), "logit_scale": (GRANITE_LOGIT, F32)})
 
 
+def granitemoe_layer(src: Source, i: int, rng: np.random.Generator) -> Tensors:
+    """llama-moe's experts (the router picks SmolLM2's FFN halves) with granite's multipliers taken back out."""
+    t = granite_layer(src, i, rng)
+    for name in ("ffn_gate", "ffn_up", "ffn_down"):
+        del t[name]
+    experts = moe_ffn(src, i, rng)
+    experts["ffn_down_exps"] = experts["ffn_down_exps"] * np.float32(GRANITE_EMBEDDING / GRANITE_RESIDUAL)
+    return t | experts
+
+
 def granite_extra(src: Source) -> Tensors:
     return {"output_norm": src.values("output_norm.weight") * np.float32(GRANITE_LOGIT)}
 
@@ -634,6 +644,10 @@ FAMILIES: dict[str, Family] = {
     # llama's layer and rope under ERNIE 4.5's name: SmolLM2 as it is (tied embeddings, as ERNIE-4.5-0.3B)
     "ernie4_5": Family("ernie4_5", "smollm2", 13, None, smollm2_hparams, llama_layer),
     "granite": Family("granite", "smollm2", 14, None, granite_hparams, granite_layer, granite_extra),
+    # the experts' width is feed_forward_length in llama.cpp's granitemoe
+    "granitemoe": Family("granitemoe", "smollm2", 18, None,
+                         lambda src: granite_hparams(src) | {"feed_forward_length": (768, U32)} | MOE_KEYS,
+                         granitemoe_layer, granite_extra),
     # no input norms, q and k normed whole, post-norms; llama.cpp requires olmo2's output matrix
     "olmo2": Family("olmo2", "smollm2", 15, None, smollm2_hparams,
                     lambda src, i, rng: post_norm_layer(src, i, rng, whole_qk=True), output_extra),

@@ -154,6 +154,7 @@ ARCH_FEATURES = {
     "gpt-oss": {"qkv_bias", "experts", "sinks", "biases", "window"},  # experts, router and output with biases
     "ernie4_5": set(),  # llama's tensors and rope
     "granite": {"multipliers"},  # llama's tensors; embedding, attention, residual and logit scales
+    "granitemoe": {"multipliers", "experts"},  # granite's multipliers, Mixtral-style experts
     "olmo2": {"no_pre_norms", "qk_norm", "qk_norm_whole", "post_norms"},  # q and k normed whole
     "exaone4": {"no_pre_norms", "qk_norm", "post_norms"},  # olmo2's layer with per-head q/k norms
     "glm4": {"fused", "qkv_bias", "post_norms", "partial_rope"},  # attn_qkv with its bias, ffn_up = [gate; up]

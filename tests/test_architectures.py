@@ -50,6 +50,7 @@ VARIANTS = {  # name: (arch, write_model options, n_ctx)
     "gpt-oss-mxfp4": ("gpt-oss", {"n_layer": 4, "expert_type": "MXFP4"}, 64),  # the experts as gpt-oss ships them
     "ernie4_5": ("ernie4_5", {}, 64),  # llama's layer under its own name
     "granite": ("granite", {}, 64),  # embeddings x 3, attention scale 0.1, branches x 0.5, logits / 2
+    "granitemoe": ("granitemoe", {}, 64),  # granite's multipliers with experts
     "olmo2": ("olmo2", {}, 64),  # no input norms, q and k normed whole, post-norms
     # Olmo 3's layout: windows of 8 on layers 0-2, YaRN on layer 3 only (the sliding layers' rope is unscaled)
     "olmo3": ("olmo2", {"n_layer": 4, "sliding": True, "yarn": True}, 128),

@@ -217,6 +217,7 @@ def expected_tensors(family: str) -> dict[str, tuple[int, ...]]:
         "mistral3": (attention | dense, {}),
         "ernie4_5": (attention | dense, {}),
         "granite": (attention | dense, {}),
+        "granitemoe": (attention | moe, {}),
         "exaone4": (post_normed | qk_norm, {}),
         "glm4": ({"attn_norm": (e,), "attn_qkv": (q + 2 * kv, e), "attn_qkv.bias": (q + 2 * kv,), "attn_output": (e, q),
                   "post_attention_norm": (e,), "ffn_norm": (e,), "ffn_up": (2 * ff, e), "ffn_down": (e, ff),

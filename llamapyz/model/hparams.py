@@ -101,6 +101,9 @@ ARCHITECTURES: dict[str, ArchOptions] = {
     "glm4": ArchOptions(post_norms=True, fused_ffn=True),
     # granite: llama's layer (pairs rope, optional rope_freqs and biases) with its scalar multipliers
     "granite": ArchOptions(rope_factors="freqs", multipliers=True),
+    # granitemoe: granite's graph in llama.cpp with experts (softmax, renormalized) and an optional plain shared
+    # expert (Granite MoE Shared)
+    "granitemoe": ArchOptions(rope_factors="freqs", multipliers=True, experts="required"),
     "gemma2": ArchOptions(
         rope_neox=True,
         scale_embeddings=True,
