@@ -292,3 +292,16 @@ def test_the_docs_show_every_familys_recipe():
                                             ([1, 3, 5, 7, 9], "1, 3, …, 9"), ([4], "4"), ([0, 1], "0-1")])
 def test_layer_lists_are_short(indices, shown):
     assert span(indices) == shown
+
+
+
+
+def test_inspect_layers_sees_the_files_tensors(tmp_path):
+    """The recipe depends on which tensors the file holds (here a separate head): `inspect --layers` built it
+    after closing the file, which forgets them, and printed head(token_embd) for a file with output.weight."""
+    path = tmp_path / "untied.gguf"
+    write_model(path, "qwen2", tied=False)
+    result = CliRunner().invoke(main, ["inspect", str(path), "--layers"])
+    assert result.exit_code == 0, result.output
+    assert result.output == str(recipe_of(path)) + "\n"
+    assert result.output.endswith("  head(output)\n") and "qkv(attn_q, attn_k, attn_v, +bias)" in result.output

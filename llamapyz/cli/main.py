@@ -124,13 +124,13 @@ def inspect(file: str, as_json: bool, full_arrays: bool, layers: bool) -> None:
     from ..model.weights import support  # imports numba: only where needed
 
     with load_gguf(file) as gguf:
-        report = _describe(gguf, full_arrays)
         problem = support(gguf)
+        if layers:  # while the file is open: the recipe reads which tensors it holds (closing forgets them)
+            _print_recipe(file, gguf, problem, as_json)
+            return
+        report = _describe(gguf, full_arrays)
     arch = gguf.metadata.get("general.architecture")
     report["architecture"] = {"name": arch, "supported": problem is None, "problem": problem}
-    if layers:
-        _print_recipe(file, gguf, problem, as_json)
-        return
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
