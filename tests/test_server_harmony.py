@@ -14,6 +14,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from llamapyz.decode.generation import Step
+from llamapyz.server.engine import Timings
 from tests.live_server import ServerThread
 from tests.synth import STRING, read_layout, write_model
 
@@ -24,6 +26,21 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
                    "required": ["city"], "additionalProperties": False}}}
 QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
+# a reply that reasons, then calls get_weather (what the other APIs' event builders are fed)
+REASONED_CALL = ("<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant<|channel|>"
+                 "commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}")
+
+
+def streamed_data(answer, reply: str, piece: int) -> list[dict]:
+    """The data of every server-sent event an API's event builder (`answer`: opening, step, done) makes for
+    `reply` streamed `piece` characters at a time (so markers are cut anywhere), then a stop."""
+    events = answer.opening()
+    for i in range(0, len(reply), piece):
+        events += answer.step(Step(0, reply[i:i + piece]))
+    events += answer.step(Step(0, "", finish_reason="stop"))
+    events += answer.done(Timings(predicted_n=30))
+    return [json.loads(line[6:]) for event in events for line in event.decode().splitlines()
+            if line.startswith("data: ")]
 
 
 @pytest.fixture(scope="module")

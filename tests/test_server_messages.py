@@ -14,10 +14,9 @@ import jsonschema
 import pytest
 
 from llamapyz.chat.tools import ToolRequest
-from llamapyz.decode.generation import Step
-from llamapyz.server.engine import Timings
 from llamapyz.server.messages import MessageEvents
 from tests.live_server import ServerThread
+from tests.test_server_harmony import REASONED_CALL, streamed_data
 from tests.test_server_harmony import TEMPLATE as GPT_OSS_TEMPLATE
 
 WEATHER = {"name": "get_weather", "description": "The current weather in a city.",
@@ -150,8 +149,6 @@ def test_x_api_key_and_the_error_shape(keyed_server):
 
 # --- gpt-oss's template: thinking -------------------------------------------------------------------------
 
-HARMONY_REPLY = ("<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant<|channel|>"
-                 "commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}")
 
 
 def test_a_harmony_reply_is_a_thinking_block_then_a_tool_use():
@@ -160,13 +157,7 @@ def test_a_harmony_reply_is_a_thinking_block_then_a_tool_use():
     run = SimpleNamespace(served=SimpleNamespace(alias="gpt-oss"), tools=tools,
                           job=SimpleNamespace(prompt=[1, 2, 3], generation=None))
     answer = MessageEvents(run, [])
-    events = answer.opening()
-    for i in range(0, len(HARMONY_REPLY), 5):  # as it streams, markers cut anywhere
-        events += answer.step(Step(0, HARMONY_REPLY[i:i + 5]))
-    events += answer.step(Step(0, "", finish_reason="stop"))
-    events += answer.done(Timings(predicted_n=30))
-    data = [json.loads(line[6:]) for event in events for line in event.decode().splitlines()
-            if line.startswith("data: ")]
+    data = streamed_data(answer, REASONED_CALL, 5)
     starts = [d["content_block"]["type"] for d in data if d["type"] == "content_block_start"]
     deltas = {d["delta"]["type"] for d in data if d["type"] == "content_block_delta"}
     assert starts == ["thinking", "tool_use"] and {"thinking_delta", "input_json_delta"} <= deltas

@@ -16,10 +16,9 @@ import openai
 import pytest
 
 from llamapyz.chat.tools import ToolRequest
-from llamapyz.decode.generation import Step
-from llamapyz.server.engine import Timings
 from llamapyz.server.responses import ResponseEvents
 from tests.live_server import ServerThread
+from tests.test_server_harmony import REASONED_CALL, streamed_data
 from tests.test_server_harmony import TEMPLATE as GPT_OSS_TEMPLATE
 from tests.test_server_harmony import server as harmony_server  # noqa: F401 (a fixture)
 
@@ -187,8 +186,6 @@ def test_reasoning_effort_reaches_the_template(harmony_server):  # noqa: F811 (t
     assert lengths["high"] - lengths["low"] == 1 and lengths["medium"] - lengths["low"] == 3
 
 
-HARMONY_REPLY = ("<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant<|channel|>"
-                 "commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}")
 
 
 def fake_run(tools: ToolRequest, generation=None) -> SimpleNamespace:
@@ -205,13 +202,7 @@ def test_a_harmony_reply_is_a_reasoning_item_then_a_call():
               "metadata": None}
     answer = ResponseEvents(fake_run(tools), fields, {"parallel_tool_calls": True, "temperature": 0.0,
                                                       "top_p": 1.0}, "low")
-    events = answer.opening()
-    for i in range(0, len(HARMONY_REPLY), 7):  # as it streams, markers cut anywhere
-        events += answer.step(Step(0, HARMONY_REPLY[i:i + 7]))
-    events += answer.step(Step(0, "", finish_reason="stop"))
-    events += answer.done(Timings(predicted_n=30))
-    data = [json.loads(line[6:]) for event in events for line in event.decode().splitlines()
-            if line.startswith("data: ")]
+    data = streamed_data(answer, REASONED_CALL, 7)
     kinds = [event["type"] for event in data]
     assert kinds[2:4] == ["response.output_item.added", "response.content_part.added"]
     assert "response.reasoning_text.delta" in kinds and "response.function_call_arguments.delta" in kinds
