@@ -228,3 +228,16 @@ def test_with_auto_a_call_once_opened_follows_the_schemas(tokenizer: Tokenizer, 
     for token in tokenizer.encode("Paris is sunny {today}.", add_special=False):
         free.advance(token)
     assert free.active is None
+
+
+@pytest.mark.parametrize("cut", ['<tool_call>\n{"', "<tool_call>", '<tool_call>\n{"name": "get_wea'])
+def test_a_further_call_cut_short_is_not_content(cut: str) -> None:
+    """tool_choice "required" with parallel calls: SmolLM2 repeats its call until max_tokens, and the last one,
+    cut before its name, came back as the message's content ('<tool_call>\\n{"')."""
+    hermes = SYNTAXES["hermes"]
+    call = render_call(hermes, "get_weather", {"city": "Paris", "unit": "C"})
+    content, calls = parse_calls(f"{call}\n{call}\n{cut}", hermes, {"get_weather"})
+    assert content == "" and [c.name for c in calls] == ["get_weather", "get_weather"]
+    stream = call_stream(hermes, {"get_weather"})
+    events = [e for piece in (call, "\n", call, "\n", cut) for e in stream.feed(piece)] + stream.finish()
+    assert "".join(e[1] for e in events if e[0] == "content").strip() == ""

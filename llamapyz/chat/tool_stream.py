@@ -41,7 +41,8 @@ class ToolStream:
     ("arguments", index, text) for each new piece of its arguments' JSON (the pieces join to the JSON text
     the model wrote). Text that may be the start of an opening marker is held back until it is not; a
     call's arguments are released as they arrive, since everything before the arguments' value completes
-    belongs to it. `finish` releases what is left: an unfinished or unparsable block as text.
+    belongs to it. `finish` releases what is left: an unfinished or unparsable first block as text; after a
+    call, an opening cut off before the next call's name is dropped (markup, never the reply's text).
     """
 
     def __init__(self, syntax: ToolSyntax, names: set[str]) -> None:
@@ -65,7 +66,9 @@ class ToolStream:
 
     def finish(self) -> list[tuple]:
         events: list[tuple] = []
-        if self.in_calls and self.header_end is None:  # an unfinished block: it was text after all
+        if self.in_calls and self.header_end is None and self.n_calls:  # another call cut short before its
+            self.text = self.text[:self.block_start]  # name (a length limit, a repeating model): not content
+        elif self.in_calls and self.header_end is None:  # an unfinished first block: it was text after all
             self.at = self.block_start
         if self.at < len(self.text) and self.header_end is None:
             events.append(("content", self.text[self.at:]))
