@@ -100,3 +100,19 @@ def test_stop_strings_and_eog(model):
 def test_chat_template(model):
     tokens = model.chat_tokens([{"role": "user", "content": "hi"}])
     assert model.detokenize(tokens) == "<user>hi|<assistant>"
+
+
+def test_a_block_said_again_word_for_word_stops_the_text() -> None:
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    other = call.replace("Paris", "Rome")
+    matcher = StopMatcher(["</s>"], block=("<tool_call>", "</tool_call>"))
+    text = f"{call}\n{other}\n{call}\n{other}"
+    released, stopped = "", False
+    for i in range(0, len(text), 3):  # as tokens come
+        piece, stopped = matcher.feed(text[i:i + 3])
+        released += piece
+        if stopped:
+            break
+    assert stopped and released == f"{call}\n{other}\n" and matcher.matched == call
+    plain = StopMatcher(["</s>"])  # without a block, repeats are text like any other
+    assert plain.feed(text) == (text, False)

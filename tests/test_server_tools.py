@@ -79,6 +79,17 @@ def round_trip(server, stream: bool) -> None:
     assert answer.finish_reason in ("stop", "length") and answer.message.content and not answer.message.tool_calls
 
 
+def test_required_parallel_calls_end(smollm2_server) -> None:
+    """tool_choice "required" with parallel calls allowed (the default): SmolLM2 repeated the same call until
+    max_tokens, and the cut-off last one leaked into the content. The same call again now ends the reply."""
+    made = client(smollm2_server).chat.completions.create(
+        model="any", messages=QUESTION, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=200)
+    choice = made.choices[0]
+    calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    assert calls and len(set(calls)) == len(calls)  # no call twice
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_round_trip_generic_template(smollm2_server, stream: bool) -> None:
     round_trip(smollm2_server, stream)

@@ -33,12 +33,18 @@ class Step:
 
 
 class StopMatcher:
-    """Holds back text until it cannot be the start of a stop string."""
+    """Holds back text until it cannot be the start of a stop string.
 
-    def __init__(self, stop: Sequence[str]) -> None:
+    `block` (opening, closing): each block of released text from an opening marker to its closing marker
+    becomes a stop string too, so the same block again ends the text before it (a tool call the model
+    repeats word for word, as small models do when calls are required, until the token limit cuts one)."""
+
+    def __init__(self, stop: Sequence[str], block: tuple[str, str] | None = None) -> None:
         self.stop = [s for s in stop if s]
         self.pending = ""
         self.matched: str | None = None  # the stop string found, once one is (the first in the text)
+        self.block = block
+        self.released = ""  # with a block: the text released since the last complete block
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add text; returns (text safe to release, whether a stop string was found)."""
@@ -51,7 +57,19 @@ class StopMatcher:
         hold = max((prefix_overlap(self.pending, s) for s in self.stop), default=0)
         released = self.pending[:len(self.pending) - hold]
         self.pending = self.pending[len(released):]
+        if self.block is not None:
+            self._learn_blocks(released)
         return released, False
+
+    def _learn_blocks(self, released: str) -> None:
+        opening, closing = self.block  # type: ignore[misc]
+        self.released += released
+        while (start := self.released.find(opening)) >= 0 and (
+                end := self.released.find(closing, start + len(opening))) >= 0:
+            end += len(closing)
+            if self.released[start:end] not in self.stop:
+                self.stop.append(self.released[start:end])
+            self.released = self.released[end:]
 
     def flush(self) -> str:
         released, self.pending = self.pending, ""
@@ -78,7 +96,7 @@ class Generation:
     def __init__(self, tokenizer: Tokenizer, prompt: Sequence[int], max_tokens: int, params: SamplingParams,
                  n_ctx: int, stop: Sequence[str] = (), logprobs: int | None = None,
                  constraint: Constraint | LazyConstraint | None = None,
-                 keep_text: frozenset[int] = frozenset()) -> None:
+                 keep_text: frozenset[int] = frozenset(), repeat_block: tuple[str, str] | None = None) -> None:
         self.params = params
         self.tokenizer = tokenizer
         self.keep_text = keep_text  # control tokens whose text is output (a tool call's markers)
@@ -90,7 +108,7 @@ class Generation:
         self.history = list(prompt)
         self.n_prompt = len(self.history)
         self.decoder = tokenizer.stream()
-        self.matcher = StopMatcher(stop)
+        self.matcher = StopMatcher(stop, repeat_block)  # repeat_block: a block said again ends the reply
         self.eog = tokenizer.eog_ids
         self.finish_reason: str | None = None
 

@@ -135,8 +135,18 @@ def make_job(served: ServedModel, fields: dict, prompt: list[int], logprobs: int
         raise ApiError(503, str(exc), code="overloaded") from None
     generation = Generation(model.tokenizer, prompt, max_tokens, sampling_params(fields, model), model.n_ctx,
                             stop=stop_strings(fields["stop"]) + ([end_of_turn] if end_of_turn else []),
-                            logprobs=logprobs, constraint=constraint, keep_text=keep_text)
+                            logprobs=logprobs, constraint=constraint, keep_text=keep_text,
+                            repeat_block=call_block(tools))
     return Job(prompt=prompt, generation=generation, loop=loop)
+
+
+def call_block(tools: ToolRequest | None) -> tuple[str, str] | None:
+    """The markers around one tool call, where the syntax has them (hermes' <tool_call>…</tool_call>): the
+    same call again, word for word, ends the reply (it would do nothing a first one did not)."""
+    if tools is None or not tools.active or tools.reasoning == "harmony":
+        return None
+    syntax = tools.syntax
+    return (syntax.opening, syntax.closing) if syntax.opening and syntax.closing and not syntax.array else None
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
