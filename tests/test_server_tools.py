@@ -149,6 +149,9 @@ def test_bad_tool_and_format_requests_are_400s(smollm2_server) -> None:
             "type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}}, ""),
         ({"messages": QUESTION, "grammar": "start: undefined_rule"}, "unknown name"),
         ({"messages": QUESTION, "grammar": 'start: "a"', "response_format": {"type": "json_object"}}, "give one"),
+        ({"messages": QUESTION, "chat_template_kwargs": {"messages": []}}, "may not set messages"),
+        ({"messages": QUESTION, "chat_template_kwargs": {"add_generation_prompt": False}}, "add_generation_prompt"),
+        ({"messages": QUESTION, "reasoning_format": "hidden"}, "reasoning_format"),
     ]
     for body, message in cases:
         reply = httpx.post(url, json={**body, "max_tokens": 4}, timeout=60)

@@ -4,6 +4,7 @@ How a reply is read follows from the template (`tools.ToolRequest`: `syntax`, `r
 
     harmony (gpt-oss)       channels: analysis -> reasoning, final -> content, to=functions.f -> calls
     think (Mistral 3)       a leading [THINK]…[/THINK] -> reasoning; the rest as the tool syntax reads it
+    tags (Qwen 3, R1)       a leading <think>…</think> -> reasoning; likewise
     otherwise               calls in the template's tool syntax (when tools are active), the rest content
 
 `reply_stream` gives a reader for a streamed reply (None: the text is its content as it comes), whose events
@@ -50,7 +51,9 @@ def reply_stream(request: ToolRequest) -> EventStream | None:
     if request.reasoning == "harmony":  # the markup must go, tools or not
         return harmony.HarmonyStream(names or set(), new_call_id)
     inner = call_stream(request.syntax, names) if names is not None else None
-    return ThinkStream(inner) if request.reasoning == "think" else inner
+    if request.reasoning not in think.MARKERS:
+        return inner
+    return ThinkStream(inner, think.MARKERS[request.reasoning], trim=request.reasoning == "tags")
 
 
 def read_reply(text: str, request: ToolRequest) -> Reply:
@@ -78,8 +81,8 @@ def collect(events: list[tuple]) -> Reply:
 def reply_marker_tokens(request: ToolRequest, tokenizer: Tokenizer) -> frozenset[int]:
     """Control tokens among the markers the reply's reader looks for (their text must reach it)."""
     markers = list(request.syntax.markers) if request.active else []
-    if request.reasoning == "think":
-        markers += [think.OPEN, think.CLOSE]
+    if request.reasoning in think.MARKERS:
+        markers += list(think.MARKERS[request.reasoning])
     elif request.reasoning == "harmony":
         markers += [harmony.MESSAGE, harmony.START, harmony.CHANNEL, harmony.CONSTRAIN, harmony.ENDS[0]]
     ids = (tokenizer.vocab.token_to_id.get(m) for m in markers)

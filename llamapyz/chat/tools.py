@@ -93,14 +93,15 @@ class ToolRequest:
     parallel: bool
     syntax: ToolSyntax
     native: bool  # the template renders tools and calls itself
-    reasoning: str | None = None  # how the template writes reasoning: "harmony", "think" ([THINK]) or None
+    reasoning: str | None = None  # how the template writes reasoning: "harmony", "think" ([THINK]), "tags"
+    # (<think>) or None (also when the request wants the reasoning left in the content)
 
     @classmethod
     def from_fields(cls, tools: list | None, choice: Any, parallel: bool | None, template_source: str
                     ) -> ToolRequest:
         syntax = syntax_of(template_source)
         reasoning = ("harmony" if syntax is not None and syntax.name == "harmony"
-                     else "think" if think.uses_think(template_source) else None)
+                     else think.reasoning_style(template_source))
         if not tools:  # no tools now, but earlier calls and results in the history still need rendering
             if choice not in (None, "none", "auto"):
                 raise ToolError("tool_choice needs tools")

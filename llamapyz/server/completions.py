@@ -23,7 +23,7 @@ from .jobs import chat_logprob, completion_prompt, make_job, token_text, usage
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions, streaming or not, with tools and structured outputs."""
     fields = schema.validate(await read_json(request), schema.CHAT, server_state(request).sampling_defaults)
-    run = await start_chat_job(request, fields)
+    run = await start_chat_job(request, fields, fields["chat_template_kwargs"])
     served, model, job, tools, logprobs = run.served, run.model, run.job, run.tools, run.logprobs
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": served.alias,

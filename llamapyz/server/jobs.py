@@ -4,6 +4,7 @@ and the pieces of the responses built from a job's steps."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 
@@ -92,11 +93,16 @@ def output_grammar(fields: dict) -> tuple[Grammar | None, str]:
 
 
 def tool_request(fields: dict, model: Model) -> ToolRequest:
+    """The request's tools, and how its reply is read (reasoning_format none: a thinking model's reasoning
+    stays in the content; gpt-oss's channels are markup and always go)."""
     try:
-        return ToolRequest.from_fields(fields["tools"], fields["tool_choice"], fields["parallel_tool_calls"],
-                                       model.chat_template.source)
+        request = ToolRequest.from_fields(fields["tools"], fields["tool_choice"], fields["parallel_tool_calls"],
+                                          model.chat_template.source)
     except ToolError as exc:
         raise ApiError(400, str(exc), param="tools" if "tools" in str(exc) else "tool_choice") from None
+    if fields.get("reasoning_format") == "none" and request.reasoning != "harmony":
+        request = dataclasses.replace(request, reasoning=None)
+    return request
 
 
 def check_prompt_fits(prompt: list[int], model: Model, param: str) -> None:
@@ -150,6 +156,9 @@ def call_block(tools: ToolRequest | None) -> tuple[str, str] | None:
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# what the server itself gives the template (or the renderer): not a request's chat_template_kwargs
+RENDER_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "special_texts",
+                              "max_chars", "timeout_s"})
 
 
 def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = None,
@@ -164,6 +173,10 @@ def chat_prompt(messages: list[dict], model: Model, tools: ToolRequest | None = 
                     f"which does not leave room for an answer in the context of {model.n_ctx} tokens", "messages")
     clean, context = prepare_messages(clean, tools)
     source = model.chat_template.source
+    taken = RENDER_ARGUMENTS.union(context).intersection(template_vars or {})
+    if taken:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(sorted(taken))}: the server does",
+                       param="chat_template_kwargs")
     context.update({name: value for name, value in (template_vars or {}).items() if name in source})
     try:
         return model.chat_tokens(clean, **context)

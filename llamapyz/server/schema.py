@@ -263,6 +263,11 @@ CHAT = [
           "\"function\", \"function\": {\"name\": ...}}; required and named calls are grammar-constrained.",
           shape=TOOL_CHOICE),
     Field("parallel_tool_calls", "boolean", "Whether one reply may call several tools.", default=True),
+    Field("reasoning_format", "string", "Where a thinking model's reasoning goes: auto or deepseek (the message's "
+          "reasoning_content, the default) or none (left in content, markers and all; gpt-oss's channels are "
+          "always split).", default="auto", enum=("auto", "deepseek", "none")),
+    Field("chat_template_kwargs", "object", "Variables for the chat template, e.g. {\"enable_thinking\": false} "
+          "(Qwen 3); each reaches the template only if it reads it."),
     Field("logprobs", "boolean", "Return the log-probability of each output token.", default=False),
     Field("top_logprobs", "integer", "With logprobs: the most likely alternatives per token.", default=0,
           minimum=0, maximum=20),
