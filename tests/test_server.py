@@ -207,6 +207,7 @@ def test_server_sampling_defaults_apply_to_requests_that_do_not_set_them(tiny_ll
     with ServerThread(tiny_llama, n_ctx=N_CTX, n_slots=1, sampling={"max_tokens": 3, "temperature": 0.0}) as live:
         settings = httpx.get(live.url + "/props").json()["default_generation_settings"]
         assert settings["temperature"] == 0.0 and settings["top_k"] == 40
+        assert settings["n_ctx"] == N_CTX  # where llama.cpp's clients read the context size
         texts = set()
         for _ in range(2):
             reply = post(live, "/v1/completions", {"prompt": "defaults"}).json()

@@ -113,7 +113,7 @@ async def props(request: Request) -> Response:
         "eog_ids": sorted(model.tokenizer.eog_ids),
         "chat_template": model.chat_template.source,
         "chat_template_origin": model.chat_template.origin, "metadata": metadata,
-        "default_generation_settings": generation_defaults(state),
+        "default_generation_settings": {"n_ctx": model.n_ctx, **generation_defaults(state)},
     })
 
 
@@ -125,11 +125,12 @@ def unloaded_props(served: ServedModel, state: ServerState) -> dict:
     return {"model_alias": served.alias, "model_path": str(Path(source[0] if isinstance(source, tuple) else source)),
             "build_info": f"llamapyz {__version__}", "loaded": False, "status": served.state,
             "load_error": served.load_error, "n_ctx": served.spec.n_ctx, "settings": served.spec.settings(),
-            "default_generation_settings": generation_defaults(state)}
+            "default_generation_settings": {"n_ctx": served.spec.n_ctx, **generation_defaults(state)}}
 
 
 def generation_defaults(state: ServerState) -> dict:
-    """The sampling settings a request gets for the fields it does not set: the server's, else the schema's."""
+    """The sampling settings a request gets for the fields it does not set: the server's, else the schema's.
+    (/props puts them beside n_ctx, where llama.cpp's clients read a slot's context size.)"""
     return {**{f.name: f.default for f in schema.SAMPLING if f.default is not None}, **state.sampling_defaults}
 
 
