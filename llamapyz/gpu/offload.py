@@ -26,7 +26,7 @@ from ..kernels.steps import GATED_ACTIVATIONS
 from ..model.forward import output_rows
 from ..model.hparams import ModelConfig
 from ..model.moe import route
-from ..model.ops import Rope, softcap
+from ..model.ops import Rope, head_logits
 from ..model.recipe import Moe, Steps, match, recipe
 from ..model.weights import Experts, LayerWeights, Weights
 from . import kernels
@@ -282,10 +282,7 @@ class Offload:
         logits = s["logits"][n - k:] if "logits" in s else cuda.device_array((k, self.n_vocab), np.float32)
         self.output(rows, logits)  # the head step: its product here, its soft-capping on the host as the CPU's
         logits = logits.copy_to_host()
-        logits = softcap(logits, step.softcap) if step.softcap else logits
-        if step.logit_scale != 1.0:
-            logits *= step.multiplier
-        return logits
+        return head_logits(logits, step)
 
     # --- the launches, each for a run of steps: [(step, its tensors on the device, device layer index)] ----
 

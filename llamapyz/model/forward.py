@@ -33,7 +33,7 @@ from .fused import FusedLayer, fused_run, shared_width
 from .hparams import ModelConfig
 from .kv_cache import KVCache
 from .moe import moe_ffn
-from .ops import AttentionWork, Rope, attention, gated_ffn_input, qk_norm_spans, rms_norm, softcap
+from .ops import AttentionWork, Rope, attention, gated_ffn_input, head_logits, qk_norm_spans, rms_norm
 from .recipe import Step, Steps, recipe
 from .weights import LayerWeights, Weights
 from .workspace import Workspace, Workspaces
@@ -279,9 +279,7 @@ class Transformer:
 
     def head(self, step: Step, il: int, w: Weights, a: Activations) -> None:
         (logits,) = self.project(a.h, getattr(w, step.tensor), keep=True)
-        a.h = softcap(logits, step.softcap) if step.softcap else logits
-        if step.logit_scale != 1.0:
-            a.h *= step.multiplier
+        a.h = head_logits(logits, step)
 
     STEPS = {"embed": embed, "rms_norm": norm, "no_norm": no_norm, "qkv": qkv, "qk_norm": qk_norm, "rope": rotate,
              "temperature": temperature, "attention": attend, "output": output, "post_norm": post_norm,

@@ -19,7 +19,7 @@ from ..kernels import steps as kernels
 from .hparams import ModelConfig, Yarn
 
 if TYPE_CHECKING:
-    from .recipe import QkNorm
+    from .recipe import Head, QkNorm
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -53,6 +53,16 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     np.tanh(x, out=x)
     x *= np.float32(cap)
     return x
+
+
+def head_logits(logits: np.ndarray, step: Head) -> np.ndarray:
+    """What the head step does after its product, in place (the CPU's and the GPU's logits alike): soft-capping,
+    then times 1 / logit_scale unless that is 1 (granite)."""
+    if step.softcap:
+        softcap(logits, step.softcap)
+    if step.logit_scale != 1.0:
+        logits *= step.multiplier
+    return logits
 
 
 def rope_angles(positions: np.ndarray, base: float, n_rot: int, factors: np.ndarray | None = None,
