@@ -28,7 +28,6 @@ import hashlib
 import math
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,7 +359,7 @@ def parse(spec: str) -> tuple[str, str] | None:
     return None
 
 
-def summary(name: str, quant: str) -> Iterator[str]:
+def summary(name: str, quant: str) -> str:
     tensors = plan(SHAPES[name], quant)
     size = sum(FORMATS_BY_NAME[t.type_name].n_bytes(math.prod(t.shape)) for t in tensors)
     counts: dict[str, int] = {}
@@ -368,7 +367,7 @@ def summary(name: str, quant: str) -> Iterator[str]:
         if t.type_name != "F32":
             counts[t.type_name] = counts.get(t.type_name, 0) + 1
     types = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    yield f"{name}-{quant}: {size / 2**30:.2f} GiB, {len(tensors)} tensors ({types})"
+    return f"{name}-{quant}: {size / 2**30:.2f} GiB, {len(tensors)} tensors ({types})"
 
 
 def main() -> None:
@@ -380,7 +379,7 @@ def main() -> None:
     if args.list or not (args.shape and args.quant):
         for name, shape in SHAPES.items():
             for quant in shape.mixes:
-                print(*summary(name, quant))
+                print(summary(name, quant))
         return
     if args.quant not in SHAPES[args.shape].mixes:
         parser.error(f"{args.shape} comes in {', '.join(SHAPES[args.shape].mixes)}")
