@@ -147,6 +147,28 @@ def test_x_api_key_and_the_error_shape(keyed_server):
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_bad_and_cancelled_requests_hurt_no_other(keyed_server):
+    """While a chat completion streams, bad Messages and Responses requests get their 400s and a Messages stream
+    dropped by its client is cancelled: the first stream ends as it would have, and the server answers on."""
+    headers, url = {"x-api-key": "sesame"}, keyed_server.url
+    body = {"messages": QUESTION, "max_tokens": 24, "stream": True, **GREEDY}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as first:
+        lines = first.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        assert httpx.post(url + "/v1/messages", json={"messages": QUESTION}, headers=headers).status_code == 400
+        assert httpx.post(url + "/v1/responses", json={"input": "x", "previous_response_id": "r"},
+                          headers=headers).status_code == 400
+        with httpx.stream("POST", url + "/v1/messages", headers=headers, timeout=60, json={
+                "max_tokens": 24, "messages": QUESTION, "stream": True}) as dropped:
+            assert dropped.status_code == 200  # and closed unread: the client went away
+        data = [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+    assert data[-1]["choices"][0]["finish_reason"] == "length"
+    assert data[-1]["timings"]["predicted_n"] == 24
+    after = client(keyed_server, "sesame").messages.create(model="any", max_tokens=3, messages=QUESTION,
+                                                          extra_body=GREEDY)
+    assert after.usage.output_tokens == 3
+
+
 # --- gpt-oss's template: thinking -------------------------------------------------------------------------
 
 
